@@ -1,0 +1,67 @@
+"""LoRA Studio's engine: adapters for any PyTorch model, as a plain Python library.
+
+Everything the window and the CLI use is importable from here; ``app/`` reaches
+the engine only through this module (a test enforces it).
+
+    >>> from lora_studio.core import LoraConfig, attach, merge_and_unload
+"""
+
+from .adapters import (
+    AdapterState,
+    active_adapter,
+    adapter_layers,
+    attach,
+    delete_adapter,
+    disable_adapters,
+    get_adapter_config,
+    list_adapters,
+    merge,
+    merge_and_unload,
+    set_active_adapter,
+    unload,
+    unmerge,
+)
+from .combination import add_weighted_adapter
+from .config import LoraConfig
+from .counting import MemoryEstimate, ParameterCounts, count_parameters, estimate_training_memory
+from .inspect import ModuleInfo, ParameterInfo, describe
+from .layers import SUPPORTED_TYPES_TEXT, AdapterLayer, ModulesToSave, NonFiniteDeltaError
+from .target_matching import TargetPreview, match_targets, preview_targets
+from .variants import VariantInfo, available_variants, get_variant
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "SUPPORTED_TYPES_TEXT",
+    "AdapterLayer",
+    "AdapterState",
+    "LoraConfig",
+    "MemoryEstimate",
+    "ModuleInfo",
+    "ModulesToSave",
+    "NonFiniteDeltaError",
+    "ParameterCounts",
+    "ParameterInfo",
+    "TargetPreview",
+    "VariantInfo",
+    "active_adapter",
+    "adapter_layers",
+    "add_weighted_adapter",
+    "attach",
+    "available_variants",
+    "count_parameters",
+    "delete_adapter",
+    "describe",
+    "disable_adapters",
+    "estimate_training_memory",
+    "get_adapter_config",
+    "get_variant",
+    "list_adapters",
+    "match_targets",
+    "merge",
+    "merge_and_unload",
+    "preview_targets",
+    "set_active_adapter",
+    "unload",
+    "unmerge",
+]

@@ -1,0 +1,301 @@
+"""Attaching, switching, disabling, deleting, merging and unloading named adapters.
+
+The model stays an ordinary ``nn.Module``: matched layers are replaced in place
+by wrappers that keep the original as ``base_layer``.  What the studio needs to
+remember about the adapters (their configs, which one is active) lives in one
+small :class:`AdapterState` on the model.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from torch import nn
+
+from .config import LoraConfig
+from .layers import AdapterLayer, ModulesToSave, NonFiniteDeltaError, wrapper_for
+from .target_matching import iter_logical_modules, match_targets, module_base, name_matches
+
+_STATE_ATTR = "_lora_studio_state"
+_ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
+
+
+@dataclass
+class AdapterState:
+    """The adapters a model carries: their configs by name, and the active one."""
+
+    configs: dict[str, LoraConfig] = field(default_factory=dict)
+    active: str | None = None
+
+
+def adapter_state(model: nn.Module) -> AdapterState | None:
+    """The model's adapter bookkeeping, or None for a plain model."""
+    return model.__dict__.get(_STATE_ATTR)
+
+
+def list_adapters(model: nn.Module) -> list[str]:
+    """Names of the adapters attached to ``model``, in the order they were added."""
+    state = adapter_state(model)
+    return list(state.configs) if state else []
+
+
+def active_adapter(model: nn.Module) -> str | None:
+    """The adapter forward uses and training updates, or None."""
+    state = adapter_state(model)
+    return state.active if state else None
+
+
+def get_adapter_config(model: nn.Module, adapter_name: str = "default") -> LoraConfig:
+    """The config ``adapter_name`` was attached with."""
+    return _require_state(model, adapter_name).configs[adapter_name]
+
+
+def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
+    """Every wrapped layer, with its (original) name."""
+    for name, module in model.named_modules():
+        if isinstance(module, AdapterLayer):
+            yield name, module
+
+
+def _wrappers(model: nn.Module) -> Iterator[AdapterLayer | ModulesToSave]:
+    for module in model.modules():
+        if isinstance(module, (AdapterLayer, ModulesToSave)):
+            yield module
+
+
+def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") -> nn.Module:
+    """Add adapter ``adapter_name`` to the layers ``config`` targets, freeze the base, and activate it.
+
+    Matched layers are wrapped by composition (the original kept as ``base_layer``); a model
+    that already carries adapters gets one more, side by side.  Returns ``model`` (changed in
+    place).  On any error the model is left exactly as it was.
+    """
+    if not isinstance(adapter_name, str) or not _ADAPTER_NAME.fullmatch(adapter_name):
+        raise ValueError(
+            f"adapter_name must be letters, digits, '_' or '-' (it becomes a module key); got {adapter_name!r}"
+        )
+    state = adapter_state(model)
+    if state is not None and adapter_name in state.configs:
+        raise ValueError(f"adapter {adapter_name!r} already exists; delete it first or choose another name")
+    targets = match_targets(model, config)
+    save_names = _resolve_modules_to_save(model, config)
+    added: list[AdapterLayer | ModulesToSave] = []
+    created: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original) to undo a wrap
+    try:
+        for name in targets:
+            parent, attr = _parent_of(model, name)
+            layer = getattr(parent, attr)
+            if not isinstance(layer, AdapterLayer):
+                wrapper_cls, reason = wrapper_for(layer)
+                assert wrapper_cls is not None, reason  # match_targets already refused these
+                wrapper = wrapper_cls(layer)
+                setattr(parent, attr, wrapper)
+                created.append((parent, attr, layer))
+                layer = wrapper
+            layer.add_adapter(
+                adapter_name,
+                r=config.rank_for(name),
+                alpha=config.alpha_for(name),
+                dropout=config.dropout,
+                init=config.init,
+                use_rslora=config.use_rslora,
+            )
+            added.append(layer)
+        for name in save_names:
+            parent, attr = _parent_of(model, name)
+            module = getattr(parent, attr)
+            if not isinstance(module, ModulesToSave):
+                module = ModulesToSave(module)
+                setattr(parent, attr, module)
+                created.append((parent, attr, module.original_module))
+            module.add_adapter(adapter_name)
+            added.append(module)
+    except Exception:
+        for layer in added:
+            if adapter_name in layer.adapter_names:
+                layer.delete_adapter(adapter_name)
+        for parent, attr, original in reversed(created):
+            setattr(parent, attr, original)
+        raise
+    if state is None:
+        state = AdapterState()
+        model.__dict__[_STATE_ATTR] = state
+        model.requires_grad_(False)  # the base is frozen once, when the first adapter arrives
+    state.configs[adapter_name] = config
+    set_active_adapter(model, adapter_name)
+    return model
+
+
+def set_active_adapter(model: nn.Module, adapter_name: str | None) -> None:
+    """Use ``adapter_name`` in forward and train only it (None: run the base with no adapter).
+
+    Merged adapters are unmerged first, so the output is always that of the active adapter alone.
+    """
+    state = _require_state(model, adapter_name)
+    if any(w.merged for w in _wrappers(model) if isinstance(w, AdapterLayer)):
+        unmerge(model)
+    state.active = adapter_name
+    model.requires_grad_(False)
+    for wrapper in _wrappers(model):
+        wrapper.set_active(adapter_name)
+    if adapter_name is not None:
+        _apply_bias_mode(model, state.configs[adapter_name].bias)
+
+
+@contextmanager
+def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
+    """Inside the block the model gives exactly the base output (merged adapters are taken out
+    for the duration and merged back after)."""
+    wrappers = list(_wrappers(model))
+    merged = {id(w): list(w.merged_adapters) for w in wrappers if isinstance(w, AdapterLayer)}
+    for w in wrappers:
+        if isinstance(w, AdapterLayer):
+            w.unmerge()
+        w.adapters_disabled = True
+    try:
+        yield model
+    finally:
+        for w in wrappers:
+            w.adapters_disabled = False
+            for name in merged.get(id(w), []):
+                w.merge(name)
+
+
+def delete_adapter(model: nn.Module, adapter_name: str) -> None:
+    """Remove ``adapter_name`` everywhere; a layer left with no adapter gets its original back."""
+    state = _require_state(model, adapter_name)
+    for name, wrapper in _named_wrappers(model):
+        if adapter_name not in wrapper.adapter_names:
+            continue
+        wrapper.delete_adapter(adapter_name)
+        if not wrapper.adapter_names:
+            parent, attr = _parent_of(model, name)
+            setattr(parent, attr, module_base(wrapper))
+    del state.configs[adapter_name]
+    if not state.configs:
+        del model.__dict__[_STATE_ATTR]
+    elif state.active == adapter_name:
+        set_active_adapter(model, next(iter(state.configs)))
+
+
+def merge(model: nn.Module, adapter_name: str | None = None) -> None:
+    """Merge ``adapter_name`` (default: the active adapter) into the base weights, in float32.
+
+    Idempotent. Every adapter factor is checked for NaN/Inf before any weight is touched;
+    a non-finite update raises :class:`NonFiniteDeltaError` naming the layer.
+    """
+    state = _require_state(model, adapter_name)
+    adapter_name = adapter_name or state.active
+    if adapter_name is None:
+        raise ValueError("no adapter is active; name the adapter to merge")
+    layers = [(n, w) for n, w in adapter_layers(model) if adapter_name in w.adapter_names]
+    for name, layer in layers:
+        if adapter_name not in layer.merged_adapters and not layer.factors_finite(adapter_name):
+            raise NonFiniteDeltaError(
+                f"refusing to merge adapter {adapter_name!r}: layer {name!r} has NaN or Inf in its factors; "
+                "no weight was changed"
+            )
+    for _, layer in layers:
+        layer.merge(adapter_name)
+
+
+def unmerge(model: nn.Module) -> None:
+    """Take every merged update out of the base weights again (idempotent)."""
+    for _, layer in adapter_layers(model):
+        layer.unmerge()
+
+
+def merge_and_unload(model: nn.Module) -> nn.Module:
+    """Merge the active adapter and return the plain model: no adapter modules, same outputs.
+
+    Each modules-to-save module is replaced by the active adapter's trained copy.
+    """
+    if adapter_state(model) is not None and active_adapter(model) is not None:
+        merge(model)
+    return _unwrap_all(model, keep_trained_copies=True)
+
+
+def unload(model: nn.Module) -> nn.Module:
+    """Remove every adapter without merging: the base model as it was before :func:`attach`."""
+    unmerge(model)
+    return _unwrap_all(model, keep_trained_copies=False)
+
+
+def _unwrap_all(model: nn.Module, *, keep_trained_copies: bool) -> nn.Module:
+    for name, wrapper in list(_named_wrappers(model)):
+        parent, attr = _parent_of(model, name)
+        if isinstance(wrapper, ModulesToSave):
+            setattr(parent, attr, wrapper.current() if keep_trained_copies else wrapper.original_module)
+        else:
+            setattr(parent, attr, wrapper.base_layer)
+    model.__dict__.pop(_STATE_ATTR, None)
+    return model
+
+
+def _named_wrappers(model: nn.Module) -> list[tuple[str, AdapterLayer | ModulesToSave]]:
+    # Collected first: callers replace modules while iterating.
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, (AdapterLayer, ModulesToSave))]
+
+
+def _apply_bias_mode(model: nn.Module, bias: str) -> None:
+    if bias == "all":
+        for lm in iter_logical_modules(model):
+            b = getattr(lm.module, "bias", None)
+            if isinstance(b, nn.Parameter):
+                b.requires_grad_(True)
+    elif bias == "lora_only":
+        for _, layer in adapter_layers(model):
+            if layer.active_adapter is not None:
+                for pname, p in layer.base_layer.named_parameters():
+                    if pname.rsplit(".", 1)[-1].startswith("bias"):
+                        p.requires_grad_(True)
+
+
+def _resolve_modules_to_save(model: nn.Module, config: LoraConfig) -> list[str]:
+    """The outermost modules each ``modules_to_save`` entry names; an entry matching nothing is an error."""
+    names: list[str] = []
+    for entry in config.modules_to_save:
+        hits = [lm.name for lm in iter_logical_modules(model) if name_matches([entry], lm.name)]
+        if not hits:
+            raise ValueError(f"modules_to_save entry {entry!r} matched no module of this model")
+        names.extend(h for h in hits if not any(h.startswith(o + ".") for o in hits) and h not in names)
+    return names
+
+
+def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    parent_name, _, attr = name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if isinstance(parent, (AdapterLayer, ModulesToSave)):
+        parent = module_base(parent)
+    return parent, attr
+
+
+def _require_state(model: nn.Module, adapter_name: str | None) -> AdapterState:
+    state = adapter_state(model)
+    if state is None:
+        raise ValueError("this model has no adapters; attach one first")
+    if adapter_name is not None and adapter_name not in state.configs:
+        raise ValueError(f"no adapter named {adapter_name!r}; this model has: {', '.join(state.configs)}")
+    return state
+
+
+__all__ = [
+    "AdapterState",
+    "NonFiniteDeltaError",
+    "active_adapter",
+    "adapter_layers",
+    "adapter_state",
+    "attach",
+    "delete_adapter",
+    "disable_adapters",
+    "get_adapter_config",
+    "list_adapters",
+    "merge",
+    "merge_and_unload",
+    "set_active_adapter",
+    "unload",
+    "unmerge",
+]

@@ -1,0 +1,260 @@
+"""The adapter-layer contract shared by every wrapped layer type.
+
+A wrapper *contains* the layer it adapts (``base_layer``), never inherits from
+it (PEFT's and loralib's design)::
+
+        x ──► base_layer ──────────────┐
+        │                              ▼
+        └─► dropout ─► A (r×in) ─► B (out×r) ─► ×(alpha/r) ─► (+) ─► y
+
+Each named adapter owns a pair of factors per adapted weight.  Every update is
+``scaling · B @ A`` reshaped into the weight's layout, so merge, unmerge,
+PiSSA initialisation and adapter combination are written once here, against two
+small hooks a subclass supplies: :meth:`_weight_slots` (which base weights are
+adapted, and whether ``B @ A`` must be transposed to match them) and
+:meth:`_factors` (the A and B parameters of one adapter for one weight).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class WeightSlot:
+    """One adapted weight of the base layer."""
+
+    param: nn.Parameter
+    transposed: bool = False  # True when the weight is stored (in, out), e.g. GPT-2's Conv1D or an embedding
+
+    def matrix(self, weight: torch.Tensor) -> torch.Tensor:
+        """The weight as the 2-D matrix that ``B @ A`` approximates."""
+        return weight.t() if self.transposed else weight.reshape(weight.shape[0], -1)
+
+    def layout(self, matrix: torch.Tensor) -> torch.Tensor:
+        """A ``B @ A``-shaped matrix put back into the weight's own shape."""
+        return (matrix.t() if self.transposed else matrix).reshape(self.param.shape)
+
+
+class NonFiniteDeltaError(ValueError):
+    """A merge was refused because an adapter's update holds NaN or Inf."""
+
+
+class AdapterLayer(nn.Module):
+    """Base of every wrapper. Subclasses add factor creation and ``forward``."""
+
+    #: Names of the sub-modules/parameter dicts that hold adapter factors (for freezing and saving).
+    factor_attributes: tuple[str, ...] = ("lora_A", "lora_B")
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__()
+        self.base_layer = base_layer
+        self.lora_dropout = nn.ModuleDict()
+        self.r: dict[str, int] = {}
+        self.lora_alpha: dict[str, float] = {}
+        self.scaling: dict[str, float] = {}
+        self.active_adapter: str | None = None
+        self.merged_adapters: list[str] = []
+        self.adapters_disabled = False
+
+    # -- hooks for subclasses --------------------------------------------------------
+    def _weight_slots(self) -> dict[str, WeightSlot]:
+        raise NotImplementedError
+
+    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """The (A, B) parameters of ``adapter`` for weight ``key``; any shape, flattened to 2-D here."""
+        raise NotImplementedError
+
+    def _create_factors(self, adapter: str, r: int) -> None:
+        raise NotImplementedError
+
+    def _reset_factors(self, adapter: str, init: str) -> None:
+        """Default and Gaussian init: A random, B zero, so the adapter starts as the identity."""
+        for key in self._weight_slots():
+            a, b = self._factors(adapter, key)
+            a2d = a.view(a.shape[0], -1)
+            if init == "gaussian":
+                nn.init.normal_(a2d, std=1.0 / self.r[adapter])
+            else:  # Kaiming-uniform A, as nn.Linear initialises (loralib, PEFT)
+                nn.init.kaiming_uniform_(a2d, a=math.sqrt(5))
+            nn.init.zeros_(b)
+
+    @classmethod
+    def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
+        """Parameters one adapter of rank ``r`` adds to ``base_layer`` (without building it)."""
+        raise NotImplementedError
+
+    # -- adapters ----------------------------------------------------------------------
+    @property
+    def adapter_names(self) -> list[str]:
+        return list(self.r)
+
+    def add_adapter(
+        self, adapter: str, *, r: int, alpha: float, dropout: float, init: str, use_rslora: bool
+    ) -> None:
+        """Create adapter ``adapter`` with its factors, scaling and initialisation."""
+        if adapter in self.r:
+            raise ValueError(f"adapter {adapter!r} already exists on this layer")
+        self.r[adapter] = r
+        self.lora_alpha[adapter] = alpha
+        self.scaling[adapter] = alpha / (math.sqrt(r) if use_rslora else r)
+        self.lora_dropout[adapter] = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
+        self._create_factors(adapter, r)
+        if self._on_meta():
+            return  # browsing only: nothing to initialise
+        with torch.no_grad():
+            if init == "pissa":
+                self._pissa_init(adapter)
+            else:
+                self._reset_factors(adapter, init)
+
+    def delete_adapter(self, adapter: str) -> None:
+        """Remove ``adapter``'s factors (unmerging it first if it is merged)."""
+        if adapter in self.merged_adapters:
+            self.unmerge(adapter)
+        for attr in self.factor_attributes:
+            container = getattr(self, attr)
+            if adapter in container:
+                del container[adapter]
+        del self.lora_dropout[adapter]
+        for table in (self.r, self.lora_alpha, self.scaling):
+            table.pop(adapter)
+        if self.active_adapter == adapter:
+            self.active_adapter = None
+
+    def set_active(self, adapter: str | None) -> None:
+        """Make ``adapter`` the one used in forward and the only one that trains."""
+        self.active_adapter = adapter if adapter in self.r else None
+        for attr in self.factor_attributes:
+            for name, part in getattr(self, attr).items():
+                for p in part.parameters() if isinstance(part, nn.Module) else [part]:
+                    p.requires_grad_(name == self.active_adapter)
+
+    def _adapter_in_use(self) -> str | None:
+        """The adapter forward must add on top of the base, if any."""
+        name = self.active_adapter
+        if self.adapters_disabled or name is None or name in self.merged_adapters:
+            return None
+        return name
+
+    def _run_base_disabled(self) -> None:
+        # Disabled means the base output exactly; a merged update must come out of the weight first.
+        if self.adapters_disabled and self.merged_adapters:
+            warnings.warn("adapters are disabled while merged: unmerging them first", stacklevel=3)
+            self.unmerge()
+
+    # -- the update ----------------------------------------------------------------------
+    def delta_weight(self, adapter: str, key: str = "weight") -> torch.Tensor:
+        """``scaling · B @ A`` in the weight's shape, computed in float32."""
+        a, b = self._factors(adapter, key)
+        product = b.reshape(b.shape[0], -1).float() @ a.reshape(a.shape[0], -1).float()
+        return self._weight_slots()[key].layout(product) * self.scaling[adapter]
+
+    def delta_weights(self, adapter: str) -> dict[str, torch.Tensor]:
+        """Every adapted weight's update for ``adapter``."""
+        return {key: self.delta_weight(adapter, key) for key in self._weight_slots()}
+
+    def factors_finite(self, adapter: str) -> bool:
+        """True when every factor of ``adapter`` is free of NaN and Inf (cheap pre-merge check)."""
+        return all(
+            bool(torch.isfinite(t).all()) for key in self._weight_slots() for t in self._factors(adapter, key)
+        )
+
+    @torch.no_grad()
+    def merge(self, adapter: str | None = None) -> None:
+        """Add ``adapter``'s update (default: the active one) into the base weights, in float32.
+
+        Idempotent: merging an adapter that is already merged does nothing. The merged
+        weight is computed into a new tensor and checked before the base is touched.
+        """
+        adapter = adapter or self.active_adapter
+        if adapter is None or adapter in self.merged_adapters:
+            return
+        if adapter not in self.r:
+            raise ValueError(f"no adapter named {adapter!r} on this layer")
+        new_weights = {}
+        for key, slot in self._weight_slots().items():
+            merged = slot.param.float() + self.delta_weight(adapter, key)
+            if not torch.isfinite(merged).all():
+                raise NonFiniteDeltaError(
+                    f"refusing to merge adapter {adapter!r}: its update of {key!r} holds NaN or Inf; "
+                    "the base weights were left untouched"
+                )
+            new_weights[key] = merged
+        for key, slot in self._weight_slots().items():
+            slot.param.copy_(new_weights[key].to(slot.param.dtype))
+        self.merged_adapters.append(adapter)
+
+    @torch.no_grad()
+    def unmerge(self, adapter: str | None = None) -> None:
+        """Subtract merged updates again (``adapter`` only, or all), in float32."""
+        names = [adapter] if adapter is not None else list(reversed(self.merged_adapters))
+        for name in names:
+            if name not in self.merged_adapters:
+                continue
+            for key, slot in self._weight_slots().items():
+                slot.param.copy_((slot.param.float() - self.delta_weight(name, key)).to(slot.param.dtype))
+            self.merged_adapters.remove(name)
+
+    @property
+    def merged(self) -> bool:
+        return bool(self.merged_adapters)
+
+    # -- PiSSA ---------------------------------------------------------------------------------
+    def _pissa_init(self, adapter: str) -> None:
+        """PiSSA (Meng et al. 2024, section 3): A, B from the top-r singular triplets; base keeps the residual.
+
+        With scaling s, B = U_r·sqrt(S_r/s) and A = sqrt(S_r/s)·V_rᵀ, so s·B·A is exactly the
+        principal part and base + adapter reproduces the original weight.
+        """
+        scaling = self.scaling[adapter]
+        for key, slot in self._weight_slots().items():
+            a, b = self._factors(adapter, key)
+            r = a.shape[0]
+            original = slot.matrix(slot.param.float())
+            if r > min(original.shape):
+                raise ValueError(
+                    f"PiSSA needs rank <= min(weight shape) = {min(original.shape)}, got r={r}; lower the rank"
+                )
+            u, s, vh = torch.linalg.svd(original, full_matrices=False)
+            root = torch.sqrt(s[:r] / scaling)
+            b.copy_((u[:, :r] * root).reshape(b.shape))
+            a.copy_((root[:, None] * vh[:r]).reshape(a.shape))
+            self._after_pissa(adapter)
+            residual = original - scaling * (b.reshape(b.shape[0], -1).float() @ a.reshape(r, -1).float())
+            slot.param.copy_(slot.layout(residual).to(slot.param.dtype))
+
+    def _after_pissa(self, adapter: str) -> None:
+        """Hook to re-impose layer constraints on fresh PiSSA factors (e.g. an embedding's padding row)."""
+
+    # -- helpers ---------------------------------------------------------------------------------
+    def _on_meta(self) -> bool:
+        return any(p.is_meta for p in self.base_layer.parameters())
+
+    def _factor_dtype(self) -> torch.dtype:
+        # Adapters train in float32 even over a float16/bfloat16 base: their updates are small and
+        # would be lost to rounding otherwise (the QLoRA recipe).
+        dtype = next(self.base_layer.parameters()).dtype
+        return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
+
+    def _factor_device(self) -> torch.device:
+        return next(self.base_layer.parameters()).device
+
+    def __getattr__(self, name: str):
+        # Code around a wrapped layer may read its attributes (``in_features``, ``weight``,
+        # ``batch_first``...): fall through to the base layer, as PEFT does.
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "base_layer":
+                raise
+            return getattr(self.base_layer, name)
+
+    def extra_repr(self) -> str:
+        ranks = ", ".join(f"{k}: r={v}" for k, v in self.r.items())
+        return f"adapters=[{ranks}], active={self.active_adapter!r}, merged={self.merged_adapters}"

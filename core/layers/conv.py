@@ -1,0 +1,66 @@
+"""LoRA for ``nn.Conv1d``, ``nn.Conv2d`` and ``nn.Conv3d`` (ungrouped).
+
+A is a convolution with the base layer's kernel, stride, padding and dilation
+into r channels; B is a 1×1 convolution back to the output channels.  Their
+composition is exactly one convolution with weight ``B @ A`` (reshaped), so
+merging is exact.  PEFT uses the same two modules (and the same tensor keys).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from .base import AdapterLayer, WeightSlot
+
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+class ConvLora(AdapterLayer):
+    """``y = base(x) + s · B(A(dropout(x)))`` for an N-d convolution."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        if base_layer.groups != 1:
+            raise TypeError(grouped_conv_reason(base_layer))
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+
+    @classmethod
+    def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
+        return r * (base_layer.in_channels * math.prod(base_layer.kernel_size) + base_layer.out_channels)
+
+    def _weight_slots(self) -> dict[str, WeightSlot]:
+        return {"weight": WeightSlot(self.base_layer.weight)}
+
+    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+
+    def _create_factors(self, adapter: str, r: int) -> None:
+        base = self.base_layer
+        conv = type(base)
+        kw = {"bias": False, "device": self._factor_device(), "dtype": self._factor_dtype()}
+        self.lora_A[adapter] = conv(
+            base.in_channels, r, base.kernel_size, base.stride, base.padding,
+            dilation=base.dilation, padding_mode=base.padding_mode, **kw,
+        )  # fmt: skip
+        self.lora_B[adapter] = conv(r, base.out_channels, 1, 1, **kw)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self._run_base_disabled()
+        result = self.base_layer(x, *args, **kwargs)
+        adapter = self._adapter_in_use()
+        if adapter is None:
+            return result
+        lora_a = self.lora_A[adapter]
+        update = self.lora_B[adapter](lora_a(self.lora_dropout[adapter](x.to(lora_a.weight.dtype))))
+        return result + (update * self.scaling[adapter]).to(result.dtype)
+
+
+def grouped_conv_reason(conv: nn.Module) -> str:
+    return (
+        f"{type(conv).__name__} with groups={conv.groups} (grouped or depthwise): LoRA Studio adapts "
+        "only ungrouped convolutions; leave this layer out of targets"
+    )

@@ -1,0 +1,71 @@
+"""LoRA for ``nn.Embedding``, with PEFT's layout and the padding row kept fixed.
+
+``lora_embedding_A`` is (r, num_embeddings) and ``lora_embedding_B`` is
+(embedding_dim, r); the update of the table is ``s · (B @ A)ᵀ``.  The padding
+index's column of A starts at zero and receives no gradient (``F.embedding``'s
+``padding_idx``), so the padding row of the merged table stays what it was.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import AdapterLayer, WeightSlot
+
+
+class EmbeddingLora(AdapterLayer):
+    """``y = base(ids) + s · embed(ids, Aᵀ) @ Bᵀ``."""
+
+    factor_attributes = ("lora_embedding_A", "lora_embedding_B")
+
+    def __init__(self, base_layer: nn.Embedding) -> None:
+        super().__init__(base_layer)
+        if base_layer.max_norm is not None:
+            raise TypeError(embedding_max_norm_reason())
+        self.lora_embedding_A = nn.ParameterDict()
+        self.lora_embedding_B = nn.ParameterDict()
+
+    @classmethod
+    def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
+        return r * (base_layer.num_embeddings + base_layer.embedding_dim)
+
+    def _weight_slots(self) -> dict[str, WeightSlot]:
+        return {"weight": WeightSlot(self.base_layer.weight, transposed=True)}
+
+    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_embedding_A[adapter], self.lora_embedding_B[adapter]
+
+    def _create_factors(self, adapter: str, r: int) -> None:
+        kw = {"device": self._factor_device(), "dtype": self._factor_dtype()}
+        base = self.base_layer
+        self.lora_embedding_A[adapter] = nn.Parameter(torch.empty(r, base.num_embeddings, **kw))
+        self.lora_embedding_B[adapter] = nn.Parameter(torch.empty(base.embedding_dim, r, **kw))
+
+    def _reset_factors(self, adapter: str, init: str) -> None:
+        # PEFT's choice for embeddings: A zero, B Gaussian (the product is zero either way).
+        nn.init.zeros_(self.lora_embedding_A[adapter])
+        nn.init.normal_(self.lora_embedding_B[adapter])
+
+    def _after_pissa(self, adapter: str) -> None:
+        if self.base_layer.padding_idx is not None:
+            self.lora_embedding_A[adapter][:, self.base_layer.padding_idx] = 0.0
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self._run_base_disabled()
+        result = self.base_layer(x, *args, **kwargs)
+        adapter = self._adapter_in_use()
+        if adapter is None:
+            return result
+        a = self.lora_embedding_A[adapter]
+        after_a = F.embedding(x, a.t(), padding_idx=self.base_layer.padding_idx)
+        update = after_a @ self.lora_embedding_B[adapter].t()
+        return result + (update * self.scaling[adapter]).to(result.dtype)
+
+
+def embedding_max_norm_reason() -> str:
+    return (
+        "Embedding with max_norm rescales its own table in place during forward, so no adapter "
+        "update could be merged into it exactly; leave this layer out of targets"
+    )

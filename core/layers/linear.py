@@ -1,0 +1,54 @@
+"""LoRA for ``nn.Linear`` and transformers' GPT-2-style ``Conv1D`` (a linear layer stored (in, out))."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .base import AdapterLayer, WeightSlot
+
+
+def is_transformers_conv1d(module: nn.Module) -> bool:
+    """True for ``transformers.pytorch_utils.Conv1D`` (checked by name: no transformers import needed)."""
+    cls = type(module)
+    return cls.__name__ == "Conv1D" and cls.__module__.startswith("transformers")
+
+
+class LinearLora(AdapterLayer):
+    """``y = base(x) + s · B(A(dropout(x)))`` with A: in→r and B: r→out as ``nn.Linear`` (PEFT's layout)."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.fan_in_fan_out = is_transformers_conv1d(base_layer)
+        weight = base_layer.weight
+        self.in_features, self.out_features = (
+            (weight.shape[0], weight.shape[1]) if self.fan_in_fan_out else (weight.shape[1], weight.shape[0])
+        )
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+
+    @classmethod
+    def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
+        out_f, in_f = base_layer.weight.shape
+        return r * (in_f + out_f)
+
+    def _weight_slots(self) -> dict[str, WeightSlot]:
+        return {"weight": WeightSlot(self.base_layer.weight, transposed=self.fan_in_fan_out)}
+
+    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A[adapter].weight, self.lora_B[adapter].weight
+
+    def _create_factors(self, adapter: str, r: int) -> None:
+        kw = {"bias": False, "device": self._factor_device(), "dtype": self._factor_dtype()}
+        self.lora_A[adapter] = nn.Linear(self.in_features, r, **kw)
+        self.lora_B[adapter] = nn.Linear(r, self.out_features, **kw)
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        self._run_base_disabled()
+        result = self.base_layer(x, *args, **kwargs)
+        adapter = self._adapter_in_use()
+        if adapter is None:
+            return result
+        lora_a = self.lora_A[adapter]
+        update = self.lora_B[adapter](lora_a(self.lora_dropout[adapter](x.to(lora_a.weight.dtype))))
+        return result + (update * self.scaling[adapter]).to(result.dtype)

@@ -1,0 +1,93 @@
+"""LoRA applied in weight space, for layers whose forward reads several weights directly.
+
+``nn.MultiheadAttention`` (packed q/k/v in-projection plus the out-projection,
+as in torchvision's ViT) and the recurrent cells (``nn.RNNCell``,
+``nn.LSTMCell``, ``nn.GRUCell``: input and hidden weights) do not call a
+sub-layer we could wrap.  Their forward therefore runs through
+``torch.func.functional_call`` with ``W + s·B@A`` substituted for each adapted
+weight: exact, differentiable, and the base module's own code is reused as is.
+Dropout on the input has no meaning here and is not applied.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+from torch import nn
+from torch.func import functional_call
+
+from .base import AdapterLayer, WeightSlot
+
+RNN_CELL_TYPES = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
+
+
+def _param_key(weight_name: str) -> str:
+    # ParameterDict keys cannot contain dots ("out_proj.weight" -> "out_proj_weight").
+    return weight_name.replace(".", "_")
+
+
+class WeightSpaceLora(AdapterLayer):
+    """Adapts the weights named by :meth:`adapted_weight_names` of the base layer."""
+
+    def __init__(self, base_layer: nn.Module) -> None:
+        super().__init__(base_layer)
+        self.lora_A = nn.ModuleDict()
+        self.lora_B = nn.ModuleDict()
+
+    @staticmethod
+    def adapted_weight_names(base_layer: nn.Module) -> tuple[str, ...]:
+        if isinstance(base_layer, nn.MultiheadAttention):
+            return ("in_proj_weight", "out_proj.weight")
+        return ("weight_ih", "weight_hh")
+
+    @classmethod
+    def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
+        shapes = [base_layer.get_parameter(n).shape for n in cls.adapted_weight_names(base_layer)]
+        return sum(r * (rows + cols) for rows, cols in shapes)
+
+    def _weight_slots(self) -> dict[str, WeightSlot]:
+        return {n: WeightSlot(self.base_layer.get_parameter(n)) for n in self.adapted_weight_names(self.base_layer)}
+
+    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A[adapter][_param_key(key)], self.lora_B[adapter][_param_key(key)]
+
+    def _create_factors(self, adapter: str, r: int) -> None:
+        kw = {"device": self._factor_device(), "dtype": self._factor_dtype()}
+        a, b = nn.ParameterDict(), nn.ParameterDict()
+        for key, slot in self._weight_slots().items():
+            rows, cols = slot.param.shape
+            a[_param_key(key)] = nn.Parameter(torch.empty(r, cols, **kw))
+            b[_param_key(key)] = nn.Parameter(torch.empty(rows, r, **kw))
+        self.lora_A[adapter] = a
+        self.lora_B[adapter] = b
+
+    def add_adapter(self, adapter: str, *, r: int, alpha: float, dropout: float, init: str, use_rslora: bool) -> None:
+        if dropout > 0:
+            warnings.warn(
+                f"{type(self.base_layer).__name__} is adapted in weight space; dropout={dropout} is not applied to it",
+                stacklevel=2,
+            )
+        super().add_adapter(adapter, r=r, alpha=alpha, dropout=0.0, init=init, use_rslora=use_rslora)
+
+    def forward(self, *args, **kwargs):
+        self._run_base_disabled()
+        adapter = self._adapter_in_use()
+        if adapter is None:
+            return self.base_layer(*args, **kwargs)
+        overrides = {}
+        for key, slot in self._weight_slots().items():
+            a, b = self._factors(adapter, key)
+            delta = slot.layout(b @ a) * self.scaling[adapter]
+            overrides[key] = slot.param + delta.to(slot.param.dtype)
+        return functional_call(self.base_layer, overrides, args, kwargs, strict=False)
+
+
+def mha_reason(module: nn.MultiheadAttention) -> str | None:
+    """Why this attention module cannot be wrapped, or None when it can."""
+    if not module._qkv_same_embed_dim or module.in_proj_weight is None:
+        return (
+            "MultiheadAttention with separate kdim/vdim keeps q, k and v projections apart; "
+            "only the packed in-projection form is supported"
+        )
+    return None

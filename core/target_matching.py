@@ -1,0 +1,162 @@
+"""Which layers an adapter config targets: one pure function, :func:`match_targets`.
+
+Names are the model's own module paths as ``named_modules()`` prints them for
+the *unwrapped* model, so a preview taken before attaching, and matching on a
+model that already carries adapters, give the same names.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from torch import nn
+
+from .config import ALL_LINEAR, LoraConfig
+from .layers import AdapterLayer, LinearLora, ModulesToSave, wrapper_for
+
+_INDEX_PART = re.compile(r"^(?:\d+|.*_(\d+))$")
+
+
+@dataclass(frozen=True)
+class LogicalModule:
+    """A module as the user sees it: its path and the layer itself (unwrapped)."""
+
+    name: str
+    module: nn.Module
+    inside_attention: bool  # the out-projection owned by an nn.MultiheadAttention
+
+
+def iter_logical_modules(model: nn.Module) -> Iterator[LogicalModule]:
+    """Every module below ``model`` under its original name, adapter internals left out."""
+
+    def walk(module: nn.Module, prefix: str) -> Iterator[LogicalModule]:
+        for child_name, child in module._modules.items():
+            if child is None:
+                continue
+            name = f"{prefix}.{child_name}" if prefix else child_name
+            if isinstance(child, AdapterLayer):
+                child = child.base_layer
+            elif isinstance(child, ModulesToSave):
+                child = child.original_module
+            yield LogicalModule(name, child, isinstance(module_base(module), nn.MultiheadAttention))
+            yield from walk(child, name)
+
+    yield from walk(model, "")
+
+
+def module_base(module: nn.Module) -> nn.Module:
+    """The layer a wrapper stands for (the module itself when it is not a wrapper)."""
+    if isinstance(module, AdapterLayer):
+        return module.base_layer
+    if isinstance(module, ModulesToSave):
+        return module.original_module
+    return module
+
+
+def layer_index(name: str) -> int | None:
+    """The layer index in a module path: its first numeric part (``encoder.layer.3.attn`` -> 3,
+    ``encoder.layers.encoder_layer_3.mlp`` -> 3), or None when the path has none."""
+    for part in name.split("."):
+        m = _INDEX_PART.match(part)
+        if m:
+            return int(m.group(1) or part)
+    return None
+
+
+def name_matches(spec: list[str] | str, name: str) -> bool:
+    """A list entry matches the exact name or a dotted suffix; a string must full-match as a regex."""
+    if isinstance(spec, str):
+        return re.fullmatch(spec, name) is not None
+    return any(name == entry or name.endswith("." + entry) for entry in spec)
+
+
+def output_layer_names(model: nn.Module) -> set[str]:
+    """Names of the output projection (``get_output_embeddings``), which ``all-linear`` leaves alone."""
+    getter = getattr(model, "get_output_embeddings", None)
+    out = getter() if callable(getter) else None
+    if out is None:
+        return set()
+    return {lm.name for lm in iter_logical_modules(model) if lm.module is module_base(out)}
+
+
+@dataclass(frozen=True)
+class TargetPreview:
+    """What a config would do to a model, without raising: for live previews in the window."""
+
+    matched: list[str]  # layers that would be adapted, in model order
+    problems: dict[str, str]  # targeted layers LoRA cannot wrap -> the message saying why
+    error: str | None  # the message :func:`match_targets` would raise, or None
+
+
+def preview_targets(model: nn.Module, config: LoraConfig) -> TargetPreview:
+    """Like :func:`match_targets`, but reports problems instead of raising."""
+    modules = list(iter_logical_modules(model))
+    excluded_outputs = output_layer_names(model) if config.targets == ALL_LINEAR else set()
+    matched: list[str] = []
+    problems: dict[str, str] = {}
+    for lm in modules:
+        if _in_modules_to_save(config, lm.name):
+            continue  # trained fully; cannot also carry an adapter
+        if config.exclude is not None and name_matches(config.exclude, lm.name):
+            continue
+        if config.layers is not None and layer_index(lm.name) not in config.layers:
+            continue
+        wrapper, reason = wrapper_for(lm.module, inside_attention=lm.inside_attention)
+        if config.targets == ALL_LINEAR:
+            if wrapper is LinearLora and lm.name not in excluded_outputs:
+                matched.append(lm.name)
+            continue
+        if not name_matches(config.targets, lm.name):
+            continue
+        if wrapper is None:
+            problems[lm.name] = (
+                f"targeted layer {lm.name!r} is a {type(lm.module).__name__}: {reason}. "
+                "Change targets or add it to exclude."
+            )
+            continue
+        matched.append(lm.name)
+    error = next(iter(problems.values()), None)
+    if error is None and not matched:
+        error = _nothing_matched_message(config, modules)
+    return TargetPreview(matched, problems, error)
+
+
+def match_targets(model: nn.Module, config: LoraConfig) -> list[str]:
+    """The names of the layers ``config`` would adapt, in model order. Pure: nothing is changed.
+
+    Raises ``ValueError`` when a targeted layer cannot carry LoRA (naming it and why),
+    or when nothing matched (listing the layers that could be targeted).
+    """
+    preview = preview_targets(model, config)
+    if preview.error is not None:
+        raise ValueError(preview.error)
+    return preview.matched
+
+
+def _in_modules_to_save(config: LoraConfig, name: str) -> bool:
+    parts = name.split(".")
+    return any(name_matches(config.modules_to_save, ".".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
+def _nothing_matched_message(config: LoraConfig, modules: list[LogicalModule], limit: int = 40) -> str:
+    eligible = [
+        f"{lm.name} ({type(lm.module).__name__})"
+        for lm in modules
+        if wrapper_for(lm.module, inside_attention=lm.inside_attention)[0] is not None
+    ]
+    restrictions = []
+    if config.exclude is not None:
+        restrictions.append(f"exclude={config.exclude!r}")
+    if config.layers is not None:
+        restrictions.append(f"layers={config.layers!r}")
+    where = f" with {', '.join(restrictions)}" if restrictions else ""
+    if not eligible:
+        return f"targets={config.targets!r} matched no layer{where}: this model has no layer LoRA can wrap"
+    shown = "\n  ".join(eligible[:limit])
+    more = f"\n  ... and {len(eligible) - limit} more" if len(eligible) > limit else ""
+    return (
+        f"targets={config.targets!r} matched no layer{where}. "
+        f"Layers that can be targeted ({len(eligible)}):\n  {shown}{more}"
+    )
