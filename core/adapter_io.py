@@ -1,0 +1,340 @@
+"""Saving and loading adapters in PEFT's on-disk format, plus the studio's own metadata.
+
+A saved adapter is a folder (``folder`` for ``"default"``, ``folder/<name>`` for any
+other adapter, as PEFT does) with:
+
+* ``adapter_model.safetensors`` — the tensors under PEFT's keys (see :mod:`.peft_format`),
+  contiguous, unshared, metadata ``{"format": "pt"}``;
+* ``adapter_config.json`` — a minimal PEFT ``LoraConfig`` that older PEFT versions read too;
+* ``lora_studio_adapter.json`` — what PEFT has no field for: our full config (variant,
+  target spec), a training-run summary, and a fingerprint of the base model, so loading
+  can warn when an adapter meets a different base.  PEFT never opens it.
+
+All three are written through :func:`.atomic_files.staged_folder`: a failure mid-save
+leaves the previous adapter intact.
+
+**PiSSA.**  A PiSSA adapter's factors are only right on top of the residual base that
+PiSSA left behind, which no other program has.  :func:`save_adapter` therefore refuses
+one unless it is given ``original_base`` (the base as it was before attaching); it then
+writes the equivalent plain LoRA adapter of rank 2r for the *original* base, as PEFT's
+``path_initial_model_for_weight_conversion`` does (see :mod:`.pissa_export`).  A folder
+PEFT saved with ``init_lora_weights="pissa"`` (not converted) is loaded the way PEFT
+loads it: the base is replaced by its residual, then the saved factors are put in.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import adapter_layers, adapter_state, attach, delete_adapter, get_adapter_config, set_active_adapter
+from .atomic_files import staged_folder
+from .config import LoraConfig
+from .peft_format import (
+    PEFT_PREFIX,
+    adapter_tensors,
+    factor_paths,
+    lora_config_from_peft,
+    peft_compatibility_notes,
+    peft_config_dict,
+)
+from .pissa_export import OriginalBase, convert_pissa
+from .safe_loading import load_legacy_weights, load_safetensors
+from .target_matching import iter_logical_modules
+
+ADAPTER_CONFIG_NAME = "adapter_config.json"
+ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
+LEGACY_WEIGHTS_NAME = "adapter_model.bin"
+STUDIO_METADATA_NAME = "lora_studio_adapter.json"
+STUDIO_FORMAT_VERSION = 1
+
+
+class AdapterMismatchError(ValueError):
+    """The adapter on disk does not fit this model; the model was left exactly as it was."""
+
+
+def adapter_folder(folder: str | Path, adapter_name: str = "default") -> Path:
+    """Where ``adapter_name`` lives below ``folder`` (PEFT's rule: a sub-folder unless ``"default"``)."""
+    return Path(folder) if adapter_name == "default" else Path(folder) / adapter_name
+
+
+# -- saving ------------------------------------------------------------------------------------------
+def save_adapter(
+    model: nn.Module,
+    folder: str | Path,
+    adapter_name: str = "default",
+    *,
+    run_summary: dict[str, Any] | None = None,
+    base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
+    original_base: OriginalBase | None = None,
+) -> Path:
+    """Write ``adapter_name`` in PEFT's format below ``folder``; return the folder it went to.
+
+    ``run_summary`` (plain JSON data) goes into the studio metadata.  ``task_type`` defaults
+    to what the model's class says where that is unambiguous.  ``original_base`` is needed
+    only for PiSSA adapters (see the module docstring).
+    """
+    config = get_adapter_config(model, adapter_name)
+    live = adapter_tensors(model, adapter_name)
+    ranks = {n: layer.r[adapter_name] for n, layer in adapter_layers(model) if adapter_name in layer.adapter_names}
+    alphas = {
+        n: layer.lora_alpha[adapter_name] for n, layer in adapter_layers(model) if adapter_name in layer.adapter_names
+    }
+    tensors = {k: t.detach() for k, t in live.items()}
+    r, alpha, converted = config.r, config.alpha, False
+    if config.init == "pissa":
+        if original_base is None:
+            raise ValueError(
+                f"adapter {adapter_name!r} was initialised with PiSSA: its factors only fit the residual base "
+                "PiSSA left in this model. Pass original_base= (the base before attaching) to save it as a plain "
+                "LoRA adapter of rank 2r that loads on the original base anywhere."
+            )
+        replaced, ranks, alphas = convert_pissa(model, adapter_name, original_base, {id(t): k for k, t in live.items()})
+        tensors.update(replaced)
+        r, alpha, converted = 2 * config.r, _doubled_alpha(config), True
+    notes = peft_compatibility_notes(model, adapter_name)
+    for note in notes:
+        warnings.warn(f"adapter {adapter_name!r} will not load identically in PEFT: {note}", stacklevel=2)
+    peft_config = peft_config_dict(
+        model,
+        adapter_name,
+        r=r,
+        alpha=alpha,
+        ranks=ranks,
+        alphas=alphas,
+        init_lora_weights="gaussian" if config.init == "gaussian" else True,
+        base_model_name_or_path=base_model_name_or_path or _name_or_path(model),
+        task_type=task_type if task_type is not None else _task_type(model, config),
+    )
+    studio = {
+        "format_version": STUDIO_FORMAT_VERSION,
+        "adapter_name": adapter_name,
+        "config": config.to_dict() | ({"init": "default", "r": r, "alpha": alpha} if converted else {}),
+        "variant": config.variant,
+        "converted_from_pissa": converted,
+        "layer_ranks": ranks,
+        "layer_alphas": alphas,
+        "peft_compatible": not notes,
+        "peft_notes": notes,
+        "run_summary": run_summary or {},
+        "base_model": base_fingerprint(model, exclude=ranks),
+    }
+    if converted:  # the per-layer truth lives in the patterns (our config must rebuild rank 2r exactly)
+        studio["config"]["rank_pattern"] = peft_config["rank_pattern"]
+        studio["config"]["alpha_pattern"] = peft_config["alpha_pattern"]
+    return _write_folder(adapter_folder(folder, adapter_name), tensors, peft_config, studio)
+
+
+def _doubled_alpha(config: LoraConfig) -> float:
+    # Same scale at rank 2r: alpha/r needs 2·alpha; alpha/sqrt(r) needs sqrt(2)·alpha (PEFT's rule).
+    return config.alpha * (2**0.5 if config.use_rslora else 2)
+
+
+def _write_folder(out: Path, tensors: dict[str, torch.Tensor], peft_config: dict, studio: dict) -> Path:
+    from safetensors.torch import save_file
+
+    # Clone every tensor: contiguous, on the CPU, and never sharing storage (safetensors refuses aliases).
+    payload = {PEFT_PREFIX + k: t.detach().to("cpu").contiguous().clone() for k, t in tensors.items()}
+    with staged_folder(out) as stage:
+        save_file(payload, str(stage / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+        (stage / ADAPTER_CONFIG_NAME).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
+        (stage / STUDIO_METADATA_NAME).write_text(json.dumps(studio, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+def _name_or_path(model: nn.Module) -> str | None:
+    name = getattr(model, "name_or_path", None) or getattr(getattr(model, "config", None), "_name_or_path", None)
+    return str(name) if name else None
+
+
+def _task_type(model: nn.Module, config: LoraConfig) -> str | None:
+    """PEFT's task type where the class name makes it certain; None (PEFT's generic model) otherwise.
+
+    Classification heads only count when they are in ``modules_to_save``: PEFT adds them there
+    by itself for these task types, and a head it added that the file lacks would load untrained.
+    """
+    cls = type(model).__name__
+    if cls.endswith("ForCausalLM") or cls.endswith("LMHeadModel"):
+        return "CAUSAL_LM"
+    heads = set(config.modules_to_save)
+    if heads & {"classifier", "score"}:
+        if cls.endswith("ForSequenceClassification"):
+            return "SEQ_CLS"
+        if cls.endswith("ForTokenClassification"):
+            return "TOKEN_CLS"
+    return None
+
+
+def base_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str, Any]:
+    """A cheap identity of the base model: its class, name, architecture and a sample of its values.
+
+    ``structure`` hashes every base parameter's name, shape and dtype; ``values`` hashes the first
+    few values of each parameter outside the modules in ``exclude`` (the adapted layers, whose
+    weights PiSSA replaces by a residual) -- enough to tell two checkpoints of one architecture
+    apart without reading gigabytes.
+    """
+    structure, values = hashlib.sha256(), hashlib.sha256()
+    skipped = tuple(f"{name}." for name in exclude)
+    for lm in iter_logical_modules(model):
+        for pname, p in lm.module.named_parameters(recurse=False):
+            name = f"{lm.name}.{pname}"
+            structure.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
+            if not name.startswith(skipped) and not p.is_meta:
+                values.update(p.detach().reshape(-1)[:16].to("cpu", torch.float64).numpy().tobytes())
+    return {
+        "class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "name_or_path": _name_or_path(model),
+        "structure": structure.hexdigest(),
+        "values": values.hexdigest(),
+    }
+
+
+# -- loading ----------------------------------------------------------------------------------------
+def read_adapter_folder(folder: str | Path) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
+    """(PEFT config, studio metadata or None, tensors with ``base_model.model.`` removed) of a folder."""
+    folder = Path(folder)
+    config_path = folder / ADAPTER_CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}; is it an adapter folder?")
+    peft_config = json.loads(config_path.read_text(encoding="utf-8"))
+    studio_path = folder / STUDIO_METADATA_NAME
+    studio = json.loads(studio_path.read_text(encoding="utf-8")) if studio_path.is_file() else None
+    if (folder / ADAPTER_WEIGHTS_NAME).is_file():
+        raw = load_safetensors(folder / ADAPTER_WEIGHTS_NAME)
+    elif (folder / LEGACY_WEIGHTS_NAME).is_file():
+        raw = load_legacy_weights(folder / LEGACY_WEIGHTS_NAME)
+    else:
+        raise FileNotFoundError(f"{folder} holds neither {ADAPTER_WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}")
+    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()}
+    return peft_config, studio, tensors
+
+
+def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "default") -> nn.Module:
+    """Attach the adapter saved in ``folder`` (ours or PEFT's) as ``adapter_name``, load its weights,
+    make it active, and return ``model``.
+
+    A plain model gets the adapter the folder describes; a model with adapters gets one more.
+    ``folder`` may also be the parent folder of a non-default adapter's sub-folder.  When the
+    files do not fit the model, :class:`AdapterMismatchError` names the first offending key with
+    both shapes, and the model is left exactly as it was.
+    """
+    folder = Path(folder)
+    if not (folder / ADAPTER_CONFIG_NAME).is_file() and (folder / adapter_name / ADAPTER_CONFIG_NAME).is_file():
+        folder = folder / adapter_name
+    peft_config, studio, tensors = read_adapter_folder(folder)
+    state = adapter_state(model)
+    if state is not None and adapter_name in state.configs:
+        raise ValueError(f"the model already has an adapter named {adapter_name!r}; choose another name")
+    if any(layer.merged for _, layer in adapter_layers(model)):
+        raise ValueError("unmerge the model's adapters before loading another one (merged weights would change)")
+    _check_modules_exist(model, tensors)
+    if studio is not None:
+        config = LoraConfig.from_dict(studio["config"])
+        _warn_on_other_base(model, studio.get("base_model") or {}, factor_paths(tensors), folder)
+    else:
+        config = lora_config_from_peft(peft_config, tensors, model)
+    _attach_and_fill(model, config, adapter_name, tensors)
+    return model
+
+
+def _check_modules_exist(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
+    names = {lm.name for lm in iter_logical_modules(model)}
+    for path, key in factor_paths(tensors).items():
+        if path not in names:
+            raise AdapterMismatchError(
+                f"{PEFT_PREFIX}{key}: file shape {list(tensors[key].shape)}, but this model has no module "
+                f"{path!r} (model shape: none). Was the adapter trained on another base model?"
+            )
+
+
+def _warn_on_other_base(model: nn.Module, saved: dict, adapted: Iterable[str], folder: Path) -> None:
+    here = base_fingerprint(model, exclude=adapted)
+    for field in ("structure", "values"):
+        if saved.get(field) and saved[field] != here[field]:
+            what = "architecture" if field == "structure" else "weights"
+            warnings.warn(
+                f"{folder}: this adapter was saved on a base model with different {what} "
+                f"({saved.get('class')}, {saved.get('name_or_path')!r}); its outputs may not be what was trained",
+                stacklevel=3,
+            )
+            return
+
+
+def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict) -> None:
+    """Attach with a neutral init, check every tensor against the model, then copy; undo on any mismatch."""
+    previous_active = adapter_state(model).active if adapter_state(model) else None
+    grad_flags = {id(p): p.requires_grad for p in model.parameters()}
+    attach_config = config.replace(init="default") if config.init == "pissa" else config
+    with torch.random.fork_rng(devices=[]):  # loading must not move the caller's random stream
+        attach(model, attach_config, adapter_name)
+    try:
+        expected = adapter_tensors(model, adapter_name)
+        base_extra = _check_tensors(model, expected, tensors)
+    except Exception:
+        delete_adapter(model, adapter_name)
+        if adapter_state(model) is not None:
+            set_active_adapter(model, previous_active)
+        for p in model.parameters():
+            p.requires_grad_(grad_flags.get(id(p), p.requires_grad))
+        raise
+    with torch.no_grad():
+        if config.init == "pissa":  # PEFT's reading: the base becomes the residual of its own SVD
+            for _, layer in adapter_layers(model):
+                if adapter_name in layer.adapter_names:
+                    layer._pissa_init(adapter_name)
+        for key, target in {**expected, **base_extra}.items():
+            target.copy_(tensors[key].to(target.dtype))
+    adapter_state(model).configs[adapter_name] = config  # remember the real init (PiSSA) for a later save
+
+
+def _check_tensors(model: nn.Module, expected: dict[str, torch.Tensor], tensors: dict) -> dict[str, torch.Tensor]:
+    """Raise on the first missing, unexpected or mis-shaped key; return the extra base tensors to load."""
+    for key, target in expected.items():
+        if key not in tensors:
+            raise AdapterMismatchError(
+                f"{PEFT_PREFIX}{key}: missing from the file (model shape {list(target.shape)}, file shape: none)"
+            )
+        if tuple(tensors[key].shape) != tuple(target.shape):
+            raise AdapterMismatchError(
+                f"{PEFT_PREFIX}{key}: file shape {list(tensors[key].shape)} does not match model shape "
+                f"{list(target.shape)}. Was the adapter trained on another base model or with another rank?"
+            )
+    # PEFT also saves whole base tensors in some cases (a resized embedding table, lm_head): load those as PEFT does.
+    base = model.state_dict(keep_vars=True)
+    extra = {}
+    for key in tensors:
+        if key in expected:
+            continue
+        if key not in base:
+            raise AdapterMismatchError(
+                f"{PEFT_PREFIX}{key}: in the file (shape {list(tensors[key].shape)}) but this model has no such "
+                "tensor (model shape: none)"
+            )
+        if tuple(tensors[key].shape) != tuple(base[key].shape):
+            raise AdapterMismatchError(
+                f"{PEFT_PREFIX}{key}: file shape {list(tensors[key].shape)} does not match model shape "
+                f"{list(base[key].shape)}"
+            )
+        extra[key] = base[key]
+    return extra
+
+
+__all__ = [
+    "ADAPTER_CONFIG_NAME",
+    "ADAPTER_WEIGHTS_NAME",
+    "STUDIO_METADATA_NAME",
+    "AdapterMismatchError",
+    "adapter_folder",
+    "base_fingerprint",
+    "load_adapter",
+    "read_adapter_folder",
+    "save_adapter",
+]
