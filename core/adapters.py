@@ -9,6 +9,7 @@ small :class:`AdapterState` on the model.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -82,6 +83,9 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
         raise ValueError(f"adapter {adapter_name!r} already exists; delete it first or choose another name")
     targets = match_targets(model, config)
     save_names = _resolve_modules_to_save(model, config)
+    if config.init == "pissa":
+        _check_pissa_ranks(model, targets, config)  # before anything changes: PiSSA rewrites base weights
+    shared = _shared_parameter_ids(model) if config.init == "pissa" else set()
     added: list[AdapterLayer | ModulesToSave] = []
     created: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original) to undo a wrap
     try:
@@ -95,6 +99,13 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
                 setattr(parent, attr, wrapper)
                 created.append((parent, attr, layer))
                 layer = wrapper
+            untie = frozenset(k for k, slot in layer._weight_slots().items() if id(slot.param) in shared)
+            if untie:
+                warnings.warn(
+                    f"layer {name!r} shares its weight with another module (tied weights); PiSSA gives it its "
+                    "own residual copy so the other module is unchanged",
+                    stacklevel=2,
+                )
             layer.add_adapter(
                 adapter_name,
                 r=config.rank_for(name),
@@ -102,6 +113,7 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
                 dropout=config.dropout,
                 init=config.init,
                 use_rslora=config.use_rslora,
+                untie=untie,
             )
             added.append(layer)
         for name in save_names:
@@ -198,8 +210,38 @@ def merge(model: nn.Module, adapter_name: str | None = None) -> None:
                 f"refusing to merge adapter {adapter_name!r}: layer {name!r} has NaN or Inf in its factors; "
                 "no weight was changed"
             )
-    for _, layer in layers:
-        layer.merge(adapter_name)
+    shared = _shared_parameter_ids(model)
+    for name, layer in layers:
+        untie = frozenset(k for k, slot in layer._weight_slots().items() if id(slot.param) in shared)
+        if untie and adapter_name not in layer.merged_adapters:
+            warnings.warn(
+                f"layer {name!r} shares its weight with another module (tied weights); merging gives it "
+                "its own copy so the other module's output is unchanged",
+                stacklevel=2,
+            )
+        layer.merge(adapter_name, untie=untie)
+
+
+def _check_pissa_ranks(model: nn.Module, targets: list[str], config: LoraConfig) -> None:
+    for name in targets:
+        layer = model.get_submodule(name)
+        if not isinstance(layer, AdapterLayer):
+            layer = wrapper_for(layer)[0](layer)  # a throw-away wrapper: only reads the weight shapes
+        for key, slot in layer._weight_slots().items():
+            limit = min(slot.matrix(slot.param).shape)
+            if config.rank_for(name) > limit:
+                raise ValueError(
+                    f"PiSSA needs rank <= {limit} for layer {name!r} ({key} is {tuple(slot.param.shape)}), "
+                    f"got r={config.rank_for(name)}; lower the rank or set a rank_pattern for this layer"
+                )
+
+
+def _shared_parameter_ids(model: nn.Module) -> set[int]:
+    """Parameters reachable under more than one name (e.g. GPT-2's tied embedding and output head)."""
+    seen: dict[int, int] = {}
+    for _, p in model.named_parameters(remove_duplicate=False):
+        seen[id(p)] = seen.get(id(p), 0) + 1
+    return {pid for pid, n in seen.items() if n > 1}
 
 
 def unmerge(model: nn.Module) -> None:

@@ -68,6 +68,7 @@ def _run_describe(args: argparse.Namespace) -> int:
     from .counting import count_parameters
     from .inspect import describe
     from .meta_models import build_on_meta
+    from .target_matching import preview_targets
 
     targets = args.targets if (args.regex or args.targets == ALL_LINEAR) else args.targets.split(",")
     config = LoraConfig(r=args.rank, targets=targets)
@@ -83,9 +84,10 @@ def _run_describe(args: argparse.Namespace) -> int:
         print(f"{'  ' * depth}{node.name or '(model)'}  {node.type_name}  {node.total_parameters:,}{mark}")
     added = sum(n.added_parameters for n in tree.walk())
     targeted = sum(n.targeted for n in tree.walk())
-    problem = next((n.problem for n in tree.walk() if n.problem), None)
     print(f"\n{count_parameters(model).total:,} parameters; {targeted} layers targeted, adding {added:,} "
           f"({100 * added / max(tree.total_parameters, 1):.3f}%); described in {elapsed * 1000:.0f} ms")
-    if problem:
-        print(f"warning: {problem}")
+    error = preview_targets(model, config).error
+    if error:  # the tree is still shown, so the user can pick valid names from it
+        print(f"lora-studio describe: error: {error}", file=sys.stderr)
+        return 1
     return 0

@@ -61,6 +61,9 @@ class AdapterLayer(nn.Module):
         self.active_adapter: str | None = None
         self.merged_adapters: list[str] = []
         self.adapters_disabled = False
+        # Weights shared with another module (tied embeddings) are merged into a new tensor so the
+        # other user keeps the original; the original is put back when the last update comes out.
+        self._tied_originals: dict[str, nn.Parameter] = {}
 
     # -- hooks for subclasses --------------------------------------------------------
     def _weight_slots(self) -> dict[str, WeightSlot]:
@@ -95,9 +98,21 @@ class AdapterLayer(nn.Module):
         return list(self.r)
 
     def add_adapter(
-        self, adapter: str, *, r: int, alpha: float, dropout: float, init: str, use_rslora: bool
+        self,
+        adapter: str,
+        *,
+        r: int,
+        alpha: float,
+        dropout: float,
+        init: str,
+        use_rslora: bool,
+        untie: frozenset[str] = frozenset(),
     ) -> None:
-        """Create adapter ``adapter`` with its factors, scaling and initialisation."""
+        """Create adapter ``adapter`` with its factors, scaling and initialisation.
+
+        ``untie`` names weights shared with another module: PiSSA, which rewrites the base
+        weight, gives this layer its own copy of those so the other module is unaffected.
+        """
         if adapter in self.r:
             raise ValueError(f"adapter {adapter!r} already exists on this layer")
         self.r[adapter] = r
@@ -109,7 +124,7 @@ class AdapterLayer(nn.Module):
             return  # browsing only: nothing to initialise
         with torch.no_grad():
             if init == "pissa":
-                self._pissa_init(adapter)
+                self._pissa_init(adapter, untie)
             else:
                 self._reset_factors(adapter, init)
 
@@ -166,11 +181,13 @@ class AdapterLayer(nn.Module):
         )
 
     @torch.no_grad()
-    def merge(self, adapter: str | None = None) -> None:
+    def merge(self, adapter: str | None = None, untie: frozenset[str] = frozenset()) -> None:
         """Add ``adapter``'s update (default: the active one) into the base weights, in float32.
 
         Idempotent: merging an adapter that is already merged does nothing. The merged
         weight is computed into a new tensor and checked before the base is touched.
+        Weights named in ``untie`` are shared with another module: they get a new tensor
+        instead of being changed in place, so the other module's output stays the same.
         """
         adapter = adapter or self.active_adapter
         if adapter is None or adapter in self.merged_adapters:
@@ -187,7 +204,11 @@ class AdapterLayer(nn.Module):
                 )
             new_weights[key] = merged
         for key, slot in self._weight_slots().items():
-            slot.param.copy_(new_weights[key].to(slot.param.dtype))
+            if key in untie and key not in self._tied_originals:
+                self._tied_originals[key] = slot.param
+                self._set_base_weight(key, nn.Parameter(new_weights[key].to(slot.param.dtype), slot.param.requires_grad))
+            else:
+                slot.param.copy_(new_weights[key].to(slot.param.dtype))
         self.merged_adapters.append(adapter)
 
     @torch.no_grad()
@@ -200,13 +221,21 @@ class AdapterLayer(nn.Module):
             for key, slot in self._weight_slots().items():
                 slot.param.copy_((slot.param.float() - self.delta_weight(name, key)).to(slot.param.dtype))
             self.merged_adapters.remove(name)
+        if not self.merged_adapters:
+            for key, original in self._tied_originals.items():
+                self._set_base_weight(key, original)  # exact: the shared original was never changed
+            self._tied_originals.clear()
+
+    def _set_base_weight(self, key: str, param: nn.Parameter) -> None:
+        owner, _, attr = key.rpartition(".")
+        setattr(self.base_layer.get_submodule(owner) if owner else self.base_layer, attr, param)
 
     @property
     def merged(self) -> bool:
         return bool(self.merged_adapters)
 
     # -- PiSSA ---------------------------------------------------------------------------------
-    def _pissa_init(self, adapter: str) -> None:
+    def _pissa_init(self, adapter: str, untie: frozenset[str] = frozenset()) -> None:
         """PiSSA (Meng et al. 2024, section 3): A, B from the top-r singular triplets; base keeps the residual.
 
         With scaling s, B = U_r·sqrt(S_r/s) and A = sqrt(S_r/s)·V_rᵀ, so s·B·A is exactly the
@@ -227,7 +256,11 @@ class AdapterLayer(nn.Module):
             a.copy_((root[:, None] * vh[:r]).reshape(a.shape))
             self._after_pissa(adapter)
             residual = original - scaling * (b.reshape(b.shape[0], -1).float() @ a.reshape(r, -1).float())
-            slot.param.copy_(slot.layout(residual).to(slot.param.dtype))
+            residual = slot.layout(residual).to(slot.param.dtype)
+            if key in untie:
+                self._set_base_weight(key, nn.Parameter(residual, requires_grad=False))
+            else:
+                slot.param.copy_(residual)
 
     def _after_pissa(self, adapter: str) -> None:
         """Hook to re-impose layer constraints on fresh PiSSA factors (e.g. an embedding's padding row)."""

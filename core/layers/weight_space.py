@@ -62,13 +62,14 @@ class WeightSpaceLora(AdapterLayer):
         self.lora_A[adapter] = a
         self.lora_B[adapter] = b
 
-    def add_adapter(self, adapter: str, *, r: int, alpha: float, dropout: float, init: str, use_rslora: bool) -> None:
+    def add_adapter(self, adapter: str, *, r: int, alpha: float, dropout: float, init: str, use_rslora: bool,
+                    untie: frozenset[str] = frozenset()) -> None:
         if dropout > 0:
             warnings.warn(
                 f"{type(self.base_layer).__name__} is adapted in weight space; dropout={dropout} is not applied to it",
                 stacklevel=2,
             )
-        super().add_adapter(adapter, r=r, alpha=alpha, dropout=0.0, init=init, use_rslora=use_rslora)
+        super().add_adapter(adapter, r=r, alpha=alpha, dropout=0.0, init=init, use_rslora=use_rslora, untie=untie)
 
     def forward(self, *args, **kwargs):
         self._run_base_disabled()

@@ -1,0 +1,115 @@
+"""Project contracts: import boundaries, packaging, the README's promises and the CLI."""
+
+import ast
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QT_MODULES = {"PySide6", "pyqtgraph", "shiboken6"}
+
+
+def _imports(path: Path) -> list[tuple[str, int]]:
+    """(absolute module name, relative level) of every import in a file."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found += [(alias.name, 0) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            found.append((node.module or "", node.level))
+    return found
+
+
+def test_core_never_imports_qt() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}: {name}"
+        for path in (ROOT / "core").rglob("*.py")
+        for name, _ in _imports(path)
+        if name.split(".")[0] in QT_MODULES
+    ]
+    assert not offenders, offenders
+
+
+def test_core_import_loads_no_qt_at_runtime() -> None:
+    code = "import sys, lora_studio.core; print(sorted(m for m in sys.modules if m.split('.')[0] in %r))" % (
+        QT_MODULES,
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_app_reaches_core_only_through_its_public_api() -> None:
+    offenders = []
+    for path in (ROOT / "app").rglob("*.py"):
+        for name, level in _imports(path):
+            inner_core = name.startswith("lora_studio.core.") or (level >= 2 and name.startswith("core"))
+            if inner_core:
+                offenders.append(f"{path.relative_to(ROOT)}: {'.' * level}{name}")
+    assert not offenders, offenders
+
+
+def test_every_subpackage_is_installed() -> None:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    listed = set(config["packages"])
+    for prefix, folder in config["package-dir"].items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            relative = init.parent.relative_to(ROOT / folder).parts
+            package = ".".join((prefix, *relative))
+            assert package in listed, f"{package} is missing from [tool.setuptools] packages in pyproject.toml"
+
+
+def _readme() -> str:
+    return (ROOT / "README.md").read_text()
+
+
+def test_ci_runs_exactly_the_readme_test_command() -> None:
+    blocks = re.findall(r"```bash\n(.*?)```", _readme(), re.S)
+    assert "make test" in [b.strip() for b in blocks], "the README gives `make test` as the test command"
+    ci = [line for line in (ROOT / ".ci/run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1].strip() == "make test"
+
+
+def test_readme_python_example_runs_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    code = re.search(r"## The Python API\n\n```python\n(.*?)```", _readme(), re.S).group(1)
+    expected = [c.strip() for c in re.findall(r"print\(.*#\s*(.+)$", code, re.M)]
+    exec(compile(code, "README.md", "exec"), {})
+    printed = capsys.readouterr().out.strip().splitlines()
+    assert printed == expected
+
+
+def test_cli_help_and_describe() -> None:
+    from lora_studio.core.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["--help"])
+    assert info.value.code == 0
+    script = Path(sys.executable).with_name("lora-studio")
+    out = subprocess.run([str(script), "--help"], capture_output=True, text=True, check=True).stdout
+    assert "demo" in out and "describe" in out
+
+
+def test_cli_describe_and_its_errors(capsys: pytest.CaptureFixture[str]) -> None:
+    from lora_studio.core.cli import main
+
+    assert main(["describe", "torchvision:resnet18", "--targets", r"layer4\..*conv\d", "--regex", "--depth", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "11,689,512 parameters; 4 layers targeted" in out  # resnet18's published size
+    assert main(["describe", "torchvision:resnet_nope"]) == 2
+    assert "torchvision has no model 'resnet_nope'" in capsys.readouterr().err
+    assert main(["describe", "torchvision:resnet18", "--targets", "bn1", "--depth", "0"]) == 1
+    assert "'bn1' is a BatchNorm2d" in capsys.readouterr().err
+
+
+def test_engine_demo_recovers_accuracy() -> None:
+    from lora_studio.core.demo import run_engine_demo
+
+    lines: list[str] = []
+    results = run_engine_demo(steps=100, rank=4, log=lines.append)
+    assert results["shifted_before"] < 0.5, "the shifted domain defeats the base model"
+    assert results["shifted_after"] > 0.9, "LoRA recovers it"
+    assert results["merge_max_diff"] < 1e-4
+    assert len(lines) >= 4
