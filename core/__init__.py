@@ -21,11 +21,14 @@ from .adapters import (
     unload,
     unmerge,
 )
+from .adapter_io import AdapterMismatchError, load_adapter, save_adapter
 from .combination import add_weighted_adapter
 from .config import LoraConfig
 from .counting import MemoryEstimate, ParameterCounts, count_parameters, estimate_training_memory
 from .inspect import ModuleInfo, ParameterInfo, describe
 from .layers import SUPPORTED_TYPES_TEXT, AdapterLayer, ModulesToSave, NonFiniteDeltaError
+from .merged_export import ExportResult, export_merged, verify_export
+from .safe_loading import CorruptFileError, UnsafeFileError, load_weights
 from .target_matching import TargetPreview, match_targets, preview_targets
 from .variants import VariantInfo, available_variants, get_variant
 
@@ -34,7 +37,10 @@ __version__ = "0.1.0"
 __all__ = [
     "SUPPORTED_TYPES_TEXT",
     "AdapterLayer",
+    "AdapterMismatchError",
     "AdapterState",
+    "CorruptFileError",
+    "ExportResult",
     "LoraConfig",
     "MemoryEstimate",
     "ModuleInfo",
@@ -43,6 +49,7 @@ __all__ = [
     "ParameterCounts",
     "ParameterInfo",
     "TargetPreview",
+    "UnsafeFileError",
     "VariantInfo",
     "active_adapter",
     "adapter_layers",
@@ -54,14 +61,19 @@ __all__ = [
     "describe",
     "disable_adapters",
     "estimate_training_memory",
+    "export_merged",
     "get_adapter_config",
     "get_variant",
     "list_adapters",
+    "load_adapter",
+    "load_weights",
     "match_targets",
     "merge",
     "merge_and_unload",
     "preview_targets",
+    "save_adapter",
     "set_active_adapter",
     "unload",
     "unmerge",
+    "verify_export",
 ]

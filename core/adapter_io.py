@@ -222,13 +222,14 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
     make it active, and return ``model``.
 
     A plain model gets the adapter the folder describes; a model with adapters gets one more.
-    ``folder`` may also be the parent folder of a non-default adapter's sub-folder.  When the
+    For a non-default name, a sub-folder of ``folder`` named after it is used when there is one
+    (the layout :func:`save_adapter` and PEFT write).  When the
     files do not fit the model, :class:`AdapterMismatchError` names the first offending key with
     both shapes, and the model is left exactly as it was.
     """
     folder = Path(folder)
-    if not (folder / ADAPTER_CONFIG_NAME).is_file() and (folder / adapter_name / ADAPTER_CONFIG_NAME).is_file():
-        folder = folder / adapter_name
+    if adapter_name != "default" and (folder / adapter_name / ADAPTER_CONFIG_NAME).is_file():
+        folder = folder / adapter_name  # where save_adapter (and PEFT) put a non-default adapter
     peft_config, studio, tensors = read_adapter_folder(folder)
     state = adapter_state(model)
     if state is not None and adapter_name in state.configs:

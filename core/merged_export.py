@@ -1,0 +1,263 @@
+"""Exporting a model with its adapter merged in, and proving the export is right.
+
+:func:`export_merged` never touches the live model: it merges a *copy* (upcast to
+float32 first, so the merge itself is float32 whatever the base dtype), rounds the
+result to the requested precision once, and writes
+
+* for a transformers model: a complete ``save_pretrained`` folder (config, safetensors
+  weights, the tokenizer when one is known) that ``AutoModel.from_pretrained`` opens;
+* for any other model: ``<name>.safetensors`` holding the plain state dict (the keys of
+  the original architecture, so ``load_state_dict(..., strict=True)`` accepts it, e.g.
+  into the same torchvision constructor) and a small ``<name>.export.json`` sidecar
+  saying where the architecture comes from.
+
+Given an example batch it reports the largest output difference between the merged
+copy and the live (unmerged) model.  :func:`verify_export` reloads what was written and
+compares it with the live model the same way.  Outputs are compared in float32 computed
+from the stored weights, so the number measures what merging and rounding did to the
+weights, not the quirks of a device's half-precision kernels.
+
+The copy costs one extra model in memory; that is the price of leaving the live model
+(and its training state) alone.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import json
+import shutil
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from .adapters import active_adapter, adapter_state, get_adapter_config, merge_and_unload, set_active_adapter, unload
+from .atomic_files import atomic_path, atomic_write_json, replace_folder
+from .safe_loading import load_safetensors
+
+PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+SIDECAR_FORMAT = "lora-studio-merged/1"
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
+    "vocab.json", "merges.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """What :func:`export_merged` wrote."""
+
+    path: Path  # the save_pretrained folder, or the .safetensors file
+    kind: str  # "transformers" or "safetensors"
+    precision: str
+    adapter_name: str | None  # the adapter merged in (None: the model had none active)
+    files: tuple[Path, ...]  # every file written
+    max_output_difference: float | None  # merged vs live model on the example batch, if one was given
+
+
+def is_transformers_model(model: nn.Module) -> bool:
+    """True for a transformers ``PreTrainedModel`` (which exports as a ``save_pretrained`` folder)."""
+    try:
+        from transformers import PreTrainedModel
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        return False
+    return isinstance(model, PreTrainedModel)
+
+
+def merged_copy(model: nn.Module, adapter_name: str | None = None, precision: str = "float32") -> nn.Module:
+    """A plain copy of ``model`` with ``adapter_name`` (default: the active adapter) merged in float32,
+    then cast to ``precision``.  ``model`` itself is not changed."""
+    dtype = _dtype(precision)
+    merged = copy.deepcopy(model)
+    if adapter_state(merged) is not None and adapter_name is not None:
+        set_active_adapter(merged, adapter_name)
+    merged.to(torch.float32)  # merge in float32 even over a half-precision base
+    merged = merge_and_unload(merged) if adapter_state(merged) is not None else merged
+    return merged.to(dtype).requires_grad_(False)
+
+
+def export_merged(
+    model: nn.Module,
+    path: str | Path,
+    *,
+    precision: str = "float32",
+    adapter_name: str | None = None,
+    example_inputs: Any = None,
+    tokenizer: Any = None,
+    architecture: Mapping[str, Any] | None = None,
+) -> ExportResult:
+    """Merge ``adapter_name`` (default: the active one) into a copy of ``model`` and write it to ``path``.
+
+    ``tokenizer`` (transformers only): a tokenizer object, or a folder to copy tokenizer files
+    from; by default the files beside the model's own ``name_or_path`` when that is a local
+    folder.  ``architecture`` (plain models only) is stored in the sidecar, e.g.
+    ``{"torchvision": "resnet18", "kwargs": {"num_classes": 5}}``.  With ``example_inputs`` the
+    result carries the largest output difference between the merged copy and the live model.
+    """
+    name = adapter_name or (active_adapter(model) if adapter_state(model) is not None else None)
+    merged = merged_copy(model, adapter_name, precision)
+    difference = None
+    if example_inputs is not None:
+        difference = max_output_difference(_outputs(model, example_inputs), _outputs(merged.float(), example_inputs))
+        merged.to(_dtype(precision))
+    path = Path(path)
+    if is_transformers_model(merged):
+        files = _write_pretrained(merged, path, tokenizer or _name_or_path(model))
+        kind = "transformers"
+    else:
+        if path.suffix != ".safetensors":
+            path = path / "model.safetensors"
+        sidecar = {
+            "format": SIDECAR_FORMAT,
+            "architecture": {"class": _class_path(model), **(architecture or {})},
+            "precision": precision,
+            "adapter_name": name,
+            "lora_config": get_adapter_config(model, name).to_dict() if name else None,
+            "max_output_difference": difference,
+        }
+        files = _write_state_dict(merged, path, sidecar)
+        kind = "safetensors"
+    return ExportResult(path, kind, precision, name, files, difference)
+
+
+def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[Path, ...]:
+    with replace_folder(folder) as stage:
+        merged.save_pretrained(stage)
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(stage)
+        elif tokenizer is not None and Path(tokenizer).is_dir():
+            for file_name in TOKENIZER_FILES:
+                if (Path(tokenizer) / file_name).is_file():
+                    shutil.copy2(Path(tokenizer) / file_name, stage / file_name)
+    return tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
+
+
+def _write_state_dict(merged: nn.Module, path: Path, sidecar: dict) -> tuple[Path, ...]:
+    from safetensors.torch import save_file
+
+    seen: set[tuple[int, int]] = set()
+    tensors = {}
+    for key, tensor in merged.state_dict().items():
+        # Tied weights share storage, which safetensors refuses: every key gets its own copy.
+        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
+        tensors[key] = tensor.detach().cpu().contiguous().clone() if ident in seen else tensor.detach().cpu().contiguous()
+        seen.add(ident)
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+    sidecar_path = sidecar_path_for(path)
+    atomic_write_json(sidecar_path, {**sidecar, "weights_file": path.name, "sha256": digest})
+    return path, sidecar_path
+
+
+def sidecar_path_for(weights: str | Path) -> Path:
+    """The JSON sidecar beside a merged ``.safetensors`` export."""
+    weights = Path(weights)
+    return weights.with_name(weights.stem + ".export.json")
+
+
+def verify_export(
+    exported: ExportResult | str | Path,
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    build: Callable[[], nn.Module] | None = None,
+) -> float:
+    """Reload an export, run ``example_inputs`` through it and through the live ``model``, and
+    return the largest output difference.
+
+    A ``save_pretrained`` folder is reopened with the live model's class; a safetensors file is
+    loaded with ``strict=True`` into ``build()`` or, by default, into a copy of the live model
+    with its adapters removed (the original architecture).
+    """
+    path = exported.path if isinstance(exported, ExportResult) else Path(exported)
+    if path.is_dir() and (path / "config.json").is_file():
+        reloaded = type(model).from_pretrained(path)
+    else:
+        if path.is_dir():
+            path = path / "model.safetensors"
+        reloaded = build() if build is not None else _plain_structure(model)
+        reloaded.load_state_dict(load_safetensors(path), strict=True)
+    return max_output_difference(_outputs(model, example_inputs), _outputs(reloaded.float(), example_inputs))
+
+
+def _plain_structure(model: nn.Module) -> nn.Module:
+    skeleton = copy.deepcopy(model)
+    return unload(skeleton) if adapter_state(skeleton) is not None else skeleton
+
+
+# -- outputs ---------------------------------------------------------------------------------------
+def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
+    """Every floating-point tensor ``model`` returns for ``inputs``, in eval mode, without gradients."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            if isinstance(inputs, Mapping):
+                out = model(**inputs)
+            elif isinstance(inputs, tuple):
+                out = model(*inputs)
+            else:
+                out = model(inputs)
+    finally:
+        model.train(was_training)
+    return [t for t in _flatten(out) if t.is_floating_point()]
+
+
+def _flatten(value: Any) -> list[torch.Tensor]:
+    if isinstance(value, torch.Tensor):
+        return [value]
+    if isinstance(value, Mapping):  # transformers' ModelOutput is a Mapping too
+        return [t for v in value.values() for t in _flatten(v)]
+    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
+        return [t for v in value for t in _flatten(v)]
+    return []
+
+
+def max_output_difference(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> float:
+    """The largest absolute difference between two models' outputs (as returned by :func:`_outputs`)."""
+    if len(expected) != len(actual):
+        raise ValueError(f"the models returned different numbers of tensors ({len(expected)} vs {len(actual)})")
+    worst = 0.0
+    for a, b in zip(expected, actual):
+        if a.shape != b.shape:
+            raise ValueError(f"output shapes differ: {list(a.shape)} vs {list(b.shape)}")
+        worst = max(worst, float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
+    return worst
+
+
+def _dtype(precision: str) -> torch.dtype:
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
+    return PRECISIONS[precision]
+
+
+def _class_path(model: nn.Module) -> str:
+    return f"{type(model).__module__}.{type(model).__qualname__}"
+
+
+def _name_or_path(model: nn.Module) -> str | None:
+    name = getattr(getattr(model, "config", None), "_name_or_path", None)
+    return name if name and Path(name).is_dir() else None
+
+
+def read_sidecar(weights: str | Path) -> dict[str, Any]:
+    """The sidecar of a merged safetensors export."""
+    return json.loads(sidecar_path_for(weights).read_text(encoding="utf-8"))
+
+
+__all__ = [
+    "PRECISIONS",
+    "ExportResult",
+    "export_merged",
+    "is_transformers_model",
+    "max_output_difference",
+    "merged_copy",
+    "read_sidecar",
+    "sidecar_path_for",
+    "verify_export",
+]
