@@ -312,7 +312,7 @@ def _check_tensors(model: nn.Module, expected: dict[str, torch.Tensor], tensors:
     base = model.state_dict(keep_vars=True)
     extra = {}
     for key in tensors:
-        if key in expected:
+        if key in expected or _copy_alias(key) in expected:
             continue
         if key not in base:
             raise AdapterMismatchError(
@@ -326,6 +326,13 @@ def _check_tensors(model: nn.Module, expected: dict[str, torch.Tensor], tensors:
             )
         extra[key] = base[key]
     return extra
+
+
+def _copy_alias(key: str) -> str:
+    """PEFT with ``bias="all"`` also saves a modules-to-save copy's bias as ``<module>.modules_to_save.bias``:
+    the same tensor as ``<module>.bias``, which is what we load."""
+    root, sep, rest = key.partition(".modules_to_save.")
+    return f"{root}.{rest}" if sep else key
 
 
 __all__ = [
