@@ -6,6 +6,7 @@ the engine only through this module (a test enforces it).
     >>> from lora_studio.core import LoraConfig, attach, merge_and_unload
 """
 
+from .adapter_io import AdapterMismatchError, load_adapter, save_adapter
 from .adapters import (
     AdapterState,
     active_adapter,
@@ -20,22 +21,31 @@ from .adapters import (
     set_active_adapter,
     unload,
     unmerge,
+    variant_inputs,
 )
-from .adapter_io import AdapterMismatchError, load_adapter, save_adapter
 from .combination import add_weighted_adapter
 from .config import LoraConfig
 from .counting import MemoryEstimate, ParameterCounts, count_parameters, estimate_training_memory
 from .inspect import ModuleInfo, ParameterInfo, describe
-from .layers import SUPPORTED_TYPES_TEXT, AdapterLayer, ModulesToSave, NonFiniteDeltaError
+from .layers import (
+    SUPPORTED_TYPES_TEXT,
+    AdapterBehaviour,
+    AdapterLayer,
+    MergeNotSupportedError,
+    ModulesToSave,
+    NonFiniteDeltaError,
+)
 from .merged_export import ExportResult, export_merged, verify_export
 from .safe_loading import CorruptFileError, UnsafeFileError, load_weights
 from .target_matching import TargetPreview, match_targets, preview_targets
-from .variants import VariantInfo, available_variants, get_variant
+from .training_hooks import after_optimizer_step, optimizer_param_groups, regularization_loss, variant_summary
+from .variants import SettingField, Variant, available_variants, get_variant
 
 __version__ = "0.1.0"
 
 __all__ = [
     "SUPPORTED_TYPES_TEXT",
+    "AdapterBehaviour",
     "AdapterLayer",
     "AdapterMismatchError",
     "AdapterState",
@@ -44,13 +54,15 @@ __all__ = [
     "LoraConfig",
     "MemoryEstimate",
     "ModuleInfo",
+    "MergeNotSupportedError",
     "ModulesToSave",
     "NonFiniteDeltaError",
     "ParameterCounts",
     "ParameterInfo",
     "TargetPreview",
     "UnsafeFileError",
-    "VariantInfo",
+    "SettingField",
+    "Variant",
     "active_adapter",
     "adapter_layers",
     "add_weighted_adapter",
@@ -74,6 +86,11 @@ __all__ = [
     "save_adapter",
     "set_active_adapter",
     "unload",
+    "after_optimizer_step",
+    "optimizer_param_groups",
+    "regularization_loss",
+    "variant_summary",
     "unmerge",
+    "variant_inputs",
     "verify_export",
 ]

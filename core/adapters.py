@@ -17,8 +17,9 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from .config import LoraConfig
-from .layers import AdapterLayer, ModulesToSave, NonFiniteDeltaError, wrapper_for
+from .layers import AdapterLayer, MergeNotSupportedError, ModulesToSave, NonFiniteDeltaError, wrapper_for
 from .target_matching import iter_logical_modules, match_targets, module_base, name_matches
+from .variants import Variant, get_variant
 
 _STATE_ATTR = "_lora_studio_state"
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -30,6 +31,9 @@ class AdapterState:
 
     configs: dict[str, LoraConfig] = field(default_factory=dict)
     active: str | None = None
+    # Per-batch inputs some variants need (a task id, a task embedding); every wrapped layer
+    # holds this same dict, so setting a value once reaches them all.
+    variant_inputs: dict[str, object] = field(default_factory=dict)
 
 
 def adapter_state(model: nn.Module) -> AdapterState | None:
@@ -83,9 +87,12 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
         raise ValueError(f"adapter {adapter_name!r} already exists; delete it first or choose another name")
     targets = match_targets(model, config)
     save_names = _resolve_modules_to_save(model, config)
-    if config.init == "pissa":
-        _check_pissa_ranks(model, targets, config)  # before anything changes: PiSSA rewrites base weights
+    variant = get_variant(config.variant)
+    settings = config.settings()
+    _precheck_layers(model, targets, config, variant)  # before anything changes
+    variant.prepare_model(model, targets, settings)
     shared = _shared_parameter_ids(model) if config.init == "pissa" else set()
+    inputs = state.variant_inputs if state is not None else {}
     added: list[AdapterLayer | ModulesToSave] = []
     created: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original) to undo a wrap
     try:
@@ -114,7 +121,9 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
                 init=config.init,
                 use_rslora=config.use_rslora,
                 untie=untie,
+                behaviour=variant.behaviour(layer, settings),
             )
+            layer.variant_inputs = inputs
             added.append(layer)
         for name in save_names:
             parent, attr = _parent_of(model, name)
@@ -133,7 +142,7 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
             setattr(parent, attr, original)
         raise
     if state is None:
-        state = AdapterState()
+        state = AdapterState(variant_inputs=inputs)
         model.__dict__[_STATE_ATTR] = state
         model.requires_grad_(False)  # the base is frozen once, when the first adapter arrives
     state.configs[adapter_name] = config
@@ -193,16 +202,40 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
         set_active_adapter(model, next(iter(state.configs)))
 
 
-def merge(model: nn.Module, adapter_name: str | None = None) -> None:
+@contextmanager
+def variant_inputs(model: nn.Module, **inputs: object) -> Iterator[nn.Module]:
+    """Give variants the per-batch inputs they need inside the block (e.g. ``task_ids=...``)."""
+    state = _require_state(model, None)
+    previous = dict(state.variant_inputs)
+    state.variant_inputs.update(inputs)
+    try:
+        yield model
+    finally:
+        state.variant_inputs.clear()
+        state.variant_inputs.update(previous)
+
+
+def merge(model: nn.Module, adapter_name: str | None = None, **inputs: object) -> None:
     """Merge ``adapter_name`` (default: the active adapter) into the base weights, in float32.
 
     Idempotent. Every adapter factor is checked for NaN/Inf before any weight is touched;
-    a non-finite update raises :class:`NonFiniteDeltaError` naming the layer.
+    a non-finite update raises :class:`NonFiniteDeltaError` naming the layer.  Variants whose
+    update depends on an input (a task id, an embedding) take it as keyword ``inputs``; those
+    that cannot merge at all raise :class:`MergeNotSupportedError`.
     """
+    if inputs:
+        with variant_inputs(model, **inputs):
+            return merge(model, adapter_name)
     state = _require_state(model, adapter_name)
     adapter_name = adapter_name or state.active
     if adapter_name is None:
         raise ValueError("no adapter is active; name the adapter to merge")
+    variant = get_variant(state.configs[adapter_name].variant)
+    if not variant.can_merge:
+        raise MergeNotSupportedError(
+            f"adapter {adapter_name!r} uses variant {variant.title!r}, which cannot be merged: "
+            f"{variant.merge_note or 'its update depends on the input'}. Export the adapter instead."
+        )
     layers = [(n, w) for n, w in adapter_layers(model) if adapter_name in w.adapter_names]
     for name, layer in layers:
         if adapter_name not in layer.merged_adapters and not layer.factors_finite(adapter_name):
@@ -222,11 +255,20 @@ def merge(model: nn.Module, adapter_name: str | None = None) -> None:
         layer.merge(adapter_name, untie=untie)
 
 
-def _check_pissa_ranks(model: nn.Module, targets: list[str], config: LoraConfig) -> None:
+def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant) -> None:
+    """Refuse, before any change, layers the variant cannot adapt and PiSSA ranks that cannot fit."""
     for name in targets:
         layer = model.get_submodule(name)
         if not isinstance(layer, AdapterLayer):
-            layer = wrapper_for(layer)[0](layer)  # a throw-away wrapper: only reads the weight shapes
+            layer = wrapper_for(layer)[0](layer)  # a throw-away wrapper: only reads the layer
+        reason = variant.unsupported_reason(layer)
+        if reason:
+            raise ValueError(
+                f"variant {variant.name!r} cannot adapt layer {name!r} ({type(layer.base_layer).__name__}): "
+                f"{reason}. Change targets or the variant."
+            )
+        if config.init != "pissa":
+            continue
         for key, slot in layer._weight_slots().items():
             limit = min(slot.matrix(slot.param).shape)
             if config.rank_for(name) > limit:
@@ -250,13 +292,14 @@ def unmerge(model: nn.Module) -> None:
         layer.unmerge()
 
 
-def merge_and_unload(model: nn.Module) -> nn.Module:
+def merge_and_unload(model: nn.Module, **inputs: object) -> nn.Module:
     """Merge the active adapter and return the plain model: no adapter modules, same outputs.
 
-    Each modules-to-save module is replaced by the active adapter's trained copy.
+    Each modules-to-save module is replaced by the active adapter's trained copy. ``inputs``
+    go to variants that merge for a chosen input (see :func:`merge`).
     """
     if adapter_state(model) is not None and active_adapter(model) is not None:
-        merge(model)
+        merge(model, **inputs)
     return _unwrap_all(model, keep_trained_copies=True)
 
 
@@ -326,6 +369,7 @@ def _require_state(model: nn.Module, adapter_name: str | None) -> AdapterState:
 
 __all__ = [
     "AdapterState",
+    "MergeNotSupportedError",
     "NonFiniteDeltaError",
     "active_adapter",
     "adapter_layers",
@@ -340,4 +384,5 @@ __all__ = [
     "set_active_adapter",
     "unload",
     "unmerge",
+    "variant_inputs",
 ]

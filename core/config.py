@@ -70,6 +70,9 @@ class LoraConfig:
         default_factory=list, metadata=_help("Modules trained fully and saved with the adapter (e.g. a new head).")
     )
     variant: str = field(default="lora", metadata=_help("The LoRA variant, by its registry name."))
+    variant_settings: dict[str, Any] = field(
+        default_factory=dict, metadata=_help("The variant's own settings (its settings dataclass's fields).")
+    )
 
     def __post_init__(self) -> None:
         self.validate()
@@ -108,10 +111,18 @@ class LoraConfig:
         ):
             raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
         self.modules_to_save = list(self.modules_to_save)
-        from .variants import variant_names  # late import: the registry imports this module
+        from .variants import get_variant  # late import: the registry imports this module
 
-        if self.variant not in variant_names():
-            raise ValueError(f"variant must be one of {', '.join(variant_names())}; got {self.variant!r}")
+        variant = get_variant(self.variant)
+        if not isinstance(self.variant_settings, dict):
+            raise ValueError(f"variant_settings must be a mapping of setting name to value; got {self.variant_settings!r}")
+        variant.make_settings(self.variant_settings)
+
+    def settings(self) -> Any:
+        """The variant's validated settings object (None for a variant without settings)."""
+        from .variants import get_variant
+
+        return get_variant(self.variant).make_settings(self.variant_settings)
 
     # -- per-layer values -----------------------------------------------------------
     def rank_for(self, name: str) -> int:

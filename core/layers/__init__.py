@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from .base import AdapterLayer, NonFiniteDeltaError, WeightSlot
+from .base import AdapterLayer, WeightSlot
+from .behaviour import AdapterBehaviour, MergeNotSupportedError, NonFiniteDeltaError
 from .conv import CONV_TYPES, ConvLora, grouped_conv_reason
 from .embedding import EmbeddingLora, embedding_max_norm_reason
 from .linear import LinearLora, is_transformers_conv1d
@@ -61,7 +62,9 @@ def wrapper_for(module: nn.Module, *, inside_attention: bool = False) -> tuple[t
 
 
 __all__ = [
+    "AdapterBehaviour",
     "AdapterLayer",
+    "MergeNotSupportedError",
     "ConvLora",
     "EmbeddingLora",
     "LinearLora",

@@ -7,12 +7,13 @@ it (PEFT's and loralib's design)::
         │                              ▼
         └─► dropout ─► A (r×in) ─► B (out×r) ─► ×(alpha/r) ─► (+) ─► y
 
-Each named adapter owns a pair of factors per adapted weight.  Every update is
-``scaling · B @ A`` reshaped into the weight's layout, so merge, unmerge,
-PiSSA initialisation and adapter combination are written once here, against two
-small hooks a subclass supplies: :meth:`_weight_slots` (which base weights are
-adapted, and whether ``B @ A`` must be transposed to match them) and
-:meth:`_factors` (the A and B parameters of one adapter for one weight).
+Each named adapter owns a pair of factors per adapted weight.  A subclass
+supplies the mechanics of its layer type: :meth:`_weight_slots` (which base
+weights are adapted, and whether ``B @ A`` must be transposed to match them),
+:meth:`_factors` (the A and B parameters of one adapter for one weight) and, for
+input-side layers, :meth:`_down`/:meth:`_up`/:meth:`_apply_weight`.  The
+mathematics of each adapter (its forward, update, merge) belongs to its
+:class:`~.behaviour.AdapterBehaviour`: standard LoRA, or a variant's.
 """
 
 from __future__ import annotations
@@ -23,6 +24,8 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from .behaviour import AdapterBehaviour
 
 
 @dataclass(frozen=True)
@@ -41,19 +44,20 @@ class WeightSlot:
         return (matrix.t() if self.transposed else matrix).reshape(self.param.shape)
 
 
-class NonFiniteDeltaError(ValueError):
-    """A merge was refused because an adapter's update holds NaN or Inf."""
-
-
 class AdapterLayer(nn.Module):
     """Base of every wrapper. Subclasses add factor creation and ``forward``."""
 
     #: Names of the sub-modules/parameter dicts that hold adapter factors (for freezing and saving).
+    #: Copied per instance: a variant may register more containers on the layer it adapts.
     factor_attributes: tuple[str, ...] = ("lora_A", "lora_B")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
         self.base_layer = base_layer
+        self.factor_attributes = list(type(self).factor_attributes)
+        self.behaviours: dict[str, AdapterBehaviour] = {}
+        # Shared with the model's AdapterState: per-batch inputs a variant needs (e.g. task ids).
+        self.variant_inputs: dict[str, object] = {}
         self.lora_dropout = nn.ModuleDict()
         self.r: dict[str, int] = {}
         self.lora_alpha: dict[str, float] = {}
@@ -107,37 +111,35 @@ class AdapterLayer(nn.Module):
         init: str,
         use_rslora: bool,
         untie: frozenset[str] = frozenset(),
+        behaviour: AdapterBehaviour | None = None,
     ) -> None:
-        """Create adapter ``adapter`` with its factors, scaling and initialisation.
+        """Create adapter ``adapter`` with its parameters, scaling and initialisation.
 
-        ``untie`` names weights shared with another module: PiSSA, which rewrites the base
-        weight, gives this layer its own copy of those so the other module is unaffected.
+        ``behaviour`` is the adapter's mathematics (default: standard LoRA). ``untie`` names
+        weights shared with another module: PiSSA, which rewrites the base weight, gives this
+        layer its own copy of those so the other module is unaffected.
         """
         if adapter in self.r:
             raise ValueError(f"adapter {adapter!r} already exists on this layer")
+        behaviour = behaviour or AdapterBehaviour()
+        self.behaviours[adapter] = behaviour
         self.r[adapter] = r
         self.lora_alpha[adapter] = alpha
         self.scaling[adapter] = alpha / (math.sqrt(r) if use_rslora else r)
         self.lora_dropout[adapter] = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
-        self._create_factors(adapter, r)
+        behaviour.create(self, adapter, r)
         if self._on_meta():
             return  # browsing only: nothing to initialise
         with torch.no_grad():
-            if init == "pissa":
-                self._pissa_init(adapter, untie)
-            else:
-                self._reset_factors(adapter, init)
+            behaviour.initialise(self, adapter, init, untie)
 
     def delete_adapter(self, adapter: str) -> None:
         """Remove ``adapter``'s factors (unmerging it first if it is merged)."""
         if adapter in self.merged_adapters:
             self.unmerge(adapter)
-        for attr in self.factor_attributes:
-            container = getattr(self, attr)
-            if adapter in container:
-                del container[adapter]
+        self.behaviours[adapter].delete(self, adapter)
         del self.lora_dropout[adapter]
-        for table in (self.r, self.lora_alpha, self.scaling):
+        for table in (self.r, self.lora_alpha, self.scaling, self.behaviours):
             table.pop(adapter)
         if self.active_adapter == adapter:
             self.active_adapter = None
@@ -145,10 +147,13 @@ class AdapterLayer(nn.Module):
     def set_active(self, adapter: str | None) -> None:
         """Make ``adapter`` the one used in forward and the only one that trains."""
         self.active_adapter = adapter if adapter in self.r else None
-        for attr in self.factor_attributes:
-            for name, part in getattr(self, attr).items():
-                for p in part.parameters() if isinstance(part, nn.Module) else [part]:
-                    p.requires_grad_(name == self.active_adapter)
+        for name, behaviour in self.behaviours.items():
+            for p in behaviour.parameters(self, name):
+                p.requires_grad_(name == self.active_adapter)
+
+    def adapter_parameters(self, adapter: str) -> list[nn.Parameter]:
+        """Every trainable tensor of ``adapter`` on this layer."""
+        return list(self.behaviours[adapter].parameters(self, adapter))
 
     def _adapter_in_use(self) -> str | None:
         """The adapter forward must add on top of the base, if any."""
@@ -165,20 +170,25 @@ class AdapterLayer(nn.Module):
 
     # -- the update ----------------------------------------------------------------------
     def delta_weight(self, adapter: str, key: str = "weight") -> torch.Tensor:
-        """``scaling · B @ A`` in the weight's shape, computed in float32."""
-        a, b = self._factors(adapter, key)
-        product = b.reshape(b.shape[0], -1).float() @ a.reshape(a.shape[0], -1).float()
-        return self._weight_slots()[key].layout(product) * self.scaling[adapter]
+        """The update of weight ``key`` (e.g. ``scaling · B @ A``) in the weight's shape, in float32."""
+        return self.behaviours[adapter].delta_weight(self, adapter, key)
 
     def delta_weights(self, adapter: str) -> dict[str, torch.Tensor]:
         """Every adapted weight's update for ``adapter``."""
         return {key: self.delta_weight(adapter, key) for key in self._weight_slots()}
 
     def factors_finite(self, adapter: str) -> bool:
-        """True when every factor of ``adapter`` is free of NaN and Inf (cheap pre-merge check)."""
-        return all(
-            bool(torch.isfinite(t).all()) for key in self._weight_slots() for t in self._factors(adapter, key)
-        )
+        """True when every parameter of ``adapter`` is free of NaN and Inf (cheap pre-merge check)."""
+        return all(bool(torch.isfinite(p).all()) for p in self.adapter_parameters(adapter))
+
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """Input-side layers: the base output plus the active adapter's contribution."""
+        self._run_base_disabled()
+        result = self.base_layer(x, *args, **kwargs)
+        adapter = self._adapter_in_use()
+        if adapter is None:
+            return result
+        return self.behaviours[adapter].forward(self, adapter, x, result)
 
     @torch.no_grad()
     def merge(self, adapter: str | None = None, untie: frozenset[str] = frozenset()) -> None:
@@ -194,37 +204,35 @@ class AdapterLayer(nn.Module):
             return
         if adapter not in self.r:
             raise ValueError(f"no adapter named {adapter!r} on this layer")
-        new_weights = {}
-        for key, slot in self._weight_slots().items():
-            merged = slot.param.float() + self.delta_weight(adapter, key)
-            if not torch.isfinite(merged).all():
-                raise NonFiniteDeltaError(
-                    f"refusing to merge adapter {adapter!r}: its update of {key!r} holds NaN or Inf; "
-                    "the base weights were left untouched"
-                )
-            new_weights[key] = merged
-        for key, slot in self._weight_slots().items():
-            if key in untie and key not in self._tied_originals:
-                self._tied_originals[key] = slot.param
-                self._set_base_weight(key, nn.Parameter(new_weights[key].to(slot.param.dtype), slot.param.requires_grad))
-            else:
-                slot.param.copy_(new_weights[key].to(slot.param.dtype))
+        self.behaviours[adapter].merge(self, adapter, untie)
         self.merged_adapters.append(adapter)
 
     @torch.no_grad()
     def unmerge(self, adapter: str | None = None) -> None:
-        """Subtract merged updates again (``adapter`` only, or all), in float32."""
+        """Take merged updates out again (``adapter`` only, or all, newest first), in float32."""
         names = [adapter] if adapter is not None else list(reversed(self.merged_adapters))
         for name in names:
             if name not in self.merged_adapters:
                 continue
-            for key, slot in self._weight_slots().items():
-                slot.param.copy_((slot.param.float() - self.delta_weight(name, key)).to(slot.param.dtype))
+            self.behaviours[name].unmerge(self, name)
             self.merged_adapters.remove(name)
         if not self.merged_adapters:
             for key, original in self._tied_originals.items():
                 self._set_base_weight(key, original)  # exact: the shared original was never changed
             self._tied_originals.clear()
+
+    def _write_base_weight(self, key: str, value: torch.Tensor, *, untie: bool) -> None:
+        """Store a new float32 value of base weight ``key`` in its own dtype.
+
+        ``untie``: the weight is shared with another module, so it gets a new tensor here and the
+        original is kept (and put back by the last unmerge).
+        """
+        slot = self._weight_slots()[key]
+        if untie and key not in self._tied_originals:
+            self._tied_originals[key] = slot.param
+            self._set_base_weight(key, nn.Parameter(value.to(slot.param.dtype), slot.param.requires_grad))
+        else:
+            slot.param.copy_(value.to(slot.param.dtype))
 
     def _set_base_weight(self, key: str, param: nn.Parameter) -> None:
         owner, _, attr = key.rpartition(".")
@@ -264,6 +272,19 @@ class AdapterLayer(nn.Module):
 
     def _after_pissa(self, adapter: str) -> None:
         """Hook to re-impose layer constraints on fresh PiSSA factors (e.g. an embedding's padding row)."""
+
+    # -- mechanics of input-side layers (Linear, Conv, Embedding) ---------------------------------
+    def _down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
+        """Project an input through A (given as a tensor, so variants can pass masked factors)."""
+        raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
+
+    def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
+        """Project the rank-r activation back up through B."""
+        raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Apply a whole weight-shaped tensor (no bias) the way the base layer applies its weight."""
+        raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
 
     # -- helpers ---------------------------------------------------------------------------------
     def _on_meta(self) -> bool:

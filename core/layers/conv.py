@@ -48,15 +48,16 @@ class ConvLora(AdapterLayer):
         )  # fmt: skip
         self.lora_B[adapter] = conv(r, base.out_channels, 1, 1, **kw)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        self._run_base_disabled()
-        result = self.base_layer(x, *args, **kwargs)
-        adapter = self._adapter_in_use()
-        if adapter is None:
-            return result
-        lora_a = self.lora_A[adapter]
-        update = self.lora_B[adapter](lora_a(self.lora_dropout[adapter](x.to(lora_a.weight.dtype))))
-        return result + (update * self.scaling[adapter]).to(result.dtype)
+    # nn.ConvNd._conv_forward applies the module's stride, padding (and padding mode) and dilation
+    # to any weight tensor, so masked or generated factors run exactly like the stored ones.
+    def _down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
+        return self.lora_A[adapter]._conv_forward(x, a, None)
+
+    def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
+        return self.lora_B[adapter]._conv_forward(h, b, None)
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return self.base_layer._conv_forward(x, weight.to(x.dtype), None)
 
 
 def grouped_conv_reason(conv: nn.Module) -> str:

@@ -52,16 +52,16 @@ class EmbeddingLora(AdapterLayer):
         if self.base_layer.padding_idx is not None:
             self.lora_embedding_A[adapter][:, self.base_layer.padding_idx] = 0.0
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        self._run_base_disabled()
-        result = self.base_layer(x, *args, **kwargs)
-        adapter = self._adapter_in_use()
-        if adapter is None:
-            return result
-        a = self.lora_embedding_A[adapter]
-        after_a = F.embedding(x, a.t(), padding_idx=self.base_layer.padding_idx)
-        update = after_a @ self.lora_embedding_B[adapter].t()
-        return result + (update * self.scaling[adapter]).to(result.dtype)
+    def _down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
+        # x holds token ids: "projecting through A" is looking up its columns; padding_idx keeps
+        # the padding column's gradient at zero.
+        return F.embedding(x, a.t(), padding_idx=self.base_layer.padding_idx)
+
+    def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
+        return h @ b.t()
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.embedding(x, weight, padding_idx=self.base_layer.padding_idx)
 
 
 def embedding_max_norm_reason() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
@@ -43,12 +44,11 @@ class LinearLora(AdapterLayer):
         self.lora_A[adapter] = nn.Linear(self.in_features, r, **kw)
         self.lora_B[adapter] = nn.Linear(r, self.out_features, **kw)
 
-    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        self._run_base_disabled()
-        result = self.base_layer(x, *args, **kwargs)
-        adapter = self._adapter_in_use()
-        if adapter is None:
-            return result
-        lora_a = self.lora_A[adapter]
-        update = self.lora_B[adapter](lora_a(self.lora_dropout[adapter](x.to(lora_a.weight.dtype))))
-        return result + (update * self.scaling[adapter]).to(result.dtype)
+    def _down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
+        return F.linear(x, a)
+
+    def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
+        return F.linear(h, b)
+
+    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, weight.t() if self.fan_in_fan_out else weight)

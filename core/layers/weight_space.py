@@ -62,25 +62,23 @@ class WeightSpaceLora(AdapterLayer):
         self.lora_A[adapter] = a
         self.lora_B[adapter] = b
 
-    def add_adapter(self, adapter: str, *, r: int, alpha: float, dropout: float, init: str, use_rslora: bool,
-                    untie: frozenset[str] = frozenset()) -> None:
+    def add_adapter(self, adapter: str, *, dropout: float, **kwargs) -> None:
         if dropout > 0:
             warnings.warn(
                 f"{type(self.base_layer).__name__} is adapted in weight space; dropout={dropout} is not applied to it",
                 stacklevel=2,
             )
-        super().add_adapter(adapter, r=r, alpha=alpha, dropout=0.0, init=init, use_rslora=use_rslora, untie=untie)
+        super().add_adapter(adapter, dropout=0.0, **kwargs)
 
     def forward(self, *args, **kwargs):
         self._run_base_disabled()
         adapter = self._adapter_in_use()
         if adapter is None:
             return self.base_layer(*args, **kwargs)
-        overrides = {}
-        for key, slot in self._weight_slots().items():
-            a, b = self._factors(adapter, key)
-            delta = slot.layout(b @ a) * self.scaling[adapter]
-            overrides[key] = slot.param + delta.to(slot.param.dtype)
+        behaviour = self.behaviours[adapter]
+        overrides = {
+            key: behaviour.effective_weight(self, adapter, key, slot.param) for key, slot in self._weight_slots().items()
+        }
         return functional_call(self.base_layer, overrides, args, kwargs, strict=False)
 
 

@@ -1,6 +1,6 @@
 """Registered LoRA variants. Import a variant module here to register it."""
 
 from . import lora  # noqa: F401  (registers "lora")
-from .registry import VariantInfo, available_variants, get_variant, register_variant, variant_names
+from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names
 
-__all__ = ["VariantInfo", "available_variants", "get_variant", "register_variant", "variant_names"]
+__all__ = ["SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]

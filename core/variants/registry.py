@@ -1,39 +1,129 @@
-"""The variant registry: each variant module registers itself under a name.
+"""The variant registry: each variant is a module that registers a :class:`Variant` under a name.
 
-The window's variant list and the CLI's choices are built from
-:func:`available_variants`, so adding a variant touches only its own module and
-the import list in ``variants/__init__.py``.
+A variant bundles what the window shows (title, description, paper, whether it
+merges, its own settings as a typed dataclass) with what the engine runs: the
+per-layer :class:`~lora_studio.core.layers.AdapterBehaviour` (initialisation,
+forward, update, merge and unmerge) and the model-level training hooks
+(optimizer parameter groups, a regularisation term, a hook after each optimizer
+step).  The window's variant list, its settings forms and the CLI's choices are
+all built from :func:`available_variants`, so adding a variant touches only its
+own module and the import list in ``variants/__init__.py``.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import typing
 from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from ..layers import AdapterBehaviour, AdapterLayer
 
 
 @dataclass(frozen=True)
-class VariantInfo:
-    """What the window shows about a variant, and whether it can merge into the base."""
+class SettingField:
+    """One field of a variant's settings, described for a generated form."""
 
     name: str
-    title: str
-    description: str  # one paragraph, shown in the window
-    paper: str  # reference shown beside the description
+    type_name: str  # "int", "float", "bool", "str", ...
+    default: Any
+    help: str
+    choices: tuple[Any, ...] | None = None  # from a Literal[...] annotation
+
+
+class Variant:
+    """Base class of every variant; the defaults are standard LoRA's."""
+
+    name: str = ""
+    title: str = ""
+    description: str = ""  # one paragraph, shown in the window
+    paper: str = ""  # reference shown beside the description
     can_merge: bool = True
-    settings: type | None = None  # a dataclass of the variant's own settings, if it has any
+    merge_note: str = ""  # how merging works when it needs more than the adapter (e.g. a task id)
+    settings_class: type | None = None  # a dataclass; validation in its __post_init__
+    peft_type: str | None = "LORA"  # the PEFT format it saves in, or None when PEFT has no equivalent
+
+    # -- settings ----------------------------------------------------------------------------
+    def make_settings(self, values: dict[str, Any]) -> Any:
+        """The variant's settings object from plain values; errors name ``variant_settings.<field>``."""
+        if self.settings_class is None:
+            if values:
+                raise ValueError(f"variant_settings: variant {self.name!r} has no settings; got {sorted(values)}")
+            return None
+        known = {f.name for f in dataclasses.fields(self.settings_class)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(
+                f"variant_settings: unknown setting(s) {', '.join(unknown)} for variant {self.name!r}; "
+                f"known: {', '.join(sorted(known)) or 'none'}"
+            )
+        try:
+            return self.settings_class(**values)
+        except ValueError as exc:
+            raise ValueError(f"variant_settings.{exc}") from None
+
+    def settings_fields(self) -> list[SettingField]:
+        """The settings as form fields: name, type, default, help and choices."""
+        if self.settings_class is None:
+            return []
+        hints = typing.get_type_hints(self.settings_class)
+        fields = []
+        for f in dataclasses.fields(self.settings_class):
+            hint = hints.get(f.name)
+            choices = typing.get_args(hint) if typing.get_origin(hint) is typing.Literal else None
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc]
+            type_name = type(choices[0]).__name__ if choices else getattr(hint, "__name__", str(hint))
+            fields.append(SettingField(f.name, type_name, default, f.metadata.get("help", ""), choices))
+        return fields
+
+    # -- per layer -------------------------------------------------------------------------------
+    def unsupported_reason(self, layer: AdapterLayer) -> str | None:
+        """Why this variant cannot adapt ``layer`` (a wrapper of its type), or None when it can."""
+        return None
+
+    def behaviour(self, layer: AdapterLayer, settings: Any) -> AdapterBehaviour:
+        """A fresh behaviour object for one adapter on one layer."""
+        return AdapterBehaviour()
+
+    def prepare_model(self, model: nn.Module, targets: list[str], settings: Any) -> None:
+        """Change the base before adapters attach (e.g. quantise its weights). Default: nothing."""
+
+    # -- training hooks ------------------------------------------------------------------------
+    def param_groups(
+        self, named_params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float, settings: Any
+    ) -> list[dict[str, Any]]:
+        """Optimizer parameter groups for the trainable parameters. Default: one group."""
+        return [{"params": [p for _, p in named_params], "lr": lr, "weight_decay": weight_decay}]
+
+    def regularization(self, model: nn.Module, adapter: str, settings: Any) -> torch.Tensor | None:
+        """An extra loss term added to the task loss (e.g. an orthogonality penalty). Default: none."""
+        return None
+
+    def after_step(self, model: nn.Module, adapter: str, settings: Any, step: int, total_steps: int) -> None:
+        """Called after each optimizer step (rank reallocation, pruning...). Default: nothing."""
+
+    def summary(self, model: nn.Module, adapter: str, settings: Any) -> dict[str, Any]:
+        """Facts to report after training (e.g. final per-layer ranks). Default: none."""
+        return {}
 
 
-_REGISTRY: dict[str, VariantInfo] = {}
+_REGISTRY: dict[str, Variant] = {}
 
 
-def register_variant(info: VariantInfo) -> VariantInfo:
-    """Add ``info`` under ``info.name``; registering a name twice is a programming error."""
-    if info.name in _REGISTRY:
-        raise ValueError(f"variant {info.name!r} is already registered")
-    _REGISTRY[info.name] = info
-    return info
+def register_variant(variant: Variant) -> Variant:
+    """Add ``variant`` under ``variant.name``; registering a name twice is a programming error."""
+    if not variant.name:
+        raise ValueError("a variant needs a name")
+    if variant.name in _REGISTRY:
+        raise ValueError(f"variant {variant.name!r} is already registered")
+    _REGISTRY[variant.name] = variant
+    return variant
 
 
-def available_variants() -> list[VariantInfo]:
+def available_variants() -> list[Variant]:
     """Every registered variant, in registration order."""
     return list(_REGISTRY.values())
 
@@ -43,9 +133,9 @@ def variant_names() -> tuple[str, ...]:
     return tuple(_REGISTRY)
 
 
-def get_variant(name: str) -> VariantInfo:
+def get_variant(name: str) -> Variant:
     """The variant registered as ``name``; an unknown name lists the known ones."""
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ValueError(f"unknown variant {name!r}; available: {', '.join(_REGISTRY)}") from None
+        raise ValueError(f"variant must be one of {', '.join(_REGISTRY)}; got {name!r}") from None
