@@ -25,6 +25,7 @@ from torch import nn
 from .adapters import _require_state, adapter_layers, adapter_state, set_active_adapter
 from .config import LoraConfig
 from .layers import AdapterLayer
+from .variants import get_variant
 
 CombinationType = Literal["linear", "cat", "svd"]
 
@@ -55,6 +56,10 @@ def add_weighted_adapter(
         raise ValueError(
             "adapters that train whole modules (modules_to_save) cannot be combined; combine LoRA-only adapters"
         )
+    for a in adapters:
+        variant = get_variant(state.configs[a].variant)
+        if not variant.combinable:
+            raise ValueError(f"adapter {a!r} uses variant {variant.title!r}, whose updates cannot be combined")
     if svd_rank is not None and svd_rank < 1:
         raise ValueError(f"svd_rank must be >= 1, got {svd_rank}")
 

@@ -12,6 +12,7 @@ class Lora(Variant):
         "exactly. The update merges into W for inference at no extra cost. With rsLoRA (use_rslora) the "
         "scale is alpha/sqrt(r), which keeps learning stable at high ranks."
     )
+    combinable = True
     paper = (
         "Hu et al., 'LoRA: Low-Rank Adaptation of Large Language Models', ICLR 2022 (arXiv:2106.09685); "
         "Kalajdzievski, 'A Rank Stabilization Scaling Factor for Fine-Tuning with LoRA', 2023 (arXiv:2312.03732)"

@@ -45,6 +45,8 @@ class Variant:
     merge_note: str = ""  # how merging works when it needs more than the adapter (e.g. a task id)
     settings_class: type | None = None  # a dataclass; validation in its __post_init__
     peft_type: str | None = "LORA"  # the PEFT format it saves in, or None when PEFT has no equivalent
+    starts_as_identity: bool = True  # a fresh adapter leaves the base output unchanged (the paper's init)
+    combinable: bool = False  # add_weighted_adapter may combine it (plain A/B factors only)
 
     # -- settings ----------------------------------------------------------------------------
     def make_settings(self, values: dict[str, Any]) -> Any:
@@ -78,6 +80,16 @@ class Variant:
             type_name = type(choices[0]).__name__ if choices else getattr(hint, "__name__", str(hint))
             fields.append(SettingField(f.name, type_name, default, f.metadata.get("help", ""), choices))
         return fields
+
+    # -- per-batch inputs ----------------------------------------------------------------------------
+    def example_inputs(self, batch_size: int) -> dict[str, Any]:
+        """Valid per-batch variant inputs (for tests, previews and export checks). Default: none needed."""
+        return {}
+
+    def merge_example(self, batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
+        """``(merge kwargs, forward inputs)`` such that the merged model equals the unmerged one run with
+        those inputs (e.g. merge for task 0, and run with every task id 0). Default: nothing needed."""
+        return {}, {}
 
     # -- per layer -------------------------------------------------------------------------------
     def unsupported_reason(self, layer: AdapterLayer) -> str | None:
