@@ -35,7 +35,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import active_adapter, adapter_state, get_adapter_config, merge_and_unload, set_active_adapter, unload
+from .adapters import (
+    active_adapter,
+    adapter_state,
+    get_adapter_config,
+    merge_and_unload,
+    set_active_adapter,
+    unload,
+)
 from .atomic_files import atomic_path, atomic_write_json, replace_folder
 from .safe_loading import load_safetensors
 
@@ -139,13 +146,14 @@ def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[
 def _write_state_dict(merged: nn.Module, path: Path, sidecar: dict) -> tuple[Path, ...]:
     from safetensors.torch import save_file
 
-    seen: set[tuple[int, int]] = set()
+    seen: set[int] = set()
     tensors = {}
     for key, tensor in merged.state_dict().items():
-        # Tied weights share storage, which safetensors refuses: every key gets its own copy.
-        ident = (tensor.untyped_storage().data_ptr(), tensor.storage_offset())
-        tensors[key] = tensor.detach().cpu().contiguous().clone() if ident in seen else tensor.detach().cpu().contiguous()
-        seen.add(ident)
+        # Tied weights (and views) share storage, which safetensors refuses: later ones get their own copy.
+        storage = tensor.untyped_storage().data_ptr()
+        tensor = tensor.detach().cpu().contiguous()
+        tensors[key] = tensor.clone() if storage in seen else tensor
+        seen.add(storage)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
         digest = hashlib.sha256(tmp.read_bytes()).hexdigest()

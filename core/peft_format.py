@@ -52,7 +52,10 @@ def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tens
     for path, module in model.named_modules():
         if isinstance(module, AdapterLayer) and adapter_name in module.adapter_names:
             for attr in module.factor_attributes:
-                entry = getattr(module, attr)[adapter_name]
+                container = getattr(module, attr)
+                if adapter_name not in container:  # a variant's extra dict (e.g. DoRA's) may skip this adapter
+                    continue
+                entry = container[adapter_name]
                 if isinstance(entry, nn.Parameter):
                     tensors[f"{path}.{attr}"] = entry
                 else:
@@ -133,7 +136,7 @@ def peft_config_dict(
     all_names = [lm.name for lm in iter_logical_modules(model)]
     names = list(ranks)
     conv1d = [n for n, layer in adapter_layers(model) if n in ranks and getattr(layer, "fan_in_fan_out", False)]
-    return {
+    result = {
         "peft_type": "LORA",
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
@@ -151,11 +154,17 @@ def peft_config_dict(
         "fan_in_fan_out": bool(conv1d) and len(conv1d) == len(names),
         "inference_mode": True,
     }
+    if config.variant == "dora":  # written only when set, so older PEFT versions never meet the key
+        result["use_dora"] = True
+    return result
 
 
 def peft_compatibility_notes(model: nn.Module, adapter_name: str) -> list[str]:
     """Why PEFT would not rebuild this adapter exactly (empty when it would)."""
     notes = []
+    variant = get_adapter_config(model, adapter_name).variant
+    if variant not in ("lora", "dora"):
+        notes.append(f"variant {variant!r} has no PEFT LoRA form; PEFT would load it as plain LoRA")
     for name, layer in adapter_layers(model):
         if adapter_name not in layer.adapter_names:
             continue
@@ -187,7 +196,14 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
     (what was really saved), alphas resolved with PEFT's own pattern rule."""
     if peft.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"not a LoRA adapter: peft_type={peft.get('peft_type')!r}")
-    for flag in ("use_dora", "use_qalora", "lora_bias", "layer_replication", "trainable_token_indices",
+    variant = "lora"
+    if peft.get("use_dora"):
+        from .variants import variant_names  # late: DoRA may not be registered (yet)
+
+        if "dora" not in variant_names():
+            raise ValueError("this adapter uses DoRA (use_dora=true), which this LoRA Studio cannot load yet")
+        variant = "dora"
+    for flag in ("use_qalora", "lora_bias", "layer_replication", "trainable_token_indices",
                  "target_parameters"):  # fmt: skip
         if peft.get(flag):
             raise ValueError(f"this adapter uses PEFT's {flag}={peft[flag]!r}, which LoRA Studio cannot load yet")
@@ -211,6 +227,7 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
         use_rslora=bool(peft.get("use_rslora", False)),
         bias=peft.get("bias", "none"),
         modules_to_save=list(peft.get("modules_to_save") or []),
+        variant=variant,
     )
 
 
