@@ -12,9 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
+from tiny_models import LAYER_CASES as ENGINE_LAYER_CASES
+from tiny_models import perturb_adapters, run
 from torch import nn
-
-from lora_studio.core import adapter_layers
 
 
 def gen(seed: int = 1) -> torch.Generator:
@@ -47,66 +47,19 @@ def fresh(case: IOCase, seed: int = 1234) -> nn.Module:
 
 
 def call(model: nn.Module, inputs: object) -> torch.Tensor:
-    """One output tensor for a case's inputs."""
+    """One output tensor for a case's inputs (the engine tests' ``run``, without gradients)."""
     with torch.no_grad():
-        if isinstance(inputs, dict):
-            out = model(**inputs)
-        elif isinstance(inputs, tuple):
-            out = model(*inputs)
-        else:
-            out = model(inputs)
-    if isinstance(out, tuple):
-        out = out[0]
-    for attr in ("last_hidden_state", "logits"):
-        if hasattr(out, attr):
-            return getattr(out, attr)
-    return out
+        return run(model, inputs)
 
 
 def perturb(model: nn.Module, std: float = 0.2, seed: int = 7) -> None:
-    """Random values in every adapter factor and modules-to-save copy, so adapters change outputs."""
-    g = gen(seed)
+    """Random adapter factors (the engine tests' helper) and a nudge to every modules-to-save copy."""
+    perturb_adapters(model, std=std, seed=seed)
+    g = gen(seed + 1)
     with torch.no_grad():
-        for _, layer in adapter_layers(model):
-            for attr in layer.factor_attributes:
-                for p in getattr(layer, attr).parameters():
-                    p.copy_(torch.randn(p.shape, generator=g) * std)
         for name, p in model.named_parameters():
             if ".modules_to_save." in f".{name}":
                 p.add_(torch.randn(p.shape, generator=g) * std)
-
-
-class Head(nn.Module):
-    """One layer and a linear readout, so every case returns one tensor."""
-
-    def __init__(self, layer: nn.Module, head_in: int) -> None:
-        super().__init__()
-        self.layer = layer
-        self.head = nn.Linear(head_in, 3)
-
-    def forward(self, *args):
-        out = self.layer(*args)
-        if isinstance(out, tuple):  # LSTMCell (h, c), MultiheadAttention (out, weights)
-            out = out[0]
-        return self.head(out.flatten(1))
-
-
-def _gpt2_conv1d() -> nn.Module:
-    from transformers.pytorch_utils import Conv1D
-
-    layer = Conv1D(10, 12)
-    nn.init.normal_(layer.weight, std=0.2)
-    return layer
-
-
-class _MHA(nn.Module):
-    def __init__(self) -> None:
-        super().__init__()
-        self.attn = nn.MultiheadAttention(16, 4, batch_first=True)
-        self.head = nn.Linear(16, 3)
-
-    def forward(self, x):
-        return self.head(self.attn(x, x, x, need_weights=False)[0])
 
 
 class ConvNet(nn.Module):
@@ -159,27 +112,11 @@ def ids() -> torch.Tensor:
     return torch.randint(1, 99, (2, 7), generator=gen())
 
 
-LAYER_CASES = [
-    IOCase("linear", lambda: Head(nn.Linear(12, 10), 10), lambda: torch.randn(4, 12, generator=gen()), ["layer"]),
-    IOCase("conv1d", lambda: Head(nn.Conv1d(3, 6, 3, padding=1), 6 * 9),
-           lambda: torch.randn(2, 3, 9, generator=gen()), ["layer"]),
-    IOCase("conv2d_dilated", lambda: Head(nn.Conv2d(3, 5, 3, stride=2, padding=2, dilation=2), 5 * 16),
-           lambda: torch.randn(2, 3, 8, 8, generator=gen()), ["layer"]),
-    IOCase("conv3d", lambda: Head(nn.Conv3d(2, 4, (1, 3, 3), padding=(0, 1, 1)), 4 * 3 * 4 * 4),
-           lambda: torch.randn(2, 2, 3, 4, 4, generator=gen()), ["layer"]),
-    IOCase("embedding", lambda: Head(nn.Embedding(20, 8, padding_idx=0), 8 * 5),
-           lambda: torch.tensor([[0, 3, 5, 19, 0], [1, 2, 0, 7, 8]]), ["layer"]),
-    IOCase("gpt2_conv1d", lambda: Head(_gpt2_conv1d(), 10), lambda: torch.randn(4, 12, generator=gen()), ["layer"]),
-    IOCase("multihead_attention", _MHA, lambda: torch.randn(2, 5, 16, generator=gen()), ["attn"]),
-    IOCase("rnn_cell", lambda: Head(nn.RNNCell(6, 8), 8),
-           lambda: (torch.randn(3, 6, generator=gen()), torch.randn(3, 8, generator=gen(2))), ["layer"]),
-    IOCase("lstm_cell", lambda: Head(nn.LSTMCell(6, 8), 8),
-           lambda: (torch.randn(3, 6, generator=gen()), (torch.randn(3, 8, generator=gen(2)),
-                                                         torch.randn(3, 8, generator=gen(3)))), ["layer"]),
-    IOCase("gru_cell", lambda: Head(nn.GRUCell(6, 8), 8),
-           lambda: (torch.randn(3, 6, generator=gen()), torch.randn(3, 8, generator=gen(2))), ["layer"]),
-    IOCase("modules_to_save", lambda: Head(nn.Linear(12, 10), 10), lambda: torch.randn(4, 12, generator=gen()),
-           ["layer"], modules_to_save=["head"]),
+# Every supported layer type, as the engine tests build them (tests/core/tiny_models.py), plus a
+# modules-to-save case; their builders seed themselves, ``fresh`` then reloads the pretrained base anyway.
+LAYER_CASES = [IOCase(c.name, c.build, c.make_input, c.targets, c.modules_to_save) for c in ENGINE_LAYER_CASES] + [
+    IOCase("modules_to_save", ENGINE_LAYER_CASES[0].build, ENGINE_LAYER_CASES[0].make_input, ["layer"],
+           modules_to_save=["head"]),
 ]  # fmt: skip
 
 BERT = IOCase("bert", tiny_bert, lambda: {"input_ids": ids()}, ["query", "value", "dense", "word_embeddings"])

@@ -8,9 +8,6 @@ import warnings
 import pytest
 import torch
 from io_models import BERT, BERT_CLS, LAYER_CASES, build, call, fresh, perturb, pretrained
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
-
 from lora_studio.core import (
     AdapterMismatchError,
     LoraConfig,
@@ -22,6 +19,8 @@ from lora_studio.core import (
     set_active_adapter,
 )
 from lora_studio.core.adapter_io import ADAPTER_WEIGHTS_NAME, STUDIO_METADATA_NAME
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 TOL = 1e-6  # a round trip copies float32 factors bit for bit; outputs may differ only by summation order
 
@@ -122,12 +121,17 @@ def _assert_unchanged(model, before):
     assert list_adapters(model) == adapters and active_adapter(model) == active
 
 
+def _saved_then_edited(folder, edit) -> None:
+    """Save a BERT adapter to ``folder``, then let ``edit`` change its tensors in place on disk."""
+    save_adapter(_adapted(BERT), folder)
+    weights = load_file(str(folder / ADAPTER_WEIGHTS_NAME))
+    edit(weights)
+    save_file(weights, str(folder / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+
+
 def test_wrong_shapes_name_the_key_and_leave_the_model_as_it_was(tmp_path):
-    save_adapter(_adapted(BERT), tmp_path)
-    weights = load_file(str(tmp_path / ADAPTER_WEIGHTS_NAME))
     key = "base_model.model.encoder.layer.0.attention.self.query.lora_A.weight"
-    weights[key] = torch.zeros(3, 31)
-    save_file(weights, str(tmp_path / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    _saved_then_edited(tmp_path, lambda weights: weights.__setitem__(key, torch.zeros(3, 31)))
 
     target = fresh(BERT)
     attach(target, LoraConfig(targets=["key"]), adapter_name="existing")
@@ -139,11 +143,8 @@ def test_wrong_shapes_name_the_key_and_leave_the_model_as_it_was(tmp_path):
 
 
 def test_missing_key_is_named_and_plain_model_untouched(tmp_path):
-    save_adapter(_adapted(BERT), tmp_path)
-    weights = load_file(str(tmp_path / ADAPTER_WEIGHTS_NAME))
     key = "base_model.model.encoder.layer.1.attention.self.value.lora_B.weight"
-    del weights[key]
-    save_file(weights, str(tmp_path / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
+    _saved_then_edited(tmp_path, lambda weights: weights.pop(key))
     target = fresh(BERT)
     before = _snapshot(target)
     with pytest.raises(AdapterMismatchError, match="value.lora_B.weight: missing"):

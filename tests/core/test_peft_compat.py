@@ -8,9 +8,8 @@ import pytest
 import torch
 from io_models import BERT, BERT_CLS, CONV_NET, EMBEDDING_MODEL, GPT2, LAYER_CASES, call, fresh, minilm_folder, perturb
 from io_models import pretrained as build_pretrained
-from safetensors import safe_open
-
 from lora_studio.core import LoraConfig, attach, load_adapter, save_adapter
+from safetensors import safe_open
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig as PeftLoraConfig  # noqa: E402
@@ -80,7 +79,7 @@ def test_peft_loads_a_converted_pissa_adapter_on_the_original_base(tmp_path):
 
 def test_peft_ignores_conv_dilation_which_our_save_warns_about(tmp_path):
     """PEFT builds lora_A without the base conv's dilation: we say so on save rather than pretend."""
-    case = next(c for c in LAYER_CASES if c.name == "conv2d_dilated")
+    case = next(c for c in LAYER_CASES if c.name == "conv2d_strided_dilated")
     model = build_pretrained(case)
     attach(model, LoraConfig(r=2, targets=case.targets))
     with pytest.warns(UserWarning, match="dilation"):
