@@ -34,7 +34,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import adapter_layers, adapter_state, attach, delete_adapter, get_adapter_config, set_active_adapter
+from .adapters import (
+    adapter_layers,
+    adapter_state,
+    attach,
+    delete_adapter,
+    get_adapter_config,
+    set_active_adapter,
+)
 from .atomic_files import staged_folder
 from .config import LoraConfig
 from .peft_format import (

@@ -14,13 +14,19 @@ import pytest
 import torch
 from io_models import BERT, call, fresh, perturb
 from io_models import pretrained as build_pretrained
-from safetensors.torch import save_file
-
-from lora_studio.core import CorruptFileError, LoraConfig, UnsafeFileError, attach, load_adapter, load_weights
-from lora_studio.core import save_adapter
+from lora_studio.core import (
+    CorruptFileError,
+    LoraConfig,
+    UnsafeFileError,
+    attach,
+    load_adapter,
+    load_weights,
+    save_adapter,
+)
 from lora_studio.core.adapter_io import ADAPTER_WEIGHTS_NAME
 from lora_studio.core.atomic_files import atomic_write_json, atomic_write_text, is_staging_name
 from lora_studio.core.safe_loading import load_safetensors
+from safetensors.torch import save_file
 
 TOL = 1e-6  # a reloaded adapter must reproduce the saved one's outputs
 
