@@ -33,8 +33,10 @@ from .adapters import adapter_layers, get_adapter_config
 from .config import LoraConfig, pattern_matches
 from .layers import AdapterLayer, ConvLora, EmbeddingLora, LinearLora, ModulesToSave
 from .target_matching import iter_logical_modules
+from .variants import get_variant
 
 PEFT_PREFIX = "base_model.model."
+STUDIO_ONLY_PEFT_TYPE = "LORA_STUDIO_VARIANT"  # not a PEFT type: PEFT refuses such a folder by name
 _FACTOR_KEY = re.compile(r"^(?P<path>.+?)\.(?P<attr>lora_A|lora_embedding_A)(?:\.(?P<rest>.+))?$")
 # PEFT init values that change the base weights in a way we cannot reproduce exactly.
 _UNSUPPORTED_INITS = ("olora", "loftq", "corda", "eva", "orthogonal", "lora_ga")
@@ -136,8 +138,11 @@ def peft_config_dict(
     all_names = [lm.name for lm in iter_logical_modules(model)]
     names = list(ranks)
     conv1d = [n for n, layer in adapter_layers(model) if n in ranks and getattr(layer, "fan_in_fan_out", False)]
+    # A variant PEFT has no LoRA form for gets a type PEFT refuses by name, rather than a LoRA
+    # config PEFT would load silently as something else; the studio reads its own metadata file.
+    peft_type = "LORA" if get_variant(config.variant).peft_type == "LORA" else STUDIO_ONLY_PEFT_TYPE
     result = {
-        "peft_type": "LORA",
+        "peft_type": peft_type,
         "task_type": task_type,
         "base_model_name_or_path": base_model_name_or_path,
         "r": r,
@@ -156,6 +161,8 @@ def peft_config_dict(
     }
     if config.variant == "dora":  # written only when set, so older PEFT versions never meet the key
         result["use_dora"] = True
+    if peft_type == STUDIO_ONLY_PEFT_TYPE:
+        result["lora_studio_variant"] = config.variant
     return result
 
 
@@ -163,8 +170,8 @@ def peft_compatibility_notes(model: nn.Module, adapter_name: str) -> list[str]:
     """Why PEFT would not rebuild this adapter exactly (empty when it would)."""
     notes = []
     variant = get_adapter_config(model, adapter_name).variant
-    if variant not in ("lora", "dora"):
-        notes.append(f"variant {variant!r} has no PEFT LoRA form; PEFT would load it as plain LoRA")
+    if get_variant(variant).peft_type != "LORA":
+        notes.append(f"variant {variant!r} has no PEFT LoRA form; only LoRA Studio loads it")
     for name, layer in adapter_layers(model):
         if adapter_name not in layer.adapter_names:
             continue
@@ -194,6 +201,11 @@ def factor_paths(keys: Iterable[str]) -> dict[str, str]:
 def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: nn.Module) -> LoraConfig:
     """Our config for an adapter PEFT saved: targets and ranks read from the tensors themselves
     (what was really saved), alphas resolved with PEFT's own pattern rule."""
+    if peft.get("peft_type", "LORA") == STUDIO_ONLY_PEFT_TYPE:
+        raise ValueError(
+            f"this adapter uses a LoRA Studio variant ({peft.get('lora_studio_variant')!r}) and its "
+            "lora_studio_adapter.json is missing; restore that file beside adapter_config.json"
+        )
     if peft.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"not a LoRA adapter: peft_type={peft.get('peft_type')!r}")
     variant = "lora"
