@@ -1,6 +1,7 @@
 """Registered LoRA variants. Import a variant module here to register it."""
 
 from . import lora  # noqa: F401  (registers "lora")
+from . import dora  # noqa: F401  (registers "dora")
 from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names
 
 __all__ = ["SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]
