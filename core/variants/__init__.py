@@ -2,6 +2,7 @@
 
 from . import lora  # noqa: F401  (registers "lora")
 from . import dora  # noqa: F401  (registers "dora")
+from . import lora_plus  # noqa: F401  (registers "lora_plus")
 from . import loha  # noqa: F401  (registers "loha")
 from . import lokr  # noqa: F401  (registers "lokr")
 from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names

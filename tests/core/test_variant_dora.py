@@ -18,10 +18,9 @@ import warnings
 
 import pytest
 import torch
-from torch import nn
-
 from lora_studio.core import LoraConfig, adapter_layers, attach, merge, merge_and_unload, unmerge
 from lora_studio.core.peft_format import PEFT_PREFIX, adapter_tensors
+from torch import nn
 
 HAND_TOL = 1e-6
 PEFT_TOL = 1e-5
