@@ -5,6 +5,9 @@ from . import dora  # noqa: F401  (registers "dora")
 from . import lora_plus  # noqa: F401  (registers "lora_plus")
 from . import loha  # noqa: F401  (registers "loha")
 from . import lokr  # noqa: F401  (registers "lokr")
+from . import gated  # noqa: F401  (registers "gated")
+from . import multitask  # noqa: F401  (registers "multitask")
+from . import hyper  # noqa: F401  (registers "hyper")
 from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names
 
 __all__ = ["SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]
