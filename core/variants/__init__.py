@@ -8,6 +8,7 @@ from . import lokr  # noqa: F401  (registers "lokr")
 from . import gated  # noqa: F401  (registers "gated")
 from . import multitask  # noqa: F401  (registers "multitask")
 from . import hyper  # noqa: F401  (registers "hyper")
+from . import qlora  # noqa: F401  (registers "qlora")
 from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names
 
 __all__ = ["SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]
