@@ -2,6 +2,7 @@
 
 from . import lora  # noqa: F401  (registers "lora")
 from . import dora  # noqa: F401  (registers "dora")
+from . import pissa  # noqa: F401  (registers "pissa")
 from . import lora_plus  # noqa: F401  (registers "lora_plus")
 from . import loha  # noqa: F401  (registers "loha")
 from . import lokr  # noqa: F401  (registers "lokr")
