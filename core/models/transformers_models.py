@@ -1,0 +1,116 @@
+"""transformers models by hub id or local folder, for the three tasks, with tokenizer or image processor."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .heads import TRANSFORMERS_HEAD_NAMES
+from .loaded_model import LoadedModel
+
+_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def _auto_class(task: str):
+    import transformers
+
+    return {
+        "sequence-classification": transformers.AutoModelForSequenceClassification,
+        "causal-lm": transformers.AutoModelForCausalLM,
+        "image-classification": transformers.AutoModelForImageClassification,
+    }[task]
+
+
+def _offline_message(name: str, what: str, exc: Exception) -> OSError:
+    where = "the folder does not hold it" if Path(name).is_dir() else (
+        "it is not a local folder, not in the local cache, and the hub could not be reached (offline?)"
+    )
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return OSError(f"could not load the {what} of {name!r}: {where}. Give a local folder instead. ({first})")
+
+
+def load_config(name: str, *, trust_remote_code: bool = False, num_classes: int | None = None):
+    """The model's config (local folder, cache, or hub); a clear ``OSError`` when it cannot be had."""
+    from transformers import AutoConfig
+
+    kwargs = {"num_labels": num_classes} if num_classes is not None else {}
+    try:
+        return AutoConfig.from_pretrained(name, trust_remote_code=trust_remote_code, **kwargs)
+    except OSError as exc:
+        raise _offline_message(name, "config", exc) from None
+    except ValueError as exc:  # remote code refused, unknown architecture
+        raise ValueError(f"could not load the config of {name!r}: {exc}") from None
+
+
+def load_transformers(
+    name: str,
+    *,
+    task: str,
+    num_classes: int | None = None,
+    label_names: list[str] | None = None,
+    trust_remote_code: bool = False,
+    dtype: str = "float32",
+    gradient_checkpointing: bool = False,
+    meta: bool = False,
+) -> LoadedModel:
+    """Load ``name`` for ``task`` with its tokenizer (text) or image processor (images).
+
+    A classification head whose width differs from ``num_classes`` is created fresh (and
+    trained with the adapter).  ``meta`` builds from the config alone, allocating nothing.
+    """
+    config = load_config(name, trust_remote_code=trust_remote_code, num_classes=num_classes)
+    if label_names:
+        config.id2label = dict(enumerate(label_names))
+        config.label2id = {n: i for i, n in enumerate(label_names)}
+    auto = _auto_class(task)
+    if meta:
+        with torch.device("meta"):
+            model = auto.from_config(config, trust_remote_code=trust_remote_code)
+    else:
+        try:
+            model = auto.from_pretrained(
+                name, config=config, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
+                ignore_mismatched_sizes=task != "causal-lm",
+            )
+        except OSError as exc:
+            raise _offline_message(name, "weights", exc) from None
+        if gradient_checkpointing:
+            # Non-reentrant checkpointing works with a frozen embedding (no input grads needed).
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    head = next((h for h in TRANSFORMERS_HEAD_NAMES if task != "causal-lm" and hasattr(model, h)), None)
+    loaded = LoadedModel(
+        model=model, task=task, forward_style="transformers", head=head,
+        num_classes=num_classes if task != "causal-lm" else None, name_or_path=name,
+    )
+    if task == "image-classification":
+        loaded.image_transform = _image_processor(name, trust_remote_code)
+    else:
+        loaded.tokenizer = _tokenizer(name, trust_remote_code)
+    return loaded
+
+
+def _tokenizer(name: str, trust_remote_code: bool):
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _offline_message(name, "tokenizer", exc) from None
+    if tokenizer.pad_token is None:  # GPT-style tokenizers have none; padding is masked anyway
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def _image_processor(name: str, trust_remote_code: bool):
+    from transformers import AutoImageProcessor
+
+    try:
+        processor = AutoImageProcessor.from_pretrained(name, trust_remote_code=trust_remote_code)
+    except OSError as exc:
+        raise _offline_message(name, "image processor", exc) from None
+
+    def transform(image):
+        return processor(images=image, return_tensors="pt")["pixel_values"][0]
+
+    return transform

@@ -1,0 +1,56 @@
+"""The training engine: one plain function, events out, a cancel token in.
+
+    from lora_studio.core.training import train, CancelToken
+    result = train(RunConfig.load("run.toml"), on_event=print, cancel=CancelToken())
+
+Under ``torchrun`` the same call trains with DistributedDataParallel; see ``lora_studio.core.__main__``.
+"""
+
+from __future__ import annotations
+
+from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .evaluation import EvalResult, evaluate
+from .events import (
+    CancelToken,
+    CheckpointSaved,
+    EvalMetrics,
+    Event,
+    Failed,
+    Finished,
+    StepMetrics,
+    TrainingWarning,
+    TrainResult,
+)
+from .metrics_log import event_record, read_metrics
+from .schedule import lr_factor
+from .setup import build_model, build_run
+from .trainer import ADAPTER_DIR, BEST_DIR, RUN_CONFIG_FILE, load_run_config, resume_run, train
+
+__all__ = [
+    "ADAPTER_DIR",
+    "BEST_DIR",
+    "RUN_CONFIG_FILE",
+    "CancelToken",
+    "CheckpointSaved",
+    "EvalMetrics",
+    "EvalResult",
+    "Event",
+    "Failed",
+    "Finished",
+    "StepMetrics",
+    "TrainResult",
+    "TrainingWarning",
+    "build_model",
+    "build_run",
+    "evaluate",
+    "event_record",
+    "latest_checkpoint",
+    "list_checkpoints",
+    "load_checkpoint",
+    "load_run_config",
+    "lr_factor",
+    "read_metrics",
+    "resume_run",
+    "save_checkpoint",
+    "train",
+]

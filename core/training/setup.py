@@ -1,0 +1,102 @@
+"""Everything a run needs before its first step, built from the run config.
+
+The same function serves a fresh run, a resume, an extension and an export, so
+the model a checkpoint is loaded into is always built the same way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..adapters import attach
+from ..data import DataBundle, build_datasets, read_label_names
+from ..models import LoadedModel, load_model
+from ..run_config import RunConfig
+from ..training_hooks import optimizer_param_groups
+from .batch_plan import BatchPlan
+from .distributed import DistContext
+
+_AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class RunSetup:
+    """The built pieces of a run."""
+
+    config: RunConfig
+    loaded: LoadedModel
+    model: nn.Module  # the plain (unwrapped) model: adapters, checkpoints and evaluation use it
+    train_model: nn.Module  # what the loop calls: the model, or its DistributedDataParallel wrapper
+    data: DataBundle
+    plan: BatchPlan
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    dist: DistContext
+    autocast: Callable[[], AbstractContextManager]
+    warnings: list[str] = field(default_factory=list)
+
+
+def build_model(config: RunConfig) -> tuple[LoadedModel, list[str] | None, list[str]]:
+    """The model with its adapter attached (or fully trainable), seeded; returns (loaded, labels, notes)."""
+    notes: list[str] = []
+    torch.manual_seed(config.training.seed)  # the new head and the adapter start the same in every run
+    labels = read_label_names(config.data)
+    loaded = load_model(config.model, num_classes=len(labels) if labels else None, label_names=labels,
+                        data_kind=config.data.kind)
+    notes += loaded.notes
+    if config.model.gradient_checkpointing and loaded.forward_style != "transformers":
+        notes.append("gradient checkpointing is only available for transformers models; training without it")
+    if config.training.mode == "full":
+        loaded.model.requires_grad_(True)
+        return loaded, labels, notes
+    lora = config.lora
+    if loaded.head and loaded.head not in lora.modules_to_save:
+        # A (new) classifier head must learn the user's classes: it trains fully, as in PEFT.
+        lora = lora.replace(modules_to_save=[*lora.modules_to_save, loaded.head])
+    attach(loaded.model, lora)
+    return loaded, labels, notes
+
+
+def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> RunSetup:
+    """Model, data, batch plan, optimizer, scaler and autocast for ``config`` on ``device``."""
+    loaded, labels, notes = build_model(config)
+    data = build_datasets(config.data, loaded, labels)
+    if data.skipped:
+        notes.append(f"{len(data.skipped)} unreadable image(s) skipped, e.g. {data.skipped[0]}")
+    model = loaded.model.to(device)
+    model.train()
+    t = config.training
+    plan = BatchPlan(len(data.train), t.batch_size, dist.world_size, t.grad_accumulation, t.seed)
+    train_model: nn.Module = model
+    if dist.distributed:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    groups = optimizer_param_groups(model, lr=t.lr, weight_decay=t.weight_decay)
+    for group in groups:
+        group["initial_lr"] = group["lr"]  # the schedule scales each group's own peak (LoRA+ has two)
+    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    mixed = t.precision != "float32"
+    if mixed and device.type != "cuda":
+        notes.append(f"mixed precision ({t.precision}) runs on CUDA only; training in float32 on {device.type}")
+        mixed = False
+    scaler = torch.amp.GradScaler("cuda", enabled=mixed and t.precision == "float16")
+
+    def autocast() -> AbstractContextManager:
+        if not mixed:
+            return contextlib.nullcontext()
+        return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[t.precision])
+
+    return RunSetup(config, loaded, model, train_model, data, plan, optimizer, scaler, device, dist, autocast, notes)
+
+
+def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters the optimizer updates."""
+    return [p for p in model.parameters() if p.requires_grad]

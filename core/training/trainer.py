@@ -1,0 +1,358 @@
+"""``train(run_config, on_event, cancel) -> TrainResult``: the whole training loop, top to bottom.
+
+It knows nothing of threads or Qt: it reports through ``on_event`` (frozen
+dataclasses from :mod:`.events`) and checks ``cancel`` between steps.  One step::
+
+    seed dropout from (seed, step, rank)          -> exact resume under any process count
+    for each micro-batch of this process's share of the global batch:
+        loss = summed cross-entropy × processes / targets in the global batch
+        (+ the variant's regularisation once per step), backward (DDP syncs on the last)
+    stop or skip on a non-finite loss or gradient  -> no checkpoint from a poisoned state
+    clip, set each group's lr from the schedule, AdamW step, variant hook
+    every N steps: metrics, evaluation (keep the best), checkpoint (atomic)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import shutil
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from ..adapter_io import save_adapter
+from ..atomic_files import atomic_path, atomic_write_json
+from ..counting import count_parameters
+from ..data.errors import DataError
+from ..run_config import RunConfig
+from ..training_hooks import after_optimizer_step, regularization_loss, variant_summary
+from .checkpoint import (
+    CHECKPOINTS, TrainerState, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+)
+from .devices import free_device_memory, memory_in_use, resolve_device
+from .distributed import DistContext, all_sum, barrier, close_distributed, init_distributed
+from .evaluation import EvalResult, evaluate
+from .events import (
+    CancelToken, CheckpointSaved, EvalMetrics, Event, Failed, Finished, StepMetrics, TrainingWarning, TrainResult,
+)
+from .metrics_log import MetricsLog
+from .schedule import lr_factor
+from .setup import RunSetup, build_run, trainable_parameters
+from .task_loss import batch_variant_inputs, count_targets, score_batch, to_device
+
+RUN_CONFIG_FILE = "run.toml"
+RESULT_FILE = "result.json"
+ADAPTER_DIR = "adapter"  # the final adapter, PEFT format (full fine-tuning: model.safetensors)
+BEST_DIR = "best"
+_OWNED = (CHECKPOINTS, ADAPTER_DIR, BEST_DIR, "metrics.jsonl", RESULT_FILE, "tensorboard")
+
+OnEvent = Callable[[Event], None]
+
+
+class _NonFinite(Exception):
+    """A NaN/Inf loss or gradient under nonfinite = 'stop'."""
+
+
+def train(
+    run_config: RunConfig, on_event: OnEvent | None = None, cancel: CancelToken | None = None, *,
+    resume: bool = False, extra_steps: int = 0,
+) -> TrainResult:
+    """Run (or, with ``resume``, continue) the training ``run_config`` describes; never raises for
+    a failed run: the result's status is 'failed' and a :class:`Failed` event says why.
+
+    ``extra_steps`` extends a resumed run past its old end ("train N more steps").
+    """
+    cancel = cancel or CancelToken()
+    out = Path(run_config.output.dir)
+    started = time.perf_counter()
+    dist = DistContext()
+    log: MetricsLog | None = None
+    setup: RunSetup | None = None
+    step = 0
+
+    def emit(event: Event) -> None:
+        if not dist.is_main:
+            return
+        if log is not None:
+            log.write(event)
+        if on_event is not None:
+            on_event(event)
+
+    def failed(message: str, kind: str, details: str = "") -> TrainResult:
+        emit(Failed(message, kind, step, details))
+        return TrainResult("failed", step, run_config.training.max_steps, str(out), error=message,
+                           seconds=time.perf_counter() - started)
+
+    try:
+        device = resolve_device(run_config.training.device, _local_rank())
+        dist = init_distributed(device)
+        config = _prepare_folder(run_config, out, resume, extra_steps, dist)
+        if dist.is_main:
+            log = MetricsLog(out, config.output.tensorboard)
+        setup = build_run(config, dist, device)
+        for note in setup.warnings:
+            emit(TrainingWarning(note))
+        state = TrainerState(total_steps=config.training.max_steps)
+        if resume:
+            found = latest_checkpoint(out)
+            if found is None:
+                raise FileNotFoundError(f"{out} holds no checkpoint to resume from")
+            state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
+            state.total_steps = config.training.max_steps
+        step = state.step
+        return _loop(setup, state, emit, cancel, out, started)
+    except _NonFinite as exc:
+        return failed(str(exc), "nonfinite")
+    except torch.OutOfMemoryError:
+        return _out_of_memory(failed, setup)
+    except RuntimeError as exc:
+        if "out of memory" in str(exc) or "can't allocate memory" in str(exc):
+            return _out_of_memory(failed, setup)
+        return failed(f"training failed: {exc}", "error", traceback.format_exc())
+    except DataError as exc:
+        return failed(str(exc), "data")
+    except (ValueError, OSError) as exc:
+        return failed(str(exc), "config")
+    except Exception as exc:  # a bug or an unexpected library error: report it, keep the caller alive
+        return failed(f"training failed: {type(exc).__name__}: {exc}", "error", traceback.format_exc())
+    finally:
+        if log is not None:
+            log.close()
+        close_distributed(dist)
+
+
+def resume_run(run_dir: str | Path, on_event: OnEvent | None = None, cancel: CancelToken | None = None, *,
+               extra_steps: int = 0) -> TrainResult:
+    """Continue the run in ``run_dir`` from its newest checkpoint (``extra_steps`` past its end if given)."""
+    config = load_run_config(run_dir)
+    return train(config, on_event, cancel, resume=True, extra_steps=extra_steps)
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The config a run folder was started with, pointed at that folder."""
+    path = Path(run_dir) / RUN_CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{run_dir} is not a run folder (no {RUN_CONFIG_FILE})")
+    config = RunConfig.load(path)
+    return config.replace(output=dataclasses.replace(config.output, dir=str(run_dir)))
+
+
+def _local_rank() -> int:
+    import os
+
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int, dist: DistContext) -> RunConfig:
+    if extra_steps < 0:
+        raise ValueError(f"extra steps must be >= 0, got {extra_steps}")
+    if resume and extra_steps:
+        training = dataclasses.replace(config.training, max_steps=config.training.max_steps + extra_steps)
+        config = config.replace(training=training)
+    if not resume and (out / RUN_CONFIG_FILE).exists():
+        if not config.output.overwrite:
+            raise ValueError(f"{out} already holds a run; resume it, choose another output.dir, or set "
+                             "output.overwrite = true")
+        if dist.is_main:
+            for name in _OWNED:
+                target = out / name
+                shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    if dist.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        config.save(out / RUN_CONFIG_FILE)
+    barrier(dist)
+    return config
+
+
+def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: Path, started: float) -> TrainResult:
+    cfg, plan, dist = setup.config.training, setup.plan, setup.dist
+    params = trainable_parameters(setup.model)
+    total = state.total_steps
+    status, last_eval, last_saved = "finished", None, state.step
+    order_epoch, order = -1, None
+    step_seconds = None
+    while state.step < total:
+        cancel.wait_while_paused()
+        step = state.step
+        epoch = step // plan.steps_per_epoch
+        if epoch != order_epoch:
+            order_epoch, order = epoch, plan.epoch_order(epoch)
+        batches = [setup.data.collate([setup.data.train[i] for i in idx]) for idx in plan.micro_batches(step, dist.rank, order)]
+        local_targets = sum(count_targets(b, setup.loaded.task) for b in batches)
+        global_targets, cancelled = all_sum([float(local_targets), float(cancel.cancelled)], dist, setup.device)
+        if cancelled:
+            status = "cancelled"
+            break
+        tick = time.perf_counter()
+        torch.manual_seed(cfg.seed * 1_000_003 + step * 64 + dist.rank)  # dropout depends on (seed, step, rank) only
+        loss_sum, tokens = _forward_backward(setup, batches, global_targets)
+        loss_total, bad_loss = all_sum([loss_sum, float(not math.isfinite(loss_sum))], dist, setup.device)
+        loss = loss_total / max(global_targets, 1.0)
+        if setup.scaler.is_enabled():
+            setup.scaler.unscale_(setup.optimizer)
+        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+        poisoned = bad_loss or (not math.isfinite(grad_norm) and not setup.scaler.is_enabled())
+        if poisoned:
+            what = "loss" if bad_loss else "gradient norm"
+            if cfg.nonfinite == "stop":
+                previous = latest_checkpoint(out)
+                raise _NonFinite(
+                    f"the {what} became NaN/Inf at step {step + 1}; stopped without saving this state. "
+                    + (f"The last good checkpoint is {previous}. " if previous else "")
+                    + "Try a lower training.lr, gradient clipping (training.max_grad_norm), or "
+                    "training.nonfinite = 'skip'."
+                )
+            setup.optimizer.zero_grad(set_to_none=True)
+            emit(TrainingWarning(f"skipped step {step + 1}: the {what} was NaN/Inf", step + 1))
+        else:
+            factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+            for group in setup.optimizer.param_groups:
+                group["lr"] = group["initial_lr"] * factor
+            setup.scaler.step(setup.optimizer)
+            setup.scaler.update()
+            setup.optimizer.zero_grad(set_to_none=True)
+            after_optimizer_step(setup.model, step, total) if cfg.mode == "lora" else None
+        state.step = step + 1
+        state.last_loss = loss
+        elapsed = time.perf_counter() - tick
+        step_seconds = elapsed if step_seconds is None else 0.9 * step_seconds + 0.1 * elapsed
+        if state.step % cfg.log_every == 0 or state.step == total:
+            emit(StepMetrics(
+                step=state.step, total_steps=total, epoch=state.step / plan.steps_per_epoch, loss=loss,
+                learning_rate=setup.optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
+                samples_per_second=cfg.batch_size / max(elapsed, 1e-9),
+                tokens_per_second=None if tokens is None else tokens * dist.world_size / max(elapsed, 1e-9),
+                memory_bytes=memory_in_use(setup.device), eta_seconds=step_seconds * (total - state.step),
+            ))
+        if _due(state.step, cfg.eval_every, total) and setup.data.validation is not None:
+            last_eval = _evaluate(setup, state, emit, out)
+            if cfg.early_stopping_patience and state.evals_since_best >= cfg.early_stopping_patience:
+                status = "stopped-early"
+                break
+        if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < total:
+            _checkpoint(setup, state, emit, out, "step")
+            last_saved = state.step
+    if state.step != last_saved or not latest_checkpoint(out):
+        _checkpoint(setup, state, emit, out, "final" if status != "cancelled" else "step")
+    result = _finish(setup, state, status, last_eval, out, started)
+    emit(Finished(result))
+    return result
+
+
+def _forward_backward(setup: RunSetup, batches: list[dict], global_targets: float) -> tuple[float, int | None]:
+    """Accumulate the step's gradients over this process's micro-batches; return (summed loss, tokens)."""
+    task, style = setup.loaded.task, setup.loaded.forward_style
+    # DDP averages gradients over processes, so each scales by processes / global targets: the
+    # result is the mean over every target of the global batch, whatever the split.
+    scale = setup.dist.world_size / max(global_targets, 1.0)
+    loss_sum, tokens = 0.0, None
+    for index, batch in enumerate(batches):
+        batch = to_device(batch, setup.device)
+        last = index == len(batches) - 1
+        sync = setup.train_model.no_sync() if setup.dist.distributed and not last else _nothing()
+        with sync, setup.autocast(), batch_variant_inputs(setup.model, batch):
+            score = score_batch(setup.train_model, batch, task, style)
+            loss = score.loss_sum * scale
+            if index == 0 and setup.config.training.mode == "lora":
+                extra = regularization_loss(setup.model)
+                loss = loss if extra is None else loss + extra
+        with sync:
+            setup.scaler.scale(loss).backward()
+        loss_sum += float(score.loss_sum.detach())
+        tokens = None if score.tokens is None else (tokens or 0) + score.tokens
+    return loss_sum, tokens
+
+
+def _nothing():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def _due(step: int, every: int, total: int) -> bool:
+    return step == total or (every > 0 and step % every == 0)
+
+
+def _evaluate(setup: RunSetup, state: TrainerState, emit, out: Path) -> EvalResult:
+    # Every process evaluates the whole validation set (identical weights, so identical
+    # results and one early-stopping decision, with no extra communication).
+    result = evaluate(setup.model, setup.data.validation, setup.data.collate, task=setup.loaded.task,
+                      forward_style=setup.loaded.forward_style, device=setup.device,
+                      batch_size=setup.config.training.eval_batch_size, autocast=setup.autocast)
+    best = math.isfinite(result.loss) and (state.best_loss is None or result.loss < state.best_loss)
+    if best:
+        state.best_loss, state.best_step, state.evals_since_best = result.loss, state.step, 0
+    else:
+        state.evals_since_best += 1
+    emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best))
+    if best and setup.dist.is_main:
+        path = _save_trained(setup, out / BEST_DIR, state, emit)
+        if path is not None:
+            emit(CheckpointSaved(state.step, str(path), "best"))
+    return result
+
+
+def _checkpoint(setup: RunSetup, state: TrainerState, emit, out: Path, kind: str) -> None:
+    if setup.dist.is_main:
+        path = save_checkpoint(out / CHECKPOINTS / checkpoint_name(state.step), setup.model, setup.optimizer,
+                               setup.scaler, state)
+        prune_checkpoints(out, setup.config.training.keep_checkpoints)
+        emit(CheckpointSaved(state.step, str(path), kind))
+    barrier(setup.dist)  # nobody runs ahead (or exits) while rank 0 is still writing
+
+
+def _save_trained(setup: RunSetup, folder: Path, state: TrainerState, emit) -> Path | None:
+    """The trained adapter in PEFT's format (full fine-tuning: the whole model as safetensors)."""
+    if setup.config.training.mode == "full":
+        from safetensors.torch import save_file
+
+        weights = {k: v.detach().cpu().contiguous().clone() for k, v in setup.model.state_dict().items()}
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / "model.safetensors") as tmp:
+            save_file(weights, str(tmp))
+        return folder
+    try:
+        return save_adapter(setup.model, folder, run_summary={"step": state.step, "best_loss": state.best_loss},
+                            base_model_name_or_path=setup.loaded.name_or_path)
+    except (ValueError, NotImplementedError) as exc:  # e.g. a variant PEFT's format cannot hold
+        emit(TrainingWarning(f"could not save the adapter in PEFT format ({exc}); the checkpoint has it", state.step))
+        return None
+
+
+def _finish(setup: RunSetup, state: TrainerState, status: str, last_eval: EvalResult | None, out: Path,
+            started: float) -> TrainResult:
+    adapter_dir = None
+    if setup.dist.is_main:
+        saved = _save_trained(setup, out / ADAPTER_DIR, state, lambda e: None)
+        adapter_dir = str(saved) if saved else None
+    counts = count_parameters(setup.model)
+    result = TrainResult(
+        status=status, steps=state.step, total_steps=state.total_steps, run_dir=str(out), final_loss=state.last_loss,
+        best_eval_loss=state.best_loss, best_step=state.best_step,
+        last_eval=dataclasses.asdict(last_eval) if last_eval else None, adapter_dir=adapter_dir,
+        checkpoint_dir=str(latest_checkpoint(out)) if setup.dist.is_main else None,
+        seconds=time.perf_counter() - started, trainable_parameters=counts.trainable, total_parameters=counts.total,
+        variant=variant_summary(setup.model) if setup.config.training.mode == "lora" else {},
+    )
+    if setup.dist.is_main:
+        atomic_write_json(out / RESULT_FILE, json.loads(json.dumps(dataclasses.asdict(result), default=str)))
+    barrier(setup.dist)
+    return result
+
+
+def _out_of_memory(failed, setup: RunSetup | None) -> TrainResult:
+    device = setup.device if setup is not None else torch.device("cpu")
+    if setup is not None:  # drop every reference to the run's tensors so a new run has the memory
+        setup.optimizer.state.clear()
+        setup.model = setup.train_model = None  # type: ignore[assignment]
+    free_device_memory(device)
+    return failed(
+        "out of memory: try a smaller training.batch_size (with training.grad_accumulation to keep the same "
+        "effective batch), model.gradient_checkpointing = true, mixed precision, or a lower LoRA rank",
+        "out-of-memory",
+    )
