@@ -10,6 +10,9 @@ from . import gated  # noqa: F401  (registers "gated")
 from . import multitask  # noqa: F401  (registers "multitask")
 from . import hyper  # noqa: F401  (registers "hyper")
 from . import qlora  # noqa: F401  (registers "qlora")
+from . import adalora  # noqa: F401  (registers "adalora")
+from . import sparse  # noqa: F401  (registers "sparse")
+from . import pruning  # noqa: F401  (registers "pruning")
 from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names
 
 __all__ = ["SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]
