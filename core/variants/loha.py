@@ -57,9 +57,7 @@ class Loha(Variant):
         "Low-rank Hadamard product (LyCORIS): the update is the element-wise product of two rank-r "
         "matrices, (alpha/r)·(W1a·W1b)⊙(W2a·W2b), whose rank can reach r² while it costs about twice "
         "LoRA's parameters. One factor starts at zero, so training starts from the base model exactly, "
-        "and the update merges into the weight for inference at no extra cost. "
-        + supported_layers_text("LoHa")
-        + "."
+        "and the update merges into the weight for inference at no extra cost. " + supported_layers_text("LoHa") + "."
     )
     paper = (
         "Hyeon-Woo, Ye-Bin, Oh, 'FedPara: Low-Rank Hadamard Product for Communication-Efficient Federated "

@@ -182,9 +182,7 @@ class Lokr(Variant):
                 try:
                     factorization(size, settings.decompose_factor)
                 except ValueError as exc:
-                    raise ValueError(
-                        f"variant_settings.{exc} ({dimension_note(layer, key, what)})"
-                    ) from None
+                    raise ValueError(f"variant_settings.{exc} ({dimension_note(layer, key, what)})") from None
         return KroneckerBehaviour(settings)
 
 

@@ -1,0 +1,220 @@
+"""PEFT's on-disk format for LoHa and LoKr adapters (``peft_type`` ``"LOHA"`` / ``"LOKR"``), both ways.
+
+Our LoHa/LoKr factors already carry PEFT's names and shapes (see
+:mod:`.variants.lycoris`), so a tensor's PEFT key is its state-dict key with the
+adapter name taken out, exactly as for LoRA::
+
+    encoder.layer.0.attention.self.query.hada_w1_a.default
+      -> base_model.model.encoder.layer.0.attention.self.query.hada_w1_a
+    conv.lokr_w2.default   -> base_model.model.conv.lokr_w2      (Conv2d: (b, d, kh, kw))
+
+What differs from LoRA is ``adapter_config.json``: PEFT's ``LoHaConfig``/``LoKrConfig``
+name the scale ``alpha`` (not ``lora_alpha``), have no input dropout and no bias
+training, and LoKr adds ``decompose_both``/``decompose_factor``.  This module builds
+that dict from an attached adapter and reads one back into our :class:`LoraConfig`.
+PEFT's LyCORIS scale is always alpha/r: an rsLoRA scale (alpha/sqrt(r)) is written as
+the alpha that gives the same scale, so PEFT computes the same update.
+
+PEFT 0.21 has LoHa/LoKr for ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` only, without
+a base conv's ``padding_mode``; :func:`lycoris_compatibility_notes` names every layer or
+setting PEFT would not rebuild exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from .adapters import adapter_layers, get_adapter_config
+from .config import LoraConfig, pattern_matches
+from .layers import AdapterLayer, ConvLora, LinearLora
+from .peft_format import PEFT_PREFIX, adapter_tensors, exact_pattern_key, exact_targets
+from .target_matching import iter_logical_modules
+
+#: Our variant name -> PEFT's ``peft_type``.
+PEFT_TYPES: dict[str, str] = {"loha": "LOHA", "lokr": "LOKR"}
+# The one factor every adapted module has, whatever its shapes: it names the module in a file.
+_MODULE_KEY = re.compile(r"^(?P<path>.+?)\.(?P<attr>hada_w1_a|lokr_w1|lokr_w1_a)(?:\.(?P<rest>.+))?$")
+# PEFT's CP-decomposed convolution kernels (use_effective_conv2d=True), which we do not implement.
+_CP_FACTORS = (".hada_t1", ".hada_t2", ".lokr_t2")
+
+
+def handles_variant(variant: str) -> bool:
+    """True for the variants whose PEFT format this module writes."""
+    return variant in PEFT_TYPES
+
+
+def handles_peft_type(peft_type: str | None) -> bool:
+    """True for the ``peft_type`` values this module reads."""
+    return peft_type in PEFT_TYPES.values()
+
+
+# -- ours -> PEFT ------------------------------------------------------------------------------------
+def _number(value: float) -> int | float:
+    return int(value) if float(value).is_integer() else float(value)
+
+
+def _peft_alpha(layer: AdapterLayer, adapter_name: str) -> float:
+    # PEFT's scale is alpha/r; ours may be alpha/sqrt(r) (rsLoRA): give PEFT the alpha with the same scale.
+    return layer.scaling[adapter_name] * layer.r[adapter_name]
+
+
+def lycoris_peft_config_dict(
+    model: nn.Module,
+    adapter_name: str = "default",
+    *,
+    base_model_name_or_path: str | None = None,
+    task_type: str | None = None,
+) -> dict:
+    """The ``adapter_config.json`` from which PEFT rebuilds LoHa/LoKr adapter ``adapter_name`` exactly.
+
+    Targets are the adapted layers by exact name; per-layer ranks and scales that differ from
+    the config's go into ``rank_pattern``/``alpha_pattern`` with keys that match only that layer.
+    """
+    config = get_adapter_config(model, adapter_name)
+    if not handles_variant(config.variant):
+        raise ValueError(f"adapter {adapter_name!r} uses variant {config.variant!r}, not LoHa or LoKr")
+    layers = {n: layer for n, layer in adapter_layers(model) if adapter_name in layer.adapter_names}
+    all_names = [lm.name for lm in iter_logical_modules(model)]
+    r = config.r
+    alpha = config.alpha * (math.sqrt(r) if config.use_rslora else 1.0)
+    ranks = {n: layer.r[adapter_name] for n, layer in layers.items()}
+    alphas = {n: _peft_alpha(layer, adapter_name) for n, layer in layers.items()}
+    result = {
+        "peft_type": PEFT_TYPES[config.variant],
+        "task_type": task_type,
+        "base_model_name_or_path": base_model_name_or_path,
+        "r": r,
+        "alpha": _number(alpha),
+        "rank_dropout": 0.0,
+        "module_dropout": 0.0,
+        "use_effective_conv2d": False,
+        "init_weights": True,
+        "target_modules": exact_targets(list(layers), all_names),
+        "rank_pattern": {exact_pattern_key(n, all_names): v for n, v in ranks.items() if v != r},
+        "alpha_pattern": {
+            exact_pattern_key(n, all_names): _number(v) for n, v in alphas.items() if not math.isclose(v, alpha)
+        },
+        "modules_to_save": list(config.modules_to_save) or None,
+        "inference_mode": True,
+    }
+    if config.variant == "lokr":
+        settings = config.settings()
+        result |= {
+            "decompose_both": settings.decompose_both,
+            "decompose_factor": settings.decompose_factor,
+            "rank_dropout_scale": False,
+        }
+    return result
+
+
+def lycoris_peft_state_dict(model: nn.Module, adapter_name: str = "default") -> dict[str, torch.Tensor]:
+    """The tensors of ``adapter_name`` as they go into ``adapter_model.safetensors``: PEFT's full keys
+    (``base_model.model.<path>.hada_w1_a``...), detached, contiguous, CPU copies."""
+    return {
+        PEFT_PREFIX + key: t.detach().to("cpu").contiguous().clone()
+        for key, t in adapter_tensors(model, adapter_name).items()
+    }
+
+
+def lycoris_compatibility_notes(model: nn.Module, adapter_name: str = "default") -> list[str]:
+    """Why PEFT would not rebuild this LoHa/LoKr adapter with the same outputs (empty when it would)."""
+    config = get_adapter_config(model, adapter_name)
+    title = {"loha": "LoHa", "lokr": "LoKr"}.get(config.variant, config.variant)
+    notes = []
+    if config.bias != "none":
+        notes.append(f"bias={config.bias!r}: PEFT's {title} trains no biases and would not load them")
+    if config.dropout > 0:
+        notes.append(
+            f"dropout={config.dropout}: PEFT's {title} has no input dropout (training differs, outputs do not)"
+        )
+    for name, layer in adapter_layers(model):
+        if adapter_name not in layer.adapter_names:
+            continue
+        base = layer.base_layer
+        peft_has_it = (isinstance(layer, LinearLora) and not layer.fan_in_fan_out) or (
+            isinstance(layer, ConvLora) and isinstance(base, (nn.Conv1d, nn.Conv2d))
+        )
+        if not peft_has_it:
+            notes.append(f"{name}: PEFT's {title} has no form for {type(base).__name__} (only Linear, Conv1d, Conv2d)")
+        elif isinstance(layer, ConvLora) and base.padding_mode != "zeros":
+            notes.append(
+                f"{name}: PEFT applies the {title} update with zero padding, not the layer's "
+                f"padding_mode={base.padding_mode!r}, so it computes another update"
+            )
+    return notes
+
+
+# -- PEFT -> ours ------------------------------------------------------------------------------------
+def lycoris_factor_paths(keys: Iterable[str]) -> dict[str, str]:
+    """Module path -> the key that marks it as adapted, for every LoHa/LoKr module in ``keys``
+    (keys without ``base_model.model.``)."""
+    paths: dict[str, str] = {}
+    for key in keys:
+        m = _MODULE_KEY.match(key)
+        if m:
+            paths.setdefault(m["path"], key)
+    return paths
+
+
+def lycoris_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: nn.Module) -> LoraConfig:
+    """Our config for a LoHa/LoKr adapter PEFT saved (``tensors`` keyed without ``base_model.model.``).
+
+    Targets come from the tensors themselves (what was really saved); ranks and alphas follow
+    PEFT's own pattern rule, since a full LoKr factor does not show its rank.  PEFT's
+    ``rank_dropout``/``module_dropout`` act only in training and are not carried over.
+    """
+    peft_type = peft.get("peft_type")
+    if not handles_peft_type(peft_type):
+        raise ValueError(f"not a LoHa or LoKr adapter: peft_type={peft_type!r}")
+    variant = next(v for v, t in PEFT_TYPES.items() if t == peft_type)
+    cp = sorted(k for k in tensors if any(part in k for part in _CP_FACTORS))
+    if peft.get("use_effective_conv2d") and cp:
+        raise ValueError(
+            f"this {peft_type} adapter uses PEFT's use_effective_conv2d=true (CP-decomposed kernels, e.g. {cp[0]}), "
+            "which LoRA Studio cannot load; re-train it with use_effective_conv2d=false"
+        )
+    all_names = [lm.name for lm in iter_logical_modules(model)]
+    paths = list(lycoris_factor_paths(tensors))
+    if not paths:
+        raise ValueError(f"the {peft_type} adapter file holds no hada_w1_a / lokr_w1 / lokr_w1_a tensor")
+    r, alpha = int(peft["r"]), float(peft.get("alpha", peft["r"]))
+    ranks = {p: int(_peft_pattern(peft.get("rank_pattern"), p, r)) for p in paths}
+    alphas = {p: float(_peft_pattern(peft.get("alpha_pattern"), p, alpha)) for p in paths}
+    settings = {}
+    if variant == "lokr":
+        settings = {
+            "decompose_both": bool(peft.get("decompose_both", False)),
+            "decompose_factor": int(peft.get("decompose_factor", -1)),
+        }
+    return LoraConfig(
+        r=r,
+        alpha=alpha,
+        targets=exact_targets(paths, all_names),
+        rank_pattern={exact_pattern_key(p, all_names): v for p, v in ranks.items() if v != r},
+        alpha_pattern={exact_pattern_key(p, all_names): v for p, v in alphas.items() if v != alpha},
+        modules_to_save=list(peft.get("modules_to_save") or []),
+        variant=variant,
+        variant_settings=settings,
+    )
+
+
+def _peft_pattern(patterns: dict | None, name: str, default: float) -> float:
+    # PEFT's get_pattern_key: the first key, in the file's order, matching the name or a dotted suffix of it.
+    return next((v for k, v in (patterns or {}).items() if pattern_matches(k, name)), default)
+
+
+__all__ = [
+    "PEFT_TYPES",
+    "handles_peft_type",
+    "handles_variant",
+    "lycoris_compatibility_notes",
+    "lycoris_config_from_peft",
+    "lycoris_factor_paths",
+    "lycoris_peft_config_dict",
+    "lycoris_peft_state_dict",
+]
