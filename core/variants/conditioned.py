@@ -87,6 +87,10 @@ class ConditionedBehaviour(AdapterBehaviour):
         """What to tell the user when input ``name`` was not given."""
         raise NotImplementedError
 
+    def snapshot(self, value: Any) -> Any:
+        """The value to remember for unmerge (e.g. a detached copy of a tensor the caller may change)."""
+        return value
+
     # -- the input in effect ---------------------------------------------------------------------
     def current_input(self, layer: AdapterLayer) -> Any:
         """The value selecting the update now: the merged one during merge/unmerge, else the batch's."""
@@ -103,7 +107,7 @@ class ConditionedBehaviour(AdapterBehaviour):
         (what :func:`disable_adapters` needs when it re-merges on leaving its block)."""
         value = layer.variant_inputs.get(self.merge_input)
         if value is not None:
-            value = self.check_merge_input(value)
+            value = self.snapshot(self.check_merge_input(value))
         elif self.merged_with is not None:
             value = self.merged_with
         else:

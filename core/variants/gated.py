@@ -111,9 +111,7 @@ class GatedBehaviour(AdapterBehaviour):
     def delta_weight(self, layer: AdapterLayer, adapter: str, key: str) -> torch.Tensor:
         raise MergeNotSupportedError(self.cannot_merge_reason)
 
-    def effective_weight(
-        self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor
-    ) -> torch.Tensor:
+    def effective_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         raise MergeNotSupportedError(self.cannot_merge_reason)
 
 

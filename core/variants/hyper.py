@@ -52,9 +52,7 @@ class HyperSettings:
     )
     hidden_dim: int = field(
         default=8,
-        metadata={
-            "help": "Width of each layer's generator; its heads cost hidden_dim times a LoRA of the same rank."
-        },
+        metadata={"help": "Width of each layer's generator; its heads cost hidden_dim times a LoRA of the same rank."},
     )
 
     def __post_init__(self) -> None:
@@ -146,7 +144,11 @@ class HyperBehaviour(ConditionedBehaviour):
                 f"batch (shape ({self.embedding_dim},) or (1, {self.embedding_dim})), got shape "
                 f"{tuple(embedding.shape)}; Hyper-LoRA takes one embedding per batch, so group samples by task"
             )
-        return embedding.detach().clone()  # kept for unmerge: later changes to the caller's tensor must not leak in
+        return embedding  # not detached: a learned task embedding gets its gradient through the generator
+
+    def snapshot(self, value: torch.Tensor) -> torch.Tensor:
+        # Unmerge must take out what was merged, even if the caller changes its tensor afterwards.
+        return value.detach().clone()
 
     def missing_input_message(self, name: str) -> str:
         return (

@@ -8,9 +8,8 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from tiny_models import LAYER_CASES, perturb_adapters, run
-
 from lora_studio.core import LoraConfig, MergeNotSupportedError, adapter_layers, attach, get_variant, merge
+from tiny_models import LAYER_CASES, perturb_adapters, run
 
 TOL = 1e-6
 CASES = {c.name: c for c in LAYER_CASES}

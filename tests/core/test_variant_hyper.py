@@ -5,8 +5,6 @@ Tolerance: TOL (float32) for outputs that must be equal; convolution/attention c
 
 import pytest
 import torch
-from tiny_models import LAYER_CASES, perturb_adapters, run
-
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -18,6 +16,7 @@ from lora_studio.core import (
     variant_inputs,
 )
 from lora_studio.core.variants.conditioned import MissingVariantInputError
+from tiny_models import LAYER_CASES, perturb_adapters, run
 
 TOL = 1e-6
 EMBEDDING_DIM = 4
@@ -92,6 +91,15 @@ def test_generated_factors_follow_the_formula() -> None:
         x = case.make_input()
         expected = layer.base_layer(x) + layer.scaling["default"] * (x @ a.t() @ b.t())
         torch.testing.assert_close(layer(x), expected, atol=TOL, rtol=0)
+
+
+def test_a_learned_embedding_receives_a_gradient() -> None:
+    case = CASES[0]
+    model = _hyper(case)
+    embedding = _embedding(1).requires_grad_()
+    with variant_inputs(model, task_embedding=embedding):
+        run(model, case.make_input()).square().sum().backward()
+    assert embedding.grad is not None and embedding.grad.abs().sum() > 0
 
 
 def test_a_row_embedding_equals_a_vector() -> None:

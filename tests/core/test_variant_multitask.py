@@ -5,8 +5,6 @@ Tolerance: TOL (float32) for outputs that must be equal; convolution cases use t
 
 import pytest
 import torch
-from tiny_models import LAYER_CASES, perturb_adapters, run
-
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -19,6 +17,7 @@ from lora_studio.core import (
     variant_inputs,
 )
 from lora_studio.core.variants.conditioned import MissingVariantInputError
+from tiny_models import LAYER_CASES, perturb_adapters, run
 
 TOL = 1e-6
 NUM_TASKS = 3
@@ -104,8 +103,9 @@ def test_one_int_routes_the_whole_batch() -> None:
     model = attach(case.build(), _config(case))
     perturb_adapters(model)
     batch = _batch(case)
-    torch.testing.assert_close(_output(model, case, task_ids=1), _output(model, case, task_ids=torch.ones(batch, dtype=torch.long)),
-                               atol=0, rtol=0)
+    every_sample = torch.ones(batch, dtype=torch.long)
+    one_int = _output(model, case, task_ids=1)
+    torch.testing.assert_close(one_int, _output(model, case, task_ids=every_sample), atol=0, rtol=0)
 
 
 def test_a_task_trains_only_its_own_bank() -> None:
