@@ -153,12 +153,8 @@ def lycoris_compatibility_notes(model: nn.Module, adapter_name: str = "default")
 def lycoris_factor_paths(keys: Iterable[str]) -> dict[str, str]:
     """Module path -> the key that marks it as adapted, for every LoHa/LoKr module in ``keys``
     (keys without ``base_model.model.``)."""
-    paths: dict[str, str] = {}
-    for key in keys:
-        m = _MODULE_KEY.match(key)
-        if m:
-            paths.setdefault(m["path"], key)
-    return paths
+    # Any one key per module will do: it only names the module (weight-space layers have one per weight).
+    return {m["path"]: key for key in keys if (m := _MODULE_KEY.match(key))}
 
 
 def lycoris_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: nn.Module) -> LoraConfig:

@@ -30,7 +30,6 @@ class HadamardBehaviour(ProductUpdateBehaviour):
     """One LoHa adapter on one layer: four factors per adapted weight."""
 
     variant_title = "LoHa"
-    factor_names = HADA_FACTORS
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         for key, slot in layer._weight_slots().items():

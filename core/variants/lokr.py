@@ -30,8 +30,6 @@ from ..layers import AdapterBehaviour, AdapterLayer, ConvLora
 from .lycoris import ProductUpdateBehaviour, kaiming_, supported_layers_text, weight_dims
 from .registry import Variant, register_variant
 
-LOKR_FACTORS = ("lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b")
-
 
 @dataclass
 class LokrSettings:
@@ -105,7 +103,6 @@ class KroneckerBehaviour(ProductUpdateBehaviour):
     """One LoKr adapter on one layer: W1 (or W1a, W1b) and W2 (or W2a, W2b) per adapted weight."""
 
     variant_title = "LoKr"
-    factor_names = LOKR_FACTORS
 
     def __init__(self, settings: LokrSettings) -> None:
         self.settings = settings

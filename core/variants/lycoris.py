@@ -43,13 +43,12 @@ INIT_NAME = "default"
 class ProductUpdateBehaviour(AdapterBehaviour):
     """An adapter whose update is a whole weight-shaped ΔW computed from its factors.
 
-    Subclasses give :attr:`factor_names` (every container they may use), :meth:`create`
-    (through :meth:`new_factor`), :meth:`init_factors` and :meth:`product` (the unscaled ΔW,
-    in any shape holding the weight's elements in its row-major order).
+    Subclasses give :meth:`create` (through :meth:`new_factor`), :meth:`init_factors` and
+    :meth:`product` (the unscaled ΔW, in any shape holding the weight's elements in its
+    row-major order).
     """
 
-    variant_title: str = ""
-    factor_names: tuple[str, ...] = ()
+    variant_title: str = ""  # names the variant in errors
 
     # -- subclass hooks ---------------------------------------------------------------------------
     def product(self, layer: AdapterLayer, adapter: str, key: str, dtype: torch.dtype) -> torch.Tensor:

@@ -20,6 +20,7 @@ from lora_studio.core.peft_loha_lokr_format import (
     lycoris_peft_state_dict,
 )
 from safetensors.torch import load_file, save_file
+from tiny_models import run
 from torch import nn
 
 TOL = 1e-5  # two independent float32 implementations of the same update: only summation order differs
@@ -69,3 +70,10 @@ def load_peft_saved(folder: Path, base: nn.Module) -> nn.Module:
             assert target.shape == tensors[key].shape, key
             target.copy_(tensors[key])
     return model.eval()
+
+
+def assert_same_outputs(ours: nn.Module, theirs: nn.Module, base: nn.Module, inputs: object) -> None:
+    """Our adapted model and PEFT's agree within TOL, and the adapter really changes the base output."""
+    with torch.no_grad():
+        assert (run(ours, inputs) - run(base, inputs)).abs().max() > 100 * TOL, "the adapter changes the output"
+        torch.testing.assert_close(run(theirs, inputs), run(ours, inputs), atol=TOL, rtol=0)

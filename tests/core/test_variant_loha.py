@@ -17,8 +17,8 @@ from lora_studio.core.peft_loha_lokr_format import (
     lycoris_config_from_peft,
     lycoris_peft_config_dict,
 )
-from lycoris_oracle import TOL, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
-from tiny_models import LAYER_CASES, MODEL_CASES, perturb_adapters, run
+from lycoris_oracle import TOL, assert_same_outputs, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
+from tiny_models import LAYER_CASES, MODEL_CASES, perturb_adapters
 from torch import nn
 
 peft = pytest.importorskip("peft")
@@ -121,10 +121,7 @@ def test_peft_builds_the_same_loha_from_our_files(case_name, tmp_path) -> None:
     model, case = _loha(case_name, **({"targets": PEFT_TARGETS[case_name]} if case_name in PEFT_TARGETS else {}))
     perturb_adapters(model)
     peft_model = peft_loads(write_peft_folder(model, tmp_path), case.build())
-    x = case.make_input()
-    with torch.no_grad():
-        assert (run(model, x) - run(case.build(), x)).abs().max() > 100 * TOL, "the adapter changes the output"
-        torch.testing.assert_close(run(peft_model, x), run(model, x), atol=TOL, rtol=0)
+    assert_same_outputs(model, peft_model, case.build(), case.make_input())
 
 
 def test_peft_reads_per_layer_ranks_and_rslora_scale(tmp_path) -> None:
@@ -152,10 +149,7 @@ def test_we_load_what_peft_saved_with_the_same_outputs(case_name, tmp_path) -> N
     peft_model.save_pretrained(str(tmp_path))
     ours = load_peft_saved(tmp_path, case.build())
     assert get_adapter_config(ours, "default").variant == "loha"
-    x = case.make_input()
-    with torch.no_grad():
-        assert (run(ours, x) - run(case.build(), x)).abs().max() > 100 * TOL, "the adapter changes the output"
-        torch.testing.assert_close(run(ours, x), run(peft_model, x), atol=TOL, rtol=0)
+    assert_same_outputs(ours, peft_model, case.build(), case.make_input())
 
 
 def test_peft_cp_decomposed_convolutions_are_refused_clearly(tmp_path) -> None:

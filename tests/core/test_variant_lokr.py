@@ -15,8 +15,8 @@ from lora_studio.core import LoraConfig, attach, get_adapter_config, get_variant
 from lora_studio.core.layers import AdapterLayer
 from lora_studio.core.peft_loha_lokr_format import lycoris_compatibility_notes, lycoris_peft_config_dict
 from lora_studio.core.variants.lokr import factorization
-from lycoris_oracle import TOL, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
-from tiny_models import LAYER_CASES, perturb_adapters, run
+from lycoris_oracle import TOL, assert_same_outputs, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
+from tiny_models import LAYER_CASES, perturb_adapters
 from torch import nn
 
 peft = pytest.importorskip("peft")
@@ -137,10 +137,7 @@ def test_peft_builds_the_same_lokr_from_our_files(case_name, options, tmp_path) 
     model = _lokr(case.build(), case.targets, **options)
     perturb_adapters(model, std=0.5)  # up to four factors multiply: 0.1 each would leave too small an update
     peft_model = peft_loads(write_peft_folder(model, tmp_path), case.build())
-    x = case.make_input()
-    with torch.no_grad():
-        assert (run(model, x) - run(case.build(), x)).abs().max() > 100 * TOL, "the adapter changes the output"
-        torch.testing.assert_close(run(peft_model, x), run(model, x), atol=TOL, rtol=0)
+    assert_same_outputs(model, peft_model, case.build(), case.make_input())
 
 
 def test_peft_reads_decompose_factor_ranks_and_alphas(tmp_path) -> None:
@@ -176,10 +173,7 @@ def test_we_load_what_peft_saved_with_the_same_outputs(case_name, options, tmp_p
     peft_model.save_pretrained(str(tmp_path))
     ours = load_peft_saved(tmp_path, case.build())
     assert get_adapter_config(ours, "default").variant == "lokr"
-    x = case.make_input()
-    with torch.no_grad():
-        assert (run(ours, x) - run(case.build(), x)).abs().max() > 100 * TOL, "the adapter changes the output"
-        torch.testing.assert_close(run(ours, x), run(peft_model, x), atol=TOL, rtol=0)
+    assert_same_outputs(ours, peft_model, case.build(), case.make_input())
 
 
 def test_layers_peft_lacks_are_named_in_the_notes() -> None:
