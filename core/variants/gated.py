@@ -26,6 +26,7 @@ from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer, ConvLora, MergeNotSupportedError
 from .conditioned import is_weight_space
+from .layer_state import variant_container
 from .registry import Variant, register_variant
 
 CANNOT_MERGE = (
@@ -64,11 +65,8 @@ class GatedBehaviour(AdapterBehaviour):
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         super().create(layer, adapter, r)
-        if "lora_gate" not in layer._modules:  # one container per layer, shared by its gated adapters
-            layer.lora_gate = nn.ModuleDict()
-            layer.factor_attributes.append("lora_gate")
         a, _ = layer._factors(adapter, "weight")
-        layer.lora_gate[adapter] = nn.ParameterDict(
+        variant_container(layer, "lora_gate")[adapter] = nn.ParameterDict(
             {
                 "weight": nn.Parameter(torch.empty_like(a)),  # G: A's shape, applied like A
                 "bias": nn.Parameter(torch.empty(r, dtype=a.dtype, device=a.device)),

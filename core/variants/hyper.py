@@ -40,6 +40,7 @@ from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer
 from .conditioned import ConditionedBehaviour
+from .layer_state import buffer_name, variant_container
 from .registry import Variant, register_variant
 
 
@@ -62,11 +63,6 @@ class HyperSettings:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-def _head_key(key: str) -> str:
-    # ParameterDict keys cannot contain dots ("out_proj.weight" -> "out_proj_weight").
-    return key.replace(".", "_")
-
-
 class HyperGenerator(nn.Module):
     """One layer's generator: a shared trunk and, per adapted weight, a head for A and one for B."""
 
@@ -74,10 +70,10 @@ class HyperGenerator(nn.Module):
         super().__init__()
         self.trunk = nn.Linear(embedding_dim, hidden_dim, **kw)
         self.heads_A = nn.ParameterDict(
-            {_head_key(k): nn.Parameter(torch.empty(a, hidden_dim, **kw)) for k, (a, _) in sizes.items()}
+            {buffer_name(k): nn.Parameter(torch.empty(a, hidden_dim, **kw)) for k, (a, _) in sizes.items()}
         )
         self.heads_B = nn.ParameterDict(
-            {_head_key(k): nn.Parameter(torch.empty(b, hidden_dim, **kw)) for k, (_, b) in sizes.items()}
+            {buffer_name(k): nn.Parameter(torch.empty(b, hidden_dim, **kw)) for k, (_, b) in sizes.items()}
         )
 
     def reset(self) -> None:
@@ -109,15 +105,12 @@ class HyperBehaviour(ConditionedBehaviour):
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         super().create(layer, adapter, r)  # A₀, B₀: the layer's plain factors
-        if "lora_hyper" not in layer._modules:
-            layer.lora_hyper = nn.ModuleDict()
-            layer.factor_attributes.append("lora_hyper")
         sizes = {}
         for key in layer._weight_slots():
             a, b = layer._factors(adapter, key)
             sizes[key] = (a.numel(), b.numel())
         a, _ = layer._factors(adapter, next(iter(sizes)))
-        layer.lora_hyper[adapter] = HyperGenerator(
+        variant_container(layer, "lora_hyper")[adapter] = HyperGenerator(
             self.embedding_dim, self.hidden_dim, sizes, dtype=a.dtype, device=a.device
         )
 
@@ -163,8 +156,8 @@ class HyperBehaviour(ConditionedBehaviour):
         a0, b0 = layer._factors(adapter, key)
         generator = layer.lora_hyper[adapter]
         z = generator.code(self.current_input(layer))
-        a = a0 + (generator.heads_A[_head_key(key)] @ z).view_as(a0)
-        b = b0 + (generator.heads_B[_head_key(key)] @ z).view_as(b0)
+        a = a0 + (generator.heads_A[buffer_name(key)] @ z).view_as(a0)
+        b = b0 + (generator.heads_B[buffer_name(key)] @ z).view_as(b0)
         return a, b
 
 
