@@ -1,73 +1,69 @@
-"""A self-contained engine demo: pretrain a tiny classifier, shift the domain, recover it with LoRA.
+"""The built-in demos, offline on a CPU: ``lora-studio demo digits|text``.
 
-Runs offline on a CPU in a few seconds.  It is what ``lora-studio demo`` (and the
-README's first command, until the window lands) shows.
+* ``digits`` — a small CNN pretrained on upright 8×8 digits meets the same digits
+  turned a quarter turn, where it is barely better than guessing; a rank-4 LoRA
+  adapter on its convolutions and first linear layer (about 13% of the weights)
+  recovers the accuracy in a few seconds.
+* ``text`` — the pretrained all-MiniLM-L6-v2 encoder learns to sort short sentences
+  into four topics (``resources/demo/sentences.csv``) with LoRA on its attention.
+
+Each demo is an ordinary run config handed to :func:`train`, so what a demo does,
+a user's ``RUN.toml`` can do too (``demo_config`` shows it).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from pathlib import Path
 
-import torch
-from torch import nn
-
-from .adapters import attach, merge_and_unload
 from .config import LoraConfig
-from .counting import count_parameters
+from .data import demo_sentences_path
+from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
+from .training import CancelToken, EvalMetrics, Event, TrainResult, train
+
+DEMOS = ("digits", "text")
 
 
-def _make_task(n: int, dims: int, classes: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-    centres = torch.randn(classes, dims, generator=generator) * 2.0
-    labels = torch.randint(0, classes, (n,), generator=generator)
-    return centres[labels] + torch.randn(n, dims, generator=generator), labels
+def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) -> RunConfig:
+    """The run config of demo ``name`` writing to ``output_dir`` (``steps`` overrides its length)."""
+    output = OutputConfig(dir=str(output_dir), overwrite=True, tensorboard=False)
+    if name == "digits":
+        return RunConfig(
+            model=ModelConfig(source="demo", name="digits"),
+            data=DataConfig(kind="digits", shift="rotate"),
+            lora=LoraConfig(r=4, alpha=8, targets=["conv1", "conv2", "fc1"]),
+            training=TrainingConfig(max_steps=steps or 300, batch_size=32, lr=1e-2, eval_every=100,
+                                    checkpoint_every=100, eval_at_start=True, log_every=10),
+            output=output,
+        )
+    if name == "text":
+        return RunConfig(
+            model=ModelConfig(source="demo", name="text"),
+            data=DataConfig(kind="text-classification", train=demo_sentences_path(), validation_split=0.25,
+                            max_length=32),
+            lora=LoraConfig(r=8, alpha=16, targets=["query", "value"]),
+            training=TrainingConfig(max_steps=steps or 60, batch_size=16, lr=2e-3, eval_every=20, checkpoint_every=0,
+                                    eval_at_start=True, eval_batch_size=48, log_every=5),
+            output=output,
+        )
+    raise ValueError(f"unknown demo {name!r}; the demos are: {', '.join(DEMOS)}")
 
 
-def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
-    with torch.no_grad():
-        return (model(x).argmax(-1) == y).float().mean().item()
+def run_demo(
+    name: str, *, output_dir: str | Path, steps: int | None = None, on_event: Callable[[Event], None] | None = None,
+    cancel: CancelToken | None = None,
+) -> dict[str, object]:
+    """Run demo ``name``; returns the evaluation before and after training and the run's result."""
+    evals: list[EvalMetrics] = []
 
+    def watch(event: Event) -> None:
+        if isinstance(event, EvalMetrics):
+            evals.append(event)
+        if on_event is not None:
+            on_event(event)
 
-def _fit(model: nn.Module, x: torch.Tensor, y: torch.Tensor, steps: int, lr: float) -> float:
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=lr)
-    loss = torch.tensor(0.0)
-    for _ in range(steps):
-        loss = nn.functional.cross_entropy(model(x), y)
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    return loss.item()
-
-
-def run_engine_demo(steps: int = 150, rank: int = 4, log: Callable[[str], None] = print) -> dict[str, float]:
-    """Run the demo, reporting each stage through ``log``; returns the accuracies and the merge error."""
-    if steps < 1 or rank < 1:
-        raise ValueError(f"steps and rank must be >= 1, got steps={steps}, rank={rank}")
-    g = torch.Generator().manual_seed(0)
-    torch.manual_seed(0)
-    dims, classes = 32, 6
-    x, y = _make_task(2048, dims, classes, g)
-    model = nn.Sequential(nn.Linear(dims, 128), nn.GELU(), nn.Linear(128, 128), nn.GELU(), nn.Linear(128, classes))
-    log("1/4  pretraining a small classifier on the source domain ...")
-    _fit(model, x, y, steps=200, lr=3e-3)
-    rotation, _ = torch.linalg.qr(torch.randn(dims, dims, generator=g))
-    shifted = x @ rotation  # the same classes seen through a rotated sensor: the base model fails
-    results = {"source": _accuracy(model, x, y), "shifted_before": _accuracy(model, shifted, y)}
-    log(f"     accuracy: source {results['source']:.1%}, shifted domain {results['shifted_before']:.1%}")
-
-    config = LoraConfig(r=rank, alpha=2.0 * rank, targets=["0", "2"])
-    attach(model, config)
-    log(f"2/4  attached LoRA r={rank} to layers 0 and 2: {count_parameters(model)}")
-    log(f"3/4  training the adapter for {steps} steps on the shifted domain ...")
-    final_loss = _fit(model, shifted, y, steps=steps, lr=1e-2)
-    results["shifted_after"] = _accuracy(model, shifted, y)
-    log(f"     loss {final_loss:.3f}; shifted-domain accuracy {results['shifted_before']:.1%} -> "
-        f"{results['shifted_after']:.1%}")
-
-    with torch.no_grad():
-        live = model(shifted)
-    plain = merge_and_unload(model)
-    with torch.no_grad():
-        results["merge_max_diff"] = (plain(shifted) - live).abs().max().item()
-    log(f"4/4  merged into a plain model: largest output difference {results['merge_max_diff']:.2e}")
-    return results
+    result: TrainResult = train(demo_config(name, output_dir=output_dir, steps=steps), watch, cancel)
+    before = dataclasses.asdict(evals[0]) if evals else None
+    after = dataclasses.asdict(evals[-1]) if len(evals) > 1 else None
+    return {"before": before, "after": after, "result": result}

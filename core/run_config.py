@@ -245,6 +245,9 @@ class TrainingConfig:
     seed: int = field(default=0, metadata=_help("Seed of initialisation, data order and dropout."))
     device: str = field(default="auto", metadata=_help("auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, mps."))
     eval_every: int = field(default=50, metadata=_help("Evaluate every N steps (and at the end); 0 = only at the end."))
+    eval_at_start: bool = field(
+        default=False, metadata=_help("Also evaluate before the first step: the baseline the run improves on.")
+    )
     eval_batch_size: int = field(default=64, metadata=_help("Batch size of evaluation."))
     early_stopping_patience: int = field(
         default=0, metadata=_help("Stop after N evaluations without a better loss; 0 = never stop early.")
@@ -286,6 +289,7 @@ class TrainingConfig:
         ):
             raise _fail(s, "device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
         _int(s, self, "eval_every", 0)
+        _bool(s, self, "eval_at_start")
         _int(s, self, "eval_batch_size", 1)
         _int(s, self, "early_stopping_patience", 0)
         _int(s, self, "checkpoint_every", 0)

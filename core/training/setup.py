@@ -43,8 +43,11 @@ class RunSetup:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_model(config: RunConfig) -> tuple[LoadedModel, list[str] | None, list[str]]:
-    """The model with its adapter attached (or fully trainable), seeded; returns (loaded, labels, notes)."""
+def build_model(config: RunConfig, *, attach_adapter: bool = True) -> tuple[LoadedModel, list[str] | None, list[str]]:
+    """The model with its adapter attached (or fully trainable), seeded; returns (loaded, labels, notes).
+
+    ``attach_adapter=False`` returns the plain base (to load a saved adapter into).
+    """
     notes: list[str] = []
     torch.manual_seed(config.training.seed)  # the new head and the adapter start the same in every run
     labels = read_label_names(config.data)
@@ -53,8 +56,8 @@ def build_model(config: RunConfig) -> tuple[LoadedModel, list[str] | None, list[
     notes += loaded.notes
     if config.model.gradient_checkpointing and loaded.forward_style != "transformers":
         notes.append("gradient checkpointing is only available for transformers models; training without it")
-    if config.training.mode == "full":
-        loaded.model.requires_grad_(True)
+    if config.training.mode == "full" or not attach_adapter:
+        loaded.model.requires_grad_(config.training.mode == "full")
         return loaded, labels, notes
     lora = config.lora
     if loaded.head and loaded.head not in lora.modules_to_save:

@@ -73,7 +73,7 @@ def train(
     dist = DistContext()
     log: MetricsLog | None = None
     setup: RunSetup | None = None
-    step = 0
+    state: TrainerState | None = None  # read by failed(): the step a failure happened at
 
     def emit(event: Event) -> None:
         if not dist.is_main:
@@ -84,6 +84,7 @@ def train(
             on_event(event)
 
     def failed(message: str, kind: str, details: str = "") -> TrainResult:
+        step = state.step if state is not None else 0
         emit(Failed(message, kind, step, details))
         return TrainResult("failed", step, run_config.training.max_steps, str(out), error=message,
                            seconds=time.perf_counter() - started)
@@ -104,7 +105,6 @@ def train(
                 raise FileNotFoundError(f"{out} holds no checkpoint to resume from")
             state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
             state.total_steps = config.training.max_steps
-        step = state.step
         return _loop(setup, state, emit, cancel, out, started)
     except _NonFinite as exc:
         return failed(str(exc), "nonfinite")
@@ -176,6 +176,8 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
     status, last_eval, last_saved = "finished", None, state.step
     order_epoch, order = -1, None
     step_seconds = None
+    if cfg.eval_at_start and state.step == 0 and setup.data.validation is not None:
+        last_eval = _evaluate(setup, state, emit, out)
     while state.step < total:
         cancel.wait_while_paused()
         step = state.step

@@ -1,0 +1,61 @@
+"""Events as a terminal progress bar (stderr) and a summary (stdout), for the CLI."""
+
+from __future__ import annotations
+
+import sys
+
+from .events import CheckpointSaved, EvalMetrics, Event, Failed, StepMetrics, TrainingWarning, TrainResult
+
+
+class ProgressPrinter:
+    """A tqdm bar that follows step events; evaluations, checkpoints and warnings print above it."""
+
+    def __init__(self, enabled: bool = True) -> None:
+        self.enabled = enabled
+        self._bar = None
+
+    def show(self, event: Event) -> None:
+        """Render one event."""
+        if isinstance(event, StepMetrics):
+            if not self.enabled:
+                return
+            if self._bar is None:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=event.total_steps, initial=event.step - 1, unit="step", file=sys.stderr,
+                                 dynamic_ncols=True)
+            self._bar.total = event.total_steps
+            self._bar.update(event.step - self._bar.n)
+            self._bar.set_postfix(loss=f"{event.loss:.4f}", lr=f"{event.learning_rate:.2e}", refresh=False)
+        elif isinstance(event, EvalMetrics):
+            extra = (f", accuracy {event.accuracy:.1%}" if event.accuracy is not None else "") + (
+                f", perplexity {event.perplexity:.2f}" if event.perplexity is not None else "")
+            self._write(f"step {event.step}: validation loss {event.loss:.4f}{extra}{' (best)' if event.is_best else ''}")
+        elif isinstance(event, CheckpointSaved) and event.kind != "best":
+            self._write(f"step {event.step}: checkpoint {event.path}")
+        elif isinstance(event, TrainingWarning):
+            self._write(f"warning: {event.message}")
+        elif isinstance(event, Failed) and event.details:
+            self._write(event.details.rstrip())
+
+    def _write(self, text: str) -> None:
+        if self._bar is not None:
+            self._bar.write(text, file=sys.stderr)
+        else:
+            print(text, file=sys.stderr)
+
+    def summary(self, result: TrainResult) -> None:
+        """The outcome, on stdout (what a script would read)."""
+        self.close()
+        print(f"{result.status}: {result.steps}/{result.total_steps} steps in {result.seconds:.1f} s; "
+              f"final loss {result.final_loss if result.final_loss is None else round(result.final_loss, 4)}")
+        if result.adapter_dir:
+            print(f"adapter: {result.adapter_dir}")
+        if result.checkpoint_dir:
+            print(f"checkpoint: {result.checkpoint_dir} (lora-studio resume {result.run_dir})")
+
+    def close(self) -> None:
+        """Close the bar."""
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
