@@ -38,15 +38,15 @@ class PissaBehaviour(AdapterBehaviour):
 
 def _untie_targets(model: nn.Module, targets: list[str]) -> None:
     """Give each target weight that another module shares its own copy (same values)."""
-    seen: dict[int, int] = {}
-    for _, p in model.named_parameters(remove_duplicate=False):
-        seen[id(p)] = seen.get(id(p), 0) + 1
+    from ..adapters import _shared_parameter_ids  # late: the adapters module imports the registry
+
+    shared = _shared_parameter_ids(model)
     for name in targets:
         layer = model.get_submodule(name)
         if not isinstance(layer, AdapterLayer):
             layer = wrapper_for(layer)[0](layer)  # a throw-away wrapper: it writes into the real module
         for key, slot in layer._weight_slots().items():
-            if seen.get(id(slot.param), 0) > 1:
+            if id(slot.param) in shared:
                 warnings.warn(
                     f"layer {name!r} shares its {key} with another module (tied weights); PiSSA gives it its own "
                     "copy, so the residual it leaves there does not change the other module",
