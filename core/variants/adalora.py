@@ -71,7 +71,8 @@ class AdaLoraSettings:
 Triplets = list[tuple[str, AdapterLayer, AdaLoraBehaviour, str]]  # (layer name, layer, behaviour, weight key)
 
 
-def _triplet_groups(model: nn.Module, adapter: str) -> Triplets:
+def triplet_groups(model: nn.Module, adapter: str) -> Triplets:
+    """Every adapted weight of ``adapter`` (one group of r triplets each), with its layer and behaviour."""
     return [
         (name, layer, behaviour, key)
         for name, layer, behaviour in layers_with_behaviour(model, adapter, AdaLoraBehaviour)
@@ -117,7 +118,7 @@ class AdaLora(Variant):
         reallocated every ``delta_t`` steps; from ``tfinal`` on it is the target, set once and then
         kept, so the ranks are fixed for the final fine-tuning and every run ends exactly on target.
         """
-        groups = _triplet_groups(model, adapter)
+        groups = triplet_groups(model, adapter)
         if not groups:
             return
         done = step + 1  # steps completed
@@ -129,13 +130,13 @@ class AdaLora(Variant):
         initial, target = _initial_budget(groups, adapter), _target_budget(groups, settings)
         if done >= last:
             if _rank_in_use(groups, adapter) != target:
-                _allocate(groups, adapter, target)
+                allocate_budget(groups, adapter, target)
         elif done > first and (done - first) % settings.delta_t == 0:
-            _allocate(groups, adapter, int(cubic_ramp(done, first, last, initial, target)))
+            allocate_budget(groups, adapter, int(cubic_ramp(done, first, last, initial, target)))
 
     def summary(self, model: nn.Module, adapter: str, settings: AdaLoraSettings) -> dict[str, Any]:
         """The rank each adapted weight ended with, their total, the target and the initial total."""
-        groups = _triplet_groups(model, adapter)
+        groups = triplet_groups(model, adapter)
         several = {name for name, layer, _, _ in groups if len(layer._weight_slots()) > 1}
         ranks = {
             (f"{name}.{key}" if name in several else name): behaviour.rank(layer, adapter, key)
@@ -161,7 +162,7 @@ def _rank_in_use(groups: Triplets, adapter: str) -> int:
     return sum(behaviour.rank(layer, adapter, key) for _, layer, behaviour, key in groups)
 
 
-def _allocate(groups: Triplets, adapter: str, budget: int) -> None:
+def allocate_budget(groups: Triplets, adapter: str, budget: int) -> None:
     """Keep the ``budget`` triplets with the highest scores across all layers and mask the rest.
 
     ``topk`` picks exactly ``budget`` even when scores tie (PEFT's threshold comparison can drop more).
