@@ -103,6 +103,8 @@ class AdaLora(Variant):
     def regularization(self, model: nn.Module, adapter: str, settings: AdaLoraSettings) -> torch.Tensor | None:
         """``γ`` times the mean orthogonality penalty over adapted weights (section 3.1; the mean, as PEFT
         takes, keeps γ's meaning independent of how many layers are adapted)."""
+        for _, _, behaviour in layers_with_behaviour(model, adapter, AdaLoraBehaviour):
+            behaviour.start_step()  # the loop asks for this once per step, before its backward pass
         if settings.orth_reg_weight == 0:
             return None
         terms = [t for _, layer, b in layers_with_behaviour(model, adapter, AdaLoraBehaviour)
@@ -166,11 +168,16 @@ def allocate_budget(groups: Triplets, adapter: str, budget: int) -> None:
     """Keep the ``budget`` triplets with the highest scores across all layers and mask the rest.
 
     ``topk`` picks exactly ``budget`` even when scores tie (PEFT's threshold comparison can drop more).
+    Under DDP each process has seen only its own gradients, so the scores are summed over processes
+    first: every process then keeps the same triplets.
     """
-    scores = [behaviour.triplet_scores(layer, adapter, key).cpu() for _, layer, behaviour, key in groups]
-    keep = torch.zeros(sum(s.numel() for s in scores), dtype=torch.bool)
-    keep[torch.topk(torch.cat(scores), min(budget, keep.numel())).indices] = True
-    for (_, layer, behaviour, key), part in zip(groups, torch.split(keep, [s.numel() for s in scores])):
+    parts = [behaviour.triplet_scores(layer, adapter, key) for _, layer, behaviour, key in groups]
+    scores = torch.cat([p.to(parts[0].device) for p in parts])
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(scores)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
+    keep[torch.topk(scores, min(budget, keep.numel())).indices] = True
+    for (_, layer, behaviour, key), part in zip(groups, torch.split(keep, [p.numel() for p in parts])):
         behaviour.keep_triplets(layer, adapter, key, part)
 
 

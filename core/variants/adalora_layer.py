@@ -120,11 +120,20 @@ class AdaLoraBehaviour(AdapterBehaviour):
         q, p = layer._factors(adapter, key)
         return {"P": p, "Q": q, "E": self.singular_values(layer, adapter, key)[0]}[role]
 
+    def start_step(self) -> None:
+        """Forget gradients recorded before this step (a step the trainer skipped leaves its own behind)."""
+        self._grads.clear()
+
     @torch.no_grad()
     def update_importance(self, layer: AdapterLayer, adapter: str) -> None:
         """Fold the last step's sensitivity ``I = |w · ∂L/∂w|`` into its moving averages (section 3.2):
-        ``Ī ← β1 Ī + (1−β1) I`` and the uncertainty ``Ū ← β2 Ū + (1−β2) |I − Ī|``."""
+        ``Ī ← β1 Ī + (1−β1) I`` and the uncertainty ``Ū ← β2 Ū + (1−β2) |I − Ī|``.
+
+        A gradient holding NaN or Inf (a step a float16 loss scaler skipped) is left out.
+        """
         for slot, grad in self._grads.items():
+            if not bool(torch.isfinite(grad).all()):
+                continue
             sensitivity = (self._parameter(layer, adapter, *slot).detach() * grad).abs()
             smoothed = self._sensitivity.get(slot, torch.zeros_like(sensitivity))
             smoothed = self.beta1 * smoothed + (1 - self.beta1) * sensitivity

@@ -16,6 +16,7 @@ import torch
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
+    after_optimizer_step,
     attach,
     load_adapter,
     merge,
@@ -201,3 +202,17 @@ def test_starts_as_identity_and_refuses_a_target_above_r() -> None:
 def test_bad_settings_are_refused_by_name(settings: dict, field: str) -> None:
     with pytest.raises(ValueError, match=rf"^variant_settings\.{field} "):
         LoraConfig(variant="adalora", variant_settings=settings)
+
+
+def test_a_non_finite_step_leaves_the_scores_finite() -> None:
+    model, x, y = attached("adalora", r=4, target_rank=2, **SCHEDULE)
+    groups = triplet_groups(model, "default")
+    for poison, hook_runs in ((float("inf"), True), (float("nan"), False), (1.0, True)):
+        # a trainer skips the hook after a NaN loss; a float16 loss scaler runs it after skipping an Inf step
+        loss = nn.functional.mse_loss(model(x), y) * poison
+        (loss + regularization_loss(model)).backward()
+        model.zero_grad(set_to_none=True)
+        if hook_runs:
+            after_optimizer_step(model, 0, STEPS)
+    scores = torch.cat([b.triplet_scores(layer, "default", key) for _, layer, b, key in groups])
+    assert torch.isfinite(scores).all() and (scores > 0).all()
