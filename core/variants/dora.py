@@ -19,8 +19,8 @@ Merging writes ``W'`` into the base; unmerging needs the norm used at merge time
 which cannot be recovered from ``W'`` (its rows have norm ``m``), so merge caches
 it and unmerge computes ``W = W'·n/m - s·B·A`` exactly (PEFT does the same).
 
-The magnitude lives in ``lora_magnitude_vector[adapter].weight`` with PEFT's shape
-(``(out,)``, or ``(1, out, 1, ...)`` for convolutions), so saved keys are PEFT's.
+The magnitude lives in ``lora_magnitude_vector[adapter]`` with PEFT's shape
+(``(out,)``, or ``(1, out, 1, ...)`` for convolutions), so saved keys and shapes are PEFT's.
 """
 
 from __future__ import annotations
@@ -32,15 +32,9 @@ from ..layers import AdapterBehaviour, AdapterLayer, ConvLora, WeightSpaceLora
 from ..layers.base import WeightSlot
 from .registry import Variant, register_variant
 
-MAGNITUDE = "lora_magnitude_vector"  # PEFT's attribute name: saved keys read "<layer>.lora_magnitude_vector.weight"
-
-
-class Magnitude(nn.Module):
-    """Holds the magnitude vector as ``weight``, the name PEFT's DoRA layer gives it."""
-
-    def __init__(self, value: torch.Tensor) -> None:
-        super().__init__()
-        self.weight = nn.Parameter(value)
+# PEFT's name. A ParameterDict entry saves as "<layer>.lora_magnitude_vector", the key PEFT writes to disk
+# (its in-memory ".weight" suffix is dropped on save and added back on load: a legacy of its own layout).
+MAGNITUDE = "lora_magnitude_vector"
 
 
 def _row_norm(slot: WeightSlot, weight: torch.Tensor) -> torch.Tensor:
@@ -65,13 +59,13 @@ class DoraBehaviour(AdapterBehaviour):
         """A and B as for LoRA, plus the magnitude vector (registered so freezing and saving see it)."""
         super().create(layer, adapter, r)
         if MAGNITUDE not in layer._modules:
-            layer.add_module(MAGNITUDE, nn.ModuleDict())
+            layer.add_module(MAGNITUDE, nn.ParameterDict())
             layer.factor_attributes.append(MAGNITUDE)
         slot = layer._weight_slots()["weight"]
         out = slot.matrix(slot.param).shape[0]
         shape = (1, out) + (1,) * (slot.param.dim() - 2) if isinstance(layer, ConvLora) else (out,)
         kw = {"device": layer._factor_device(), "dtype": layer._factor_dtype()}
-        layer._modules[MAGNITUDE][adapter] = Magnitude(torch.empty(shape, **kw))
+        layer._modules[MAGNITUDE][adapter] = nn.Parameter(torch.empty(shape, **kw))
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
         """LoRA's init of A and B, then ``m = ||W + s·B·A||_c`` (section 3), so the adapter starts as the identity."""
@@ -87,7 +81,7 @@ class DoraBehaviour(AdapterBehaviour):
 
     @staticmethod
     def _magnitude(layer: AdapterLayer, adapter: str) -> nn.Parameter:
-        return layer._modules[MAGNITUDE][adapter].weight
+        return layer._modules[MAGNITUDE][adapter]
 
     # -- forward ----------------------------------------------------------------------------------
     def forward(self, layer: AdapterLayer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:

@@ -10,6 +10,8 @@ Hand example (section 3 of Liu et al. 2024), a Linear(3, 4) with r=1, alpha=1 (s
 
 With the norm detached (section 4.3) and L = sum(y): dL/dB = s·(m/n)·(A x) = [2, 1, 0.5, 3],
 dL/dA = s·Σ_i (m_i/n_i)·B_i·xᵀ = 11·[1, 1, 1], dL/dm = V x / n = [1.4, 1.4, 1, 1].
+Against PEFT (the oracle): the same factors give the same outputs, unmerged, merged and in training
+with dropout; our saved folder loads in PEFT and PEFT's loads here with the same outputs.
 Tolerances: HAND_TOL for the float32 hand example, PEFT_TOL against PEFT's outputs.
 """
 
@@ -18,7 +20,16 @@ import warnings
 
 import pytest
 import torch
-from lora_studio.core import LoraConfig, adapter_layers, attach, merge, merge_and_unload, unmerge
+from lora_studio.core import (
+    LoraConfig,
+    adapter_layers,
+    attach,
+    load_adapter,
+    merge,
+    merge_and_unload,
+    save_adapter,
+    unmerge,
+)
 from lora_studio.core.peft_format import PEFT_PREFIX, adapter_tensors
 from torch import nn
 
@@ -43,12 +54,12 @@ def _set_hand_factors(layer) -> None:
     with torch.no_grad():
         layer.lora_A["default"].weight.copy_(torch.tensor([[0.0, 0, 1]]))
         layer.lora_B["default"].weight.copy_(torch.tensor([[4.0], [3], [0], [0]]))
-        layer.lora_magnitude_vector["default"].weight.copy_(torch.tensor([10.0, 5, 1, 3]))
+        layer.lora_magnitude_vector["default"].copy_(torch.tensor([10.0, 5, 1, 3]))
 
 
 def test_fresh_magnitude_is_the_row_norm_and_output_is_the_base() -> None:
     model, layer = _hand_layer()
-    torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight, torch.tensor([3.0, 4, 2, 1]))
+    torch.testing.assert_close(layer.lora_magnitude_vector["default"], torch.tensor([3.0, 4, 2, 1]))
     x = torch.tensor([[1.0, 2, 3]])
     torch.testing.assert_close(model(x), x @ W.t() + BIAS, atol=HAND_TOL, rtol=0)
 
@@ -73,7 +84,7 @@ def test_norm_is_detached_so_gradients_match_the_hand_values() -> None:
     model(torch.ones(1, 3)).sum().backward()
     torch.testing.assert_close(layer.lora_B["default"].weight.grad, torch.tensor([[2.0], [1], [0.5], [3]]))
     torch.testing.assert_close(layer.lora_A["default"].weight.grad, torch.tensor([[11.0, 11, 11]]))
-    torch.testing.assert_close(layer.lora_magnitude_vector["default"].weight.grad, torch.tensor([1.4, 1.4, 1, 1]))
+    torch.testing.assert_close(layer.lora_magnitude_vector["default"].grad, torch.tensor([1.4, 1.4, 1, 1]))
     assert layer.base_layer.weight.grad is None, "the base stays frozen"
 
 
@@ -129,11 +140,15 @@ def _perturb(model: nn.Module, seed: int = 3) -> None:
                 p.add_(0.2 * torch.randn(p.shape, generator=g))
 
 
+def _base() -> nn.Module:
+    torch.manual_seed(0)
+    return _Mixed()
+
+
 def _ours_and_peft(dropout: float = 0.0) -> tuple[nn.Module, nn.Module]:
     import peft
 
-    torch.manual_seed(0)
-    base = _Mixed()
+    base = _base()
     ours = attach(copy.deepcopy(base), LoraConfig(r=2, alpha=3, dropout=dropout, targets=TARGETS, variant="dora"))
     _perturb(ours)
     with warnings.catch_warnings():
@@ -182,3 +197,22 @@ def test_training_forward_with_dropout_equals_peft() -> None:
     torch.manual_seed(5)
     out_theirs = theirs(ids, image)
     torch.testing.assert_close(out_ours, out_theirs, atol=PEFT_TOL, rtol=0)
+
+
+def test_saved_adapter_loads_in_peft_and_peft_adapter_loads_here(tmp_path) -> None:
+    import peft
+
+    ours, theirs = _ours_and_peft()
+    ids, image = _inputs()
+    with torch.no_grad():
+        expected = ours(ids, image)
+    base = _base()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        folder = save_adapter(ours, tmp_path / "ours")
+        in_peft = peft.PeftModel.from_pretrained(copy.deepcopy(base), folder)
+        theirs.save_pretrained(tmp_path / "theirs")
+        here = load_adapter(copy.deepcopy(base), tmp_path / "theirs")
+    with torch.no_grad():
+        torch.testing.assert_close(in_peft(ids, image), expected, atol=PEFT_TOL, rtol=0)
+        torch.testing.assert_close(here(ids, image), expected, atol=PEFT_TOL, rtol=0)
