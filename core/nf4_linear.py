@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .layers.linear import is_transformers_conv1d
-from .quantization_nf4 import NF4Layout, dequantize_nf4, quantize_nf4, stored_bytes
+from .quantization_nf4 import NF4Layout, bitsandbytes_applies, dequantize_nf4, quantize_nf4, stored_bytes
 
 SourceKind = Literal["linear", "conv1d"]
 
@@ -126,6 +126,11 @@ class NF4Linear(nn.Linear):
         return dequantize_nf4(
             self.quantised_tensors(), self.layout, dtype or self.compute_dtype, use_bnb=self.use_bitsandbytes
         )
+
+    @property
+    def uses_bitsandbytes(self) -> bool:
+        """True when forward dequantises in bitsandbytes' CUDA kernel rather than in plain PyTorch."""
+        return self.use_bitsandbytes and bitsandbytes_applies(self.weight_packed, self.layout, self.compute_dtype)
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]

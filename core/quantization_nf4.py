@@ -131,7 +131,7 @@ def dequantize_nf4(
     """The weight back in ``layout.shape`` and ``dtype``: ``level[index] · c'`` per element."""
     absmax = dequantize_absmax(tensors, layout)
     packed = tensors["packed"]
-    if use_bnb and packed.is_cuda and _bnb_dequantize() is not None and layout.block_size >= 64:
+    if use_bnb and bitsandbytes_applies(packed, layout, dtype):
         return _bnb_dequantize()(packed, absmax, layout, dtype)
     # One look-up per byte gives both of its values: ~40x faster on CPU than unpacking nibbles first.
     pairs = torch.index_select(_byte_to_levels(packed.device), 0, packed.int())
@@ -171,6 +171,16 @@ def bitsandbytes_available() -> bool:
     return _bnb_dequantize() is not None and torch.cuda.is_available()
 
 
+def bitsandbytes_applies(packed: torch.Tensor, layout: NF4Layout, dtype: torch.dtype) -> bool:
+    """True when bitsandbytes' kernel will dequantise these tensors: on CUDA, block >= 64, a 16/32-bit dtype."""
+    return (
+        packed.is_cuda
+        and layout.block_size >= 64
+        and dtype in (torch.float32, torch.float16, torch.bfloat16)
+        and _bnb_dequantize() is not None
+    )
+
+
 def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
     """Bytes taken by the quantised tensors (what replaces the float weight in memory)."""
     return sum(t.numel() * t.element_size() for t in tensors.values())
@@ -179,6 +189,7 @@ def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
 __all__ = [
     "NF4Layout",
     "NF4_LEVELS",
+    "bitsandbytes_applies",
     "bitsandbytes_available",
     "dequantize_absmax",
     "dequantize_nf4",

@@ -29,7 +29,6 @@ from torch import nn
 from ..layers import AdapterBehaviour, AdapterLayer, LinearLora, NonFiniteDeltaError
 from ..layers.linear import is_transformers_conv1d
 from ..nf4_linear import NF4Linear
-from ..quantization_nf4 import bitsandbytes_available
 from .registry import Variant, register_variant
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -292,7 +291,7 @@ class QLora(Variant):
     def summary(self, model: nn.Module, adapter: str, settings: QLoraSettings) -> dict[str, Any]:
         """Memory of the quantised base against float32 and the source dtype, and which kernel ran."""
         report = quantised_memory(model)
-        report["bitsandbytes_kernel"] = settings.use_bitsandbytes and bitsandbytes_available()
+        report["bitsandbytes_kernel"] = any(m.uses_bitsandbytes for m in model.modules() if isinstance(m, NF4Linear))
         return report
 
 

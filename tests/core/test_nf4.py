@@ -157,6 +157,7 @@ def test_bitsandbytes_kernel_matches_pure_torch(double_quant) -> None:
     torch.testing.assert_close(state.absmax.float(), _true_absmax(w, 64), atol=0, rtol=0)
     assert torch.equal(packed.reshape(-1), quantize_nf4(w, NF4Layout((96, 80), 64, False))["packed"])
     layer = NF4Linear.from_float(torch.nn.Linear(80, 96).cuda(), double_quant=double_quant)
+    assert layer.uses_bitsandbytes
     x = torch.randn(4, 80, device="cuda")
     weight = dequantize_nf4(layer.quantised_tensors(), layer.layout, use_bnb=False)
     expected = torch.nn.functional.linear(x, weight, layer.bias)

@@ -44,6 +44,15 @@ def _x() -> torch.Tensor:
     return torch.randn(5, 16, generator=torch.Generator().manual_seed(1))
 
 
+def _perturbed(**settings) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A QLoRA MLP whose adapters change the output, an input, and its (unmerged) output."""
+    model = attach(_mlp(), _qlora(**settings))
+    perturb_adapters(model)
+    x = _x()
+    with torch.no_grad():
+        return model, x, model(x)
+
+
 def _nf4_state(model: nn.Module) -> dict[str, torch.Tensor]:
     layers = adapter_layers(model)
     return {f"{n}.{k}": v.clone() for n, layer in layers for k, v in layer.base_layer.state_dict().items()}
@@ -78,11 +87,7 @@ def test_fresh_adapter_is_the_quantised_base_and_trains_only_adapters() -> None:
 
 
 def test_merge_gives_a_float32_model_equal_to_the_unmerged_one_and_unmerge_is_exact() -> None:
-    model = attach(_mlp(), _qlora())
-    perturb_adapters(model)
-    x = _x()
-    with torch.no_grad():
-        unmerged = model(x)
+    model, x, unmerged = _perturbed()
     quantised = {n: layer.base_layer for n, layer in adapter_layers(model)}
     state = _nf4_state(model)
     merge(model)
@@ -141,11 +146,7 @@ def _quantised_reference(x: torch.Tensor) -> torch.Tensor:
 
 
 def test_requantize_after_merge_warns_and_unmerge_still_restores() -> None:
-    model = attach(_mlp(), _qlora(requantize_after_merge=True))
-    perturb_adapters(model)
-    x = _x()
-    with torch.no_grad():
-        unmerged = model(x)
+    model, x, unmerged = _perturbed(requantize_after_merge=True)
     state = _nf4_state(model)
     with pytest.warns(UserWarning, match="stored in NF4 again, adding up to"):
         merge(model)
@@ -159,11 +160,7 @@ def test_requantize_after_merge_warns_and_unmerge_still_restores() -> None:
 
 
 def test_merge_and_unload_gives_plain_float_layers() -> None:
-    model = attach(_mlp(), _qlora())
-    perturb_adapters(model)
-    x = _x()
-    with torch.no_grad():
-        expected = model(x)
+    model, x, expected = _perturbed()
     plain = merge_and_unload(model)
     assert [type(m) for m in plain] == [nn.Linear, nn.Tanh, nn.Linear]
     assert all(p.dtype == torch.float32 for p in plain.parameters())
