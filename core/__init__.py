@@ -40,6 +40,7 @@ from .safe_loading import CorruptFileError, UnsafeFileError, load_weights
 from .target_matching import TargetPreview, match_targets, preview_targets
 from .training_hooks import after_optimizer_step, optimizer_param_groups, regularization_loss, variant_summary
 from .variants import SettingField, Variant, available_variants, get_variant
+from .variants.conditioned import MissingVariantInputError
 
 __version__ = "0.1.0"
 
@@ -55,6 +56,7 @@ __all__ = [
     "MemoryEstimate",
     "ModuleInfo",
     "MergeNotSupportedError",
+    "MissingVariantInputError",
     "ModulesToSave",
     "NonFiniteDeltaError",
     "ParameterCounts",

@@ -7,14 +7,18 @@ without allocating a byte of weights.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import torch
 from torch import nn
 
 from .config import LoraConfig
 from .layers import AdapterLayer, wrapper_for
 from .target_matching import iter_logical_modules, preview_targets
+from .variants import Variant, get_variant
+from .variants.lora import Lora
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,7 @@ def describe(model: nn.Module, config: LoraConfig | None = None) -> ModuleInfo:
     problem is reported on the node (``problem``), so a preview can show it in place.
     """
     preview = preview_targets(model, config) if config is not None else None
+    variant = get_variant(config.variant) if config is not None else None
     matched = set(preview.matched) if preview else set()
     nodes: dict[str, ModuleInfo] = {"": _node("", model, None, False)}
     wrapped: dict[str, AdapterLayer] = {n: m for n, m in model.named_modules() if isinstance(m, AdapterLayer)}
@@ -77,7 +82,7 @@ def describe(model: nn.Module, config: LoraConfig | None = None) -> ModuleInfo:
             node.targeted = True
             node.rank = config.rank_for(lm.name)
             node.alpha = config.alpha_for(lm.name)
-            node.added_parameters = wrapper_for(lm.module)[0].added_parameters(lm.module, node.rank)
+            node.added_parameters = _added_parameters(lm.module, lm.name, config, variant)
         elif preview and lm.name in preview.problems:
             node.problem = preview.problems[lm.name]
         nodes[lm.name] = node
@@ -87,6 +92,24 @@ def describe(model: nn.Module, config: LoraConfig | None = None) -> ModuleInfo:
     owned.update({lm.name: _param_ids(lm.module) for lm in iter_logical_modules(model)})
     _fill_totals(root, owned)
     return root
+
+
+def _added_parameters(module: nn.Module, name: str, config: LoraConfig, variant: Variant) -> int:
+    """What the config's adapter adds to ``module``.  Plain LoRA has a formula; any other variant
+    is attached to a meta-device twin of the layer and counted, so every variant's count is exact
+    without a formula of its own and without allocating a byte."""
+    cls = wrapper_for(module)[0]
+    rank = config.rank_for(name)
+    if type(variant) is Lora:
+        return cls.added_parameters(module, rank)
+    memo = {id(t): torch.empty_like(t, device="meta") for t in [*module.parameters(), *module.buffers()]}
+    memo.update({id(p): nn.Parameter(memo[id(p)], p.requires_grad) for p in module.parameters()})
+    twin = cls(copy.deepcopy(module, memo))
+    twin.add_adapter(
+        "preview", r=rank, alpha=config.alpha_for(name), dropout=0.0, init="default",
+        use_rslora=config.use_rslora, behaviour=variant.behaviour(twin, config.settings()),
+    )  # fmt: skip
+    return sum(p.numel() for p in twin.adapter_parameters("preview"))
 
 
 def _param_ids(module: nn.Module) -> set[tuple[int, int]]:

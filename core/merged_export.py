@@ -23,6 +23,7 @@ The copy costs one extra model in memory; that is the price of leaving the live 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
 import json
@@ -43,8 +44,10 @@ from .adapters import (
     set_active_adapter,
     unload,
 )
+from .adapters import variant_inputs as variant_inputs_context
 from .atomic_files import atomic_path, atomic_write_json, replace_folder
 from .safe_loading import load_safetensors
+from .variants import get_variant
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SIDECAR_FORMAT = "lora-studio-merged/1"
@@ -75,15 +78,22 @@ def is_transformers_model(model: nn.Module) -> bool:
     return isinstance(model, PreTrainedModel)
 
 
-def merged_copy(model: nn.Module, adapter_name: str | None = None, precision: str = "float32") -> nn.Module:
+def merged_copy(
+    model: nn.Module,
+    adapter_name: str | None = None,
+    precision: str = "float32",
+    variant_inputs: Mapping[str, Any] | None = None,
+) -> nn.Module:
     """A plain copy of ``model`` with ``adapter_name`` (default: the active adapter) merged in float32,
-    then cast to ``precision``.  ``model`` itself is not changed."""
+    then cast to ``precision``.  ``model`` itself is not changed.  ``variant_inputs`` are the merge
+    inputs of variants that merge for a chosen input (e.g. ``{"task_id": 2}``)."""
     dtype = _dtype(precision)
     merged = copy.deepcopy(model)
     if adapter_state(merged) is not None and adapter_name is not None:
         set_active_adapter(merged, adapter_name)
     merged.to(torch.float32)  # merge in float32 even over a half-precision base
-    merged = merge_and_unload(merged) if adapter_state(merged) is not None else merged
+    if adapter_state(merged) is not None:
+        merged = merge_and_unload(merged, **dict(variant_inputs or {}))
     return merged.to(dtype).requires_grad_(False)
 
 
@@ -96,6 +106,7 @@ def export_merged(
     example_inputs: Any = None,
     tokenizer: Any = None,
     architecture: Mapping[str, Any] | None = None,
+    variant_inputs: Mapping[str, Any] | None = None,
 ) -> ExportResult:
     """Merge ``adapter_name`` (default: the active one) into a copy of ``model`` and write it to ``path``.
 
@@ -104,12 +115,16 @@ def export_merged(
     folder.  ``architecture`` (plain models only) is stored in the sidecar, e.g.
     ``{"torchvision": "resnet18", "kwargs": {"num_classes": 5}}``.  With ``example_inputs`` the
     result carries the largest output difference between the merged copy and the live model.
+    ``variant_inputs`` are what a variant that merges for a chosen input needs (its
+    ``merge_inputs``, e.g. ``{"task_id": 2}``); the live model is run with the same inputs.
     """
     name = adapter_name or (active_adapter(model) if adapter_state(model) is not None else None)
-    merged = merged_copy(model, adapter_name, precision)
+    merged = merged_copy(model, adapter_name, precision, variant_inputs)
     difference = None
     if example_inputs is not None:
-        difference = max_output_difference(_outputs(model, example_inputs), _outputs(merged.float(), example_inputs))
+        with _live_inputs(model, variant_inputs):
+            live = _outputs(model, example_inputs)
+        difference = max_output_difference(live, _outputs(merged.float(), example_inputs))
         merged.to(_dtype(precision))
     path = Path(path)
     if is_transformers_model(merged):
@@ -129,6 +144,16 @@ def export_merged(
         files = _write_state_dict(merged, path, sidecar)
         kind = "safetensors"
     return ExportResult(path, kind, precision, name, files, difference)
+
+
+def _live_inputs(model: nn.Module, inputs: Mapping[str, Any] | None):
+    """The live model run for comparison with the merged copy: under the merge inputs, given to the
+    forward pass the way its variant reads them (e.g. ``task_id`` -> every sample's ``task_ids``)."""
+    name = active_adapter(model) if adapter_state(model) is not None else None
+    if not inputs or name is None:
+        return contextlib.nullcontext()
+    variant = get_variant(get_adapter_config(model, name).variant)
+    return variant_inputs_context(model, **variant.forward_inputs(dict(inputs)))
 
 
 def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[Path, ...]:

@@ -200,7 +200,10 @@ class AdapterLayer(nn.Module):
         instead of being changed in place, so the other module's output stays the same.
         """
         adapter = adapter or self.active_adapter
-        if adapter is None or adapter in self.merged_adapters:
+        if adapter in self.merged_adapters:
+            self.behaviours[adapter].check_merged_again(self, adapter)
+            return
+        if adapter is None:
             return
         if adapter not in self.r:
             raise ValueError(f"no adapter named {adapter!r} on this layer")

@@ -112,6 +112,10 @@ class AdapterBehaviour:
         for key, slot in slots.items():
             layer._write_base_weight(key, new_weights[key], untie=key in untie)
 
+    def check_merged_again(self, layer: AdapterLayer, adapter: str) -> None:
+        """Called when ``adapter`` is merged while already merged (a no-op): raise if that would
+        silently keep a different update than the caller asked for. Default: nothing to check."""
+
     def unmerge(self, layer: AdapterLayer, adapter: str) -> None:
         """Take this adapter's update out of the base weights."""
         for key, slot in layer._weight_slots().items():

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+import torch
 from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer
@@ -118,6 +119,23 @@ class ConditionedBehaviour(AdapterBehaviour):
         finally:
             self._pinned = None
         self.merged_with = value
+
+    def check_merged_again(self, layer: AdapterLayer, adapter: str) -> None:
+        """Merging for another input while one is merged would silently keep the old one: refuse."""
+        value = layer.variant_inputs.get(self.merge_input)
+        if value is None or self.merged_with is None:
+            return
+        value = self.check_merge_input(value)
+        same = torch.equal(value, self.merged_with) if isinstance(value, torch.Tensor) else value == self.merged_with
+        if not same:
+            raise ValueError(
+                f"adapter {adapter!r} is already merged for {self.merge_input}={self._shown(self.merged_with)}; "
+                f"unmerge it before merging {self.merge_input}={self._shown(value)}"
+            )
+
+    @staticmethod
+    def _shown(value: Any) -> str:
+        return f"tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else repr(value)
 
     def unmerge(self, layer: AdapterLayer, adapter: str) -> None:
         """Take out exactly the update that was merged (its input is remembered)."""

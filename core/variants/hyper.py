@@ -182,6 +182,7 @@ class Hyper(Variant):
         "the adapter run with e); unmerge before merging another embedding. A later merge without "
         "task_embedding merges the last embedding again."
     )
+    merge_inputs = ("task_embedding",)
     settings_class = HyperSettings
     peft_type = None
 

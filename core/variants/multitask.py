@@ -196,12 +196,17 @@ class MultiTask(Variant):
         "merge(model, task_id=k) merges task k's bank (the merged model is task k's model for every sample); "
         "unmerge before merging another task. A later merge without task_id merges the last task again."
     )
+    merge_inputs = ("task_id",)
     settings_class = MultiTaskSettings
     peft_type = None
 
     def example_inputs(self, batch_size: int) -> dict[str, Any]:
         """Every task present: sample i has task i mod num_tasks (default settings)."""
         return {"task_ids": torch.arange(batch_size) % MultiTaskSettings().num_tasks}
+
+    def forward_inputs(self, merge_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """Merging task k equals running every sample with task k (one id for the whole batch)."""
+        return {"task_ids": int(merge_kwargs["task_id"])} if "task_id" in merge_kwargs else {}
 
     def merge_example(self, batch_size: int) -> tuple[dict[str, Any], dict[str, Any]]:
         """Merge the last task; the unmerged model equals it when every sample carries that task."""

@@ -43,6 +43,7 @@ class Variant:
     paper: str = ""  # reference shown beside the description
     can_merge: bool = True
     merge_note: str = ""  # how merging works when it needs more than the adapter (e.g. a task id)
+    merge_inputs: tuple[str, ...] = ()  # keyword inputs merge() needs, e.g. ("task_id",), for forms and the CLI
     settings_class: type | None = None  # a dataclass; validation in its __post_init__
     peft_type: str | None = "LORA"  # the PEFT format it saves in, or None when PEFT has no equivalent
     starts_as_identity: bool = True  # a fresh adapter leaves the base output unchanged (the paper's init)
@@ -90,6 +91,11 @@ class Variant:
         """``(merge kwargs, forward inputs)`` such that the merged model equals the unmerged one run with
         those inputs (e.g. merge for task 0, and run with every task id 0). Default: nothing needed."""
         return {}, {}
+
+    def forward_inputs(self, merge_kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The per-batch inputs under which the unmerged adapter computes what ``merge(**merge_kwargs)``
+        merges (used to check an export against the live model). Default: the same values."""
+        return dict(merge_kwargs)
 
     # -- per layer -------------------------------------------------------------------------------
     def unsupported_reason(self, layer: AdapterLayer) -> str | None:

@@ -168,3 +168,33 @@ def test_save_and_load_round_trip(variant, tmp_path) -> None:
     with torch.no_grad(), variant_inputs(fresh, **inputs):
         actual = fresh(x)
     torch.testing.assert_close(actual, expected, atol=ROUND_TRIP_TOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS, ids=lambda v: v.name)
+def test_describe_predicts_what_attach_adds(variant) -> None:
+    from lora_studio.core import count_parameters, describe
+
+    torch.manual_seed(0)
+    base = torch.nn.Sequential(torch.nn.Linear(16, 32), torch.nn.Tanh(), torch.nn.Linear(32, 8))
+    config = LoraConfig(r=4, targets=["0", "2"], variant=variant.name)
+    predicted = sum(node.added_parameters for node in describe(base, config).walk())
+    model = attach(copy.deepcopy(base), config)
+    assert predicted == count_parameters(model).adapter > 0
+
+
+@pytest.mark.parametrize("variant", [v for v in VARIANTS if v.merge_inputs], ids=lambda v: v.name)
+def test_merge_inputs_export_and_refusal(variant, tmp_path) -> None:
+    from lora_studio.core import export_merged
+
+    base, x, _ = _regression_problem()
+    model = attach(copy.deepcopy(base), LoraConfig(r=4, targets=["0", "2"], variant=variant.name))
+    _perturb(model)
+    merge_kwargs, forward_inputs = variant.merge_example(x.shape[0])
+    assert set(merge_kwargs) == set(variant.merge_inputs)
+    result = export_merged(model, tmp_path / "m.safetensors", example_inputs=x, variant_inputs=merge_kwargs)
+    assert result.max_output_difference < 1e-5
+    merge(model, **merge_kwargs)
+    # another task/embedding than the merged one: the previous task id, or the negated embedding
+    other_kwargs = {k: (-v if isinstance(v, torch.Tensor) else int(v) - 1) for k, v in merge_kwargs.items()}
+    with pytest.raises(ValueError, match="already merged"):
+        merge(model, **other_kwargs)
