@@ -14,6 +14,7 @@ was written first; ``resume`` continues it).
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 import tempfile
@@ -164,7 +165,7 @@ def _drive(start, quiet: bool) -> int:
     from .training.progress import ProgressPrinter
 
     cancel = CancelToken()
-    printer = ProgressPrinter(enabled=not quiet)
+    printer = ProgressPrinter(enabled=not quiet and os.environ.get("RANK", "0") == "0")
 
     def on_interrupt(signum, frame):  # first Ctrl-C: stop after this step, with a checkpoint
         if cancel.cancelled:
@@ -191,7 +192,8 @@ def _drive(start, quiet: bool) -> int:
         message = failure.message if failure else result.error
         print(f"lora-studio: error: {message}", file=sys.stderr)
         return EXIT_USAGE if failure is not None and failure.kind in ("config", "data") else EXIT_FAILED
-    printer.summary(result)
+    if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
+        printer.summary(result)
     return EXIT_CANCELLED if result.status == "cancelled" else EXIT_OK
 
 

@@ -43,7 +43,7 @@ def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) 
             data=DataConfig(kind="text-classification", train=demo_sentences_path(), validation_split=0.25,
                             max_length=32),
             lora=LoraConfig(r=8, alpha=16, targets=["query", "value"]),
-            training=TrainingConfig(max_steps=steps or 60, batch_size=16, lr=2e-3, eval_every=20, checkpoint_every=0,
+            training=TrainingConfig(max_steps=steps or 60, batch_size=16, lr=5e-3, eval_every=20, checkpoint_every=0,
                                     eval_at_start=True, eval_batch_size=48, log_every=5),
             output=output,
         )

@@ -32,7 +32,7 @@ def load_torchvision(
     names = torchvision_names()
     if name not in names:
         close = [n for n in names if n.startswith(name[:3])][:8] or names[:12]
-        raise ValueError(f"torchvision has no classification model {name!r}; some it has: {', '.join(close)}, ...")
+        raise ValueError(f"torchvision has no model {name!r} among its classifiers; some it has: {', '.join(close)}, ...")
     pretrained = torchvision.models.get_model_weights(name).DEFAULT
     notes = []
     if meta:

@@ -154,7 +154,9 @@ def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int
     if resume and extra_steps:
         training = dataclasses.replace(config.training, max_steps=config.training.max_steps + extra_steps)
         config = config.replace(training=training)
-    if not resume and (out / RUN_CONFIG_FILE).exists():
+    existing = (out / RUN_CONFIG_FILE).exists()
+    barrier(dist)  # every process looks before rank 0 writes run.toml below
+    if not resume and existing:
         if not config.output.overwrite:
             raise ValueError(f"{out} already holds a run; resume it, choose another output.dir, or set "
                              "output.overwrite = true")
