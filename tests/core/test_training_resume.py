@@ -1,5 +1,6 @@
 """Checkpoints: kill-and-resume is bit-identical, cancel stops within a step, extend and pause work."""
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -16,8 +17,17 @@ from lora_studio.core.training import (
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Bit-identical holds for one machine configuration: the same CPU thread count in every process."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, one_thread):
     """An uninterrupted 12-step run with dropout (so the random state matters)."""
     out = tmp_path_factory.mktemp("reference")
     result = train(digits_run(out, dropout=0.1, max_steps=12, checkpoint_every=5))
@@ -39,7 +49,8 @@ def test_kill_and_resume_is_bit_identical(reference, tmp_path) -> None:
                 os._exit(137)
         train(RunConfig.load({str(tmp_path / "run.toml")!r}), on_event)
     """)
-    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
     assert killed.returncode == 137, killed.stderr
     assert latest_checkpoint(out).name == "step-00000005"
     result = resume_run(out)
