@@ -52,19 +52,14 @@ def train(
     """Train with AdamW for ``steps`` steps; return the task loss of every step."""
     optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr=lr))
     losses = []
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # matrices this small run faster on one thread, much faster on a busy machine
-    try:
-        for step in range(steps):
-            loss = nn.functional.mse_loss(model(x), y)
-            extra = regularization_loss(model)
-            (loss if extra is None else loss + extra).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            after_optimizer_step(model, step, steps)
-            losses.append(loss.item())
-            if observe is not None:
-                observe(step)
-    finally:
-        torch.set_num_threads(threads)
+    for step in range(steps):
+        loss = nn.functional.mse_loss(model(x), y)
+        extra = regularization_loss(model)
+        (loss if extra is None else loss + extra).backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        after_optimizer_step(model, step, steps)
+        losses.append(loss.item())
+        if observe is not None:
+            observe(step)
     return losses
