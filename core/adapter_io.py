@@ -97,7 +97,9 @@ def save_adapter(
     }
     tensors = {k: t.detach() for k, t in live.items()}
     r, alpha, converted = config.r, config.alpha, False
-    if config.init == "pissa":
+    # The "pissa" variant forces PiSSA init; without original_base it saves in the studio's own
+    # format (reloading re-runs the deterministic SVD on the base it is given).
+    if config.init == "pissa" or (config.variant == "pissa" and original_base is not None):
         if original_base is None:
             raise ValueError(
                 f"adapter {adapter_name!r} was initialised with PiSSA: its factors only fit the residual base "
@@ -107,7 +109,8 @@ def save_adapter(
         replaced, ranks, alphas = convert_pissa(model, adapter_name, original_base, {id(t): k for k, t in live.items()})
         tensors.update(replaced)
         r, alpha, converted = 2 * config.r, _doubled_alpha(config), True
-    notes = peft_compatibility_notes(model, adapter_name)
+    saved_variant = "lora" if converted else config.variant
+    notes = peft_compatibility_notes(model, adapter_name, saved_variant)
     for note in notes:
         warnings.warn(f"adapter {adapter_name!r} will not load identically in PEFT: {note}", stacklevel=2)
     peft_config = peft_config_dict(
@@ -120,12 +123,15 @@ def save_adapter(
         init_lora_weights="gaussian" if config.init == "gaussian" else True,
         base_model_name_or_path=base_model_name_or_path or _name_or_path(model),
         task_type=task_type if task_type is not None else _task_type(model, config),
+        variant=saved_variant,
     )
     studio = {
         "format_version": STUDIO_FORMAT_VERSION,
         "adapter_name": adapter_name,
-        "config": config.to_dict() | ({"init": "default", "r": r, "alpha": alpha} if converted else {}),
-        "variant": config.variant,
+        # converted: a plain LoRA adapter for the original base, whatever PiSSA flavour made it
+        "config": config.to_dict()
+        | ({"init": "default", "r": r, "alpha": alpha, "variant": "lora", "variant_settings": {}} if converted else {}),
+        "variant": saved_variant,
         "converted_from_pissa": converted,
         "layer_ranks": ranks,
         "layer_alphas": alphas,

@@ -128,11 +128,13 @@ def peft_config_dict(
     init_lora_weights: bool | str,
     base_model_name_or_path: str | None,
     task_type: str | None,
+    variant: str | None = None,
 ) -> dict:
     """The minimal ``adapter_config.json`` PEFT (old and new) rebuilds this adapter from.
 
     ``ranks``/``alphas`` give every adapted layer's real rank and alpha (they may differ from
-    the config's when an adapter was converted or combined).
+    the config's when an adapter was converted or combined); ``variant`` overrides the config's
+    (a converted PiSSA adapter is plain LoRA).
     """
     config = get_adapter_config(model, adapter_name)
     all_names = [lm.name for lm in iter_logical_modules(model)]
@@ -140,7 +142,8 @@ def peft_config_dict(
     conv1d = [n for n, layer in adapter_layers(model) if n in ranks and getattr(layer, "fan_in_fan_out", False)]
     # A variant PEFT has no LoRA form for gets a type PEFT refuses by name, rather than a LoRA
     # config PEFT would load silently as something else; the studio reads its own metadata file.
-    peft_type = "LORA" if get_variant(config.variant).peft_type == "LORA" else STUDIO_ONLY_PEFT_TYPE
+    variant = variant or config.variant
+    peft_type = "LORA" if get_variant(variant).peft_type == "LORA" else STUDIO_ONLY_PEFT_TYPE
     result = {
         "peft_type": peft_type,
         "task_type": task_type,
@@ -159,17 +162,17 @@ def peft_config_dict(
         "fan_in_fan_out": bool(conv1d) and len(conv1d) == len(names),
         "inference_mode": True,
     }
-    if config.variant == "dora":  # written only when set, so older PEFT versions never meet the key
+    if variant == "dora":  # written only when set, so older PEFT versions never meet the key
         result["use_dora"] = True
     if peft_type == STUDIO_ONLY_PEFT_TYPE:
-        result["lora_studio_variant"] = config.variant
+        result["lora_studio_variant"] = variant
     return result
 
 
-def peft_compatibility_notes(model: nn.Module, adapter_name: str) -> list[str]:
-    """Why PEFT would not rebuild this adapter exactly (empty when it would)."""
+def peft_compatibility_notes(model: nn.Module, adapter_name: str, variant: str | None = None) -> list[str]:
+    """Why PEFT would not rebuild this adapter exactly (empty when it would); ``variant`` as saved."""
     notes = []
-    variant = get_adapter_config(model, adapter_name).variant
+    variant = variant or get_adapter_config(model, adapter_name).variant
     if get_variant(variant).peft_type != "LORA":
         notes.append(f"variant {variant!r} has no PEFT LoRA form; only LoRA Studio loads it")
     for name, layer in adapter_layers(model):

@@ -86,3 +86,26 @@ def test_rank_above_the_smaller_side_is_refused_and_the_model_is_unchanged() -> 
         attach(model, LoraConfig(r=4, targets=["0"], variant="pissa"))
     assert type(model[0]) is nn.Linear
     torch.testing.assert_close(model[0].weight, weight, atol=0, rtol=0)
+
+
+def test_saved_with_the_original_base_it_is_plain_lora_anywhere(tmp_path) -> None:
+    """Given the original base, a PiSSA-variant adapter is saved as the equivalent plain LoRA
+    (rank 2r) that loads on an unmodified base, in LoRA Studio and in PEFT."""
+    from peft import PeftModel
+    from lora_studio.core import get_adapter_config, load_adapter, save_adapter
+    from tiny_models import perturb_adapters
+
+    case = CASES["linear"]
+    original = case.build()
+    model = attach(copy.deepcopy(original), LoraConfig(r=2, alpha=4, targets=case.targets, variant="pissa"))
+    perturb_adapters(model, std=0.05)  # as if trained
+    x = case.make_input()
+    with torch.no_grad():
+        expected = run(model, x)
+    save_adapter(model, tmp_path, original_base=copy.deepcopy(original))
+    reloaded = load_adapter(copy.deepcopy(original), tmp_path)
+    assert get_adapter_config(reloaded).variant == "lora"
+    peft_model = PeftModel.from_pretrained(copy.deepcopy(original), str(tmp_path)).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(run(reloaded, x), expected, atol=ORIGINAL_TOL, rtol=0)
+        torch.testing.assert_close(run(peft_model, x), expected, atol=ORIGINAL_TOL, rtol=0)
