@@ -38,6 +38,23 @@ from .layers import (
 from .merged_export import ExportResult, export_merged, verify_export
 from .safe_loading import CorruptFileError, UnsafeFileError, load_weights
 from .target_matching import TargetPreview, match_targets, preview_targets
+from .data import DataBundle, DataError, build_datasets, read_label_names
+from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_model_spec, torchvision_names
+from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
+from .training import (
+    CancelToken,
+    CheckpointSaved,
+    EvalMetrics,
+    Event,
+    Failed,
+    Finished,
+    StepMetrics,
+    TrainingWarning,
+    TrainResult,
+    read_metrics,
+    resume_run,
+    train,
+)
 from .training_hooks import after_optimizer_step, optimizer_param_groups, regularization_loss, variant_summary
 from .variants import SettingField, Variant, available_variants, get_variant
 from .variants.conditioned import MissingVariantInputError
@@ -45,6 +62,35 @@ from .variants.conditioned import MissingVariantInputError
 __version__ = "0.1.0"
 
 __all__ = [
+    # runs: models, data, the run config and the training engine (grown for the window)
+    "DEMO_NAMES",
+    "CancelToken",
+    "CheckpointSaved",
+    "DataBundle",
+    "DataConfig",
+    "DataError",
+    "EvalMetrics",
+    "Event",
+    "Failed",
+    "Finished",
+    "LoadedModel",
+    "ModelConfig",
+    "OutputConfig",
+    "RunConfig",
+    "StepMetrics",
+    "TrainingConfig",
+    "TrainingWarning",
+    "TrainResult",
+    "build_datasets",
+    "build_on_meta",
+    "load_model",
+    "parse_model_spec",
+    "read_label_names",
+    "read_metrics",
+    "resume_run",
+    "torchvision_names",
+    "train",
+    # adapters
     "SUPPORTED_TYPES_TEXT",
     "AdapterBehaviour",
     "AdapterLayer",

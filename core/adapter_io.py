@@ -52,6 +52,14 @@ from .peft_format import (
     peft_compatibility_notes,
     peft_config_dict,
 )
+from .peft_loha_lokr_format import (
+    handles_peft_type,
+    handles_variant,
+    lycoris_compatibility_notes,
+    lycoris_config_from_peft,
+    lycoris_factor_paths,
+    lycoris_peft_config_dict,
+)
 from .pissa_export import OriginalBase, convert_pissa
 from .safe_loading import load_legacy_weights, load_safetensors
 from .target_matching import iter_logical_modules
@@ -110,21 +118,30 @@ def save_adapter(
         tensors.update(replaced)
         r, alpha, converted = 2 * config.r, _doubled_alpha(config), True
     saved_variant = "lora" if converted else config.variant
-    notes = peft_compatibility_notes(model, adapter_name, saved_variant)
+    lycoris = handles_variant(saved_variant)  # LoHa/LoKr: PEFT's LOHA/LOKR formats
+    if lycoris:
+        notes = lycoris_compatibility_notes(model, adapter_name)
+    else:
+        notes = peft_compatibility_notes(model, adapter_name, saved_variant)
     for note in notes:
         warnings.warn(f"adapter {adapter_name!r} will not load identically in PEFT: {note}", stacklevel=2)
-    peft_config = peft_config_dict(
-        model,
-        adapter_name,
-        r=r,
-        alpha=alpha,
-        ranks=ranks,
-        alphas=alphas,
-        init_lora_weights="gaussian" if config.init == "gaussian" else True,
-        base_model_name_or_path=base_model_name_or_path or _name_or_path(model),
-        task_type=task_type if task_type is not None else _task_type(model, config),
-        variant=saved_variant,
-    )
+    name_or_path = base_model_name_or_path or _name_or_path(model)
+    task = task_type if task_type is not None else _task_type(model, config)
+    if lycoris:
+        peft_config = lycoris_peft_config_dict(model, adapter_name, base_model_name_or_path=name_or_path, task_type=task)
+    else:
+        peft_config = peft_config_dict(
+            model,
+            adapter_name,
+            r=r,
+            alpha=alpha,
+            ranks=ranks,
+            alphas=alphas,
+            init_lora_weights="gaussian" if config.init == "gaussian" else True,
+            base_model_name_or_path=name_or_path,
+            task_type=task,
+            variant=saved_variant,
+        )
     studio = {
         "format_version": STUDIO_FORMAT_VERSION,
         "adapter_name": adapter_name,
@@ -190,17 +207,20 @@ def base_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str,
     """A cheap identity of the base model: its class, name, architecture and a sample of its values.
 
     ``structure`` hashes every base parameter's name, shape and dtype; ``values`` hashes the first
-    few values of each parameter outside the modules in ``exclude`` (the adapted layers, whose
-    weights PiSSA replaces by a residual) -- enough to tell two checkpoints of one architecture
-    apart without reading gigabytes.
+    few values of each parameter -- enough to tell two checkpoints of one architecture apart
+    without reading gigabytes.  Both leave out the modules in ``exclude`` (the adapted layers,
+    which PiSSA replaces by a residual and QLoRA by a 4-bit copy); the adapter's own shape
+    checks cover those.
     """
     structure, values = hashlib.sha256(), hashlib.sha256()
     skipped = tuple(f"{name}." for name in exclude)
     for lm in iter_logical_modules(model):
         for pname, p in lm.module.named_parameters(recurse=False):
             name = f"{lm.name}.{pname}"
+            if name.startswith(skipped):
+                continue  # an adapted layer may have been rewritten (PiSSA residual, QLoRA's 4-bit base)
             structure.update(f"{name}:{tuple(p.shape)}:{p.dtype};".encode())
-            if not name.startswith(skipped) and not p.is_meta:
+            if not p.is_meta:
                 values.update(p.detach().reshape(-1)[:16].to("cpu", torch.float64).numpy().tobytes())
     return {
         "class": f"{type(model).__module__}.{type(model).__qualname__}",
@@ -252,16 +272,24 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
     _check_modules_exist(model, tensors)
     if studio is not None:
         config = LoraConfig.from_dict(studio["config"])
-        _warn_on_other_base(model, studio.get("base_model") or {}, factor_paths(tensors), folder)
+        adapted = studio.get("layer_ranks") or _adapted_paths(tensors)  # the layers the saved hash left out
+        _warn_on_other_base(model, studio.get("base_model") or {}, adapted, folder)
+    elif handles_peft_type(peft_config.get("peft_type")):
+        config = lycoris_config_from_peft(peft_config, tensors, model)
     else:
         config = lora_config_from_peft(peft_config, tensors, model)
     _attach_and_fill(model, config, adapter_name, tensors)
     return model
 
 
+def _adapted_paths(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    """Module path -> one of its factor keys, for LoRA and for PEFT's LoHa/LoKr tensors."""
+    return factor_paths(tensors) | lycoris_factor_paths(tensors)
+
+
 def _check_modules_exist(model: nn.Module, tensors: dict[str, torch.Tensor]) -> None:
     names = {lm.name for lm in iter_logical_modules(model)}
-    for path, key in factor_paths(tensors).items():
+    for path, key in _adapted_paths(tensors).items():
         if path not in names:
             raise AdapterMismatchError(
                 f"{PEFT_PREFIX}{key}: file shape {list(tensors[key].shape)}, but this model has no module "
