@@ -36,7 +36,7 @@ def test_torchvision_pretrained_offline_gives_a_clear_message(tmp_path, monkeypa
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(OSError, match=r"pretrained weights of torchvision:resnet18 are not in the local cache"):
         load_model(ModelConfig(source="torchvision", name="resnet18"))
-    with pytest.raises(ValueError, match="torchvision has no classification model 'resnet_nope'"):
+    with pytest.raises(ValueError, match="torchvision has no model 'resnet_nope'"):
         load_model(ModelConfig(source="torchvision", name="resnet_nope"))
 
 
