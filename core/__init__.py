@@ -39,6 +39,7 @@ from .merged_export import ExportResult, export_merged, verify_export
 from .safe_loading import CorruptFileError, UnsafeFileError, load_weights
 from .target_matching import TargetPreview, match_targets, preview_targets
 from .data import DataBundle, DataError, build_datasets, read_label_names
+from .demo import DEMOS, demo_config
 from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_model_spec, torchvision_names
 from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
 from .training import (
@@ -64,6 +65,8 @@ __version__ = "0.1.0"
 __all__ = [
     # runs: models, data, the run config and the training engine (grown for the window)
     "DEMO_NAMES",
+    "DEMOS",
+    "demo_config",
     "CancelToken",
     "CheckpointSaved",
     "DataBundle",
