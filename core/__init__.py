@@ -145,3 +145,19 @@ __all__ = [
     "variant_inputs",
     "verify_export",
 ]
+
+# The window's data preview and export checks (issue 6, data panel and export dialog).
+from .data import demo_sentences_path  # noqa: E402
+from .data.preview import DataPreview, PreviewSample, data_columns, preview_data  # noqa: E402
+from .export_checks import EXAMPLE_BATCH, export_example_inputs, verify_adapter  # noqa: E402
+
+__all__ += [
+    "DataPreview",
+    "EXAMPLE_BATCH",
+    "PreviewSample",
+    "data_columns",
+    "demo_sentences_path",
+    "export_example_inputs",
+    "preview_data",
+    "verify_adapter",
+]

@@ -199,13 +199,15 @@ def verify_export(
     example_inputs: Any,
     *,
     build: Callable[[], nn.Module] | None = None,
+    variant_inputs: Mapping[str, Any] | None = None,
 ) -> float:
     """Reload an export, run ``example_inputs`` through it and through the live ``model``, and
     return the largest output difference.
 
     A ``save_pretrained`` folder is reopened with the live model's class; a safetensors file is
     loaded with ``strict=True`` into ``build()`` or, by default, into a copy of the live model
-    with its adapters removed (the original architecture).
+    with its adapters removed (the original architecture).  ``variant_inputs`` are the merge inputs
+    the export was made with (as for :func:`export_merged`); the live model runs under them.
     """
     path = exported.path if isinstance(exported, ExportResult) else Path(exported)
     if path.is_dir() and (path / "config.json").is_file():
@@ -215,7 +217,9 @@ def verify_export(
             path = path / "model.safetensors"
         reloaded = build() if build is not None else _plain_structure(model)
         reloaded.load_state_dict(load_safetensors(path), strict=True)
-    return max_output_difference(_outputs(model, example_inputs), _outputs(reloaded.float(), example_inputs))
+    with _live_inputs(model, variant_inputs):
+        live = _outputs(model, example_inputs)
+    return max_output_difference(live, _outputs(reloaded.float(), example_inputs))
 
 
 def _plain_structure(model: nn.Module) -> nn.Module:

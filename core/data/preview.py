@@ -1,0 +1,127 @@
+"""A quick look at a dataset before any model exists: its columns, a few samples, its class balance.
+
+The window's data panel shows this while the user picks files and maps columns, so it
+must be cheap (no tokenizer, no image decoding: thumbnails are read by the window from
+their paths) and it must fail with the *same* :class:`DataError` messages training
+would give — a missing column or a label outside the label set is reported here, by
+row, before a run is started.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..run_config import DataConfig
+from .causal_lm import _pairs
+from .digits import DIGIT_NAMES, load_digits_tensors
+from .errors import DataError, require_file
+from .image_folder import _images, image_folder_classes
+from .table_files import column, read_rows
+from .text_classification import _label_key, collect_label_names
+
+PREVIEW_SAMPLES = 8  # enough to recognise the data, few enough to show at once
+
+
+@dataclass(frozen=True)
+class PreviewSample:
+    """One sample as the window shows it."""
+
+    label: str | None  # the label's name; None for language modelling
+    text: str | None = None  # the text (or the prompt of a prompt/response pair)
+    response: str | None = None  # causal LM with a prompt column: the response
+    image_path: str | None = None  # an image file (the window makes the thumbnail)
+    pixels: Any = None  # images without files (the digits demo): uint8 array [H, W]
+
+
+@dataclass(frozen=True)
+class DataPreview:
+    """What :func:`preview_data` found."""
+
+    kind: str
+    columns: tuple[str, ...]  # the columns of a CSV/JSONL file; () for folders and plain text
+    samples: tuple[PreviewSample, ...]
+    label_counts: dict[str, int] = field(default_factory=dict)  # in label-set order; {} for causal LM
+    total: int = 0  # samples in the file or folder
+    note: str = ""  # something to tell the user (e.g. why there is no preview)
+
+
+def data_columns(path: str | Path) -> list[str]:
+    """The column names of a CSV or JSONL file (every key of its rows, first-seen order)."""
+    seen: dict[str, None] = {}
+    for row in read_rows(path):
+        seen.update(dict.fromkeys(map(str, row)))
+    return list(seen)
+
+
+def preview_data(config: DataConfig, count: int = PREVIEW_SAMPLES) -> DataPreview:
+    """Columns, the first ``count`` samples and the class counts of ``config``'s training data.
+
+    Raises :class:`DataError` (naming the file, row and fix) for what training would refuse.
+    """
+    if config.kind == "digits":
+        return _digits(config, count)
+    if config.kind == "image-folder":
+        return _image_folder(config, count)
+    if config.kind == "text-classification":
+        return _text_classification(config, count)
+    if config.kind == "causal-lm":
+        return _causal_lm(config, count)
+    return DataPreview(config.kind, (), (), note=f"torchvision dataset {config.train!r} is read when training starts")
+
+
+def _digits(config: DataConfig, count: int) -> DataPreview:
+    images, labels = load_digits_tensors(config.shift)
+    pixels = images[:count, 0].mul(255).round().byte().numpy()
+    samples = tuple(PreviewSample(DIGIT_NAMES[int(y)], pixels=p) for p, y in zip(pixels, labels[:count]))
+    counts = Counter(int(y) for y in labels)
+    return DataPreview("digits", (), samples, {n: counts[i] for i, n in enumerate(DIGIT_NAMES)}, len(labels),
+                       note=f"built-in 8×8 digits, shift: {config.shift}")
+
+
+def _image_folder(config: DataConfig, count: int) -> DataPreview:
+    root = require_file(config.train, "image folder")
+    found = image_folder_classes(root)
+    names = list(config.label_names or found)
+    extra = sorted(set(found) - set(names))
+    if extra:
+        raise DataError(f"{root} has class folder(s) {', '.join(extra)} that are not in the label set "
+                        f"({', '.join(names)})")
+    per_class = {name: _images(root / name) if (root / name).is_dir() else [] for name in names}
+    # Round-robin over the classes, so a short preview still shows every class.
+    samples: list[PreviewSample] = []
+    depth = 0
+    while len(samples) < count and any(len(files) > depth for files in per_class.values()):
+        samples += [PreviewSample(n, image_path=str(f[depth])) for n, f in per_class.items() if len(f) > depth]
+        depth += 1
+    counts = {name: len(files) for name, files in per_class.items()}
+    return DataPreview("image-folder", (), tuple(samples[:count]), counts, sum(counts.values()))
+
+
+def _text_classification(config: DataConfig, count: int) -> DataPreview:
+    path = config.train
+    rows = read_rows(path)
+    texts = column(rows, config.text_column, path)
+    labels = [_label_key(v) for v in column(rows, config.label_column, path)]
+    names = list(config.label_names or collect_label_names(path, config.label_column))
+    known = set(names)
+    for number, label in enumerate(labels, start=1):
+        if label not in known:
+            raise DataError(f"{path}, row {number}: label {label!r} is not in the label set ({', '.join(names)})")
+    counts = Counter(labels)
+    samples = tuple(PreviewSample(label, text=str(text)) for text, label in zip(texts[:count], labels[:count]))
+    return DataPreview("text-classification", tuple(data_columns(path)), samples, {n: counts[n] for n in names},
+                       len(rows))
+
+
+def _causal_lm(config: DataConfig, count: int) -> DataPreview:
+    path = require_file(config.train)
+    pairs = _pairs(path, config.text_column, config.prompt_column, config.response_column)
+    columns = () if path.suffix.lower() == ".txt" else tuple(data_columns(path))
+    if config.prompt_column:
+        samples = tuple(PreviewSample(None, text=p, response=r) for p, r in pairs[:count])
+    else:
+        samples = tuple(PreviewSample(None, text=t) for _, t in pairs[:count])
+    return DataPreview("causal-lm", columns, samples, {}, len(pairs))
