@@ -161,3 +161,8 @@ __all__ += [
     "preview_data",
     "verify_adapter",
 ]
+
+# The window's run and history panels (issue 6): per-layer update norms, run folders read back.
+from .training import layer_update_norms, load_run_config, load_trained_run  # noqa: E402
+
+__all__ += ["layer_update_norms", "load_run_config", "load_trained_run"]

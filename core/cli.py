@@ -249,27 +249,16 @@ def _inspected_model(args: argparse.Namespace, config: LoraConfig):
 
 # -- export --------------------------------------------------------------------------------------
 def _run_export(args: argparse.Namespace) -> int:
-    from .adapter_io import load_adapter, save_adapter
+    from .adapter_io import save_adapter
     from .merged_export import export_merged
-    from .safe_loading import load_safetensors
-    from .training import BEST_DIR, build_model, latest_checkpoint, load_run_config
+    from .training import load_run_config
+    from .training.trained_run import load_trained_run
 
     run_dir = Path(args.run_dir)
     config = load_run_config(run_dir)
-    full = config.training.mode == "full"
-    if full and args.adapter:
+    if config.training.mode == "full" and args.adapter:
         raise ValueError(f"{run_dir} is a full fine-tuning run: it has no adapter; use --merged")
-    if args.which == "best":
-        if full or not (run_dir / BEST_DIR).is_dir():
-            raise FileNotFoundError(f"{run_dir} holds no best adapter ({BEST_DIR}/); use --which final")
-        loaded, _, _ = build_model(config, attach_adapter=False)
-        load_adapter(loaded.model, run_dir / BEST_DIR)
-    else:
-        checkpoint = latest_checkpoint(run_dir)
-        if checkpoint is None:
-            raise FileNotFoundError(f"{run_dir} holds no checkpoint to export")
-        loaded, _, _ = build_model(config)
-        loaded.model.load_state_dict(load_safetensors(checkpoint / "model.safetensors"), strict=False)
+    loaded = load_trained_run(run_dir, args.which)
     if args.adapter:
         path = save_adapter(loaded.model, args.adapter, base_model_name_or_path=loaded.name_or_path)
         print(f"adapter written to {path}")

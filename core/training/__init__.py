@@ -25,6 +25,8 @@ from .metrics_log import event_record, read_metrics
 from .schedule import lr_factor
 from .setup import build_model, build_run
 from .trainer import ADAPTER_DIR, BEST_DIR, RUN_CONFIG_FILE, load_run_config, resume_run, train
+from .trained_run import load_trained_run
+from .update_norms import layer_update_norms
 
 __all__ = [
     "ADAPTER_DIR",
@@ -45,9 +47,11 @@ __all__ = [
     "evaluate",
     "event_record",
     "latest_checkpoint",
+    "layer_update_norms",
     "list_checkpoints",
     "load_checkpoint",
     "load_run_config",
+    "load_trained_run",
     "lr_factor",
     "read_metrics",
     "resume_run",

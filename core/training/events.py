@@ -36,6 +36,8 @@ class EvalMetrics:
     accuracy: float | None  # classification
     perplexity: float | None  # language modelling
     is_best: bool  # the lowest loss so far (its adapter is in the run folder's best/)
+    # ‖s · B A‖_F of each adapted layer now (LoRA runs; None in full fine-tuning): which layers learn
+    layer_update_norms: dict[str, float] | None = None
 
 
 @dataclass(frozen=True)

@@ -44,6 +44,7 @@ from .metrics_log import MetricsLog
 from .schedule import lr_factor
 from .setup import RunSetup, build_run, trainable_parameters
 from .task_loss import batch_variant_inputs, count_targets, score_batch, to_device
+from .update_norms import layer_update_norms
 
 RUN_CONFIG_FILE = "run.toml"
 RESULT_FILE = "result.json"
@@ -293,7 +294,8 @@ def _evaluate(setup: RunSetup, state: TrainerState, emit, out: Path) -> EvalResu
         state.best_loss, state.best_step, state.evals_since_best = result.loss, state.step, 0
     else:
         state.evals_since_best += 1
-    emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best))
+    norms = layer_update_norms(setup.model) if setup.config.training.mode == "lora" else None
+    emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best, norms))
     if best and setup.dist.is_main:
         path = _save_trained(setup, out / BEST_DIR, state, emit)
         if path is not None:
