@@ -1,20 +1,410 @@
-"""W3: choose folder/file, map columns, preview samples (thumbnails or text rows with labels), class balance.
+"""The Data tab: choose a folder or file, map its columns, see a few samples and the class balance.
 
-A placeholder until its owner fills it in; the main window already places it.
+Every edit goes through ``session.try_update("data", ...)`` — the panel keeps no copy of
+the data config — and every config change re-reads a preview on a :class:`FunctionWorker`
+(core's :func:`preview_data`), so a large file never freezes the window.  A problem with
+the data (a missing column, a label outside the label set) is shown beside the controls
+with the very message training would stop with.
 """
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+import dataclasses
+from pathlib import Path
+from typing import Any
 
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.core import DataConfig, DataError, DataPreview, data_columns, preview_data
+
+from .class_balance import ClassBalanceChart
+from .data_preview import SamplePreview, thumbnail_images
 from .session import StudioSession
+from .workers import FunctionWorker
+
+KINDS = {  # data.kind -> what the user reads
+    "image-folder": "Image folder (one sub-folder per class)",
+    "text-classification": "Text classification (CSV or JSONL)",
+    "causal-lm": "Language modelling (text or JSONL)",
+    "digits": "Digits demo (built in)",
+    "torchvision": "torchvision dataset (by name)",
+}
+TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
+NO_COLUMN = "(none)"
+REFRESH_DELAY_MS = 120  # coalesce bursts of edits (typing a path) into one read
+TEXT_GUESSES = ("text", "sentence", "content", "body", "review", "comment", "document", "input", "question")
+LABEL_GUESSES = ("label", "labels", "class", "category", "target", "topic")
+
+
+@dataclasses.dataclass(frozen=True)
+class _PreviewResult:
+    """What the worker read: columns (None: not a table), the preview or the error, and thumbnails."""
+
+    generation: int  # which read this answers (older ones are dropped)
+    data: DataConfig
+    columns: list[str] | None
+    preview: DataPreview | None
+    error: str | None
+    images: list[Any]
+
+
+def guess_kind(path: str, current: str) -> str:
+    """The data kind a picked path suggests: folders hold images, .txt is language modelling,
+    tables are classification unless language modelling was already chosen."""
+    p = Path(path)
+    if p.is_dir():
+        return "image-folder"
+    if p.suffix.lower() == ".txt":
+        return "causal-lm"
+    if p.suffix.lower() in TABLE_SUFFIXES:
+        return current if current == "causal-lm" else "text-classification"
+    return current
+
+
+def guess_column(columns: list[str], guesses: tuple[str, ...], avoid: str | None = None) -> str | None:
+    """The first column whose lower-cased name matches (then contains) a guess; None when nothing fits."""
+    lowered = {c.lower(): c for c in columns if c != avoid}
+    for guess in guesses:
+        if guess in lowered:
+            return lowered[guess]
+    for guess in guesses:
+        for low, original in lowered.items():
+            if guess in low:
+                return original
+    return None
 
 
 class DataPanel(QWidget):
-    """Placeholder panel."""
+    """Pick the training data, map its columns, preview it."""
+
+    sig_preview_changed = Signal(object)
+    """A preview was read (payload: the DataPreview, or None when the data has a problem)."""
 
     def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
+        self.preview: DataPreview | None = None
+        self.columns: list[str] = []
+        self._workers: list[FunctionWorker] = []  # kept alive until they finish
+        self._generation = 0  # results of older reads are dropped
+        self._answered = 0  # the newest read whose result is shown
+        self._automap = False  # after a new file: fix a column mapping that does not fit it
+        self._syncing = False  # widgets being set from the config: not an edit
+        self._build()
+        self._refresh_timer = QTimer(self, singleShot=True, interval=REFRESH_DELAY_MS)
+        self._refresh_timer.timeout.connect(self._start_read)
+        session.sig_config_changed.connect(self._on_config_changed)
+        session.sig_model_loaded.connect(lambda _loaded: self._show_head_note())
+        self._shown_data: DataConfig | None = None
+        self._on_config_changed(session.config)
+
+    # -- public API -----------------------------------------------------------------------------------
+    def choose_path(self, path: str) -> str | None:
+        """Use ``path`` as the training data (as if picked in the file dialog); the kind follows it.
+        Returns the validation message, or None when accepted."""
+        data = self.session.config.data
+        kind = guess_kind(path, data.kind)
+        self._automap = True
+        # A new file brings its own label set: a stale one from the last file would refuse its labels.
+        return self._update(kind=kind, train=path, label_names=None, validation=None)
+
+    def is_reading(self) -> bool:
+        """True while a preview is being read."""
+        return self._refresh_timer.isActive() or self._answered != self._generation
+
+    # -- building ---------------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.kind_combo = QComboBox()
+        for kind, text in KINDS.items():
+            self.kind_combo.addItem(text, kind)
+        self.kind_combo.currentIndexChanged.connect(self._on_kind_chosen)
+
+        self.path_edit = QLineEdit(placeholderText="a folder of class sub-folders, or a .csv / .jsonl / .txt file")
+        self.path_edit.editingFinished.connect(lambda: self._on_path_typed(self.path_edit, "train"))
+        folder_button = QPushButton("Folder…")
+        folder_button.clicked.connect(lambda: self._browse("train", folder=True))
+        file_button = QPushButton("File…")
+        file_button.clicked.connect(lambda: self._browse("train", folder=False))
+        self.validation_edit = QLineEdit(placeholderText="optional: a separate validation file or folder")
+        self.validation_edit.editingFinished.connect(lambda: self._on_path_typed(self.validation_edit, "validation"))
+        validation_button = QPushButton("Browse…")
+        validation_button.clicked.connect(lambda: self._browse("validation", folder=None))
+
+        self.text_combo = self._column_combo("text_column")
+        self.label_combo = self._column_combo("label_column")
+        self.prompt_combo = self._column_combo("prompt_column")
+        self.response_combo = self._column_combo("response_column")
+
+        form = self._form = QFormLayout()
+        form.addRow("Kind", self.kind_combo)
+        form.addRow("Training data", _row(self.path_edit, folder_button, file_button))
+        form.addRow("Validation", _row(self.validation_edit, validation_button))
+        self.columns_row = _row(QLabel("text"), self.text_combo, QLabel("label"), self.label_combo,
+                                QLabel("prompt"), self.prompt_combo, QLabel("response"), self.response_combo)
+        form.addRow("Columns", self.columns_row)
+
+        self.error_label = QLabel(wordWrap=True, textInteractionFlags=Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label.setProperty("role", "error")
+        self.error_label.setStyleSheet("color: #b91c1c;")  # readable without the app's style sheet too
+        self.summary_label = QLabel(wordWrap=True)
+        self.summary_label.setProperty("role", "note")
+
+        self.sample_preview = SamplePreview()
+        self.balance_chart = ClassBalanceChart()
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.sample_preview)
+        split.addWidget(self.balance_chart)
+        split.setStretchFactor(0, 3)
+        split.setStretchFactor(1, 2)
+        split.setSizes([600, 400])  # the samples are what the user reads; the bars need less room
+
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("DataPanel"))
+        layout.addLayout(form)
+        layout.addWidget(self.error_label)
+        layout.addWidget(self.summary_label)
+        layout.addWidget(split, 1)
+
+    def _column_combo(self, field: str) -> QComboBox:
+        combo = QComboBox(minimumContentsLength=10)
+        combo.currentIndexChanged.connect(lambda _i: self._on_column_chosen(field, combo))
+        return combo
+
+    # -- edits ----------------------------------------------------------------------------------------------
+    def _update(self, **changes: Any) -> str | None:
+        error = self.session.try_update("data", **changes)
+        if error is not None:
+            self._show_error(error)
+        return error
+
+    def _on_kind_chosen(self, _index: int) -> None:
+        if self._syncing:
+            return
+        kind = self.kind_combo.currentData()
+        data = self.session.config.data
+        train = data.train if kind != "digits" else None
+        if kind != "digits" and train is None:
+            # No file yet: the config cannot take this kind until one is picked; say so and wait.
+            self._show_error(f"choose the training data for {KINDS[kind].lower()}")
+            return
+        self._update(kind=kind, train=train)
+
+    def _on_path_typed(self, edit: QLineEdit, field: str) -> None:
+        if self._syncing:
+            return
+        text = edit.text().strip() or None
+        if text == getattr(self.session.config.data, field):
+            return
+        if field == "train" and text is not None:
+            self.choose_path(text)
+        else:
+            self._update(**{field: text})
+
+    def _browse(self, field: str, folder: bool | None) -> None:
+        settings = QSettings()
+        start = str(settings.value("data/last_folder", str(Path.home())))
+        if folder is None:
+            folder = self.session.config.data.kind == "image-folder"
+        if folder:
+            path = QFileDialog.getExistingDirectory(self, "Choose a data folder", start)
+        else:
+            path, _ = QFileDialog.getOpenFileName(self, "Choose a data file", start,
+                                                  "Data files (*.csv *.jsonl *.json *.txt);;All files (*)")
+        if not path:
+            return
+        settings.setValue("data/last_folder", str(Path(path).parent if Path(path).is_file() else path))
+        if field == "train":
+            self.choose_path(path)
+        else:
+            self._update(validation=path)
+
+    def _on_column_chosen(self, field: str, combo: QComboBox) -> None:
+        if self._syncing or not combo.count():
+            return
+        value = combo.currentText()
+        if field in ("prompt_column", "response_column"):
+            other = "response_column" if field == "prompt_column" else "prompt_column"
+            other_combo = self.response_combo if field == "prompt_column" else self.prompt_combo
+            value = None if value == NO_COLUMN else value
+            other_value = None if other_combo.currentText() == NO_COLUMN else other_combo.currentText()
+            # Prompt and response go together: set both, so picking the first does not fail validation.
+            if (value is None) != (other_value is None):
+                self._show_error("choose both a prompt and a response column (or neither)")
+                return
+            self._update(**{field: value, other: other_value})
+        else:
+            self._update(**{field: value})
+
+    # -- the config changed ---------------------------------------------------------------------------------
+    def _on_config_changed(self, config: Any) -> None:
+        data = config.data
+        if data == self._shown_data:
+            return  # another section changed
+        self._shown_data = data
+        self._sync_widgets(data)
+        self._refresh_timer.start()
+
+    def _sync_widgets(self, data: DataConfig) -> None:
+        self._syncing = True
+        try:
+            self.kind_combo.setCurrentIndex(max(0, self.kind_combo.findData(data.kind)))
+            self.path_edit.setText(data.train or "")
+            self.validation_edit.setText(data.validation or "")
+            self._fill_columns(data)
+        finally:
+            self._syncing = False
+
+    def _fill_columns(self, data: DataConfig) -> None:
+        """Offer the file's columns (plus the configured one, so a wrong mapping stays visible)."""
+        table = data.kind in ("text-classification", "causal-lm")
+        self._form.setRowVisible(self.columns_row, table)
+        self.columns_row.setEnabled(bool(self.columns))
+        for combo, value, optional in (
+            (self.text_combo, data.text_column, False),
+            (self.label_combo, data.label_column, False),
+            (self.prompt_combo, data.prompt_column, True),
+            (self.response_combo, data.response_column, True),
+        ):
+            names = ([NO_COLUMN] if optional else []) + list(self.columns)
+            shown = value if value is not None else NO_COLUMN
+            if shown not in names:
+                names.append(shown)
+            combo.clear()
+            combo.addItems(names)
+            combo.setCurrentText(shown)
+        language_model = data.kind == "causal-lm"
+        for widget, visible in ((self.label_combo, not language_model), (self.prompt_combo, language_model),
+                                (self.response_combo, language_model)):
+            widget.setVisible(visible)
+            self._partner_label(widget).setVisible(visible)
+
+    def _partner_label(self, combo: QComboBox) -> QWidget:
+        """The caption left of a column combo in the columns row."""
+        layout = self.columns_row.layout()
+        return layout.itemAt(layout.indexOf(combo) - 1).widget()
+
+    # -- reading the preview ---------------------------------------------------------------------------------
+    def _start_read(self) -> None:
+        self._generation += 1
+        generation, data = self._generation, self.session.config.data
+        self.summary_label.setText("reading…")
+        worker = FunctionWorker(lambda _on_event: _read(generation, data))
+        # A bound method of this widget, not a lambda: Qt then queues the call to the UI thread
+        # (a lambda has no thread of its own and would run on the worker's).
+        worker.sig_finished.connect(self._on_read)
+        self._workers.append(worker)
+        worker.start()
+
+    def _forget_finished_workers(self) -> None:
+        for worker in [w for w in self._workers if not w.is_running()]:
+            self._workers.remove(worker)
+
+    def _on_read(self, result: _PreviewResult) -> None:
+        self._forget_finished_workers()
+        if result.generation != self._generation:
+            return  # the config changed meanwhile; a newer read is on its way
+        self._answered = result.generation
+        if result.columns is not None:
+            self.columns = result.columns
+            if self._automap and self._apply_column_guesses(result.data):
+                return  # the mapping changed: a new read follows
+        elif result.data.kind not in ("text-classification", "causal-lm"):
+            self.columns = []
+        self._automap = False
+        self._syncing = True
+        try:
+            self._fill_columns(result.data)
+        finally:
+            self._syncing = False
+        self.preview = result.preview
+        self.sample_preview.show_preview(result.preview, result.images)
+        self.balance_chart.set_counts(result.preview.label_counts if result.preview else {})
+        self._show_error(result.error or "")
+        self._show_summary()
+        self.sig_preview_changed.emit(result.preview)
+
+    def _apply_column_guesses(self, data: DataConfig) -> bool:
+        """Map a new file's columns by their names when the current mapping does not fit; True if changed."""
+        changes: dict[str, Any] = {}
+        if data.text_column not in self.columns:
+            guess = guess_column(self.columns, TEXT_GUESSES) or (self.columns[0] if self.columns else None)
+            if guess:
+                changes["text_column"] = guess
+        text = changes.get("text_column", data.text_column)
+        if data.kind == "text-classification" and data.label_column not in self.columns:
+            guess = guess_column(self.columns, LABEL_GUESSES, avoid=text)
+            guess = guess or next((c for c in reversed(self.columns) if c != text), None)
+            if guess:
+                changes["label_column"] = guess
+        if data.kind == "causal-lm" and data.prompt_column is None:
+            prompt, response = guess_column(self.columns, ("prompt", "instruction", "question")), guess_column(
+                self.columns, ("response", "output", "answer", "completion"))
+            if prompt and response:
+                changes.update(prompt_column=prompt, response_column=response)
+        self._automap = False
+        return bool(changes) and self._update(**changes) is None
+
+    # -- messages ----------------------------------------------------------------------------------------------
+    def _show_error(self, message: str) -> None:
+        self.error_label.setText(message)
+        self.error_label.setVisible(bool(message))
+
+    def _show_summary(self) -> None:
+        preview = self.preview
+        if preview is None:
+            self.summary_label.setText("")
+            return
+        parts = [f"{preview.total:,} samples"]
+        if preview.label_counts:
+            counts = preview.label_counts.values()
+            parts.append(f"{len(preview.label_counts)} classes (smallest {min(counts):,}, largest {max(counts):,})")
+        if preview.note:
+            parts.append(preview.note)
+        self.summary_label.setText(" · ".join(parts))
+        self._show_head_note()
+
+    def _show_head_note(self) -> None:
+        """Warn when the loaded model's head has fewer outputs than the data has classes."""
+        loaded, preview = self.session.loaded, self.preview
+        outputs = getattr(loaded, "num_classes", None)
+        if preview is None or not preview.label_counts or outputs is None or self.error_label.text():
+            return
+        if len(preview.label_counts) > outputs:
+            self._show_error(f"the data has {len(preview.label_counts)} classes but the model's head has {outputs} "
+                             "outputs; set the model's number of classes (a new head) or fix the label set")
+
+
+def _row(*widgets: QWidget) -> QWidget:
+    """Widgets side by side, the first one stretching."""
+    row = QWidget()
+    layout = QHBoxLayout(row)
+    layout.setContentsMargins(0, 0, 0, 0)
+    for i, widget in enumerate(widgets):
+        layout.addWidget(widget, 1 if i == 0 and isinstance(widget, QLineEdit) else 0)
+    return row
+
+
+def _read(generation: int, data: DataConfig) -> _PreviewResult:
+    """Runs on the worker: the file's columns, the preview (or its error message) and the thumbnails."""
+    columns = None
+    try:
+        if data.kind in ("text-classification", "causal-lm") and data.train and \
+                Path(data.train).suffix.lower() in TABLE_SUFFIXES:
+            columns = data_columns(data.train)
+        preview = preview_data(data)
+    except (DataError, OSError) as exc:  # OSError: the demo's data file, or a folder we may not read
+        return _PreviewResult(generation, data, columns, None, str(exc), [])
+    except Exception as exc:  # noqa: BLE001 - any failure must reach the user as a message, not a crash
+        return _PreviewResult(generation, data, columns, None, f"{type(exc).__name__}: {exc}", [])
+    return _PreviewResult(generation, data, columns, preview, None, thumbnail_images(preview.samples))
