@@ -12,26 +12,23 @@ import copy
 
 import pytest
 import torch
-from tiny_models import ALL_CASES, Case, run
-
 from lora_studio.core import (
     LoraConfig,
     MergeNotSupportedError,
     adapter_layers,
-    after_optimizer_step,
     attach,
     available_variants,
     disable_adapters,
     load_adapter,
     merge,
-    optimizer_param_groups,
-    regularization_loss,
     save_adapter,
     unmerge,
     variant_inputs,
 )
 from lora_studio.core.layers import wrapper_for
 from lora_studio.core.target_matching import preview_targets
+from tiny_models import ALL_CASES, Case, run
+from variant_runs import train
 
 IDENTITY_TOL = 1e-6
 ROUND_TRIP_TOL = 1e-6
@@ -136,19 +133,8 @@ def _regression_problem():
 def test_short_run_lowers_loss(variant) -> None:
     base, x, y = _regression_problem()
     model = attach(base, LoraConfig(r=4, alpha=8, targets=["0", "2"], variant=variant.name))
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr=1e-2))
-    inputs = variant.example_inputs(x.shape[0])
-    steps = 120
-    losses = []
-    with variant_inputs(model, **inputs):
-        for step in range(steps):
-            loss = torch.nn.functional.mse_loss(model(x), y)
-            extra = regularization_loss(model)
-            (loss if extra is None else loss + extra).backward()
-            optimizer.step()
-            optimizer.zero_grad()
-            after_optimizer_step(model, step, steps)
-            losses.append(loss.item())
+    with variant_inputs(model, **variant.example_inputs(x.shape[0])):
+        losses = train(model, x, y, steps=120)
     assert losses[-1] < LOSS_RATIO * losses[0], f"loss {losses[0]:.4f} -> {losses[-1]:.4f}"
 
 
