@@ -1,20 +1,313 @@
-"""W1: model picker (demos, torchvision searchable list, transformers id/folder, python file + factory, checkpoint), loading off the UI thread with progress; meta-device tree first.
+"""The model picker: a built-in demo, a torchvision model by name (a searchable list), a
+transformers hub id or local folder, a Python file with a factory function, or a checkpoint file.
 
-A placeholder until its owner fills it in; the main window already places it.
+"Load" writes the choice into ``config.model`` and loads it on a worker thread: the
+meta-device build arrives first (the layer tree appears at once), then the weights; a busy
+bar and a stage line show progress, and a failure is shown in place with its message.
 """
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from pathlib import Path
 
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFileDialog,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QListWidget,
+    QProgressBar,
+    QPushButton,
+    QSizePolicy,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from lora_studio.core import DEMOS, LoadedModel, ModelConfig, demo_config, torchvision_names
+
+from .model_loading import LoadingStage, MetaModelBuilt, load_meta_then_weights
+from .project_files import StudioSettings, default_run_dir
 from .session import StudioSession
+from .workers import FunctionWorker
+
+SOURCES = (
+    ("demo", "Built-in demo"),
+    ("torchvision", "torchvision"),
+    ("transformers", "transformers (hub id or folder)"),
+    ("python", "Python file + factory"),
+    ("checkpoint", "Checkpoint file"),
+)
+TASKS = ("sequence-classification", "causal-lm", "image-classification")
+DEMO_TITLES = {"digits": "Digits — a small CNN meets rotated digits (CPU, seconds)",
+               "text": "Text — MiniLM sorts sentences into topics"}
+
+
+class PathEdit(QWidget):
+    """A line edit with a Browse… button (file or folder); remembers the last folder in QSettings."""
+
+    def __init__(self, placeholder: str, *, folder: bool = False, file_filter: str = "", key: str = "model") -> None:
+        super().__init__()
+        self.edit = QLineEdit(placeholderText=placeholder)
+        button = QPushButton("Browse…")
+        button.clicked.connect(self._browse)
+        self._folder, self._filter, self._key = folder, file_filter, key
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.addWidget(self.edit, 1)
+        layout.addWidget(button)
+
+    def text(self) -> str:
+        return self.edit.text().strip()
+
+    def _browse(self) -> None:
+        settings = StudioSettings()
+        start = settings.last_folder(self._key)
+        if self._folder:
+            path = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
+        else:
+            path = QFileDialog.getOpenFileName(self, "Choose a file", start, self._filter)[0]
+        if path:
+            self.edit.setText(path)
+            settings.set_last_folder(self._key, str(Path(path).parent if not self._folder else path))
 
 
 class ModelPanel(QWidget):
-    """Placeholder panel."""
+    """Pick a model source, fill in its page, press Load."""
 
     def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
+        self._worker: FunctionWorker | None = None
+
+        self.source_combo = QComboBox()
+        for key, title in SOURCES:
+            self.source_combo.addItem(title, key)
+        self.pages = QStackedWidget()
+
+        # demo
+        self.demo_combo = QComboBox()
+        for name in DEMOS:
+            self.demo_combo.addItem(DEMO_TITLES.get(name, name), name)
+        self.pages.addWidget(self._page(("Demo", self.demo_combo),
+                                        note="Opens the demo's whole run config: model, data, targets, training."))
+        # torchvision
+        self.tv_search = QLineEdit(placeholderText="Search torchvision models (e.g. resnet, vit)")
+        self.tv_list = QListWidget()
+        self.tv_list.setMinimumHeight(90)
+        self.tv_weights = QComboBox()
+        self.tv_weights.addItems(["default", "random"])
+        self.tv_weights.setToolTip("default: the pretrained weights (from the cache, else downloaded); random: none")
+        self.pages.addWidget(self._page(("Search", self.tv_search), ("Model", self.tv_list),
+                                        ("Weights", self.tv_weights)))
+        self._tv_names: list[str] | None = None
+        # transformers
+        self.hf_name = PathEdit("hub id (e.g. gpt2) or a local model folder", folder=True)
+        self.hf_task = QComboBox()
+        self.hf_task.addItems(TASKS)
+        self.pages.addWidget(self._page(("Model", self.hf_name), ("Task", self.hf_task)))
+        # python factory
+        self.py_file = PathEdit("path/to/model.py", file_filter="Python files (*.py)")
+        self.py_factory = QLineEdit(placeholderText="factory function, e.g. build_model")
+        self.pages.addWidget(self._page(("File", self.py_file), ("Factory", self.py_factory)))
+        # checkpoint
+        self.ckpt_file = PathEdit("weights.safetensors", file_filter="Weights (*.safetensors *.pt *.pth *.bin)")
+        self.ckpt_arch = QLineEdit(placeholderText="torchvision:resnet18  or  path/to/model.py:build_model")
+        self.pages.addWidget(self._page(("Checkpoint", self.ckpt_file), ("Architecture", self.ckpt_arch),
+                                        note="safetensors are read directly; legacy .pt/.bin files with a warning, never unpickled unsafely."))
+
+        self.load_button = QPushButton("Load model")
+        self.load_button.setDefault(True)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 0)  # busy: loading reports stages, not a fraction
+        self.progress.setMaximumHeight(10)
+        self.progress.setTextVisible(False)
+        self.progress.hide()
+        self.status_label = QLabel("No model loaded.")
+        self.status_label.setWordWrap(True)
+        self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+
+        box = QGroupBox("Model")
+        box_layout = QVBoxLayout(box)
+        box_layout.addWidget(self.source_combo)
+        box_layout.addWidget(self.pages)
+        row = QHBoxLayout()
+        row.addWidget(self.load_button)
+        row.addWidget(self.progress, 1)
+        box_layout.addLayout(row)
+        box_layout.addWidget(self.status_label)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("ModelPanel"))
+        layout.setContentsMargins(4, 4, 4, 4)
+        layout.addWidget(box)
+
+        self.source_combo.currentIndexChanged.connect(self._source_changed)
+        self.tv_search.textChanged.connect(self._filter_torchvision)
+        self.load_button.clicked.connect(self.load_from_page)
+        session.sig_model_failed.connect(self._failed)
+        self._source_changed(0)
+
+    # -- public API ----------------------------------------------------------------------------
+    def is_loading(self) -> bool:
+        """A model is loading on the worker thread."""
+        return self._worker is not None and self._worker.is_running()
+
+    def open_demo(self, name: str) -> None:
+        """Open demo ``name``: its whole run config (model, data, targets, training), then load it."""
+        self.session.set_config(demo_config(name, output_dir=default_run_dir(name)))
+        self.session.clear_field_errors()
+        self.load(self.session.config.model)
+
+    def load_from_page(self) -> None:
+        """Load what the current page describes (the Load button)."""
+        source = self.source_combo.currentData()
+        if source == "demo":
+            self.open_demo(self.demo_combo.currentData())
+            return
+        try:
+            config = self.model_config_from_page()
+        except ValueError as exc:
+            self._failed(str(exc))
+            return
+        self.load(config)
+
+    def model_config_from_page(self) -> ModelConfig:
+        """The ``[model]`` section the current page describes; a missing entry raises with a message."""
+        source = self.source_combo.currentData()
+        if source == "torchvision":
+            item = self.tv_list.currentItem()
+            if item is None:
+                raise ValueError("choose a torchvision model in the list")
+            return ModelConfig(source="torchvision", name=item.text(), weights=self.tv_weights.currentText())
+        if source == "transformers":
+            if not self.hf_name.text():
+                raise ValueError("enter a hub id or choose a local model folder")
+            return ModelConfig(source="transformers", name=self.hf_name.text(), task=self.hf_task.currentText())
+        if source == "python":
+            if not self.py_file.text() or not self.py_factory.text():
+                raise ValueError("choose a Python file and name its factory function")
+            return ModelConfig(source="python", name=f"{self.py_file.text()}:{self.py_factory.text().strip()}")
+        if source == "checkpoint":
+            arch, weights = self.ckpt_arch.text().strip(), self.ckpt_file.text()
+            if not arch or not weights:
+                raise ValueError("choose a checkpoint file and say which architecture it fits")
+            if arch.startswith("torchvision:"):
+                return ModelConfig(source="torchvision", name=arch.partition(":")[2], weights=weights)
+            return ModelConfig(source="python", name=arch.removeprefix("python:"), checkpoint=weights)
+        raise ValueError(f"choose a model source, not {source!r}")
+
+    def show_model_config(self, config: ModelConfig) -> None:
+        """Fill the pages from ``config`` (a project was opened) without loading."""
+        if config.source == "demo":
+            self._select(self.source_combo, "demo")
+            self._select(self.demo_combo, config.name)
+        elif config.source == "torchvision" and config.weights not in ("default", "random"):
+            self._select(self.source_combo, "checkpoint")
+            self.ckpt_arch.setText(f"torchvision:{config.name}")
+            self.ckpt_file.edit.setText(config.weights)
+        elif config.source == "torchvision":
+            self._select(self.source_combo, "torchvision")
+            self.tv_search.setText(config.name)
+            self.tv_weights.setCurrentText(config.weights)
+        elif config.source == "transformers":
+            self._select(self.source_combo, "transformers")
+            self.hf_name.edit.setText(config.name)
+            self.hf_task.setCurrentText(config.task or TASKS[0])
+        elif config.checkpoint:
+            self._select(self.source_combo, "checkpoint")
+            self.ckpt_arch.setText(config.name)
+            self.ckpt_file.edit.setText(config.checkpoint)
+        else:
+            self._select(self.source_combo, "python")
+            file, _, factory = config.name.rpartition(":")
+            self.py_file.edit.setText(file)
+            self.py_factory.setText(factory)
+
+    def load(self, config: ModelConfig) -> None:
+        """Write ``config`` into the session's ``[model]`` and load it off the UI thread."""
+        if self.is_loading():
+            self.status_label.setText("Still loading the previous model; wait for it to finish.")
+            return
+        if config != self.session.config.model:
+            self.session.set_config(self.session.config.replace(model=config))
+        self.show_model_config(config)
+        description = f"{config.source}:{config.name}"
+        data_kind = self.session.config.data.kind
+        self._worker = worker = FunctionWorker(lambda on_event: load_meta_then_weights(config, on_event,
+                                                                                        data_kind=data_kind), self)
+        worker.sig_event.connect(self._event)
+        worker.sig_finished.connect(self._finished)
+        worker.sig_failed.connect(lambda message, _tb: self.session.sig_model_failed.emit(message))
+        self.load_button.setEnabled(False)
+        self.progress.show()
+        self.status_label.setStyleSheet("")
+        self.status_label.setText(f"Loading {description}…")
+        self.session.sig_model_loading.emit(description)
+        worker.start()
+
+    # -- worker events ---------------------------------------------------------------------------
+    def _event(self, event: object) -> None:
+        if isinstance(event, MetaModelBuilt):
+            self.session.set_meta_model(event.model, event.head)
+        elif isinstance(event, LoadingStage):
+            self.status_label.setText(event.text)
+
+    def _finished(self, loaded: LoadedModel) -> None:
+        self._done()
+        self.session.set_loaded(loaded)
+        notes = "; ".join(loaded.notes)
+        self.status_label.setText(f"Loaded {loaded.name_or_path} ({loaded.task})" + (f" — {notes}" if notes else ""))
+
+    def _failed(self, message: str) -> None:
+        self._done()
+        self.status_label.setStyleSheet("color: #c0392b")
+        self.status_label.setText(message)
+
+    def _done(self) -> None:
+        self.load_button.setEnabled(True)
+        self.progress.hide()
+
+    # -- pages -----------------------------------------------------------------------------------
+    @staticmethod
+    def _page(*rows: tuple[str, QWidget], note: str = "") -> QWidget:
+        page = QWidget()
+        form = QFormLayout(page)
+        form.setContentsMargins(0, 0, 0, 0)
+        for label, widget in rows:
+            form.addRow(label, widget)
+        if note:
+            hint = QLabel(note)
+            hint.setWordWrap(True)
+            hint.setStyleSheet("color: palette(mid)")
+            form.addRow(hint)
+        return page
+
+    @staticmethod
+    def _select(combo: QComboBox, data: str) -> None:
+        index = combo.findData(data)
+        combo.setCurrentIndex(index if index >= 0 else combo.findText(data))
+
+    def _source_changed(self, index: int) -> None:
+        # A stacked widget is as tall as its tallest page; only the shown page may claim space.
+        for i in range(self.pages.count()):
+            policy = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
+            self.pages.widget(i).setSizePolicy(policy, policy)
+        self.pages.setCurrentIndex(index)
+        self.pages.adjustSize()
+        if self.source_combo.currentData() == "torchvision" and self._tv_names is None:
+            self._tv_names = torchvision_names()  # imports torchvision's registry: only when asked
+            self._filter_torchvision(self.tv_search.text())
+
+    def _filter_torchvision(self, text: str) -> None:
+        if self._tv_names is None:
+            return
+        current = self.tv_list.currentItem().text() if self.tv_list.currentItem() else None
+        needle = text.strip().lower()
+        self.tv_list.clear()
+        self.tv_list.addItems([n for n in self._tv_names if needle in n.lower()])
+        exact = self.tv_list.findItems(text.strip() or (current or ""), Qt.MatchFlag.MatchExactly)
+        if exact:
+            self.tv_list.setCurrentItem(exact[0])
