@@ -1,20 +1,277 @@
-"""W2: Start/Pause/Resume/Stop, live pyqtgraph plots (loss raw+smoothed, val loss/accuracy/perplexity, lr), samples/s, ETA, device memory, log pane, per-layer update-norm view.
+"""The Train tab: Start, Pause/Resume, Stop, live curves, run statistics, a log and per-layer updates.
 
-A placeholder until its owner fills it in; the main window already places it.
+The panel is a view of the session's :class:`~.run_controller.RunController`: it shows
+whatever run the controller trains (one started here, or one from the history's
+queue).  Public API for the rest of the window:
+
+* :meth:`RunPanel.start_run` — train a config (default: a copy of the session's) in a fresh folder;
+* :meth:`RunPanel.is_running` / :meth:`RunPanel.stop_and_wait` — closing the window during a run;
+* :meth:`RunPanel.trained_model` — the model of the last run (adapter attached) for the export dialog;
+* ``sig_run_started`` / ``sig_run_finished`` / ``sig_error`` — for benchmarks and tests.
 """
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+import dataclasses
+from pathlib import Path
 
+from PySide6.QtCore import Qt, Signal
+from PySide6.QtGui import QKeySequence
+from PySide6.QtWidgets import (
+    QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget,
+)
+
+from lora_studio.core import (
+    CheckpointSaved, EvalMetrics, Failed, Finished, LoadedModel, RunConfig, StepMetrics, TrainingWarning, TrainResult,
+)
+
+from .live_plots import LivePlots
+from .run_controller import IDLE, PAUSED, STOPPING, RunController
+from .run_history import next_free_run_dir
 from .session import StudioSession
+from .update_norms import UpdateNormsView
+
+LOG_LINES = 2_000  # the log pane keeps the newest lines only: a long run must not grow it forever
 
 
 class RunPanel(QWidget):
-    """Placeholder panel."""
+    """Start/Pause/Stop, live plots, statistics, log pane and per-layer update view."""
+
+    sig_run_started = Signal(object)
+    """A run started (payload: its RunConfig; output.dir is its run folder)."""
+    sig_run_finished = Signal(object)
+    """A run ended, however it ended (payload: its TrainResult)."""
+    sig_error = Signal(str, str)
+    """A run failed: (message, details); the panel also shows it in a dialog unless ``show_dialogs`` is off."""
 
     def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.session = session
+        self.controller = RunController.for_session(session)
+        self.show_dialogs = True  # benchmarks and scripted runs turn the error dialog off
+        self.error_dialog: QMessageBox | None = None  # the dialog of the last failure, while open
+        self._valid, self._invalid_reason = True, ""
+        self._build()
+        self.controller.sig_run_started.connect(self._on_started)
+        self.controller.sig_event.connect(self._on_event)
+        self.controller.sig_state_changed.connect(self._on_state)
+        self.controller.sig_run_finished.connect(self._on_finished)
+        self.controller.sig_error.connect(self._on_error)
+        validity = getattr(session, "sig_validity_changed", None)
+        if validity is not None:  # W1's validation API; without it every config counts as valid
+            validity.connect(self._on_validity)
+        self._on_validity(bool(getattr(session, "is_valid", lambda: True)()), "")
+        self._on_state(self.controller.state)
+
+    # -- public API --------------------------------------------------------------------------------
+    def start_run(self, config: RunConfig | None = None) -> Path:
+        """Train ``config`` (default: a copy of the session's config, in a fresh run folder so no
+        earlier run is overwritten); returns the run folder.  Raises RuntimeError during a run."""
+        if config is None:
+            config = self.session.training_copy()
+            folder = next_free_run_dir(config.output.dir)
+            config = config.replace(output=dataclasses.replace(config.output, dir=str(folder)))
+        self.controller.start(config)
+        return Path(config.output.dir)
+
+    def is_running(self) -> bool:
+        """True while a run is going (paused and stopping included)."""
+        return self.controller.is_running()
+
+    def toggle_pause(self) -> None:
+        """Pause a running run, or resume a paused one."""
+        if self.controller.state == PAUSED:
+            self.controller.resume()
+        else:
+            self.controller.pause()
+
+    def stop(self) -> None:
+        """Stop the run after the step in progress (it saves a checkpoint and its adapter)."""
+        self.controller.stop()
+
+    def stop_and_wait(self, timeout_ms: int = 30_000) -> bool:
+        """Stop the run and wait for it to end (events keep flowing); True when nothing runs any more.
+        The main window calls it from its close event after asking the user."""
+        return self.controller.stop_and_wait(timeout_ms)
+
+    def trained_model(self) -> LoadedModel | None:
+        """The model of the last run that trained one: built as the run built it, adapter attached,
+        final weights loaded (full fine-tuning: the whole model).  None before any run."""
+        return self.controller.trained_model()
+
+    def last_result(self) -> TrainResult | None:
+        """The result of the last run that ended."""
+        return self.controller.last_result()
+
+    def log_text(self) -> str:
+        """Everything the log pane shows."""
+        return self.log.toPlainText()
+
+    # -- building ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.start_button = QPushButton("Start")
+        self.start_button.setShortcut(QKeySequence("Ctrl+Return"))
+        self.start_button.clicked.connect(lambda: self.start_run())
+        self.pause_button = QPushButton("Pause")
+        self.pause_button.setShortcut(QKeySequence("Ctrl+P"))
+        self.pause_button.clicked.connect(self.toggle_pause)
+        self.stop_button = QPushButton("Stop")
+        self.stop_button.setShortcut(QKeySequence("Ctrl+."))
+        self.stop_button.clicked.connect(self.stop)
+        self.state_label = QLabel("Ready")
+        self.progress = QProgressBar()
+        self.progress.setFormat("step %v / %m")
+        self.stats_label = QLabel("")
+        self.stats_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        buttons = QHBoxLayout()
+        for widget in (self.start_button, self.pause_button, self.stop_button, self.state_label):
+            buttons.addWidget(widget)
+        buttons.addWidget(self.progress, 1)
+
+        self.plots = LivePlots()
+        self.norms_view = UpdateNormsView()
+        self.log = QPlainTextEdit()
+        self.log.setReadOnly(True)
+        self.log.setMaximumBlockCount(LOG_LINES)
+        self.log.setPlaceholderText("Warnings, evaluations and checkpoints of the run appear here.")
+        bottom = QSplitter(Qt.Orientation.Horizontal)
+        bottom.addWidget(self.norms_view)
+        bottom.addWidget(self.log)
+        bottom.setSizes([1, 1])
+        body = QSplitter(Qt.Orientation.Vertical)
+        body.addWidget(self.plots)
+        body.addWidget(bottom)
+        body.setStretchFactor(0, 3)
+        body.setStretchFactor(1, 2)
+
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("RunPanel"))
+        layout.addLayout(buttons)
+        layout.addWidget(self.stats_label)
+        layout.addWidget(body, 1)
+
+    # -- slots -------------------------------------------------------------------------------------
+    def _on_validity(self, valid: bool, reason: str) -> None:
+        self._valid, self._invalid_reason = valid, reason
+        self._update_buttons()
+
+    def _on_state(self, state: str) -> None:
+        self.pause_button.setText("Resume" if state == PAUSED else "Pause")
+        text = {IDLE: "Ready", PAUSED: "Paused", STOPPING: "Stopping…"}.get(state, "Training…")
+        self.state_label.setText(text)
+        self._update_buttons()
+
+    def _update_buttons(self) -> None:
+        state = self.controller.state
+        self.start_button.setEnabled(self._valid and state == IDLE)
+        self.start_button.setToolTip(self._invalid_reason if not self._valid else "Train the current config (Ctrl+Enter)")
+        self.pause_button.setEnabled(state in (PAUSED, "running"))
+        self.stop_button.setEnabled(state not in (IDLE, STOPPING))
+
+    def _on_started(self, config: RunConfig) -> None:
+        self.plots.clear()
+        self.plots.start()
+        full = config.training.mode == "full"
+        self.norms_view.clear("Full fine-tuning: no adapter layers" if full else "")
+        self.progress.setRange(0, config.training.max_steps)
+        self.progress.setValue(0)
+        self.stats_label.setText("Preparing the model and data…")
+        setup = "full fine-tuning" if full else f"{config.lora.variant} r={config.lora.r} alpha={config.lora.alpha:g}"
+        self._log(f"▶ run started in {config.output.dir} ({setup}, {config.training.max_steps} steps)")
+        self.sig_run_started.emit(config)
+
+    def _on_event(self, event: object) -> None:
+        self.plots.add_event(event)
+        if isinstance(event, StepMetrics):
+            self.progress.setValue(event.step)
+            self.stats_label.setText(_step_stats(event))
+        elif isinstance(event, EvalMetrics):
+            self.norms_view.add_event(event)
+            self._log(_eval_line(event))
+        elif isinstance(event, TrainingWarning):
+            self._log(f"⚠ warning{f' (step {event.step})' if event.step else ''}: {event.message}")
+        elif isinstance(event, CheckpointSaved):
+            self._log(f"saved {event.kind} checkpoint at step {event.step}: {event.path}")
+        elif isinstance(event, Failed):
+            self._log(f"✖ failed ({event.kind}) at step {event.step}: {event.message}")
+        elif isinstance(event, Finished):
+            self._log(_finished_line(event.result))
+
+    def _on_finished(self, result: TrainResult) -> None:
+        self.plots.stop()
+        self.sig_run_finished.emit(result)
+
+    def _on_error(self, message: str, details: str) -> None:
+        self._log(f"✖ {message}")
+        self.sig_error.emit(message, details)
+        if self.show_dialogs:
+            self._show_error(message, details)
+
+    def _show_error(self, message: str, details: str) -> None:
+        # open(), not exec(): the dialog is window-modal but the event loop (and tests) go on.
+        if self.error_dialog is not None:
+            self.error_dialog.close()
+        box = QMessageBox(QMessageBox.Icon.Critical, "Training failed", message, QMessageBox.StandardButton.Ok, self)
+        box.setObjectName("run_error_dialog")
+        box.setInformativeText("The run folder keeps its log. Fix the setting and press Start again.")
+        if details:
+            box.setDetailedText(details)
+        box.finished.connect(self._forget_dialog)
+        self.error_dialog = box
+        box.open()
+
+    def _forget_dialog(self) -> None:
+        self.error_dialog = None
+
+    def _log(self, line: str) -> None:
+        self.log.appendPlainText(line)
+
+
+# -- text helpers ------------------------------------------------------------------------------------
+def _step_stats(event: StepMetrics) -> str:
+    """One line of run statistics for a StepMetrics event."""
+    parts = [f"step {event.step}/{event.total_steps}", f"epoch {event.epoch:.2f}", f"loss {event.loss:.4f}",
+             f"{event.samples_per_second:,.0f} samples/s"]
+    if event.tokens_per_second is not None:
+        parts.append(f"{event.tokens_per_second:,.0f} tokens/s")
+    parts.append(f"ETA {format_duration(event.eta_seconds)}")
+    if event.memory_bytes is not None:
+        parts.append(f"memory {format_bytes(event.memory_bytes)}")
+    return "  ·  ".join(parts)
+
+
+def _eval_line(event: EvalMetrics) -> str:
+    """The log line of an evaluation."""
+    metric = ""
+    if event.accuracy is not None:
+        metric = f", accuracy {event.accuracy:.1%}"
+    elif event.perplexity is not None:
+        metric = f", perplexity {event.perplexity:.2f}"
+    return f"evaluation at step {event.step}: loss {event.loss:.4f}{metric}{' (best so far)' if event.is_best else ''}"
+
+
+def _finished_line(result: TrainResult) -> str:
+    """The log line of a run's end."""
+    line = f"■ run {result.status} after {result.steps}/{result.total_steps} steps in {result.seconds:.1f} s"
+    if result.trainable_parameters:
+        line += f"; {result.trainable_parameters:,} trainable of {result.total_parameters:,} parameters"
+    if result.adapter_dir:
+        line += f"; weights in {result.adapter_dir}"
+    return line
+
+
+def format_duration(seconds: float) -> str:
+    """``h:mm:ss`` (or ``m:ss`` under an hour)."""
+    seconds = max(0, int(round(seconds)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+
+
+def format_bytes(count: int) -> str:
+    """Bytes in the largest unit that keeps the number at or above 1 (KiB, MiB, GiB)."""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
+        value /= 1024
+    return f"{value:,.1f} GiB"

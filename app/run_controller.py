@@ -1,0 +1,199 @@
+"""One training run at a time, shared by the Train tab and the run queue.
+
+The controller turns ``train(config, on_event, cancel)`` into Qt signals through
+:class:`~.workers.FunctionWorker`; pause, resume and stop are flags on a
+:class:`CancelToken` set from the UI thread, so nothing on the UI thread ever waits
+for a step.  After the run, the worker thread also rebuilds the trained model from
+the run folder, so :meth:`RunController.trained_model` costs the UI nothing.
+
+There is one controller per session (:meth:`RunController.for_session`): the run
+panel shows whatever it runs, and the history's queue feeds it, so a queued study
+never trains beside a run the user started.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from PySide6.QtCore import QEventLoop, QObject, QTimer, Signal
+
+from lora_studio.core import (
+    CancelToken,
+    Failed,
+    LoadedModel,
+    RunConfig,
+    TrainingWarning,
+    TrainResult,
+    load_trained_run,
+    train,
+)
+
+from .workers import FunctionWorker
+
+IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
+
+
+@dataclass(frozen=True)
+class RunOutcome:
+    """What the worker hands back: the engine's result and the trained model (None if it failed)."""
+
+    result: TrainResult
+    model: LoadedModel | None
+
+
+class RunController(QObject):
+    """Starts, pauses, resumes and stops one run; re-emits its events."""
+
+    sig_run_started = Signal(object)
+    """A run started (payload: the RunConfig it trains, output.dir is its folder)."""
+    sig_event = Signal(object)
+    """An engine event of the current run (StepMetrics, EvalMetrics, CheckpointSaved, ...)."""
+    sig_state_changed = Signal(str)
+    """The run's state changed: 'idle', 'running', 'paused' or 'stopping'."""
+    sig_run_finished = Signal(object)
+    """The run ended, however it ended (payload: its TrainResult; status 'failed' on failure)."""
+    sig_error = Signal(str, str)
+    """The run failed: (message for people, details such as a traceback; may be empty)."""
+
+    def __init__(self, session: QObject | None = None, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.session = session
+        self._state = IDLE
+        self._cancel: CancelToken | None = None
+        self._worker: FunctionWorker | None = None
+        self._config: RunConfig | None = None
+        self._error_sent = False
+        self._model: LoadedModel | None = None
+        self._result: TrainResult | None = None
+
+    @classmethod
+    def for_session(cls, session: QObject) -> RunController:
+        """The session's controller, created on first use (a child of the session)."""
+        found = session.findChild(RunController)
+        return found if found is not None else cls(session, parent=session)
+
+    # -- public API --------------------------------------------------------------------------------
+    @property
+    def state(self) -> str:
+        """'idle', 'running', 'paused' or 'stopping'."""
+        return self._state
+
+    @property
+    def config(self) -> RunConfig | None:
+        """The config of the current (or last) run."""
+        return self._config
+
+    def is_running(self) -> bool:
+        """True from :meth:`start` until ``sig_run_finished`` (paused and stopping included)."""
+        return self._state != IDLE
+
+    def start(self, config: RunConfig) -> None:
+        """Train ``config`` on a worker thread; raises RuntimeError while another run is going."""
+        if self.is_running():
+            raise RuntimeError("a run is already going; stop it or queue the next one")
+        if self._worker is not None:
+            self._worker.wait(5_000)  # the previous thread only has its event loop left to quit
+        self._config, self._error_sent = config, False
+        cancel = self._cancel = CancelToken()
+        self._worker = FunctionWorker(_run_and_load(config, cancel), parent=self)
+        self._worker.sig_event.connect(self._on_event)
+        self._worker.sig_finished.connect(self._on_finished)
+        self._worker.sig_failed.connect(self._on_crashed)
+        self._set_state(RUNNING)
+        self.sig_run_started.emit(config)
+        self._worker.start()
+
+    def pause(self) -> None:
+        """Hold the run before its next step."""
+        if self._state == RUNNING and self._cancel is not None:
+            self._cancel.pause()
+            self._set_state(PAUSED)
+
+    def resume(self) -> None:
+        """Let a paused run go on."""
+        if self._state == PAUSED and self._cancel is not None:
+            self._cancel.resume()
+            self._set_state(RUNNING)
+
+    def stop(self) -> None:
+        """Ask the run to end after the step in progress (it writes a checkpoint and its adapter)."""
+        if self._state in (RUNNING, PAUSED) and self._cancel is not None:
+            self._cancel.cancel()
+            self._set_state(STOPPING)
+
+    def stop_and_wait(self, timeout_ms: int = 30_000) -> bool:
+        """Stop the run and wait (the UI keeps processing events) until it ended or ``timeout_ms``
+        passed; True when no run is going any more.  For closing the window during a run."""
+        if not self.is_running():
+            return True
+        self.stop()
+        loop = QEventLoop()
+        self.sig_run_finished.connect(loop.quit)
+        QTimer.singleShot(timeout_ms, loop.quit)
+        if self.is_running():
+            loop.exec()
+        self.sig_run_finished.disconnect(loop.quit)
+        if not self.is_running() and self._worker is not None:
+            self._worker.wait(5_000)
+        return not self.is_running()
+
+    def trained_model(self) -> LoadedModel | None:
+        """The model of the last run that trained one (adapter attached, final weights), or None."""
+        return self._model
+
+    def last_result(self) -> TrainResult | None:
+        """The result of the last run that ended."""
+        return self._result
+
+    # -- private -----------------------------------------------------------------------------------
+    def _set_state(self, state: str) -> None:
+        self._state = state
+        self.sig_state_changed.emit(state)
+
+    def _on_event(self, event: Any) -> None:
+        if isinstance(event, Failed):
+            self._send_error(event.message, event.details)
+        self.sig_event.emit(event)
+        session_signal = getattr(self.session, "sig_run_event", None)
+        if session_signal is not None:
+            session_signal.emit(event)
+
+    def _on_finished(self, outcome: RunOutcome) -> None:
+        if outcome.model is not None:
+            self._model = outcome.model
+        self._end(outcome.result)
+
+    def _on_crashed(self, message: str, details: str) -> None:
+        self._send_error(message, details)
+        config = self._config
+        total = config.training.max_steps if config else 0
+        self._end(TrainResult("failed", 0, total, config.output.dir if config else "", error=message))
+
+    def _send_error(self, message: str, details: str) -> None:
+        if not self._error_sent:  # a Failed event and a crash of the same run make one dialog
+            self._error_sent = True
+            self.sig_error.emit(message, details)
+
+    def _end(self, result: TrainResult) -> None:
+        self._result = result
+        self._cancel = None
+        self._set_state(IDLE)
+        self.sig_run_finished.emit(result)
+
+
+def _run_and_load(config: RunConfig, cancel: CancelToken) -> Callable[[Callable[[Any], None]], RunOutcome]:
+    """The worker's function: train, then rebuild the trained model from the run folder."""
+
+    def work(on_event: Callable[[Any], None]) -> RunOutcome:
+        result = train(config, on_event, cancel)
+        model = None
+        if result.status != "failed" and result.checkpoint_dir:
+            try:
+                model = load_trained_run(result.run_dir)
+            except (OSError, ValueError, RuntimeError) as exc:  # the run stands; only the export is lost
+                on_event(TrainingWarning(f"could not reload the trained model: {exc}", result.steps))
+        return RunOutcome(result, model)
+
+    return work
