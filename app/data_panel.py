@@ -13,12 +13,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
+from lora_studio.core import DataConfig, DataError, DataPreview, data_columns, preview_data
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QFormLayout,
-    QHBoxLayout,
     QLabel,
     QLineEdit,
     QPushButton,
@@ -27,10 +27,9 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core import DataConfig, DataError, DataPreview, data_columns, preview_data
-
 from .class_balance import ClassBalanceChart
 from .data_preview import SamplePreview, thumbnail_images
+from .form_rows import row
 from .session import StudioSession
 from .workers import FunctionWorker
 
@@ -149,9 +148,9 @@ class DataPanel(QWidget):
 
         form = self._form = QFormLayout()
         form.addRow("Kind", self.kind_combo)
-        form.addRow("Training data", _row(self.path_edit, folder_button, file_button))
-        form.addRow("Validation", _row(self.validation_edit, validation_button))
-        self.columns_row = _row(QLabel("text"), self.text_combo, QLabel("label"), self.label_combo,
+        form.addRow("Training data", row(self.path_edit, folder_button, file_button))
+        form.addRow("Validation", row(self.validation_edit, validation_button))
+        self.columns_row = row(QLabel("text"), self.text_combo, QLabel("label"), self.label_combo,
                                 QLabel("prompt"), self.prompt_combo, QLabel("response"), self.response_combo)
         form.addRow("Columns", self.columns_row)
 
@@ -385,14 +384,6 @@ class DataPanel(QWidget):
                              "outputs; set the model's number of classes (a new head) or fix the label set")
 
 
-def _row(*widgets: QWidget) -> QWidget:
-    """Widgets side by side, the first one stretching."""
-    row = QWidget()
-    layout = QHBoxLayout(row)
-    layout.setContentsMargins(0, 0, 0, 0)
-    for i, widget in enumerate(widgets):
-        layout.addWidget(widget, 1 if i == 0 and isinstance(widget, QLineEdit) else 0)
-    return row
 
 
 def _read(generation: int, data: DataConfig) -> _PreviewResult:
