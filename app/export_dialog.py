@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from lora_studio.core import (
+    LoadedModel,
     active_adapter,
     export_example_inputs,
     export_merged,
@@ -100,12 +101,15 @@ class ExportDialog(QDialog):
                  example_inputs: Any = None) -> None:
         super().__init__(parent)
         self.session = session
-        self.model = model  # the trained model (base + adapter) to export
+        # RunPanel.trained_model() hands a LoadedModel (its tokenizer and forward style come along);
+        # a bare nn.Module with an adapter works too, with the session's loaded model for those.
+        self.trained = model if isinstance(model, LoadedModel) else None
+        self.model = model.model if isinstance(model, LoadedModel) else model  # base + adapter, to export
         self.example_inputs = example_inputs  # the check batch; made from the run's data when first needed
         self.last_check: ExportCheck | None = None
         self._worker: FunctionWorker | None = None
-        self.adapter_name = _adapter_name(model)
-        self.variant = get_variant(get_adapter_config(model, self.adapter_name).variant) if self.adapter_name else None
+        self.adapter_name = _adapter_name(self.model)
+        self.variant = get_variant(get_adapter_config(self.model, self.adapter_name).variant) if self.adapter_name else None
         self.setWindowTitle("Export")
         self.setMinimumWidth(620)
         self._build()
@@ -137,7 +141,7 @@ class ExportDialog(QDialog):
             self._show_failure(str(exc))
             return
         model = self.model
-        tokenizer = getattr(self.session.loaded, "tokenizer", None)
+        tokenizer = getattr(self.trained or self.session.loaded, "tokenizer", None)
 
         def work(on_event: Any) -> ExportCheck:
             inputs = self._check_inputs()
@@ -255,7 +259,7 @@ class ExportDialog(QDialog):
     def _check_inputs(self) -> Any:
         """The fixed check batch (runs on the worker: building it reads the data)."""
         if self.example_inputs is None:
-            loaded = self.session.loaded
+            loaded = self.trained or self.session.loaded
             if loaded is None:
                 raise RuntimeError("no model is loaded in the studio, so there is no data to check the export with")
             self.example_inputs = export_example_inputs(self.session.config.data, loaded)

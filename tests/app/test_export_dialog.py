@@ -133,3 +133,17 @@ def test_no_model_means_nothing_to_export(qtbot) -> None:
 def test_merge_inputs_parse() -> None:
     assert parse_merge_input("3") == 3 and parse_merge_input("0.5") == 0.5
     assert torch.equal(parse_merge_input("1, -1, 0.5"), torch.tensor([1.0, -1.0, 0.5]))
+
+
+def test_the_run_panels_loaded_model_is_accepted(qtbot, digits, tmp_path: Path) -> None:
+    """RunPanel.trained_model() returns a LoadedModel; the dialog exports its model."""
+    config, loaded = digits
+    trained = dataclasses.replace(loaded, model=_adapted(loaded, config.lora))
+    widget = ExportDialog(StudioSession(config=config), trained)  # no model loaded in the session
+    qtbot.addWidget(widget)
+    assert widget.model is trained.model and widget.adapter_button.isEnabled()
+    with qtbot.waitSignal(widget.sig_exported, timeout=30_000) as signal:
+        widget.export_merged_model(str(tmp_path / "m.safetensors"))
+    _wait(qtbot, widget)
+    assert signal.args[0].difference == verify_export(tmp_path / "m.safetensors", trained.model,
+                                                      widget.example_inputs)
