@@ -13,7 +13,9 @@ Arms:
   first layer's output is made to require grad, so backward runs through every layer
   but no parameter gradient is computed and there is no optimizer step;
 * ``full``  -- every parameter trains (AdamW);
-* ``ours``/``peft`` -- LoRA by LoRA Studio and by PEFT, AdamW on the adapters.
+* ``ours``/``peft`` -- LoRA by LoRA Studio and by PEFT, AdamW on the adapters;
+* ``unfused`` (``--unfused``) -- ours with the fused LoRA function switched off: the op-by-op
+  path the engine ran before it, for a before/after measured in the same run.
 
 Step time: zero_grad + forward + backward + AdamW step.  The arms are interleaved (one
 step of each in turn, many rounds) and the median is reported, because the development
@@ -49,6 +51,7 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from core import LoraConfig, attach  # noqa: E402
+from core.layers import AdapterLayer  # noqa: E402
 
 RANK, ALPHA = 16, 32
 
@@ -115,8 +118,12 @@ def make_arm(label: str, work: Workload, base: nn.Module, device: torch.device) 
     if kind == "floor":
         model.requires_grad_(False)
         work.first_layer(model).register_forward_hook(lambda _m, _i, out: out.requires_grad_())
-    elif kind == "ours":
+    elif kind in ("ours", "unfused"):
         attach(model, LoraConfig(r=RANK, alpha=ALPHA, dropout=float(dropout), targets=work.targets))
+        if kind == "unfused":  # the op-by-op path of before the fused function: before/after in one run
+            for layer in model.modules():
+                if isinstance(layer, AdapterLayer):
+                    layer._fused_forward = lambda *args: None
     elif kind == "peft":
         import peft
 
@@ -217,7 +224,7 @@ def report(work: Workload, labels: list[str], ms: dict[str, float] | None, mem: 
     print("|" + " --- |" * (10 + (2 if floor.cuda_peak is not None else 0)))
     for label in labels:
         m = mem[label]
-        peer = "peft@" + label.partition("@")[2] if label.startswith(("ours", "peft")) else None
+        peer = "peft@" + label.partition("@")[2] if "@" in label else None
         rel = lambda a, b: f"{a / b:.3f}" if b else "—"  # noqa: E731
         t = f"{ms[label]:.1f}" if ms else "—"
         t_peft = rel(ms[label], ms[peer]) if ms and peer else "—"
@@ -242,6 +249,7 @@ def main() -> None:
     p.add_argument("--dropouts", default="0,0.1")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--unfused", action="store_true", help="add our op-by-op path (before the fused function)")
     p.add_argument("--quick", action="store_true", help="hidden 256, 2 layers, seq 64, batch 8, image 64")
     a = p.parse_args()
     if a.quick:
@@ -252,7 +260,8 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; hidden {a.hidden}, "
           f"{a.layers} layers, seq {a.seq}, batch {a.batch}, ResNet image {a.image}; r={RANK}, alpha={ALPHA}; "
           f"{a.rounds} interleaved rounds, medians")  # fmt: skip
-    labels = ["floor", "full"] + [f"{k}@{d}" for d in a.dropouts.split(",") for k in ("ours", "peft")]
+    kinds = ("ours", "unfused", "peft") if a.unfused else ("ours", "peft")
+    labels = ["floor", "full"] + [f"{k}@{d}" for d in a.dropouts.split(",") for k in kinds]
     for name in a.models.split(","):
         work = workloads(a)[name]
         torch.manual_seed(0)

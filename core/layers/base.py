@@ -285,6 +285,11 @@ class AdapterLayer(nn.Module):
         """Project the rank-r activation back up through B."""
         raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
 
+    def _fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
+        """Standard LoRA's output as one fused autograd function, or None where this layer type (or
+        this call) has none: then the behaviour's op-by-op path runs."""
+        return None
+
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Apply a whole weight-shaped tensor (no bias) the way the base layer applies its weight."""
         raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")

@@ -56,6 +56,14 @@ class AdapterBehaviour:
                 part = container[adapter]
                 yield from part.parameters() if isinstance(part, nn.Module) else [part]
 
+    @property
+    def fusable(self) -> bool:
+        """True when this behaviour is standard LoRA in its factors and update, so a layer may run the
+        fused autograd function (:mod:`.fused_lora`) instead of :meth:`update`; a variant that changes
+        either keeps the op-by-op path it defines."""
+        cls = type(self)
+        return cls.factors is AdapterBehaviour.factors and cls.update is AdapterBehaviour.update
+
     # -- the update -----------------------------------------------------------------------------
     def factors(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The effective (A, B) used in forward and merge; variants mask or generate them here."""
@@ -76,6 +84,10 @@ class AdapterBehaviour:
 
     def forward(self, layer: AdapterLayer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """The adapted output of an input-side layer, given the base output ``result``."""
+        if self.fusable:
+            fused = layer._fused_forward(adapter, x, result)
+            if fused is not None:  # the layer type and this call allow the one-function path
+                return fused
         return result + self.update(layer, adapter, x).to(result.dtype)
 
     def effective_weight(

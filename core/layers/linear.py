@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
+from .fused_lora import fused_linear_lora
 
 
 def is_transformers_conv1d(module: nn.Module) -> bool:
@@ -49,6 +50,17 @@ class LinearLora(AdapterLayer):
 
     def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
         return F.linear(h, b)
+
+    def _fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
+        # Subclasses that change the projections, and autocast (which recasts F.linear's inputs
+        # inside the function), keep the op-by-op path.
+        if (type(self)._down is not LinearLora._down or type(self)._up is not LinearLora._up
+                or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type)):  # fmt: skip
+            return None
+        dropout = self.lora_dropout[adapter]
+        p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        a, b = self._factors(adapter, "weight")
+        return fused_linear_lora(x, result, a, b, self.scaling[adapter], p)
 
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight.t() if self.fan_in_fan_out else weight)

@@ -1,0 +1,142 @@
+"""The fused LoRA autograd function gives the op-by-op path's output and gradients, and saves less.
+
+The op-by-op path (``AdapterBehaviour.update``) is the oracle: the same layer, seed and
+input are run with the fused function switched off.  Float32 gradients agree to 1e-6
+relative (only the summation order of the matrix products differs); the forward is the same
+bit for bit.  With dropout the same seed gives the same mask, because backward redraws it
+from the RNG state saved in forward.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from core.layers import AdapterBehaviour, LinearLora
+from core.layers.behaviour import AdapterBehaviour as BaseBehaviour
+
+RTOL_F32 = 1e-6  # float32: summation order only
+
+
+def _layer(dtype: torch.dtype, dropout: float, conv1d: bool = False) -> LinearLora:
+    torch.manual_seed(0)
+    if conv1d:
+        from transformers.pytorch_utils import Conv1D
+
+        base = Conv1D(24, 16)  # GPT-2 layout: weight stored (in, out)
+        nn.init.normal_(base.weight, std=0.2)
+    else:
+        base = nn.Linear(16, 24)
+    base.to(dtype).requires_grad_(False)
+    layer = LinearLora(base)
+    layer.add_adapter("a", r=4, alpha=8.0, dropout=dropout, init="default", use_rslora=False)
+    layer.set_active("a")
+    with torch.no_grad():  # B starts at zero; give it values so every gradient is exercised
+        layer.lora_B["a"].weight.normal_()
+    return layer
+
+
+def _run(layer: LinearLora, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+    """Output, gradients of x, A and B, and the RNG state after forward and backward."""
+    if not fused:
+        layer._fused_forward = lambda *args: None  # the op-by-op path
+    try:
+        for p in layer.parameters():
+            p.grad = None
+        x = x.detach().clone().requires_grad_(True)
+        torch.manual_seed(1234)
+        out = layer(x)
+        weights = torch.linspace(-1, 1, out.numel()).reshape(out.shape)
+        (out.float() * weights).sum().backward()
+        grads = {"x": x.grad, "A": layer.lora_A["a"].weight.grad, "B": layer.lora_B["a"].weight.grad}
+        return out.detach(), grads, torch.get_rng_state()
+    finally:
+        layer.__dict__.pop("_fused_forward", None)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize("training", [True, False])
+@pytest.mark.parametrize("conv1d", [False, True])
+def test_fused_matches_op_by_op(dtype: torch.dtype, dropout: float, training: bool, conv1d: bool) -> None:
+    layer = _layer(dtype, dropout, conv1d)
+    layer.train(training)
+    x = torch.randn(3, 5, 16).to(dtype)
+    out_f, grads_f, rng_f = _run(layer, x, fused=True)
+    out_u, grads_u, rng_u = _run(layer, x, fused=False)
+    assert torch.equal(out_f, out_u)
+    assert torch.equal(rng_f, rng_u)  # backward redraws the mask but leaves the RNG stream as it was
+    for name in ("A", "B"):  # float32 factors over either base dtype
+        torch.testing.assert_close(grads_f[name], grads_u[name], rtol=RTOL_F32, atol=RTOL_F32 * grads_u[name].abs().max())
+    if dtype == torch.float32:
+        torch.testing.assert_close(grads_f["x"], grads_u["x"], rtol=RTOL_F32, atol=RTOL_F32 * grads_u["x"].abs().max())
+    else:  # the float32 adapter gradient is rounded to bfloat16 once: at most one ulp apart
+        torch.testing.assert_close(grads_f["x"], grads_u["x"], rtol=2**-7, atol=2**-7 * grads_u["x"].abs().max().item())
+    if training and dropout:
+        _, grads_other_seed, _ = _run_with_seed(layer, x, 99)
+        assert not torch.allclose(grads_other_seed["A"], grads_f["A"])  # the mask really depends on the seed
+
+
+def _run_with_seed(layer: LinearLora, x: torch.Tensor, seed: int):
+    torch.manual_seed(seed)
+    x = x.detach().clone().requires_grad_(True)
+    for p in layer.parameters():
+        p.grad = None
+    out = layer(x)
+    out.float().sum().backward()
+    return out, {"A": layer.lora_A["a"].weight.grad.clone()}, None
+
+
+def _saved_bytes(fn, layers: list[LinearLora]) -> int:
+    """Bytes saved for backward by ``fn()``, one count per storage, parameters left out."""
+    params = {p.untyped_storage().data_ptr() for layer in layers for p in layer.parameters()}
+    storages: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        if t.untyped_storage().data_ptr() not in params:
+            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn()
+    return sum(storages.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_three_projections_of_one_input_save_it_once(dtype: torch.dtype) -> None:
+    """q, k and v with dropout keep the shared input once and small rank-r tensors, nothing input-sized."""
+    layers = [_layer(dtype, 0.1) for _ in range(3)]
+    x = torch.randn(8, 64, 16).to(dtype).requires_grad_(True)
+    saved = _saved_bytes(lambda: [layer(x) for layer in layers], layers)
+    input_bytes = x.numel() * x.element_size()
+    rank_r = 3 * 8 * 64 * 4 * 4  # h = A x, float32, per layer
+    rng_states = 3 * torch.get_rng_state().nbytes
+    assert saved <= input_bytes + rank_r + rng_states
+    for layer in layers:
+        layer._fused_forward = lambda *args: None
+    assert _saved_bytes(lambda: [layer(x) for layer in layers], layers) > 3 * input_bytes  # the op-by-op path
+
+
+def test_variants_that_change_the_update_keep_their_own_path() -> None:
+    class Doubled(AdapterBehaviour):
+        def update(self, layer, adapter, x):
+            return 2 * super().update(layer, adapter, x)
+
+    assert BaseBehaviour().fusable
+    assert not Doubled().fusable
+    torch.manual_seed(0)
+    layer = LinearLora(nn.Linear(16, 24).requires_grad_(False))
+    layer.add_adapter("a", r=4, alpha=8.0, dropout=0.0, init="default", use_rslora=False, behaviour=Doubled())
+    layer.set_active("a")
+    with torch.no_grad():
+        layer.lora_B["a"].weight.normal_()
+    x = torch.randn(2, 16)
+    expected = layer.base_layer(x) + 2 * (x @ layer.lora_A["a"].weight.t() @ layer.lora_B["a"].weight.t()) * 2.0
+    torch.testing.assert_close(layer(x), expected)
+
+
+def test_autocast_keeps_the_op_by_op_path() -> None:
+    layer = _layer(torch.float32, 0.0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert layer._fused_forward("a", torch.randn(2, 16), torch.randn(2, 24)) is None
