@@ -1,20 +1,269 @@
-"""W2: run history with configs and curves, overlay of 2+ runs, run queue (rank study, LoRA vs full) compared on one plot with trainable counts.
+"""The History tab: every run with its config and curves, runs overlaid, and the run queue.
 
-A placeholder until its owner fills it in; the main window already places it.
+The history is a list of run folders (kept in ``QSettings``); everything shown is read
+back from each folder (``run.toml``, ``metrics.jsonl``), so runs from the command line
+can be added too.  "Rank study…" queues the current config at several ranks (and, if
+asked, full fine-tuning); the study's runs are then overlaid on one plot, each legend
+entry with its trainable-parameter count — the rank study of the LoRA papers.
 """
 
 from __future__ import annotations
 
-from PySide6.QtWidgets import QLabel, QVBoxLayout, QWidget
+from pathlib import Path
 
+import pyqtgraph as pg
+from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtWidgets import (
+    QComboBox, QFileDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSplitter, QTreeWidget,
+    QTreeWidgetItem, QVBoxLayout, QWidget,
+)
+
+from lora_studio.core import EvalMetrics, RunConfig
+
+from .rank_study_dialog import RankStudyDialog
+from .run_controller import RunController
+from .run_history import RunRecord, read_run, study_configs
+from .run_queue import RunQueue
 from .session import StudioSession
+
+SETTINGS_KEY = "history/run_folders"
+COLUMNS = ("Run", "Setup", "Trainable", "Steps", "Val loss", "Val acc / ppl", "Status")
+METRICS = ("Validation loss", "Training loss", "Validation accuracy (%) / perplexity")
 
 
 class HistoryPanel(QWidget):
-    """Placeholder panel."""
+    """Runs table (tick to compare), comparison plot, the selected run's config, the queue."""
 
-    def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
+    sig_runs_changed = Signal()
+    """The list of runs or one of them changed (a run started, evaluated, ended, was added or removed)."""
+
+    def __init__(self, session: StudioSession, parent: QWidget | None = None,
+                 settings: QSettings | None = None) -> None:
         super().__init__(parent)
         self.session = session
+        self.settings = settings if settings is not None else QSettings()
+        self.controller = RunController.for_session(session)
+        self.queue = RunQueue(self.controller, parent=self)
+        self.study_dialog: RankStudyDialog | None = None
+        self._records: dict[Path, RunRecord] = {}
+        self._items: dict[Path, QTreeWidgetItem] = {}
+        self._to_compare: set[Path] = set()  # runs of a queued study: ticked as they start
+        self._current_listed = True  # whether the running run's row exists yet
+        self._build()
+        self.controller.sig_run_started.connect(self._on_run_started)
+        self.controller.sig_event.connect(self._on_run_event)
+        self.controller.sig_run_finished.connect(lambda result: self._reread(Path(result.run_dir)))
+        self.queue.sig_changed.connect(self._on_queue_changed)
+        for folder in self.settings.value(SETTINGS_KEY, [], type=list) or []:
+            self.add_run_folder(folder, remember=False)
+
+    # -- public API --------------------------------------------------------------------------------
+    def runs(self) -> list[RunRecord]:
+        """Every run in the history, in the table's order."""
+        return [self._records[path] for path in self._items]
+
+    def add_run_folder(self, folder: str | Path, *, remember: bool = True) -> RunRecord | None:
+        """Add (or re-read) a run folder; None when it is not one."""
+        path = Path(folder).resolve()
+        try:
+            record = read_run(path)
+        except (OSError, ValueError):
+            return None
+        self._records[path] = record
+        if path not in self._items:
+            item = QTreeWidgetItem(self.table)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(0, Qt.CheckState.Unchecked)
+            item.setData(0, Qt.ItemDataRole.UserRole, str(path))
+            self._items[path] = item
+            if remember:
+                self._save_list()
+        self._fill_row(self._items[path], record)
+        if self.table.currentItem() is None:
+            self.table.setCurrentItem(self._items[path])  # show a config rather than an empty pane
+        self._redraw()
+        self.sig_runs_changed.emit()
+        return record
+
+    def remove_selected(self) -> None:
+        """Take the selected runs off the list (their folders stay on disk)."""
+        for item in self.table.selectedItems():
+            path = Path(item.data(0, Qt.ItemDataRole.UserRole))
+            self._items.pop(path, None)
+            self._records.pop(path, None)
+            self.table.takeTopLevelItem(self.table.indexOfTopLevelItem(item))
+        self._save_list()
+        self._redraw()
+        self.sig_runs_changed.emit()
+
+    def set_compared(self, folders: list[str | Path]) -> None:
+        """Tick exactly these runs for the comparison plot."""
+        wanted = {Path(f).resolve() for f in folders}
+        self.table.blockSignals(True)  # one redraw, not one per box
+        for path, item in self._items.items():
+            item.setCheckState(0, Qt.CheckState.Checked if path in wanted else Qt.CheckState.Unchecked)
+        self.table.blockSignals(False)
+        self._redraw()
+
+    def compared(self) -> list[RunRecord]:
+        """The ticked runs, in the table's order."""
+        return [self._records[p] for p, item in self._items.items() if item.checkState(0) == Qt.CheckState.Checked]
+
+    def comparison_legend(self) -> list[str]:
+        """The comparison plot's legend entries, one per drawn curve."""
+        return [label.text for _, label in self.legend.items]
+
+    def open_rank_study(self, include_full: bool = False) -> RankStudyDialog:
+        """Open the "Rank study…" dialog (non-blocking); accepting it queues the runs."""
+        config = self.session.training_copy()
+        ranks = str(config.lora.r) if include_full else None
+        dialog = RankStudyDialog(config.training.lr, include_full=include_full, parent=self,
+                                 **({"ranks": ranks} if ranks else {}))
+        dialog.accepted.connect(lambda: self.queue_study(dialog.ranks(), dialog.full_lr_value()))
+        self.study_dialog = dialog
+        dialog.open()
+        return dialog
+
+    def queue_study(self, ranks: list[int], full_lr: float | None = None,
+                    base: RunConfig | None = None) -> list[RunConfig]:
+        """Queue ``base`` (default: the session's config) at each rank, plus full fine-tuning at
+        ``full_lr`` when given; their runs are ticked for comparison as they start."""
+        configs = study_configs(base or self.session.training_copy(), ranks, full_lr=full_lr)
+        self._to_compare = {Path(c.output.dir).resolve() for c in configs}
+        self.set_compared([])
+        self.queue.add(configs)
+        return configs
+
+    # -- building ----------------------------------------------------------------------------------
+    def _build(self) -> None:
+        self.study_button = QPushButton("Rank study…")
+        self.study_button.setToolTip("Queue the current config at ranks 4, 8, 16, 32 and compare them")
+        self.study_button.clicked.connect(lambda: self.open_rank_study())
+        self.versus_button = QPushButton("LoRA vs full…")
+        self.versus_button.setToolTip("Queue the current config and a full fine-tuning run of it")
+        self.versus_button.clicked.connect(lambda: self.open_rank_study(include_full=True))
+        self.add_button = QPushButton("Add run folder…")
+        self.add_button.clicked.connect(self._ask_folder)
+        self.remove_button = QPushButton("Remove")
+        self.remove_button.clicked.connect(self.remove_selected)
+        self.queue_label = QLabel("Queue: empty")
+        self.clear_queue_button = QPushButton("Clear queue")
+        self.clear_queue_button.setEnabled(False)
+        self.clear_queue_button.clicked.connect(self.queue.clear)
+        bar = QHBoxLayout()
+        for widget in (self.study_button, self.versus_button, self.add_button, self.remove_button):
+            bar.addWidget(widget)
+        bar.addStretch(1)
+        bar.addWidget(self.queue_label)
+        bar.addWidget(self.clear_queue_button)
+
+        self.table = QTreeWidget()
+        self.table.setHeaderLabels(list(COLUMNS))
+        self.table.setRootIsDecorated(False)
+        self.table.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
+        self.table.itemChanged.connect(lambda item, column: self._redraw() if column == 0 else None)
+        self.table.currentItemChanged.connect(self._show_config)
+        self.metric_box = QComboBox()
+        self.metric_box.addItems(METRICS)
+        self.metric_box.currentIndexChanged.connect(self._redraw)
+        self.plot_widget = pg.PlotWidget(title="Tick runs to compare them")
+        self.plot = self.plot_widget.getPlotItem()
+        self.plot.setDownsampling(auto=True, mode="peak")
+        self.plot.setClipToView(True)
+        self.plot.showGrid(x=True, y=True, alpha=0.2)
+        self.plot.setLabel("bottom", "step")
+        self.plot.getAxis("left").enableAutoSIPrefix(False)
+        self.legend = self.plot.addLegend(offset=(-10, 10))
+        self.config_view = QPlainTextEdit()
+        self.config_view.setReadOnly(True)
+        self.config_view.setPlaceholderText("The selected run's config (run.toml)")
+
+        right = QWidget()
+        right_layout = QVBoxLayout(right)
+        right_layout.setContentsMargins(0, 0, 0, 0)
+        right_layout.addWidget(self.metric_box)
+        right_layout.addWidget(self.plot_widget, 1)
+        left = QSplitter(Qt.Orientation.Vertical)
+        left.addWidget(self.table)
+        left.addWidget(self.config_view)
+        body = QSplitter(Qt.Orientation.Horizontal)
+        body.addWidget(left)
+        body.addWidget(right)
+        body.setSizes([560, 540])  # proportions: the table's seven columns need about half the width
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("HistoryPanel"))
+        layout.addLayout(bar)
+        layout.addWidget(body, 1)
+
+    # -- slots and helpers -------------------------------------------------------------------------
+    def _ask_folder(self) -> None:
+        folder = QFileDialog.getExistingDirectory(self, "Add a run folder")
+        if folder and self.add_run_folder(folder) is None:
+            self.queue_label.setText(f"{folder} is not a run folder (no run.toml)")
+
+    def _on_run_started(self, config: RunConfig) -> None:
+        # run.toml is written by the worker a moment later: the run's first event adds the row.
+        self._current_listed = False
+
+    def _on_run_event(self, event: object) -> None:
+        config = self.controller.config
+        if config is not None and (isinstance(event, EvalMetrics) or not self._current_listed):
+            self._current_listed = True
+            self._reread(Path(config.output.dir))
+
+    def _reread(self, folder: Path) -> None:
+        path = folder.resolve()
+        if self.add_run_folder(path) is not None and path in self._to_compare:
+            self._items[path].setCheckState(0, Qt.CheckState.Checked)
+
+    def _on_queue_changed(self, waiting: int) -> None:
+        self.queue_label.setText(f"Queue: {waiting} waiting" if waiting else "Queue: empty")
+        self.clear_queue_button.setEnabled(waiting > 0)
+
+    def _fill_row(self, item: QTreeWidgetItem, record: RunRecord) -> None:
+        last_metric = ""
+        if record.eval_accuracy and record.eval_accuracy[-1] is not None:
+            last_metric = f"{record.eval_accuracy[-1]:.1%}"
+        elif record.eval_perplexity and record.eval_perplexity[-1] is not None:
+            last_metric = f"{record.eval_perplexity[-1]:.2f}"
+        values = (record.name, record.setup, f"{record.trainable:,}" if record.trainable is not None else "",
+                  str(record.train_steps[-1] if record.train_steps else 0),
+                  f"{record.eval_loss[-1]:.4f}" if record.eval_loss else "", last_metric, record.status)
+        self.table.blockSignals(True)
+        for column, text in enumerate(values):
+            item.setText(column, text)
+        item.setToolTip(0, str(record.run_dir))
+        self.table.blockSignals(False)
+        for column in range(len(COLUMNS)):
+            self.table.resizeColumnToContents(column)
+
+    def _show_config(self, item: QTreeWidgetItem | None) -> None:
+        record = self._records.get(Path(item.data(0, Qt.ItemDataRole.UserRole))) if item else None
+        self.config_view.setPlainText(record.config.to_toml() if record else "")
+
+    def _redraw(self) -> None:
+        """Curves are rebuilt here (not streamed): this runs when ticks, metric or a run change."""
+        self.plot.clear()
+        self.legend.clear()
+        runs = self.compared()
+        metric = self.metric_box.currentIndex()
+        self.plot.setTitle(f"{METRICS[metric]} of {len(runs)} runs" if runs else "Tick runs to compare them")
+        for index, record in enumerate(runs):
+            xs, ys = _series(record, metric)
+            pen = pg.mkPen(pg.intColor(index, hues=max(len(runs), 6)), width=2)
+            symbol = "o" if metric != 1 else None  # evaluations are few: show each point
+            self.plot.plot(xs, ys, pen=pen, symbol=symbol, symbolSize=5, symbolBrush=pen.color(), name=record.legend)
+
+    def _save_list(self) -> None:
+        self.settings.setValue(SETTINGS_KEY, [str(path) for path in self._items])
+
+
+def _series(record: RunRecord, metric: int) -> tuple[list[float], list[float]]:
+    """(steps, values) of one of :data:`METRICS` for a run."""
+    if metric == 0:
+        return list(record.eval_steps), list(record.eval_loss)
+    if metric == 1:
+        return list(record.train_steps), list(record.train_loss)
+    pairs = [(s, 100.0 * a if a is not None else p) for s, a, p in
+             zip(record.eval_steps, record.eval_accuracy, record.eval_perplexity, strict=True)]
+    pairs = [(s, v) for s, v in pairs if v is not None]
+    return [s for s, _ in pairs], [v for _, v in pairs]

@@ -1,0 +1,90 @@
+"""The History tab driven as a user would: runs listed and overlaid, a rank study queued by clicking."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import QSettings
+from short_runs import short_digits
+
+from lora_studio.app.history_panel import HistoryPanel
+from lora_studio.app.run_controller import RunController
+from lora_studio.app.session import StudioSession
+
+SCREENSHOTS = Path("/tmp/w2")
+RUN_TIMEOUT_MS = 120_000  # several short runs on two shared CPU cores
+
+
+@pytest.fixture
+def settings(tmp_path) -> QSettings:
+    return QSettings(str(tmp_path / "settings.ini"), QSettings.Format.IniFormat)
+
+
+def _panel(qtbot, session: StudioSession, settings: QSettings) -> HistoryPanel:
+    panel = HistoryPanel(session, settings=settings)
+    qtbot.addWidget(panel)
+    panel.resize(1100, 700)
+    panel.show()
+    return panel
+
+
+def test_runs_are_listed_overlaid_and_remembered(qtbot, tmp_path, settings) -> None:
+    session = StudioSession()
+    panel = _panel(qtbot, session, settings)
+    controller = RunController.for_session(session)
+    for name, r in (("a", 2), ("b", 8)):
+        config = short_digits(tmp_path / name, steps=4, eval_every=2)
+        with qtbot.waitSignal(controller.sig_run_finished, timeout=RUN_TIMEOUT_MS):
+            controller.start(config.replace(lora=config.lora.replace(r=r)))
+    assert [(run.name, run.setup, run.status) for run in panel.runs()] == [
+        ("a", "LoRA r=2", "finished"), ("b", "LoRA r=8", "finished")]
+    panel.set_compared([tmp_path / "a", tmp_path / "b"])
+    legend = panel.comparison_legend()
+    assert len(legend) == 2 and "r=2" in legend[0] and "r=8" in legend[1]
+    assert len(panel.plot.listDataItems()) == 2
+    panel.table.setCurrentItem(panel.table.topLevelItem(1))
+    assert "r = 8" in panel.config_view.toPlainText()
+    again = _panel(qtbot, StudioSession(), settings)  # the next session lists the same runs
+    assert [run.run_dir for run in again.runs()] == [(tmp_path / n).resolve() for n in ("a", "b")]
+    again.table.topLevelItem(0).setSelected(True)
+    again.remove_selected()
+    assert [run.name for run in again.runs()] == ["b"]
+
+
+def test_a_rank_study_queued_by_clicking_compares_its_runs(qtbot, tmp_path, settings) -> None:
+    session = StudioSession(short_digits(tmp_path / "demo", steps=4, eval_every=2))
+    panel = _panel(qtbot, session, settings)
+    panel.versus_button.click()  # LoRA vs full: the current rank plus full fine-tuning
+    dialog = panel.study_dialog
+    assert dialog is not None and dialog.full_check.isChecked()
+    dialog.ranks_edit.setText("2, x")
+    assert not dialog.buttons.buttons()[0].isEnabled() and "'x'" in dialog.message.text()
+    dialog.ranks_edit.setText("2, 8")
+    with qtbot.waitSignal(panel.queue.sig_batch_finished, timeout=RUN_TIMEOUT_MS) as batch:
+        dialog.accept()
+        assert panel.queue_label.text() == "Queue: 2 waiting"
+    study = tmp_path / "demo-study"
+    assert batch.args[0] == [study / "r2", study / "r8", study / "full"]
+    compared = panel.compared()
+    assert [run.setup for run in compared] == ["LoRA r=2", "LoRA r=8", "full"]
+    assert all(run.status == "finished" for run in compared)
+    trainable = [run.trainable for run in compared]
+    assert trainable[0] < trainable[1] < trainable[2] == compared[2].result["total_parameters"]
+    legend = panel.comparison_legend()
+    assert len(legend) == len(panel.plot.listDataItems()) == 3
+    assert [f"{n:,} trainable" in entry for n, entry in zip(trainable, legend, strict=True)] == [True] * 3
+    assert panel.queue_label.text() == "Queue: empty" and not panel.queue.is_busy()
+    SCREENSHOTS.mkdir(exist_ok=True)
+    panel.grab().save(str(SCREENSHOTS / "history_panel.png"))
+
+
+def test_the_queue_waits_for_a_run_already_going(qtbot, tmp_path, settings) -> None:
+    session = StudioSession()
+    panel = _panel(qtbot, session, settings)
+    controller = RunController.for_session(session)
+    controller.start(short_digits(tmp_path / "mine", steps=6, eval_every=0))
+    with qtbot.waitSignal(panel.queue.sig_batch_finished, timeout=RUN_TIMEOUT_MS) as batch:
+        panel.queue_study([2], base=short_digits(tmp_path / "queued", steps=3, eval_every=0))
+        assert controller.config.output.dir == str(tmp_path / "mine")  # not interrupted
+    assert batch.args[0] == [tmp_path / "queued-study" / "r2"]
