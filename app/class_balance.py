@@ -11,6 +11,7 @@ from PySide6.QtWidgets import QWidget
 
 BAR_COLOUR = "#6366f1"
 MAX_TICK_CHARS = 12  # longer label names are cut on the axis (the tooltip has them whole)
+MAX_COUNT_LABELS = 8  # with more bars the numbers above them collide; the tooltip lists every count
 
 
 class ClassBalanceChart(pg.PlotWidget):
@@ -50,7 +51,7 @@ class ClassBalanceChart(pg.PlotWidget):
         self._items.append(bars)
         self.addItem(bars)
         top = max(heights) or 1
-        for x, height in enumerate(heights):
+        for x, height in enumerate(heights if len(heights) <= MAX_COUNT_LABELS else []):
             text = pg.TextItem(str(height), color="#27272a", anchor=(0.5, 1.0))
             text.setPos(x, height)
             self._items.append(text)
@@ -58,6 +59,7 @@ class ClassBalanceChart(pg.PlotWidget):
         self.getAxis("bottom").setTicks([[(i, _short(n)) for i, n in enumerate(names)]])
         self.setXRange(-0.6, len(names) - 0.4, padding=0)
         self.setYRange(0, top * 1.18, padding=0)  # headroom for the count above the tallest bar
+        self.getAxis("left").setTickSpacing()  # let pyqtgraph choose again for the new range
 
 
 def _short(name: str) -> str:

@@ -165,9 +165,9 @@ class DataPanel(QWidget):
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.sample_preview)
         split.addWidget(self.balance_chart)
-        split.setStretchFactor(0, 3)
-        split.setStretchFactor(1, 2)
-        split.setSizes([600, 400])  # the samples are what the user reads; the bars need less room
+        split.setStretchFactor(0, 1)
+        split.setStretchFactor(1, 1)
+        split.setSizes([1, 1])  # half and half (the plot's size hint would otherwise take most)
 
         layout = QVBoxLayout(self)
         layout.addLayout(form)
