@@ -12,9 +12,9 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/pip install -e ".[test]"
 	touch $(STAMP)
 
-## Install everything and open the studio (until the window lands: the engine demo).
+## Install everything and open the studio with the Digits demo loaded and ready to train.
 studio: $(STAMP)
-	$(VENV)/bin/lora-studio demo
+	$(VENV)/bin/lora-studio studio --demo digits
 
 ## Install everything and run the whole test suite (no GPU, no display needed).
 test: $(STAMP)

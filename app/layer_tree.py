@@ -52,8 +52,13 @@ class LayerFilterProxy(QSortFilterProxyModel):
 
     def set_pattern(self, pattern: re.Pattern[str] | None) -> None:
         """Filter by ``pattern`` (searched anywhere in the module path); None shows everything."""
-        self._pattern = pattern
-        self.invalidateFilter()
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateFilter() is deprecated there
+            self.beginFilterChange()
+            self._pattern = pattern
+            self.endFilterChange()
+        else:
+            self._pattern = pattern
+            self.invalidateFilter()
 
     def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
         if self._pattern is None:
@@ -98,10 +103,12 @@ class LayerTreePanel(QWidget):
         self.view.setSelectionMode(QAbstractItemView.SelectionMode.ExtendedSelection)
         self.view.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.view.setAlternatingRowColors(True)
+        self.view.setIndentation(14)
         header = self.view.header()
-        header.setStretchLastSection(False)
-        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
-        for col in range(1, self.model.columnCount()):
+        header.setStretchLastSection(True)
+        # Names are what the user reads: the column fits them, and deep trees scroll sideways
+        # rather than eliding a layer's name to nothing.
+        for col in range(self.model.columnCount()):
             header.setSectionResizeMode(col, QHeaderView.ResizeMode.ResizeToContents)
 
         self.status_label = QLabel()

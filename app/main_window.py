@@ -53,10 +53,12 @@ class MainWindow(QMainWindow):
 
         self.model_panel = ModelPanel(self.session)
         self.layer_tree = LayerTreePanel(self.session)
-        left = QSplitter(Qt.Orientation.Vertical)
-        left.addWidget(self.model_panel)
-        left.addWidget(self.layer_tree)
-        left.setStretchFactor(1, 1)
+        left = QWidget()  # the picker as tall as its page needs, the tree takes the rest
+        left_layout = QVBoxLayout(left)
+        left_layout.setContentsMargins(0, 0, 0, 0)
+        left_layout.addWidget(self.model_panel)
+        left_layout.addWidget(self.layer_tree, 1)
+        left.setMinimumWidth(540)  # the tree's columns (name to added parameters) fit without scrolling
 
         self.data_panel = DataPanel(self.session)
         self.run_panel = RunPanel(self.session)
@@ -72,7 +74,7 @@ class MainWindow(QMainWindow):
         central.addWidget(self.tabs)
         central.setStretchFactor(0, 2)
         central.setStretchFactor(1, 3)
-        central.setSizes([600, 900])
+        central.setSizes([640, 860])
         self.setCentralWidget(central)
 
         self.settings_panel = SettingsPanel(self.session)

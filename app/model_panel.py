@@ -22,8 +22,7 @@ from PySide6.QtWidgets import (
     QListWidget,
     QProgressBar,
     QPushButton,
-    QSizePolicy,
-    QStackedWidget,
+
     QVBoxLayout,
     QWidget,
 )
@@ -76,6 +75,25 @@ class PathEdit(QWidget):
             settings.set_last_folder(self._key, str(Path(path).parent if not self._folder else path))
 
 
+class PageStack(QWidget):
+    """One page shown at a time, as tall as that page (a QStackedWidget is as tall as its tallest)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._layout = QVBoxLayout(self)
+        self._layout.setContentsMargins(0, 0, 0, 0)
+        self._pages: list[QWidget] = []
+
+    def addWidget(self, page: QWidget) -> None:
+        self._pages.append(page)
+        self._layout.addWidget(page)
+        page.setVisible(len(self._pages) == 1)
+
+    def setCurrentIndex(self, index: int) -> None:
+        for i, page in enumerate(self._pages):
+            page.setVisible(i == index)
+
+
 class ModelPanel(QWidget):
     """Pick a model source, fill in its page, press Load."""
 
@@ -87,7 +105,7 @@ class ModelPanel(QWidget):
         self.source_combo = QComboBox()
         for key, title in SOURCES:
             self.source_combo.addItem(title, key)
-        self.pages = QStackedWidget()
+        self.pages = PageStack()
 
         # demo
         self.demo_combo = QComboBox()
@@ -291,12 +309,7 @@ class ModelPanel(QWidget):
         combo.setCurrentIndex(index if index >= 0 else combo.findText(data))
 
     def _source_changed(self, index: int) -> None:
-        # A stacked widget is as tall as its tallest page; only the shown page may claim space.
-        for i in range(self.pages.count()):
-            policy = QSizePolicy.Policy.Preferred if i == index else QSizePolicy.Policy.Ignored
-            self.pages.widget(i).setSizePolicy(policy, policy)
         self.pages.setCurrentIndex(index)
-        self.pages.adjustSize()
         if self.source_combo.currentData() == "torchvision" and self._tv_names is None:
             self._tv_names = torchvision_names()  # imports torchvision's registry: only when asked
             self._filter_torchvision(self.tv_search.text())
