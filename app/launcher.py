@@ -19,7 +19,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from .studio import main as studio_main
 
         return studio_main(args[1:])
-    from lora_studio.core.cli import main as cli_main
+    from lora_studio.core import cli_main
 
     if args[0] in ("-h", "--help"):
         try:

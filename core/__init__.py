@@ -166,3 +166,8 @@ __all__ += [
 from .training import layer_update_norms, load_run_config, load_trained_run  # noqa: E402
 
 __all__ += ["layer_update_norms", "load_run_config", "load_trained_run"]
+
+# The `lora-studio` command (issue 6): a dispatcher in app/ opens the window or hands over to the CLI.
+from .cli import main as cli_main  # noqa: E402
+
+__all__ += ["cli_main"]
