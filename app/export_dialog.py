@@ -109,7 +109,8 @@ class ExportDialog(QDialog):
         self.last_check: ExportCheck | None = None
         self._worker: FunctionWorker | None = None
         self.adapter_name = _adapter_name(self.model)
-        self.variant = get_variant(get_adapter_config(self.model, self.adapter_name).variant) if self.adapter_name else None
+        config = get_adapter_config(self.model, self.adapter_name) if self.adapter_name else None
+        self.variant = get_variant(config.variant) if config is not None else None
         self.setWindowTitle("Export")
         self.setMinimumWidth(620)
         self._build()
