@@ -64,7 +64,7 @@ class Workload:
     build: Callable[[], nn.Module]
     targets: list[str]  # suffixes, matched the same way by LoRA Studio and PEFT
     first_layer: Callable[[nn.Module], nn.Module]  # whose output requires grad in the floor arm
-    batch: Callable[[], dict]
+    batch: Callable[[torch.dtype], dict]  # images in the base's dtype
     loss: Callable[[object], torch.Tensor]
 
 
@@ -90,14 +90,14 @@ def workloads(a: argparse.Namespace) -> dict[str, Workload]:
     logits_out = lambda out: out.float().square().mean()  # noqa: E731
     return {
         "bert": Workload("bert", lambda: BertModel(bert, add_pooling_layer=False), ["query", "key", "value", "dense"],
-                         lambda m: m.embeddings.word_embeddings, lambda: {"input_ids": ids}, hidden_out),
+                         lambda m: m.embeddings.word_embeddings, lambda dt: {"input_ids": ids}, hidden_out),
         "gpt2": Workload("gpt2", lambda: GPT2Model(gpt2), ["c_attn", "c_proj", "c_fc"],
-                         lambda m: m.wte, lambda: {"input_ids": ids}, hidden_out),
+                         lambda m: m.wte, lambda dt: {"input_ids": ids}, hidden_out),
         "resnet": Workload("resnet", lambda: resnet18(num_classes=10), ["conv1", "conv2"],
-                           lambda m: m.conv1, lambda: {"x": res_image}, logits_out),
+                           lambda m: m.conv1, lambda dt: {"x": res_image.to(dt)}, logits_out),
         "vit": Workload("vit", lambda: VisionTransformer(grid * 16, 16, a.layers, heads, a.hidden, 4 * a.hidden,
                                                          num_classes=10),
-                        ["self_attention", "mlp.0", "mlp.3"], lambda m: m.conv_proj, lambda: {"x": image},
+                        ["self_attention", "mlp.0", "mlp.3"], lambda m: m.conv_proj, lambda dt: {"x": image.to(dt)},
                         logits_out),
     }  # fmt: skip
 
@@ -249,6 +249,8 @@ def main() -> None:
     p.add_argument("--dropouts", default="0,0.1")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: leave torch's default)")
     p.add_argument("--device", default="cpu")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
+                   help="base weights' dtype (adapters stay float32 in both engines)")
     p.add_argument("--unfused", action="store_true", help="add our op-by-op path (before the fused function)")
     p.add_argument("--quick", action="store_true", help="hidden 256, 2 layers, seq 64, batch 8, image 64")
     a = p.parse_args()
@@ -257,7 +259,7 @@ def main() -> None:
     if a.threads:
         torch.set_num_threads(a.threads)
     device = torch.device(a.device)
-    print(f"torch {torch.__version__}, {device}, {torch.get_num_threads()} threads; hidden {a.hidden}, "
+    print(f"torch {torch.__version__}, {device}, {a.dtype} base, {torch.get_num_threads()} threads; hidden {a.hidden}, "
           f"{a.layers} layers, seq {a.seq}, batch {a.batch}, ResNet image {a.image}; r={RANK}, alpha={ALPHA}; "
           f"{a.rounds} interleaved rounds, medians")  # fmt: skip
     kinds = ("ours", "unfused", "peft") if a.unfused else ("ours", "peft")
@@ -265,8 +267,8 @@ def main() -> None:
     for name in a.models.split(","):
         work = workloads(a)[name]
         torch.manual_seed(0)
-        base = work.build()
-        batch = {k: v.to(device) for k, v in work.batch().items()}
+        base = work.build().to(getattr(torch, a.dtype))
+        batch = {k: v.to(device) for k, v in work.batch(getattr(torch, a.dtype)).items()}
         arms = [make_arm(label, work, base, device) for label in labels]
         mem = {arm.label: measure_memory(arm, work, batch, device) for arm in arms}
         ms = time_arms(arms, work, batch, a.rounds, device) if a.rounds else None

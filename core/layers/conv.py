@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
+from .fused_lora import ConvProjections, fused_lora
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -55,6 +56,20 @@ class ConvLora(AdapterLayer):
 
     def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
         return self.lora_B[adapter]._conv_forward(h, b, None)
+
+    def _fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
+        # The fused function uses zero padding given as numbers on a batched input; other padding
+        # modes, padding="same"/"valid", unbatched inputs, subclasses and autocast keep the op-by-op path.
+        conv = self.lora_A[adapter]
+        if (type(self)._down is not ConvLora._down or type(self)._up is not ConvLora._up
+                or conv.padding_mode != "zeros" or isinstance(conv.padding, str)
+                or x.dim() != conv.weight.dim() or torch.is_autocast_enabled(x.device.type)):  # fmt: skip
+            return None
+        dropout = self.lora_dropout[adapter]
+        p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
+        a, b = self._factors(adapter, "weight")
+        projections = ConvProjections(tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
+        return fused_lora(x, result, a, b, self.scaling[adapter], p, projections)
 
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return self.base_layer._conv_forward(x, weight.to(x.dtype), None)

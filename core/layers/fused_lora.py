@@ -1,4 +1,4 @@
-"""Standard LoRA on a linear layer as one autograd function that saves only what backward needs.
+"""Standard LoRA on a linear or convolution layer as one autograd function that saves only what backward needs.
 
 Written op by op, ``result + s · B(A(dropout(x.to(A.dtype))))`` keeps for backward, per
 adapted layer: the input cast to the factors' dtype (a new float32 copy over a
@@ -15,6 +15,15 @@ Backward (``g`` = grad of the output, ``m`` = the dropout mask scaled by 1/(1-p)
         g_up = s·g          dB = g_upᵀ h          g_h = g_up B
         dA   = g_hᵀ (m ⊙ x)                       dx  = m ⊙ (g_h A)      d(result) = g
 
+When ``x`` is itself the result of an elementwise op whose operands autograd already keeps
+for that op's own backward -- ``gelu(u)`` keeps ``u``; GPT-2's ``0.5·u · (1 + tanh(…))``
+keeps both factors -- the function keeps those operands instead of ``x`` and redoes the op
+in backward (the same kernel on the same values: the same bits).  ``x``, typically the
+4×-wide MLP activation, is then saved by nobody, as in the frozen model, which keeps no
+input of a frozen linear layer at all.  (Under ``saved_tensors_hooks`` that move tensors
+elsewhere, e.g. ``save_on_cpu``, the operands are unpacked again: keep such runs on the
+op-by-op path.)
+
 Redrawing the mask from a saved RNG state is how ``torch.utils.checkpoint`` recomputes
 dropout (``preserve_rng_state``); one custom autograd function per LoRA projection that
 saves the shared input once is the idea of Unsloth's ``LoRA_QKV``/``LoRA_MLP``
@@ -23,6 +32,9 @@ and up to summation order in the gradients (tests/core/test_fused_lora.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -55,47 +67,131 @@ def _dropout_scale(state: torch.Tensor, like: torch.Tensor, dtype: torch.dtype, 
         _set_rng_state(like.device, now)
 
 
-class FusedLinearLora(torch.autograd.Function):
-    """``result + s · B A dropout(x)`` for ``F.linear``-style factors A (r, in) and B (out, r)."""
+def _gelu_tanh(u: torch.Tensor) -> torch.Tensor:
+    return F.gelu(u, approximate="tanh")
+
+
+def _producer(x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Callable[..., torch.Tensor]] | None:
+    """The operands autograd already keeps for the op that made ``x``, and how to redo it; None if
+    ``x`` did not come straight from such an op (a view or an in-place change gives another node)."""
+    node = x.grad_fn
+    name = type(node).__name__ if node is not None else ""
+    try:
+        if name == "GeluBackward0":
+            approximate = node._saved_approximate
+            if approximate not in ("none", "tanh"):
+                return None
+            operands, redo = (node._saved_self,), (F.gelu if approximate == "none" else _gelu_tanh)
+        elif name == "MulBackward0":
+            operands, redo = (node._saved_self, node._saved_other), torch.mul
+        else:
+            return None
+    except RuntimeError:  # an operand autograd did not keep
+        return None
+    if any(not torch.is_tensor(t) or t.shape != x.shape or t.dtype != x.dtype for t in operands):
+        return None  # broadcasting or type promotion: keep x itself rather than reason about it
+    return operands, redo
+
+
+@dataclass(frozen=True)
+class LinearProjections:
+    """A (r, in) and B (out, r) applied as ``F.linear`` over the last dimension (Linear, GPT-2 Conv1D)."""
+
+    def down(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, a)
+
+    def up(self, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return F.linear(h, b)
+
+    def up_grads(self, g_up: torch.Tensor, h: torch.Tensor, b: torch.Tensor, need_b: bool):
+        """(grad of h, grad of B)."""
+        grad_b = g_up.reshape(-1, g_up.shape[-1]).t().mm(h.reshape(-1, h.shape[-1])) if need_b else None
+        return g_up.matmul(b), grad_b
+
+    def down_grads(self, g_h: torch.Tensor, xd: torch.Tensor, a: torch.Tensor, need_x: bool, need_a: bool):
+        """(grad of the dropped input, grad of A)."""
+        grad_a = g_h.reshape(-1, g_h.shape[-1]).t().mm(xd.reshape(-1, xd.shape[-1])) if need_a else None
+        return (g_h.matmul(a) if need_x else None), grad_a
+
+
+@dataclass(frozen=True)
+class ConvProjections:
+    """A as an N-d convolution with the base layer's geometry, B as a 1×1 convolution (zero padding)."""
+
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def _conv(self, x, w, stride, padding, dilation):
+        return torch.convolution(x, w, None, stride, padding, dilation, False, [0] * len(stride), 1)
+
+    def _backward(self, grad, x, w, stride, padding, dilation, need_x, need_w):
+        gx, gw, _ = torch.ops.aten.convolution_backward(
+            grad, x, w, None, stride, padding, dilation, False, [0] * len(stride), 1, [need_x, need_w, False])
+        return gx, gw
+
+    def down(self, x: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
+        return self._conv(x, a, self.stride, self.padding, self.dilation)
+
+    def up(self, h: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        ones, zeros = [1] * len(self.stride), [0] * len(self.stride)
+        return self._conv(h, b, ones, zeros, ones)
+
+    def up_grads(self, g_up, h, b, need_b: bool):
+        ones, zeros = [1] * len(self.stride), [0] * len(self.stride)
+        return self._backward(g_up, h, b, ones, zeros, ones, True, need_b)
+
+    def down_grads(self, g_h, xd, a, need_x: bool, need_a: bool):
+        return self._backward(g_h, xd, a, self.stride, self.padding, self.dilation, need_x, need_a)
+
+
+class FusedLora(torch.autograd.Function):
+    """``result + s · up(B, down(A, dropout(x)))`` for the ``projections`` of one layer type."""
 
     @staticmethod
-    def forward(ctx, x, result, a, b, scaling: float, p: float):  # noqa: D102 - see the class
+    def forward(ctx, x, result, a, b, scaling: float, p: float, projections):  # noqa: D102 - see the class
         state = _rng_state(x.device) if p > 0 else None
         xa = x.to(a.dtype)  # no copy when the dtypes agree; never saved
         if p > 0:
             xa = F.dropout(xa, p, True)
-        h = F.linear(xa, a)
+        h = projections.down(xa, a)
         del xa  # the dropped copy dies here: backward redraws the mask
-        out = result + (F.linear(h, b) * scaling).to(result.dtype)
-        ctx.save_for_backward(x, a, b, h, *([state] if state is not None else []))
-        ctx.scaling, ctx.p = scaling, p
+        out = result + (projections.up(h, b) * scaling).to(result.dtype)
+        producer = _producer(x)
+        operands, ctx.redo = producer if producer is not None else ((x,), None)
+        ctx.save_for_backward(a, b, h, *([state] if state is not None else []), *operands)
+        ctx.scaling, ctx.p, ctx.projections, ctx.has_state = scaling, p, projections, state is not None
+        ctx.x_dtype = x.dtype
         return out
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: D102 - see the class
-        x, a, b, h, *state = ctx.saved_tensors
+        a, b, h, *rest = ctx.saved_tensors
+        state, operands = (rest[0], rest[1:]) if ctx.has_state else (None, rest)
+        x = operands[0] if ctx.redo is None else ctx.redo(*operands)
         need_x, need_result, need_a, need_b = ctx.needs_input_grad[:4]
+        ops = ctx.projections
         g_up = grad.to(b.dtype) * ctx.scaling
-        g_up2 = g_up.reshape(-1, g_up.shape[-1])
-        grad_b = g_up2.t().mm(h.reshape(-1, h.shape[-1])) if need_b else None
-        g_h = g_up.matmul(b)
-        scale = _dropout_scale(state[0], x, a.dtype, ctx.p) if ctx.p > 0 else None
-        grad_a = grad_x = None
-        if need_a:
-            xd = x.to(a.dtype) if scale is None else x.to(a.dtype) * scale
-            grad_a = g_h.reshape(-1, g_h.shape[-1]).t().mm(xd.reshape(-1, xd.shape[-1]))
-            del xd
-        if need_x:
-            grad_x = g_h.matmul(a)
-            if scale is not None:
-                grad_x = grad_x * scale
-            grad_x = grad_x.to(x.dtype)
-        return grad_x, grad if need_result else None, grad_a, grad_b, None, None
+        g_h, grad_b = ops.up_grads(g_up, h, b, need_b)
+        del g_up
+        scale = _dropout_scale(state, x, a.dtype, ctx.p) if state is not None else None
+        xd = x.to(a.dtype) if scale is None else x.to(a.dtype) * scale
+        grad_x, grad_a = ops.down_grads(g_h, xd, a, need_x, need_a)
+        del xd, x
+        if grad_x is not None:
+            grad_x = (grad_x if scale is None else grad_x * scale).to(ctx.x_dtype)
+        return grad_x, grad if need_result else None, grad_a, grad_b, None, None, None
 
 
-def fused_linear_lora(
-    x: torch.Tensor, result: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float, p: float
+def fused_lora(
+    x: torch.Tensor,
+    result: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    scaling: float,
+    p: float,
+    projections: LinearProjections | ConvProjections,
 ) -> torch.Tensor:
-    """``result + scaling · F.linear(F.linear(dropout_p(x), a), b)``, saving only x, h and an RNG state."""
-    return FusedLinearLora.apply(x, result, a, b, scaling, p)
+    """``result + scaling · up(down(dropout_p(x), a), b)``, saving only x, h and an RNG state."""
+    return FusedLora.apply(x, result, a, b, scaling, p, projections)

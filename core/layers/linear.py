@@ -7,7 +7,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
-from .fused_lora import fused_linear_lora
+from .fused_lora import LinearProjections, fused_lora
+
+_PROJECTIONS = LinearProjections()
 
 
 def is_transformers_conv1d(module: nn.Module) -> bool:
@@ -60,7 +62,7 @@ class LinearLora(AdapterLayer):
         dropout = self.lora_dropout[adapter]
         p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
         a, b = self._factors(adapter, "weight")
-        return fused_linear_lora(x, result, a, b, self.scaling[adapter], p)
+        return fused_lora(x, result, a, b, self.scaling[adapter], p, _PROJECTIONS)
 
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight.t() if self.fan_in_fan_out else weight)

@@ -13,15 +13,17 @@ import pytest
 import torch
 from torch import nn
 
-from core.layers import AdapterBehaviour, LinearLora
+from core.layers import AdapterBehaviour, AdapterLayer, ConvLora, LinearLora
 from core.layers.behaviour import AdapterBehaviour as BaseBehaviour
 
 RTOL_F32 = 1e-6  # float32: summation order only
 
 
-def _layer(dtype: torch.dtype, dropout: float, conv1d: bool = False) -> LinearLora:
+def _layer(dtype: torch.dtype, dropout: float, conv1d: bool = False) -> AdapterLayer:
     torch.manual_seed(0)
-    if conv1d:
+    if conv1d == "conv2d":
+        base = nn.Conv2d(16, 24, 3, stride=2, padding=1)
+    elif conv1d:
         from transformers.pytorch_utils import Conv1D
 
         base = Conv1D(24, 16)  # GPT-2 layout: weight stored (in, out)
@@ -29,7 +31,7 @@ def _layer(dtype: torch.dtype, dropout: float, conv1d: bool = False) -> LinearLo
     else:
         base = nn.Linear(16, 24)
     base.to(dtype).requires_grad_(False)
-    layer = LinearLora(base)
+    layer = ConvLora(base) if conv1d == "conv2d" else LinearLora(base)
     layer.add_adapter("a", r=4, alpha=8.0, dropout=dropout, init="default", use_rslora=False)
     layer.set_active("a")
     with torch.no_grad():  # B starts at zero; give it values so every gradient is exercised
@@ -37,7 +39,7 @@ def _layer(dtype: torch.dtype, dropout: float, conv1d: bool = False) -> LinearLo
     return layer
 
 
-def _run(layer: LinearLora, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+def _run(layer: AdapterLayer, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Output, gradients of x, A and B, and the RNG state after forward and backward."""
     if not fused:
         layer._fused_forward = lambda *args: None  # the op-by-op path
@@ -58,11 +60,11 @@ def _run(layer: LinearLora, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor,
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("dropout", [0.0, 0.3])
 @pytest.mark.parametrize("training", [True, False])
-@pytest.mark.parametrize("conv1d", [False, True])
-def test_fused_matches_op_by_op(dtype: torch.dtype, dropout: float, training: bool, conv1d: bool) -> None:
-    layer = _layer(dtype, dropout, conv1d)
+@pytest.mark.parametrize("kind", ["linear", "gpt2-conv1d", "conv2d"])
+def test_fused_matches_op_by_op(dtype: torch.dtype, dropout: float, training: bool, kind: str) -> None:
+    layer = _layer(dtype, dropout, {"linear": False, "gpt2-conv1d": True, "conv2d": "conv2d"}[kind])
     layer.train(training)
-    x = torch.randn(3, 5, 16).to(dtype)
+    x = torch.randn(*((3, 16, 7, 6) if kind == "conv2d" else (3, 5, 16))).to(dtype)
     out_f, grads_f, rng_f = _run(layer, x, fused=True)
     out_u, grads_u, rng_u = _run(layer, x, fused=False)
     assert torch.equal(out_f, out_u)
@@ -78,7 +80,7 @@ def test_fused_matches_op_by_op(dtype: torch.dtype, dropout: float, training: bo
         assert not torch.allclose(grads_other_seed["A"], grads_f["A"])  # the mask really depends on the seed
 
 
-def _run_with_seed(layer: LinearLora, x: torch.Tensor, seed: int):
+def _run_with_seed(layer: AdapterLayer, x: torch.Tensor, seed: int):
     torch.manual_seed(seed)
     x = x.detach().clone().requires_grad_(True)
     for p in layer.parameters():
@@ -136,7 +138,66 @@ def test_variants_that_change_the_update_keep_their_own_path() -> None:
     torch.testing.assert_close(layer(x), expected)
 
 
+def test_conv_padding_modes_the_function_does_not_cover_keep_the_op_by_op_path() -> None:
+    torch.manual_seed(0)
+    layer = ConvLora(nn.Conv2d(4, 6, 3, padding=1, padding_mode="reflect").requires_grad_(False))
+    layer.add_adapter("a", r=2, alpha=2.0, dropout=0.0, init="default", use_rslora=False)
+    layer.set_active("a")
+    x = torch.randn(1, 4, 5, 5)
+    assert layer._fused_forward("a", x, layer.base_layer(x)) is None
+    assert layer(x).shape == (1, 6, 5, 5)
+
+
 def test_autocast_keeps_the_op_by_op_path() -> None:
     layer = _layer(torch.float32, 0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert layer._fused_forward("a", torch.randn(2, 16), torch.randn(2, 24)) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("activation", ["gelu", "gelu-tanh", "gpt2-new-gelu"])
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+def test_input_made_by_an_activation_is_redone_not_saved(dtype: torch.dtype, activation: str, dropout: float) -> None:
+    """An MLP's second projection reads gelu(u): the function keeps u (kept by GELU anyway), not the
+    4×-wide activation, and redoes GELU in backward -- same gradients, and the activation is saved by nobody."""
+    from transformers.activations import NewGELUActivation
+
+    act = {"gelu": nn.GELU(), "gelu-tanh": nn.GELU(approximate="tanh"), "gpt2-new-gelu": NewGELUActivation()}[activation]
+    layer = _layer(dtype, dropout)
+    layer.train()
+    up = nn.Linear(8, 16).to(dtype).requires_grad_(False)
+    x0 = torch.randn(16, 32, 8).to(dtype)
+
+    def run(fused: bool):
+        if not fused:
+            layer._fused_forward = lambda *args: None
+        try:
+            for p in layer.parameters():
+                p.grad = None
+            x = x0.clone().requires_grad_(True)
+            torch.manual_seed(7)
+            storages: dict[int, int] = {}
+            params = {p.untyped_storage().data_ptr() for m in (layer, up) for p in m.parameters()}
+
+            def pack(t):
+                if t.untyped_storage().data_ptr() not in params:
+                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                return t
+
+            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+                out = layer(act(up(x)))
+            (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+            grads = (x.grad, layer.lora_A["a"].weight.grad, layer.lora_B["a"].weight.grad)
+            return out.detach(), grads, sum(storages.values())
+        finally:
+            layer.__dict__.pop("_fused_forward", None)
+
+    out_f, grads_f, saved_f = run(True)
+    out_u, grads_u, saved_u = run(False)
+    assert torch.equal(out_f, out_u)
+    for name, gf, gu in zip(("x", "A", "B"), grads_f, grads_u):
+        tol = RTOL_F32 if (dtype == torch.float32 or name != "x") else 2**-7
+        torch.testing.assert_close(gf, gu, rtol=tol, atol=tol * gu.abs().max().item(), msg=name)
+    activation_bytes = 16 * 32 * 16 * x0.element_size()
+    rng_state = torch.get_rng_state().nbytes if dropout else 0  # what the fused function keeps instead of a mask
+    assert saved_f <= saved_u - activation_bytes + rng_state  # the activation (and with dropout its copies) is gone
