@@ -52,7 +52,7 @@ class HistoryPanel(QWidget):
         self._build()
         self.controller.sig_run_started.connect(self._on_run_started)
         self.controller.sig_event.connect(self._on_run_event)
-        self.controller.sig_run_finished.connect(lambda result: self._reread(Path(result.run_dir)))
+        self.controller.sig_run_finished.connect(self._on_run_finished)
         self.queue.sig_changed.connect(self._on_queue_changed)
         for folder in self.settings.value(SETTINGS_KEY, [], type=list) or []:
             self.add_run_folder(folder, remember=False)
@@ -209,6 +209,9 @@ class HistoryPanel(QWidget):
         if config is not None and (isinstance(event, EvalMetrics) or not self._current_listed):
             self._current_listed = True
             self._reread(Path(config.output.dir))
+
+    def _on_run_finished(self, result: object) -> None:
+        self._reread(Path(result.run_dir))
 
     def _reread(self, folder: Path) -> None:
         path = folder.resolve()

@@ -85,6 +85,12 @@ class RunController(QObject):
         """The config of the current (or last) run."""
         return self._config
 
+    @property
+    def worker(self) -> FunctionWorker | None:
+        """The current (or last) run's worker; a test can connect to its ``sig_event`` directly to
+        see events on the engine's thread, as they are emitted, not as the UI catches up."""
+        return self._worker
+
     def is_running(self) -> bool:
         """True from :meth:`start` until ``sig_run_finished`` (paused and stopping included)."""
         return self._state != IDLE
@@ -130,10 +136,14 @@ class RunController(QObject):
             return True
         self.stop()
         loop = QEventLoop()
+        timer = QTimer(loop)  # owned by the loop: no timer outlives this call
+        timer.setSingleShot(True)
+        timer.timeout.connect(loop.quit)
         self.sig_run_finished.connect(loop.quit)
-        QTimer.singleShot(timeout_ms, loop.quit)
+        timer.start(timeout_ms)
         if self.is_running():
             loop.exec()
+        timer.stop()
         self.sig_run_finished.disconnect(loop.quit)
         if not self.is_running() and self._worker is not None:
             self._worker.wait(5_000)

@@ -171,7 +171,7 @@ class RunPanel(QWidget):
         self.plots.clear()
         self.plots.start()
         full = config.training.mode == "full"
-        self.norms_view.clear("Full fine-tuning: no adapter layers" if full else "")
+        self.norms_view.clear("Full fine-tuning: no adapters" if full else "")
         self.progress.setRange(0, config.training.max_steps)
         self.progress.setValue(0)
         self.stats_label.setText("Preparing the model and data…")
@@ -190,7 +190,8 @@ class RunPanel(QWidget):
         elif isinstance(event, TrainingWarning):
             self._log(f"⚠ warning{f' (step {event.step})' if event.step else ''}: {event.message}")
         elif isinstance(event, CheckpointSaved):
-            self._log(f"saved {event.kind} checkpoint at step {event.step}: {event.path}")
+            what = "the best adapter" if event.kind == "best" else f"a {event.kind} checkpoint"
+            self._log(f"saved {what} at step {event.step}: {self._short_path(event.path)}")
         elif isinstance(event, Failed):
             self._log(f"✖ failed ({event.kind}) at step {event.step}: {event.message}")
         elif isinstance(event, Finished):
@@ -221,6 +222,14 @@ class RunPanel(QWidget):
 
     def _forget_dialog(self) -> None:
         self.error_dialog = None
+
+    def _short_path(self, path: str) -> str:
+        """``path`` relative to the run folder (logged once at the start) when it lies inside it."""
+        config = self.controller.config
+        try:
+            return str(Path(path).relative_to(config.output.dir)) if config else path
+        except ValueError:
+            return path
 
     def _log(self, line: str) -> None:
         self.log.appendPlainText(line)
@@ -255,7 +264,7 @@ def _finished_line(result: TrainResult) -> str:
     if result.trainable_parameters:
         line += f"; {result.trainable_parameters:,} trainable of {result.total_parameters:,} parameters"
     if result.adapter_dir:
-        line += f"; weights in {result.adapter_dir}"
+        line += f"; weights in {Path(result.adapter_dir).name}/"
     return line
 
 

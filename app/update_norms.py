@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QVBoxLayout, QWidget
 from lora_studio.core import EvalMetrics
 
 BAR_HEIGHT = 0.6
+TITLE = "Layer updates"  # short: a long title widens the plot past a narrow pane and clips it
 
 
 class UpdateNormsView(QWidget):
@@ -21,8 +22,8 @@ class UpdateNormsView(QWidget):
         super().__init__(parent)
         self.plot_widget = pg.PlotWidget()
         self.plot = self.plot_widget.getPlotItem()
-        self.plot.setTitle("Adapter update ‖s·B·A‖ per layer")
-        self.plot.setLabel("bottom", "Frobenius norm")
+        self.plot.setTitle(TITLE)
+        self.plot.setLabel("bottom", "‖s·B·A‖ (Frobenius norm)")
         self.plot.showGrid(x=True, alpha=0.2)
         self.plot.invertY(True)  # first layer at the top, as in the layer tree
         self.plot.setMouseEnabled(y=False)
@@ -41,7 +42,7 @@ class UpdateNormsView(QWidget):
         """Empty the view (a new run); ``note`` replaces the title, e.g. for full fine-tuning."""
         self.norms, self.step = {}, None
         self._draw({}, {})
-        self.plot.setTitle(note or "Adapter update ‖s·B·A‖ per layer")
+        self.plot.setTitle(note or TITLE)
 
     def add_event(self, event: object) -> None:
         """Redraw from an EvalMetrics that carries per-layer norms (other events are ignored)."""
@@ -49,7 +50,7 @@ class UpdateNormsView(QWidget):
             return
         previous, self.norms, self.step = self.norms, dict(event.layer_update_norms), event.step
         self._draw(self.norms, previous)
-        self.plot.setTitle(f"Adapter update ‖s·B·A‖ per layer (step {event.step})")
+        self.plot.setTitle(f"{TITLE} · step {event.step}")
 
     def _draw(self, norms: dict[str, float], previous: dict[str, float]) -> None:
         names = list(norms)
@@ -59,5 +60,7 @@ class UpdateNormsView(QWidget):
         self._previous.setOpts(x0=[0.0] * len(kept), y=kept, width=[previous[names[i]] for i in kept],
                                height=BAR_HEIGHT)
         self.plot.getAxis("left").setTicks([[(i, name) for i, name in enumerate(names)]])
-        if names:
+        if names:  # bar items do not drive auto-range: frame them explicitly
             self.plot.setYRange(-0.5, len(names) - 0.5, padding=0.05)
+            widest = max([*norms.values(), *(previous[names[i]] for i in kept)], default=0.0)
+            self.plot.setXRange(0.0, widest or 1.0, padding=0.05)
