@@ -58,7 +58,7 @@ class MainWindow(QMainWindow):
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.addWidget(self.model_panel)
         left_layout.addWidget(self.layer_tree, 1)
-        left.setMinimumWidth(540)  # the tree's columns (name to added parameters) fit without scrolling
+        left.setMinimumWidth(590)  # the tree's columns (name to added parameters) fit without scrolling
 
         self.data_panel = DataPanel(self.session)
         self.run_panel = RunPanel(self.session)
