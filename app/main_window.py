@@ -9,9 +9,10 @@ while a run trains (ask, then stop and wait).
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import QEventLoop, Qt
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
     QApplication,
@@ -184,6 +185,7 @@ class MainWindow(QMainWindow):
                 return
             if hasattr(self.run_panel, "stop_and_wait"):
                 self.run_panel.stop_and_wait()
+        self._finish_background_work()
         self.settings.set_window_state(self.saveGeometry(), self.saveState())
         self.settings.sync()
         super().closeEvent(event)
@@ -270,6 +272,18 @@ class MainWindow(QMainWindow):
     def _model_failed(self, message: str) -> None:
         box = QMessageBox(QMessageBox.Icon.Warning, "The model did not load", message, parent=self)
         box.open()  # not exec(): the window stays responsive (and tests are never blocked)
+
+    def _finish_background_work(self, timeout_s: float = 10.0) -> None:
+        # Qt aborts the whole process when a QThread is destroyed while it runs, so the window
+        # lets a model load and the data preview's reads end before it goes away.
+        self.model_panel.wait_idle()
+        reading = getattr(self.data_panel, "is_reading", None)
+        deadline = time.monotonic() + timeout_s
+        while callable(reading) and reading() and time.monotonic() < deadline:
+            QApplication.processEvents(QEventLoop.ProcessEventsFlag.AllEvents, 50)
+        wait_idle = getattr(self.data_panel, "wait_idle", None)
+        if callable(wait_idle):
+            wait_idle()
 
     def _restore_layout(self) -> None:
         geometry, state = self.settings.window_state()

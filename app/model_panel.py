@@ -173,6 +173,11 @@ class ModelPanel(QWidget):
         """A model is loading on the worker thread."""
         return self._worker is not None and self._worker.is_running()
 
+    def wait_idle(self, msecs: int = 30_000) -> bool:
+        """Block until a running load has ended (closing the window: Qt aborts the process when a
+        QThread is destroyed while it still runs)."""
+        return self._worker.wait(msecs) if self._worker is not None else True
+
     def open_demo(self, name: str) -> None:
         """Open demo ``name``: its whole run config (model, data, targets, training), then load it."""
         self.session.set_config(demo_config(name, output_dir=default_run_dir(name)))
@@ -258,7 +263,7 @@ class ModelPanel(QWidget):
                                                                                         data_kind=data_kind), self)
         worker.sig_event.connect(self._event)
         worker.sig_finished.connect(self._finished)
-        worker.sig_failed.connect(lambda message, _tb: self.session.sig_model_failed.emit(message))
+        worker.sig_failed.connect(self._worker_failed)  # a bound method: queued to the UI thread
         self.load_button.setEnabled(False)
         self.progress.show()
         self.status_label.setStyleSheet("")
@@ -279,12 +284,18 @@ class ModelPanel(QWidget):
         notes = "; ".join(loaded.notes)
         self.status_label.setText(f"Loaded {loaded.name_or_path} ({loaded.task})" + (f" — {notes}" if notes else ""))
 
+    def _worker_failed(self, message: str, _details: str) -> None:
+        self.session.sig_model_failed.emit(message)
+
     def _failed(self, message: str) -> None:
         self._done()
         self.status_label.setStyleSheet("color: #c0392b")
         self.status_label.setText(message)
 
     def _done(self) -> None:
+        # The worker's thread was told to quit just before this slot ran; let it end now, so no
+        # window teardown ever meets a running thread.
+        self.wait_idle(5_000)
         self.load_button.setEnabled(True)
         self.progress.hide()
 
