@@ -28,6 +28,17 @@ class NonFiniteDeltaError(ValueError):
     """A merge was refused because an adapter's update holds NaN or Inf."""
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """True when ``t`` holds no NaN or Inf: one reduction instead of ``isfinite(t).all()``'s mask.
+
+    Any NaN or Inf makes the sum NaN or Inf; summed in float64, finite float32/16 values cannot
+    overflow, so a finite sum means every element is finite.
+    """
+    if not t.is_floating_point() or t.dtype == torch.float64:
+        return bool(torch.isfinite(t).all())
+    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+
+
 class AdapterBehaviour:
     """Standard LoRA (Hu et al. 2021): ``y = base(x) + s · B A x``; the update ``s · B A`` merges."""
 
@@ -73,7 +84,8 @@ class AdapterBehaviour:
         """The update of weight ``key`` in its own layout, in float32."""
         a, b = self.factors(layer, adapter, key)
         product = b.reshape(b.shape[0], -1).float() @ a.reshape(a.shape[0], -1).float()
-        return layer._weight_slots()[key].layout(product) * layer.scaling[adapter]
+        # In place on the fresh product: the same values, one weight-sized allocation fewer.
+        return layer._weight_slots()[key].layout(product).mul_(layer.scaling[adapter])
 
     def update(self, layer: AdapterLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """What the adapter adds to an input-side layer's output for input ``x``."""
@@ -101,7 +113,12 @@ class AdapterBehaviour:
     # -- merging ------------------------------------------------------------------------------------
     def merged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         """The float32 weight with this adapter merged in."""
-        return weight + self.delta_weight(layer, adapter, key)
+        # delta + weight == weight + delta bit for bit (addition commutes); in place on the fresh
+        # delta, so merging a large model allocates one weight-sized tensor per layer, not two.
+        delta = self.delta_weight(layer, adapter, key)
+        if type(self).delta_weight is not AdapterBehaviour.delta_weight:
+            return weight + delta  # a variant's delta may be a tensor it keeps: never change it in place
+        return delta.add_(weight)
 
     def unmerged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         """The float32 weight with this adapter taken out again."""
@@ -115,7 +132,7 @@ class AdapterBehaviour:
         new_weights = {}
         for key, slot in slots.items():
             merged = self.merged_weight(layer, adapter, key, slot.param.float())
-            if not torch.isfinite(merged).all():
+            if not _all_finite(merged):
                 raise NonFiniteDeltaError(
                     f"refusing to merge adapter {adapter!r}: its update of {key!r} holds NaN or Inf; "
                     "the base weights were left untouched"
