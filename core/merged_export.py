@@ -83,18 +83,44 @@ def merged_copy(
     adapter_name: str | None = None,
     precision: str = "float32",
     variant_inputs: Mapping[str, Any] | None = None,
+    *,
+    share_frozen: bool = False,
 ) -> nn.Module:
     """A plain copy of ``model`` with ``adapter_name`` (default: the active adapter) merged in float32,
     then cast to ``precision``.  ``model`` itself is not changed.  ``variant_inputs`` are the merge
-    inputs of variants that merge for a chosen input (e.g. ``{"task_id": 2}``)."""
+    inputs of variants that merge for a chosen input (e.g. ``{"task_id": 2}``).
+
+    ``share_frozen`` (for a copy that is written and dropped, as :func:`export_merged` does): frozen
+    float32 tensors outside every adapter layer are shared with ``model`` instead of copied, when
+    nothing on the way (merge, casts, freezing) can change them -- see :func:`_frozen_tensors_to_share`.
+    """
     dtype = _dtype(precision)
-    merged = copy.deepcopy(model)
+    merged = copy.deepcopy(model, _frozen_tensors_to_share(model, dtype) if share_frozen else None)
     if adapter_state(merged) is not None and adapter_name is not None:
         set_active_adapter(merged, adapter_name)
     merged.to(torch.float32)  # merge in float32 even over a half-precision base
     if adapter_state(merged) is not None:
         merged = merge_and_unload(merged, **dict(variant_inputs or {}))
     return merged.to(dtype).requires_grad_(False)
+
+
+def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, torch.Tensor]:
+    """A ``deepcopy`` memo that makes a copy reuse ``model``'s frozen tensors outside adapter layers.
+
+    Merging writes only inside adapter layers (and replaces modules-to-save wrappers), so the
+    rest of the copy would be a byte-for-byte duplicate.  Sharing is safe only when the casts in
+    :func:`merged_copy` are no-ops (every floating tensor is float32 and so is the target: a cast
+    would reassign ``param.data`` of the shared tensor) and the tensor is frozen (freezing the copy
+    must not freeze the live model).  Otherwise the memo is empty and everything is copied.
+    """
+    from .layers import AdapterLayer, ModulesToSave
+
+    tensors = [*model.parameters(), *model.buffers()]
+    if dtype != torch.float32 or any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+        return {}
+    inside = {id(t) for m in model.modules() if isinstance(m, (AdapterLayer, ModulesToSave))
+              for t in (*m.parameters(), *m.buffers())}  # fmt: skip
+    return {id(t): t for t in tensors if id(t) not in inside and not t.requires_grad}
 
 
 def export_merged(
@@ -119,7 +145,7 @@ def export_merged(
     ``merge_inputs``, e.g. ``{"task_id": 2}``); the live model is run with the same inputs.
     """
     name = adapter_name or (active_adapter(model) if adapter_state(model) is not None else None)
-    merged = merged_copy(model, adapter_name, precision, variant_inputs)
+    merged = merged_copy(model, adapter_name, precision, variant_inputs, share_frozen=True)  # written, then dropped
     difference = None
     if example_inputs is not None:
         with _live_inputs(model, variant_inputs):
@@ -181,10 +207,35 @@ def _write_state_dict(merged: nn.Module, path: Path, sidecar: dict) -> tuple[Pat
         seen.add(storage)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata={"format": "pt"})
-        digest = hashlib.sha256(tmp.read_bytes()).hexdigest()
+        digest = safetensors_digest(tmp, tensors)
     sidecar_path = sidecar_path_for(path)
     atomic_write_json(sidecar_path, {**sidecar, "weights_file": path.name, "sha256": digest})
     return path, sidecar_path
+
+
+def safetensors_digest(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
+    """SHA-256 of the safetensors file just written from ``tensors``, without reading its data back.
+
+    The file is an 8-byte header length, the JSON header, then each tensor's bytes at its
+    ``data_offsets`` (the safetensors format); only the header is read from disk, the rest is
+    hashed from the tensors in memory.  If the layout is not the one expected, the file is hashed.
+    """
+    with open(path, "rb") as f:
+        prefix = f.read(8)
+        header = f.read(int.from_bytes(prefix, "little"))
+    entries = sorted((v["data_offsets"], k) for k, v in json.loads(header).items() if k != "__metadata__")
+    end = 0
+    digest = hashlib.sha256(prefix + header)
+    for (start, stop), name in entries:
+        tensor = tensors[name]
+        if start != end or stop - start != tensor.nbytes or tensor.device.type != "cpu" or not tensor.is_contiguous():
+            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+        if stop > start:  # numpy cannot hold bfloat16: hash the raw bytes through a uint8 view
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        end = stop
+    if 8 + len(header) + end != Path(path).stat().st_size:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    return digest.hexdigest()
 
 
 def sidecar_path_for(weights: str | Path) -> Path:

@@ -1,0 +1,117 @@
+"""Merge and export: LoRA Studio's merged export vs writing the same tensors with ``save_file`` alone.
+
+Issue 7, benchmark 2.  A BERT-base-sized encoder (hidden 768, 12 layers, vocabulary 30,522:
+about 110M parameters, built from a config, float32) carries a rank-16 adapter on every
+query, key, value and dense projection (72 layers).  Timed, interleaved, median of N:
+
+* ``floor``            -- ``safetensors.torch.save_file`` of the merged model's state dict, already
+  in memory (nothing merged, nothing checked: the bare write);
+* ``merge + save_file`` -- ``merge_and_unload`` on a copy taken beforehand (untimed), then
+  ``save_file`` of its state dict;
+* ``export_merged (safetensors)`` -- ``core.export_merged`` on the live model wrapped as a plain
+  module: copy, float32 merge, NaN check, atomic write, SHA-256 and JSON sidecar;
+* ``export_merged (transformers)`` -- the same for the transformers model itself: a
+  ``save_pretrained`` folder.
+
+Files go to a temporary folder on the same disk and are deleted after each write.
+
+    .venv/bin/python bench/bench_merge_export.py --rounds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
+
+from core import LoraConfig, attach, export_merged, merge_and_unload  # noqa: E402
+
+
+def build(hidden: int, layers: int) -> nn.Module:
+    """The adapted encoder, with non-zero B so merging really changes every weight."""
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                        intermediate_size=4 * hidden)  # fmt: skip
+    model = BertModel(config, add_pooling_layer=False)
+    attach(model, LoraConfig(r=16, alpha=32, targets=["query", "key", "value", "dense"]))
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.01)
+    return model
+
+
+def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors ``save_file`` accepts: contiguous, no shared storage."""
+    return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+
+
+def main() -> None:
+    from safetensors.torch import save_file
+
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--hidden", type=int, default=768)
+    p.add_argument("--layers", type=int, default=12)
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
+    a = p.parse_args()
+    model = build(a.hidden, a.layers)
+    n_params = sum(t.numel() for t in merge_and_unload(copy.deepcopy(model)).state_dict().values())
+    adapted = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))
+    merged_tensors = state_dict_for_save(merge_and_unload(copy.deepcopy(model)))
+    plain = nn.Sequential(model)  # not a PreTrainedModel: exported as one .safetensors file
+    root = Path(tempfile.mkdtemp(dir=a.dir))
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {n_params / 1e6:.1f}M parameters, "
+          f"{adapted} adapted layers, r=16, float32; writing to {root}; {a.rounds} interleaved rounds, medians")
+
+    def floor(out: Path) -> None:
+        save_file(merged_tensors, str(out / "model.safetensors"))
+
+    copies: list[nn.Module] = []
+
+    def merge_then_save(out: Path) -> None:
+        merged = merge_and_unload(copies.pop())
+        save_file(state_dict_for_save(merged), str(out / "model.safetensors"))
+
+    arms: dict[str, Callable[[Path], object]] = {
+        "floor: save_file": floor,
+        "merge_and_unload + save_file": merge_then_save,
+        "export_merged (safetensors)": lambda out: export_merged(plain, out / "model.safetensors"),
+        "export_merged (transformers)": lambda out: export_merged(model, out / "folder"),
+    }
+    times: dict[str, list[float]] = {name: [] for name in arms}
+    names = list(arms)
+    for r in range(a.rounds + 1):  # round 0 warms up
+        for name in names[r % len(names):] + names[: r % len(names)]:
+            copies.append(copy.deepcopy(model))  # untimed: merge_and_unload changes its argument
+            out = root / "out"
+            out.mkdir()
+            t0 = time.perf_counter()
+            arms[name](out)
+            elapsed = time.perf_counter() - t0
+            shutil.rmtree(out)
+            copies.clear()
+            if r:
+                times[name].append(elapsed)
+    shutil.rmtree(root)
+    floor_s = statistics.median(times["floor: save_file"])
+    print("\n| what | median s | / floor |\n| --- | --- | --- |")
+    for name, ts in times.items():
+        print(f"| {name} | {statistics.median(ts):.3f} | {statistics.median(ts) / floor_s:.2f} |")
+
+
+if __name__ == "__main__":
+    main()
