@@ -8,7 +8,7 @@ three things are needed to get every gradient back::
 
         x ──(saved as is: one storage, shared by every layer that reads it)
         h = A · dropout(x)        (saved: rank r, small)
-        the RNG state before the dropout (a few bytes: the mask is drawn again in backward)
+        the dropout mask           (saved as one byte per element, not a float copy of x)
 
 Backward (``g`` = grad of the output, ``m`` = the dropout mask scaled by 1/(1-p))::
 
@@ -24,11 +24,13 @@ input of a frozen linear layer at all.  (Under ``saved_tensors_hooks`` that move
 elsewhere, e.g. ``save_on_cpu``, the operands are unpacked again: keep such runs on the
 op-by-op path.)
 
-Redrawing the mask from a saved RNG state is how ``torch.utils.checkpoint`` recomputes
-dropout (``preserve_rng_state``); one custom autograd function per LoRA projection that
-saves the shared input once is the idea of Unsloth's ``LoRA_QKV``/``LoRA_MLP``
-(``unsloth/kernels/fast_lora.py``), here without dropping dropout.  The result is the unfused path's, bit for bit in the forward
-and up to summation order in the gradients (tests/core/test_fused_lora.py).
+The mask could be redrawn in backward from a saved RNG state instead (as
+``torch.utils.checkpoint`` does with ``preserve_rng_state``); on a CPU the Bernoulli draw
+costs far more than the byte per element, so it is kept.  One custom autograd function per
+LoRA projection that saves the shared input once is the idea of Unsloth's
+``LoRA_QKV``/``LoRA_MLP`` (``unsloth/kernels/fast_lora.py``), here without dropping dropout.
+The result is the op-by-op path's, bit for bit in the forward and up to summation order in
+the gradients (tests/core/test_fused_lora.py).
 """
 
 from __future__ import annotations
@@ -38,33 +40,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-
-
-def _rng_state(device: torch.device) -> torch.Tensor:
-    """The state of the generator ``F.dropout`` draws from on ``device``."""
-    return torch.cuda.get_rng_state(device) if device.type == "cuda" else torch.get_rng_state()
-
-
-def _set_rng_state(device: torch.device, state: torch.Tensor) -> None:
-    if device.type == "cuda":
-        torch.cuda.set_rng_state(state, device)
-    else:
-        torch.set_rng_state(state)
-
-
-def _dropout_scale(state: torch.Tensor, like: torch.Tensor, dtype: torch.dtype, p: float) -> torch.Tensor:
-    """The mask ``F.dropout`` drew from ``state`` for an input shaped like ``like``, times 1/(1-p).
-
-    Dropout on ones gives exactly mask/(1-p), from the same kernel and the same number of draws
-    as the forward's dropout; the generator is put back afterwards, so backward consumes no
-    randomness (as the unfused backward does not).
-    """
-    now = _rng_state(like.device)
-    _set_rng_state(like.device, state)
-    try:
-        return F.dropout(torch.ones(like.shape, dtype=dtype, device=like.device), p, True)
-    finally:
-        _set_rng_state(like.device, now)
 
 
 def _gelu_tanh(u: torch.Tensor) -> torch.Tensor:
@@ -150,17 +125,22 @@ class FusedLora(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, result, a, b, scaling: float, p: float, projections):  # noqa: D102 - see the class
-        state = _rng_state(x.device) if p > 0 else None
         xa = x.to(a.dtype)  # no copy when the dtypes agree; never saved
+        keep = None
         if p > 0:
-            xa = F.dropout(xa, p, True)
+            # Dropout of ones is the mask scaled by 1/(1-p), drawn exactly as F.dropout(xa) draws it
+            # (same kernel, same number of draws), and xa times it is F.dropout(xa) bit for bit.
+            scale = F.dropout(torch.ones_like(xa), p, True)
+            keep = scale != 0  # one byte per element, kept instead of the dropped float copy
+            xa = xa * scale
+            del scale
         h = projections.down(xa, a)
-        del xa  # the dropped copy dies here: backward redraws the mask
+        del xa  # the dropped copy dies here
         out = result + (projections.up(h, b) * scaling).to(result.dtype)
         producer = _producer(x)
         operands, ctx.redo = producer if producer is not None else ((x,), None)
-        ctx.save_for_backward(a, b, h, *([state] if state is not None else []), *operands)
-        ctx.scaling, ctx.p, ctx.projections, ctx.has_state = scaling, p, projections, state is not None
+        ctx.save_for_backward(a, b, h, *([keep] if keep is not None else []), *operands)
+        ctx.scaling, ctx.p, ctx.projections, ctx.has_mask = scaling, p, projections, keep is not None
         ctx.x_dtype = x.dtype
         return out
 
@@ -168,14 +148,15 @@ class FusedLora(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad):  # noqa: D102 - see the class
         a, b, h, *rest = ctx.saved_tensors
-        state, operands = (rest[0], rest[1:]) if ctx.has_state else (None, rest)
+        keep, operands = (rest[0], rest[1:]) if ctx.has_mask else (None, rest)
         x = operands[0] if ctx.redo is None else ctx.redo(*operands)
         need_x, need_result, need_a, need_b = ctx.needs_input_grad[:4]
         ops = ctx.projections
         g_up = grad.to(b.dtype) * ctx.scaling
         g_h, grad_b = ops.up_grads(g_up, h, b, need_b)
         del g_up
-        scale = _dropout_scale(state, x, a.dtype, ctx.p) if state is not None else None
+        # The same values as the forward's mask/(1-p): 1 converted and divided by 1-p in a.dtype.
+        scale = keep.to(a.dtype).div_(1 - ctx.p) if keep is not None else None
         xd = x.to(a.dtype) if scale is None else x.to(a.dtype) * scale
         grad_x, grad_a = ops.down_grads(g_h, xd, a, need_x, need_a)
         del xd, x
@@ -193,5 +174,5 @@ def fused_lora(
     p: float,
     projections: LinearProjections | ConvProjections,
 ) -> torch.Tensor:
-    """``result + scaling · up(down(dropout_p(x), a), b)``, saving only x, h and an RNG state."""
+    """``result + scaling · up(down(dropout_p(x), a), b)``, saving only x (or what made it), h and a mask."""
     return FusedLora.apply(x, result, a, b, scaling, p, projections)
