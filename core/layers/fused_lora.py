@@ -10,9 +10,9 @@ three things are needed to get every gradient back::
         h = A · dropout(x)        (saved: rank r, small)
         the dropout mask           (saved as one byte per element, not a float copy of x)
 
-Backward (``g`` = grad of the output, ``m`` = the dropout mask scaled by 1/(1-p))::
+Backward (``g`` = grad of the output, ``m`` = the dropout mask, 0 or 1)::
 
-        g_up = s·g          dB = g_upᵀ h          g_h = g_up B
+        g_up = s·g          dB = g_upᵀ h          g_h = g_up B / (1-p)
         dA   = g_hᵀ (m ⊙ x)                       dx  = m ⊙ (g_h A)      d(result) = g
 
 When ``x`` is itself the result of an elementwise op whose operands autograd already keeps
@@ -66,6 +66,20 @@ def _producer(x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Callable[..., 
     if any(not torch.is_tensor(t) or t.shape != x.shape or t.dtype != x.dtype for t in operands):
         return None  # broadcasting or type promotion: keep x itself rather than reason about it
     return operands, redo
+
+
+def _dropout_with_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``F.dropout(x, p, training=True)`` bit for bit, with the same random draws, and its mask.
+
+    Where ``F.dropout`` runs the fused kernel (CUDA, XPU) that kernel is called and returns the
+    mask itself; elsewhere (CPU) this is ATen's ``_dropout_impl``: a Bernoulli draw in x's dtype,
+    divided by 1-p, times x.
+    """
+    if x.is_cuda or x.is_xpu:
+        return torch.native_dropout(x, p, True)
+    noise = torch.empty_like(x).bernoulli_(1 - p)
+    keep = noise.bool()
+    return x * noise.div_(1 - p), keep
 
 
 @dataclass(frozen=True)
@@ -128,12 +142,7 @@ class FusedLora(torch.autograd.Function):
         xa = x.to(a.dtype)  # no copy when the dtypes agree; never saved
         keep = None
         if p > 0:
-            # Dropout of ones is the mask scaled by 1/(1-p), drawn exactly as F.dropout(xa) draws it
-            # (same kernel, same number of draws), and xa times it is F.dropout(xa) bit for bit.
-            scale = F.dropout(torch.ones_like(xa), p, True)
-            keep = scale != 0  # one byte per element, kept instead of the dropped float copy
-            xa = xa * scale
-            del scale
+            xa, keep = _dropout_with_mask(xa, p)  # keep: one byte per element, instead of a float copy
         h = projections.down(xa, a)
         del xa  # the dropped copy dies here
         out = result + (projections.up(h, b) * scaling).to(result.dtype)
@@ -155,13 +164,18 @@ class FusedLora(torch.autograd.Function):
         g_up = grad.to(b.dtype) * ctx.scaling
         g_h, grad_b = ops.up_grads(g_up, h, b, need_b)
         del g_up
-        # The same values as the forward's mask/(1-p): 1 converted and divided by 1-p in a.dtype.
-        scale = keep.to(a.dtype).div_(1 - ctx.p) if keep is not None else None
-        xd = x.to(a.dtype) if scale is None else x.to(a.dtype) * scale
+        xd = x.to(a.dtype)
+        if keep is not None:
+            # dA = g_hᵀ(keep ⊙ x)/(1-p) and dx = keep ⊙ (g_h A)/(1-p): the 1/(1-p) goes on the
+            # rank-r g_h, so the input-sized work is one masked copy and one in-place mask.
+            g_h = g_h * (1.0 / (1.0 - ctx.p))
+            xd = xd * keep
         grad_x, grad_a = ops.down_grads(g_h, xd, a, need_x, need_a)
         del xd, x
         if grad_x is not None:
-            grad_x = (grad_x if scale is None else grad_x * scale).to(ctx.x_dtype)
+            if keep is not None:
+                grad_x.mul_(keep)
+            grad_x = grad_x.to(ctx.x_dtype)
         return grad_x, grad if need_result else None, grad_a, grad_b, None, None, None
 
 
