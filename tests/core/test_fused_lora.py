@@ -1,9 +1,9 @@
 """The fused LoRA autograd function gives the op-by-op path's output and gradients, and saves less.
 
 The op-by-op path (``AdapterBehaviour.update``) is the oracle: the same layer, seed and
-input are run with the fused function switched off.  Float32 gradients agree to 1e-6
-relative (only the summation order of the matrix products differs); the forward is the same
-bit for bit.  With dropout the same seed gives the same mask: the function draws it exactly as
+input are run with the fused function switched off.  Float32 outputs and gradients agree to
+1e-6 relative (the scaling is applied to the rank-r projection, and the 1/(1-p) of dropout to
+the rank-r gradient, instead of to input- or output-sized tensors: only rounding differs).  With dropout the same seed gives the same mask: the function draws it exactly as
 ``F.dropout`` does.
 """
 
@@ -39,6 +39,12 @@ def _layer(dtype: torch.dtype, dropout: float, conv1d: bool = False) -> AdapterL
     return layer
 
 
+def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> None:
+    """Float32: 1e-6 relative to the largest value; bfloat16 outputs: one rounding apart."""
+    tol = RTOL_F32 if dtype == torch.float32 else 2**-7
+    torch.testing.assert_close(actual, expected, rtol=tol, atol=tol * expected.abs().max().item())
+
+
 def _run(layer: AdapterLayer, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Output, gradients of x, A and B, and the RNG state after forward and backward."""
     if not fused:
@@ -67,7 +73,7 @@ def test_fused_matches_op_by_op(dtype: torch.dtype, dropout: float, training: bo
     x = torch.randn(*((3, 16, 7, 6) if kind == "conv2d" else (3, 5, 16))).to(dtype)
     out_f, grads_f, rng_f = _run(layer, x, fused=True)
     out_u, grads_u, rng_u = _run(layer, x, fused=False)
-    assert torch.equal(out_f, out_u)
+    _close(out_f, out_u, dtype)
     assert torch.equal(rng_f, rng_u)  # the same number of random draws as the op-by-op path
     for name in ("A", "B"):  # float32 factors over either base dtype
         torch.testing.assert_close(grads_f[name], grads_u[name], rtol=RTOL_F32, atol=RTOL_F32 * grads_u[name].abs().max())
@@ -195,7 +201,7 @@ def test_input_made_by_an_activation_is_redone_not_saved(dtype: torch.dtype, act
 
     out_f, grads_f, saved_f = run(True)
     out_u, grads_u, saved_u = run(False)
-    assert torch.equal(out_f, out_u)
+    _close(out_f, out_u, dtype)
     for name, gf, gu in zip(("x", "A", "B"), grads_f, grads_u):
         tol = RTOL_F32 if (dtype == torch.float32 or name != "x") else 2**-7
         torch.testing.assert_close(gf, gu, rtol=tol, atol=tol * gu.abs().max().item(), msg=name)
