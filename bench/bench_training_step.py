@@ -22,8 +22,8 @@ step of each in turn, many rounds) and the median is reported, because the devel
 machine is shared and noisy.
 
 Memory, deterministic (CPU has no allocator high-water mark worth trusting): the bytes
-saved for backward, captured with ``torch.autograd.graph.saved_tensors_hooks`` and
-deduplicated by storage (q, k and v saving the same input count once; parameters are not
+saved for backward, read from every node of the autograd graph (``_saved_*``, and
+``saved_tensors`` of custom functions) and deduplicated by storage (q, k and v saving the same input count once; parameters are not
 activations and are left out), plus gradients and AdamW state.  ``total`` adds the
 weights.  On CUDA (``--device cuda``) ``torch.cuda.max_memory_allocated`` over one step is
 reported as well.
@@ -164,26 +164,51 @@ class Memory:
         return self.training + self.weights
 
 
+def saved_bytes(loss: torch.Tensor, leave_out: set[int]) -> int:
+    """Bytes autograd keeps for backward of ``loss``: every tensor saved by a node of its graph
+    (``node._saved_*``; ``saved_tensors`` of custom functions), one count per storage, storages in
+    ``leave_out`` (the parameters) not counted.
+
+    Read from the graph rather than through ``saved_tensors_hooks``, whose presence changes what
+    the fused LoRA function may share (core/layers/fused_lora.py).
+    """
+    storages: dict[int, int] = {}
+    nodes: dict[int, object] = {}  # id -> node, kept alive so ids stay unique
+    stack = [loss.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        found: list = []
+        for attr in dir(node):
+            if attr.startswith("_saved_") or attr == "saved_tensors":
+                try:
+                    value = getattr(node, attr)
+                except RuntimeError:  # released, or not saved for this call
+                    continue
+                found.extend(value if isinstance(value, (tuple, list)) else [value])
+        for t in found:
+            if torch.is_tensor(t):
+                s = t.untyped_storage()
+                if s.data_ptr() not in leave_out and s.nbytes() > 0:
+                    storages[s.data_ptr()] = s.nbytes()
+        stack.extend(fn for fn, _ in node.next_functions)
+    return sum(storages.values())
+
+
 def measure_memory(arm: Arm, work: Workload, batch: dict, device: torch.device) -> Memory:
     """Deterministic accounting of one step (after a warm-up step, so AdamW state exists)."""
     step(arm, work, batch)
     params = {p.untyped_storage().data_ptr() for p in arm.model.parameters()}
-    storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        s = t.untyped_storage()
-        if s.data_ptr() not in params and s.nbytes() > 0:
-            storages[s.data_ptr()] = s.nbytes()
-        return t
-
     if arm.optimizer is not None:
         arm.optimizer.zero_grad(set_to_none=True)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         start = torch.cuda.memory_allocated()
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        loss = work.loss(arm.model(**batch))
+    loss = work.loss(arm.model(**batch))
+    saved = saved_bytes(loss, params)
     loss.backward()
     cuda_peak = None
     if device.type == "cuda":
@@ -195,7 +220,7 @@ def measure_memory(arm: Arm, work: Workload, batch: dict, device: torch.device) 
         optim = sum(v.nbytes for s in arm.optimizer.state.values() for v in s.values() if torch.is_tensor(v))
         arm.optimizer.step()
     weights = sum(p.nbytes for p in arm.model.parameters())
-    return Memory(sum(storages.values()), grads, optim, weights, cuda_peak)
+    return Memory(saved, grads, optim, weights, cuda_peak)
 
 
 def time_arms(arms: list[Arm], work: Workload, batch: dict, rounds: int, device: torch.device) -> dict[str, float]:

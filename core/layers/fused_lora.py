@@ -20,9 +20,9 @@ for that op's own backward -- ``gelu(u)`` keeps ``u``; GPT-2's ``0.5·u · (1 + 
 keeps both factors -- the function keeps those operands instead of ``x`` and redoes the op
 in backward (the same kernel on the same values: the same bits).  ``x``, typically the
 4×-wide MLP activation, is then saved by nobody, as in the frozen model, which keeps no
-input of a frozen linear layer at all.  (Under ``saved_tensors_hooks`` that move tensors
-elsewhere, e.g. ``save_on_cpu``, the operands are unpacked again: keep such runs on the
-op-by-op path.)
+input of a frozen linear layer at all.  Under ``saved_tensors_hooks`` (non-reentrant
+activation checkpointing, ``save_on_cpu``) reading another node's saved tensor would unpack
+it, so there ``x`` is kept as is.
 
 The mask could be redrawn in backward from a saved RNG state instead (as
 ``torch.utils.checkpoint`` does with ``preserve_rng_state``); on a CPU the Bernoulli draw
@@ -47,11 +47,20 @@ def _gelu_tanh(u: torch.Tensor) -> torch.Tensor:
     return F.gelu(u, approximate="tanh")
 
 
+def _saved_tensor_hooks_active() -> bool:
+    """True under ``saved_tensors_hooks`` (non-reentrant activation checkpointing, ``save_on_cpu``):
+    there, reading another node's saved tensor would unpack it -- recompute or copy it back."""
+    top = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+    return top is None or top(False) is not None
+
+
 def _producer(x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Callable[..., torch.Tensor]] | None:
     """The operands autograd already keeps for the op that made ``x``, and how to redo it; None if
     ``x`` did not come straight from such an op (a view or an in-place change gives another node)."""
     node = x.grad_fn
-    name = type(node).__name__ if node is not None else ""
+    if node is None or _saved_tensor_hooks_active():
+        return None
+    name = type(node).__name__
     try:
         if name == "GeluBackward0":
             approximate = node._saved_approximate

@@ -96,19 +96,36 @@ def _run_with_seed(layer: AdapterLayer, x: torch.Tensor, seed: int):
     return out, {"A": layer.lora_A["a"].weight.grad.clone()}, None
 
 
-def _saved_bytes(fn, layers: list[LinearLora]) -> int:
-    """Bytes saved for backward by ``fn()``, one count per storage, parameters left out."""
-    params = {p.untyped_storage().data_ptr() for layer in layers for p in layer.parameters()}
+def _graph_saved_bytes(outputs: list[torch.Tensor], modules: list[nn.Module]) -> int:
+    """Bytes autograd keeps for backward of ``outputs``: the tensors every node of the graph saved
+    (``_saved_*``, or ``saved_tensors`` of a custom function), one count per storage, parameters
+    left out.  Read from the graph: ``saved_tensors_hooks`` would change what the function keeps."""
+    params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
     storages: dict[int, int] = {}
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        if t.untyped_storage().data_ptr() not in params:
-            storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
+    nodes: dict[int, object] = {}
+    stack = [o.grad_fn for o in outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        for attr in dir(node):
+            if not (attr.startswith("_saved_") or attr == "saved_tensors"):
+                continue
+            try:
+                value = getattr(node, attr)
+            except RuntimeError:
+                continue
+            for t in value if isinstance(value, (tuple, list)) else [value]:
+                if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in params:
+                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+        stack.extend(fn for fn, _ in node.next_functions)
     return sum(storages.values())
+
+
+def _saved_bytes(fn, layers: list[AdapterLayer]) -> int:
+    """Bytes saved for backward by the outputs of ``fn()``."""
+    return _graph_saved_bytes(fn(), layers)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -155,6 +172,23 @@ def test_conv_padding_modes_the_function_does_not_cover_keep_the_op_by_op_path()
     assert layer(x).shape == (1, 6, 5, 5)
 
 
+def test_under_saved_tensor_hooks_the_input_itself_is_kept() -> None:
+    """Activation checkpointing (non-reentrant) and save_on_cpu work through saved_tensors_hooks:
+    reading GELU's saved input there would unpack it, so the function keeps x instead."""
+    from core.layers.fused_lora import _producer
+
+    u = torch.randn(4, 8, requires_grad=True)
+    x = torch.nn.functional.gelu(u)
+    assert _producer(x) is not None
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        assert _producer(x) is None
+    layer = _layer(torch.float32, 0.0)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+        out = layer(torch.nn.functional.gelu(torch.randn(2, 16, requires_grad=True)))
+    out.sum().backward()
+    assert layer.lora_A["a"].weight.grad is not None
+
+
 def test_autocast_keeps_the_op_by_op_path() -> None:
     layer = _layer(torch.float32, 0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -183,19 +217,11 @@ def test_input_made_by_an_activation_is_redone_not_saved(dtype: torch.dtype, act
                 p.grad = None
             x = x0.clone().requires_grad_(True)
             torch.manual_seed(7)
-            storages: dict[int, int] = {}
-            params = {p.untyped_storage().data_ptr() for m in (layer, up) for p in m.parameters()}
-
-            def pack(t):
-                if t.untyped_storage().data_ptr() not in params:
-                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
-                return t
-
-            with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-                out = layer(act(up(x)))
+            out = layer(act(up(x)))
+            saved = _graph_saved_bytes([out], [layer, up])
             (out.float() * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
             grads = (x.grad, layer.lora_A["a"].weight.grad, layer.lora_B["a"].weight.grad)
-            return out.detach(), grads, sum(storages.values())
+            return out.detach(), grads, saved
         finally:
             layer.__dict__.pop("_fused_forward", None)
 
@@ -207,3 +233,21 @@ def test_input_made_by_an_activation_is_redone_not_saved(dtype: torch.dtype, act
         torch.testing.assert_close(gf, gu, rtol=tol, atol=tol * gu.abs().max().item(), msg=name)
     activation_bytes = 16 * 32 * 16 * x0.element_size()
     assert saved_f <= saved_u - activation_bytes  # the activation (and with dropout its copies) is gone
+
+
+def test_non_reentrant_checkpoint_gives_the_same_gradients() -> None:
+    """The engine enables transformers' gradient checkpointing with use_reentrant=False."""
+    from torch.utils.checkpoint import checkpoint
+
+    layer = _layer(torch.float32, 0.0)
+    up = nn.Linear(8, 16).requires_grad_(False)
+    x = torch.randn(4, 8)
+
+    def grads(checkpointed: bool) -> torch.Tensor:
+        layer.lora_A["a"].weight.grad = None
+        block = lambda t: layer(torch.nn.functional.gelu(up(t)))  # noqa: E731
+        out = checkpoint(block, x, use_reentrant=False) if checkpointed else block(x)
+        out.square().sum().backward()
+        return layer.lora_A["a"].weight.grad.clone()
+
+    torch.testing.assert_close(grads(True), grads(False), rtol=RTOL_F32, atol=0)
