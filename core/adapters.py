@@ -89,9 +89,10 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
     save_names = _resolve_modules_to_save(model, config)
     variant = get_variant(config.variant)
     settings = config.settings()
-    _precheck_layers(model, targets, config, variant)  # before anything changes
+    init = variant.forced_init or config.init  # e.g. the PiSSA variant always initialises with PiSSA
+    _precheck_layers(model, targets, config, variant, init)  # before anything changes
     variant.prepare_model(model, targets, settings)
-    shared = _shared_parameter_ids(model) if config.init == "pissa" else set()
+    shared = _shared_parameter_ids(model) if init == "pissa" else set()
     inputs = state.variant_inputs if state is not None else {}
     added: list[AdapterLayer | ModulesToSave] = []
     created: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original) to undo a wrap
@@ -118,7 +119,7 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
                 r=config.rank_for(name),
                 alpha=config.alpha_for(name),
                 dropout=config.dropout,
-                init=config.init,
+                init=init,
                 use_rslora=config.use_rslora,
                 untie=untie,
                 behaviour=variant.behaviour(layer, settings),
@@ -255,7 +256,7 @@ def merge(model: nn.Module, adapter_name: str | None = None, **inputs: object) -
         layer.merge(adapter_name, untie=untie)
 
 
-def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant) -> None:
+def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant, init: str) -> None:
     """Refuse, before any change, layers the variant cannot adapt and PiSSA ranks that cannot fit."""
     for name in targets:
         layer = model.get_submodule(name)
@@ -267,7 +268,7 @@ def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, v
                 f"variant {variant.name!r} cannot adapt layer {name!r} ({type(layer.base_layer).__name__}): "
                 f"{reason}. Change targets or the variant."
             )
-        if config.init != "pissa":
+        if init != "pissa":
             continue
         for key, slot in layer._weight_slots().items():
             limit = min(slot.matrix(slot.param).shape)

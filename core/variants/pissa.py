@@ -13,47 +13,15 @@ Forward, merge and unmerge are LoRA's; merging gives ``W_res + s·ΔBA``, i.e. t
 original weight plus what was learned.
 
 The engine computes the SVD (``AdapterLayer._pissa_init``, a full SVD, so the
-residual is reproducible); this variant forces it whatever ``init`` says.  Weights
-shared with another module (GPT-2's tied embedding and output head) are given
-their own copy first, so only the adapted layer holds the residual.
+residual is reproducible); this variant forces it (``forced_init``) whatever ``init``
+says, so ``attach`` checks the ranks before anything changes and gives weights
+shared with another module (GPT-2's tied embedding and output head) their own
+copy, exactly as for ``init="pissa"``.
 """
 
 from __future__ import annotations
 
-import warnings
-
-from torch import nn
-
-from ..layers import AdapterBehaviour, AdapterLayer, wrapper_for
 from .registry import Variant, register_variant
-
-
-class PissaBehaviour(AdapterBehaviour):
-    """LoRA with PiSSA's initialisation, whatever the configured ``init``."""
-
-    def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
-        """Principal singular triplets into B and A, the residual into the base (section 3)."""
-        layer._pissa_init(adapter, untie)
-
-
-def _untie_targets(model: nn.Module, targets: list[str]) -> None:
-    """Give each target weight that another module shares its own copy (same values)."""
-    from ..adapters import _shared_parameter_ids  # late: the adapters module imports the registry
-
-    shared = _shared_parameter_ids(model)
-    for name in targets:
-        layer = model.get_submodule(name)
-        if not isinstance(layer, AdapterLayer):
-            layer = wrapper_for(layer)[0](layer)  # a throw-away wrapper: it writes into the real module
-        for key, slot in layer._weight_slots().items():
-            if id(slot.param) in shared:
-                warnings.warn(
-                    f"layer {name!r} shares its {key} with another module (tied weights); PiSSA gives it its own "
-                    "copy, so the residual it leaves there does not change the other module",
-                    stacklevel=4,
-                )
-                copy = nn.Parameter(slot.param.detach().clone(), requires_grad=slot.param.requires_grad)
-                layer._set_base_weight(key, copy)
 
 
 class Pissa(Variant):
@@ -77,13 +45,7 @@ class Pissa(Variant):
     # PEFT holds PiSSA as init_lora_weights="pissa", not as a variant; until the writer maps it, the
     # adapter is saved in the studio's own form (PEFT would load the factors on the original base).
     peft_type = None
-
-    def prepare_model(self, model: nn.Module, targets: list[str], settings: object) -> None:
-        """Untie shared target weights: PiSSA rewrites the base weight it adapts."""
-        _untie_targets(model, targets)
-
-    def behaviour(self, layer: AdapterLayer, settings: object) -> AdapterBehaviour:
-        return PissaBehaviour()
+    forced_init = "pissa"
 
 
 register_variant(Pissa())

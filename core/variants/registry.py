@@ -48,6 +48,7 @@ class Variant:
     peft_type: str | None = "LORA"  # the PEFT format it saves in, or None when PEFT has no equivalent
     starts_as_identity: bool = True  # a fresh adapter leaves the base output unchanged (the paper's init)
     combinable: bool = False  # add_weighted_adapter may combine it (plain A/B factors only)
+    forced_init: str | None = None  # an init the variant always uses, whatever the config says (PiSSA)
 
     # -- settings ----------------------------------------------------------------------------
     def make_settings(self, values: dict[str, Any]) -> Any:

@@ -109,3 +109,14 @@ def test_saved_with_the_original_base_it_is_plain_lora_anywhere(tmp_path) -> Non
     with torch.no_grad():
         torch.testing.assert_close(run(reloaded, x), expected, atol=ORIGINAL_TOL, rtol=0)
         torch.testing.assert_close(run(peft_model, x), expected, atol=ORIGINAL_TOL, rtol=0)
+
+
+def test_a_rank_too_large_for_a_later_layer_changes_nothing() -> None:
+    """The rank is checked on every target before any base weight becomes a residual."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 12), nn.Linear(12, 4))  # the second layer allows r <= 4 only
+    before = copy.deepcopy(model.state_dict())
+    with pytest.raises(ValueError, match="PiSSA needs rank <= 4 for layer '1'"):
+        attach(model, LoraConfig(r=5, targets=["0", "1"], variant="pissa"))
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, before[key]), key
