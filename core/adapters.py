@@ -41,6 +41,23 @@ def adapter_state(model: nn.Module) -> AdapterState | None:
     return model.__dict__.get(_STATE_ATTR)
 
 
+def adapted_root(model: nn.Module) -> nn.Module | None:
+    """The module that holds the adapter bookkeeping: ``model`` itself, or the one sub-module
+    :func:`attach` was called on when the adapted model was wrapped afterwards (for example
+    ``nn.Sequential(model)``); None for a plain model.  Adapters attached to several sub-modules
+    separately are refused: which of them an operation means would be a guess."""
+    if adapter_state(model) is not None:
+        return model
+    roots = [(name, m) for name, m in model.named_modules() if adapter_state(m) is not None]
+    if len(roots) > 1:
+        raise ValueError(
+            f"adapters were attached separately to {len(roots)} sub-modules "
+            f"({', '.join(repr(n) for n, _ in roots[:3])}{', ...' if len(roots) > 3 else ''}); "
+            "export or merge each of those sub-modules on its own"
+        )
+    return roots[0][1] if roots else None
+
+
 def list_adapters(model: nn.Module) -> list[str]:
     """Names of the adapters attached to ``model``, in the order they were added."""
     state = adapter_state(model)
@@ -216,17 +233,19 @@ def variant_inputs(model: nn.Module, **inputs: object) -> Iterator[nn.Module]:
         state.variant_inputs.update(previous)
 
 
-def merge(model: nn.Module, adapter_name: str | None = None, **inputs: object) -> None:
+def merge(model: nn.Module, adapter_name: str | None = None, *, fresh_weights: bool = False, **inputs: object) -> None:
     """Merge ``adapter_name`` (default: the active adapter) into the base weights, in float32.
 
     Idempotent. Every adapter factor is checked for NaN/Inf before any weight is touched;
     a non-finite update raises :class:`NonFiniteDeltaError` naming the layer.  Variants whose
     update depends on an input (a task id, an embedding) take it as keyword ``inputs``; those
-    that cannot merge at all raise :class:`MergeNotSupportedError`.
+    that cannot merge at all raise :class:`MergeNotSupportedError`.  ``fresh_weights``: every
+    merged weight becomes a new tensor instead of being written in place -- for a copy whose frozen
+    weights are the live model's own tensors (see :func:`~.merged_export.merged_copy`).
     """
     if inputs:
         with variant_inputs(model, **inputs):
-            return merge(model, adapter_name)
+            return merge(model, adapter_name, fresh_weights=fresh_weights)
     state = _require_state(model, adapter_name)
     adapter_name = adapter_name or state.active
     if adapter_name is None:
@@ -246,14 +265,15 @@ def merge(model: nn.Module, adapter_name: str | None = None, **inputs: object) -
             )
     shared = _shared_parameter_ids(model)
     for name, layer in layers:
-        untie = frozenset(k for k, slot in layer._weight_slots().items() if id(slot.param) in shared)
+        slots = layer._weight_slots()
+        untie = frozenset(k for k, slot in slots.items() if id(slot.param) in shared)
         if untie and adapter_name not in layer.merged_adapters:
             warnings.warn(
                 f"layer {name!r} shares its weight with another module (tied weights); merging gives it "
                 "its own copy so the other module's output is unchanged",
                 stacklevel=2,
             )
-        layer.merge(adapter_name, untie=untie)
+        layer.merge(adapter_name, untie=frozenset(slots) if fresh_weights else untie)
 
 
 def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant, init: str) -> None:

@@ -17,15 +17,17 @@ compares it with the live model the same way.  Outputs are compared in float32 c
 from the stored weights, so the number measures what merging and rounding did to the
 weights, not the quirks of a device's half-precision kernels.
 
-The copy costs one extra model in memory; that is the price of leaving the live model
-(and its training state) alone.
+What the copy costs: for a float32 model exported in float32, only the merged weights themselves
+(every frozen tensor, the adapted layers' own base weights included, is shared with the live model,
+and merging gives each adapted weight a new tensor in one ``addmm``); otherwise one extra model in
+memory.  Weight files are written by :mod:`.safetensors_writer`: from tensor memory in one pass,
+atomically, with the disk writeback overlapping the write (``bench/bench_merge_export.py``).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
-import hashlib
 import json
 import shutil
 from collections.abc import Callable, Mapping, Sequence
@@ -38,15 +40,17 @@ from torch import nn
 
 from .adapters import (
     active_adapter,
-    adapter_state,
+    adapted_root,
     get_adapter_config,
+    merge,
     merge_and_unload,
     set_active_adapter,
     unload,
 )
 from .adapters import variant_inputs as variant_inputs_context
-from .atomic_files import atomic_path, atomic_write_json, replace_folder
+from .atomic_files import atomic_write_json, replace_folder
 from .safe_loading import load_safetensors
+from .safetensors_writer import write_safetensors
 from .variants import get_variant
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -95,31 +99,48 @@ def merged_copy(
     nothing on the way (merge, casts, freezing) can change them -- see :func:`_frozen_tensors_to_share`.
     """
     dtype = _dtype(precision)
-    merged = copy.deepcopy(model, _frozen_tensors_to_share(model, dtype) if share_frozen else None)
-    if adapter_state(merged) is not None and adapter_name is not None:
-        set_active_adapter(merged, adapter_name)
+    memo = _frozen_tensors_to_share(model, dtype) if share_frozen else {}
+    merged = copy.deepcopy(model, dict(memo))  # deepcopy adds to its memo: keep ours as it was
+    root = adapted_root(merged)  # the model itself, or the adapted sub-module of a wrapped model
+    if root is not None and adapter_name is not None:
+        set_active_adapter(root, adapter_name)
     merged.to(torch.float32)  # merge in float32 even over a half-precision base
-    if adapter_state(merged) is not None:
-        merged = merge_and_unload(merged, **dict(variant_inputs or {}))
+    if root is not None:
+        inputs = dict(variant_inputs or {})
+        if memo and active_adapter(root) is not None:
+            # Base weights shared with the live model get new merged tensors, never an in-place write.
+            merge(root, fresh_weights=True, **inputs)
+        merge_and_unload(root, **inputs)  # unwraps in place, inside ``merged``
     return merged.to(dtype).requires_grad_(False)
 
 
 def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, torch.Tensor]:
-    """A ``deepcopy`` memo that makes a copy reuse ``model``'s frozen tensors outside adapter layers.
+    """A ``deepcopy`` memo that makes a copy reuse ``model``'s frozen tensors instead of copying them.
 
-    Merging writes only inside adapter layers (and replaces modules-to-save wrappers), so the
-    rest of the copy would be a byte-for-byte duplicate.  Sharing is safe only when the casts in
-    :func:`merged_copy` are no-ops (every floating tensor is float32 and so is the target: a cast
-    would reassign ``param.data`` of the shared tensor) and the tensor is frozen (freezing the copy
-    must not freeze the live model).  Otherwise the memo is empty and everything is copied.
+    Merging writes only the weight slots of adapter layers, and :func:`merged_copy` has it write them as
+    new tensors (``merge(fresh_weights=True)``), so every frozen tensor outside modules-to-save wrappers
+    and adapter factors would otherwise be a byte-for-byte duplicate -- including the adapted layers' own
+    base weights, most of a model's bytes.  Sharing is safe only when the casts in :func:`merged_copy`
+    are no-ops (every floating tensor is float32 and so is the target: a cast would reassign
+    ``param.data`` of the shared tensor), the tensor is frozen (freezing the copy must not freeze the
+    live model), and an adapter layer has nothing merged yet and its behaviours all merge through its
+    slots (QLoRA replaces the layer).  Otherwise the memo is empty and everything is copied.
     """
     from .layers import AdapterLayer, ModulesToSave
 
     tensors = [*model.parameters(), *model.buffers()]
     if dtype != torch.float32 or any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
         return {}
-    inside = {id(t) for m in model.modules() if isinstance(m, (AdapterLayer, ModulesToSave))
-              for t in (*m.parameters(), *m.buffers())}  # fmt: skip
+    inside: set[int] = set()
+    for module in model.modules():
+        if isinstance(module, ModulesToSave):
+            inside.update(id(t) for t in (*module.parameters(), *module.buffers()))
+        elif isinstance(module, AdapterLayer):
+            slots = {id(slot.param) for slot in module._weight_slots().values()}
+            # A layer with a merged update may hold untied originals, which a later merge writes in place.
+            through_slots = not module.merged_adapters and all(b.merges_through_slots for b in module.behaviours.values())
+            inside.update(id(t) for t in (*module.parameters(), *module.buffers())
+                          if not (through_slots and id(t) in slots))  # fmt: skip
     return {id(t): t for t in tensors if id(t) not in inside and not t.requires_grad}
 
 
@@ -133,6 +154,7 @@ def export_merged(
     tokenizer: Any = None,
     architecture: Mapping[str, Any] | None = None,
     variant_inputs: Mapping[str, Any] | None = None,
+    checksum: bool = False,
 ) -> ExportResult:
     """Merge ``adapter_name`` (default: the active one) into a copy of ``model`` and write it to ``path``.
 
@@ -143,8 +165,11 @@ def export_merged(
     result carries the largest output difference between the merged copy and the live model.
     ``variant_inputs`` are what a variant that merges for a chosen input needs (its
     ``merge_inputs``, e.g. ``{"task_id": 2}``); the live model is run with the same inputs.
+    ``checksum`` (plain models): record the weights file's SHA-256 in the sidecar -- hashed while
+    writing, it costs about two and a half times the write itself on a CPU, so it is asked for.
     """
-    name = adapter_name or (active_adapter(model) if adapter_state(model) is not None else None)
+    root = adapted_root(model)
+    name = adapter_name or (active_adapter(root) if root is not None else None)
     merged = merged_copy(model, adapter_name, precision, variant_inputs, share_frozen=True)  # written, then dropped
     difference = None
     if example_inputs is not None:
@@ -164,10 +189,10 @@ def export_merged(
             "architecture": {"class": _class_path(model), **(architecture or {})},
             "precision": precision,
             "adapter_name": name,
-            "lora_config": get_adapter_config(model, name).to_dict() if name else None,
+            "lora_config": get_adapter_config(root, name).to_dict() if root is not None and name else None,
             "max_output_difference": difference,
         }
-        files = _write_state_dict(merged, path, sidecar)
+        files = _write_state_dict(merged, path, sidecar, checksum=checksum)
         kind = "safetensors"
     return ExportResult(path, kind, precision, name, files, difference)
 
@@ -175,15 +200,16 @@ def export_merged(
 def _live_inputs(model: nn.Module, inputs: Mapping[str, Any] | None):
     """The live model run for comparison with the merged copy: under the merge inputs, given to the
     forward pass the way its variant reads them (e.g. ``task_id`` -> every sample's ``task_ids``)."""
-    name = active_adapter(model) if adapter_state(model) is not None else None
+    root = adapted_root(model)
+    name = active_adapter(root) if root is not None else None
     if not inputs or name is None:
         return contextlib.nullcontext()
-    variant = get_variant(get_adapter_config(model, name).variant)
-    return variant_inputs_context(model, **variant.forward_inputs(dict(inputs)))
+    variant = get_variant(get_adapter_config(root, name).variant)
+    return variant_inputs_context(root, **variant.forward_inputs(dict(inputs)))
 
 
 def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[Path, ...]:
-    with replace_folder(folder) as stage:
+    with replace_folder(folder) as stage, _transformers_writes_with(write_safetensors):
         merged.save_pretrained(stage)
         if hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(stage)
@@ -194,48 +220,40 @@ def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[
     return tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
 
 
-def _write_state_dict(merged: nn.Module, path: Path, sidecar: dict) -> tuple[Path, ...]:
-    from safetensors.torch import save_file
+@contextlib.contextmanager
+def _transformers_writes_with(writer: Callable[..., Any]):
+    """Have ``save_pretrained`` write its weight files with ``writer`` (same signature and bytes as
+    ``safetensors.torch.save_file``, see :mod:`.safetensors_writer`) instead: transformers keeps its
+    own choices -- which keys, tied weights, shards, metadata -- and the write is one pass with the
+    writeback overlapped.  Where transformers no longer names ``safe_save_file``, it writes as usual."""
+    try:
+        from transformers import modeling_utils
+    except ImportError:  # pragma: no cover - transformers is a dependency
+        yield
+        return
+    original = getattr(modeling_utils, "safe_save_file", None)
+    if original is None:
+        yield
+        return
+    modeling_utils.safe_save_file = lambda tensors, filename, metadata=None: writer(tensors, filename, metadata)
+    try:
+        yield
+    finally:
+        modeling_utils.safe_save_file = original
 
+
+def _write_state_dict(merged: nn.Module, path: Path, sidecar: dict, *, checksum: bool) -> tuple[Path, ...]:
     seen: set[int] = set()
     tensors = {}
     for key, tensor in merged.state_dict().items():
         # Tied weights (and views) share storage, which safetensors refuses: later ones get their own copy.
         storage = tensor.untyped_storage().data_ptr()
-        tensor = tensor.detach().cpu().contiguous()
-        tensors[key] = tensor.clone() if storage in seen else tensor
+        tensors[key] = tensor.detach().clone() if storage in seen else tensor.detach()
         seen.add(storage)
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata={"format": "pt"})
-        digest = safetensors_digest(tmp, tensors)
+    digest = write_safetensors(tensors, path, {"format": "pt"}, checksum=checksum)  # atomic, durable
     sidecar_path = sidecar_path_for(path)
-    atomic_write_json(sidecar_path, {**sidecar, "weights_file": path.name, "sha256": digest})
+    atomic_write_json(sidecar_path, {**sidecar, "weights_file": path.name, **({"sha256": digest} if digest else {})})
     return path, sidecar_path
-
-
-def safetensors_digest(path: Path, tensors: Mapping[str, torch.Tensor]) -> str:
-    """SHA-256 of the safetensors file just written from ``tensors``, without reading its data back.
-
-    The file is an 8-byte header length, the JSON header, then each tensor's bytes at its
-    ``data_offsets`` (the safetensors format); only the header is read from disk, the rest is
-    hashed from the tensors in memory.  If the layout is not the one expected, the file is hashed.
-    """
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        header = f.read(int.from_bytes(prefix, "little"))
-    entries = sorted((v["data_offsets"], k) for k, v in json.loads(header).items() if k != "__metadata__")
-    end = 0
-    digest = hashlib.sha256(prefix + header)
-    for (start, stop), name in entries:
-        tensor = tensors[name]
-        if start != end or stop - start != tensor.nbytes or tensor.device.type != "cpu" or not tensor.is_contiguous():
-            return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-        if stop > start:  # numpy cannot hold bfloat16: hash the raw bytes through a uint8 view
-            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-        end = stop
-    if 8 + len(header) + end != Path(path).stat().st_size:
-        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-    return digest.hexdigest()
 
 
 def sidecar_path_for(weights: str | Path) -> Path:
@@ -275,7 +293,10 @@ def verify_export(
 
 def _plain_structure(model: nn.Module) -> nn.Module:
     skeleton = copy.deepcopy(model)
-    return unload(skeleton) if adapter_state(skeleton) is not None else skeleton
+    root = adapted_root(skeleton)
+    if root is not None:
+        unload(root)  # in place, inside the skeleton
+    return skeleton
 
 
 # -- outputs ---------------------------------------------------------------------------------------

@@ -46,6 +46,10 @@ class AdapterBehaviour:
     can_merge: bool = True
     #: Why merging is impossible, shown in the error and the window.
     cannot_merge_reason: str = ""
+    #: True when :meth:`merge` changes the base only through the layer's weight slots, honouring
+    #: ``untie`` (a new tensor instead of an in-place write); a merged copy may then share those
+    #: weights with the live model.  False for a behaviour that replaces the base layer (QLoRA).
+    merges_through_slots: bool = True
 
     # -- parameters -------------------------------------------------------------------------
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
@@ -112,13 +116,17 @@ class AdapterBehaviour:
 
     # -- merging ------------------------------------------------------------------------------------
     def merged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
-        """The float32 weight with this adapter merged in."""
-        # delta + weight == weight + delta bit for bit (addition commutes); in place on the fresh
-        # delta, so merging a large model allocates one weight-sized tensor per layer, not two.
-        delta = self.delta_weight(layer, adapter, key)
+        """The float32 weight with this adapter merged in (a new tensor; ``weight`` is not changed)."""
         if type(self).delta_weight is not AdapterBehaviour.delta_weight:
-            return weight + delta  # a variant's delta may be a tensor it keeps: never change it in place
-        return delta.add_(weight)
+            return weight + self.delta_weight(layer, adapter, key)  # a variant's own update
+        # W + s·B·A as one BLAS call (C = αAB + C): reads W once and writes the result once, where
+        # product, scaling and sum would take three weight-sized passes and a temporary.
+        a, b = self.factors(layer, adapter, key)
+        a, b = a.reshape(a.shape[0], -1).float(), b.reshape(b.shape[0], -1).float()
+        scaling = layer.scaling[adapter]
+        if layer._weight_slots()[key].transposed:  # stored (in, out): W + s·(B A)ᵀ = W + s·Aᵀ Bᵀ
+            return torch.addmm(weight, a.t(), b.t(), alpha=scaling)
+        return torch.addmm(weight.reshape(weight.shape[0], -1), b, a, alpha=scaling).reshape(weight.shape)
 
     def unmerged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         """The float32 weight with this adapter taken out again."""

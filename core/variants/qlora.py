@@ -97,6 +97,8 @@ def _quantised_base(layer: AdapterLayer) -> NF4Linear | None:
 class QLoraBehaviour(AdapterBehaviour):
     """Plain LoRA factors over an NF4 base; merge swaps in a float layer, unmerge swaps the NF4 one back."""
 
+    merges_through_slots = False  # merge replaces the whole base layer
+
     def __init__(self, settings: QLoraSettings) -> None:
         self.settings = settings
 

@@ -130,12 +130,18 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
     before = first.path.read_bytes()
     perturb(model, seed=21)
 
-    def broken(tensors, filename, metadata=None):
-        with open(filename, "wb") as handle:
-            handle.write(b"\x00" * 100)  # half a file, then the crash
-        raise OSError("disk full")
+    import lora_studio.core.safetensors_writer as writer
 
-    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    real_slices = writer._byte_slices
+    written = []
+
+    def broken(tensor):
+        if written:  # the first tensor goes out, then the disk fills up
+            raise OSError("disk full")
+        written.append(tensor)
+        yield from real_slices(tensor)
+
+    monkeypatch.setattr(writer, "_byte_slices", broken)
     with pytest.raises(OSError, match="disk full"):
         export_merged(model, tmp_path / "m.safetensors")
     assert first.path.read_bytes() == before
@@ -146,3 +152,31 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
 def test_unknown_precision_is_refused(tmp_path):
     with pytest.raises(ValueError, match="precision must be one of"):
         export_merged(_adapted(CONV_NET), tmp_path / "m.safetensors", precision="int8")
+
+
+def test_a_model_wrapped_after_attach_exports_merged(tmp_path):
+    """Adapters attached to a model that was then wrapped (``nn.Sequential(model)``) are still found,
+    merged and unwrapped: the file holds the wrapped plain architecture's keys, with the merge in it."""
+    from torch import nn
+
+    inner = _adapted(CONV_NET)
+    wrapped = nn.Sequential(inner)
+    x = CONV_NET.inputs()
+    result = export_merged(wrapped, tmp_path / "w.safetensors", example_inputs=x)
+    assert result.adapter_name == "default"
+    plain = nn.Sequential(ConvNet())
+    assert set(read_safetensors_header(result.path)) - {"__metadata__"} == set(plain.state_dict())
+    assert result.max_output_difference < TOL["float32"]
+    assert verify_export(result, wrapped, x) < TOL["float32"]
+    perturbed_output = call(wrapped, x)
+    plain.load_state_dict(load_safetensors(result.path), strict=True)
+    assert (call(plain, x) - perturbed_output).abs().max() < TOL["float32"]  # the update is in the file
+
+
+def test_adapters_on_two_separate_submodules_are_refused(tmp_path):
+    from torch import nn
+
+    both = nn.Sequential(_adapted(CONV_NET), _adapted(CONV_NET))
+    with pytest.raises(ValueError, match="attached separately to 2 sub-modules.*'0', '1'"):
+        export_merged(both, tmp_path / "w.safetensors")
+    assert not list(tmp_path.iterdir())
