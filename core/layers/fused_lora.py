@@ -15,14 +15,23 @@ Backward (``g`` = grad of the output, ``m`` = the dropout mask, 0 or 1)::
         h = s·A·(m ⊙ x)/(1-p)     dB = gᵀ h          g_h = s·(g B)/(1-p)
         dA = g_hᵀ (m ⊙ x)                          dx = m ⊙ (g_h A)       d(result) = g
 
-When ``x`` is itself the result of an elementwise op whose operands autograd already keeps
-for that op's own backward -- ``gelu(u)`` keeps ``u``; GPT-2's ``0.5·u · (1 + tanh(…))``
-keeps both factors -- the function keeps those operands instead of ``x`` and redoes the op
-in backward (the same kernel on the same values: the same bits).  ``x``, typically the
-4×-wide MLP activation, is then saved by nobody, as in the frozen model, which keeps no
-input of a frozen linear layer at all.  Under ``saved_tensors_hooks`` (non-reentrant
-activation checkpointing, ``save_on_cpu``) reading another node's saved tensor would unpack
-it, so there ``x`` is kept as is.
+When ``x`` can be rebuilt from tensors autograd already keeps for other nodes' backward, the
+function keeps those instead of ``x`` and rebuilds it in backward (``_producer``); ``x`` is
+then saved by nobody, as in the frozen model, which keeps no input of a frozen linear layer
+at all.  ``x`` may be, directly or through ops that only move data (view, reshape,
+transpose, permute, a contiguous copy -- replayed, they give the same bits):
+
+* the result of an op redone from the operands it keeps: ``gelu(u)`` keeps ``u`` (the
+  4×-wide MLP activation), GPT-2's ``0.5·u · (1 + tanh(…))`` keeps both factors, eager
+  attention's ``probs @ values`` (bmm) keeps both -- the same kernel on the same values gives
+  the same bits; a float32/float64 layer norm keeps its input, mean and 1/std (the input of
+  q/k/v and of the MLP) -- redone by the CPU kernel's formula, the same bits there;
+* a tensor another node keeps anyway -- SDPA's output, a softmax/tanh/sigmoid/ReLU result --
+  when a copy comes in between (a plain view of it shares its storage and is kept as is).
+
+Anything else on the way (slicing, expand, an in-place change, other ops) keeps ``x``.  Under
+``saved_tensors_hooks`` (non-reentrant activation checkpointing, ``save_on_cpu``) reading
+another node's saved tensor would unpack it, so there ``x`` is kept as is.
 
 The mask could be redrawn in backward from a saved RNG state instead (as
 ``torch.utils.checkpoint`` does with ``preserve_rng_state``); on a CPU the Bernoulli draw
@@ -36,6 +45,7 @@ tests/core/test_fused_lora.py).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -54,28 +64,184 @@ def _saved_tensor_hooks_active() -> bool:
     return top is None or top(False) is not None
 
 
-def _producer(x: torch.Tensor) -> tuple[tuple[torch.Tensor, ...], Callable[..., torch.Tensor]] | None:
-    """The operands autograd already keeps for the op that made ``x``, and how to redo it; None if
-    ``x`` did not come straight from such an op (a view or an in-place change gives another node)."""
-    node = x.grad_fn
-    if node is None or _saved_tensor_hooks_active():
-        return None
-    name = type(node).__name__
-    try:
-        if name == "GeluBackward0":
-            approximate = node._saved_approximate
-            if approximate not in ("none", "tanh"):
+def _layer_norm(
+    u: torch.Tensor, mean: torch.Tensor, rstd: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """Layer norm of ``u`` from the statistics its forward saved (its ``eps`` is not in the graph,
+    the statistics are).  The CPU kernel's formula: ``(u - mean)·rstd`` then one fused multiply-add
+    with weight and bias (``addcmul``) -- the same bits there in float32 and float64; on other
+    devices the kernel may round differently, by at most one rounding (tests/core/test_fused_lora.py)."""
+    centred = u - mean
+    if weight is None:
+        return centred * rstd if bias is None else torch.addcmul(bias, centred, rstd)
+    normed = centred * rstd
+    return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
+
+
+def _identity(t: torch.Tensor) -> torch.Tensor:
+    return t
+
+
+# Ops that only move data.  Replayed with the same logical arguments on the tensor they started
+# from, they give x's values bit for bit (a view's strides may differ, its values cannot).
+_RESHAPES = frozenset({"ViewBackward0", "UnsafeViewBackward0", "ReshapeAliasBackward0"})
+_MAX_SHAPE_OPS = 16
+# Nodes that keep their own output for their backward, and the attribute that holds it.
+_KEEP_OUTPUT = {"SoftmaxBackward0": "_saved_result", "TanhBackward0": "_saved_result",
+                "SigmoidBackward0": "_saved_result", "ReluBackward0": "_saved_result"}  # fmt: skip
+
+
+def _signed(dim: int) -> int:
+    # Autograd hands a negative dimension saved by transpose back as its unsigned 64-bit pattern.
+    return dim - 2**64 if dim >= 2**63 else dim
+
+
+def _shape_ops(x: torch.Tensor) -> tuple[object, int, tuple[int, ...], list[tuple], bool] | None:
+    """Walk from ``x`` back through ops that only move data (view, reshape, transpose, permute,
+    clone/contiguous) to the node whose output they started from.
+
+    Returns that node, which of its outputs, that output's shape, the ops to replay on it (first
+    to last, as ``(name, argument)``) and whether one of them copies; None at anything else on
+    the way (slicing, expand, an in-place change, a leaf, a chain longer than 16).
+    """
+    node, output_nr, shape = x.grad_fn, x.output_nr, tuple(x.shape)
+    ops: list[tuple] = []
+    copies = False
+    for _ in range(_MAX_SHAPE_OPS):
+        name = type(node).__name__
+        if name in _RESHAPES:
+            before = tuple(node._saved_self_sym_sizes)
+            if math.prod(before) != math.prod(shape):
                 return None
-            operands, redo = (node._saved_self,), (F.gelu if approximate == "none" else _gelu_tanh)
-        elif name == "MulBackward0":
-            operands, redo = (node._saved_self, node._saved_other), torch.mul
+            ops.append(("reshape", shape))
+        elif name == "TransposeBackward0":
+            d0, d1 = (_signed(d) % len(shape) for d in (node._saved_dim0, node._saved_dim1))
+            swapped = list(shape)
+            swapped[d0], swapped[d1] = shape[d1], shape[d0]
+            before = tuple(swapped)
+            ops.append(("transpose", (d0, d1)))
+        elif name == "PermuteBackward0":
+            dims = tuple(_signed(d) % len(shape) for d in node._saved_dims)
+            if sorted(dims) != list(range(len(shape))):
+                return None
+            unpermuted = [0] * len(shape)
+            for i, d in enumerate(dims):
+                unpermuted[d] = shape[i]
+            before = tuple(unpermuted)
+            ops.append(("permute", dims))
+        elif name == "CloneBackward0":
+            before, copies = shape, True
+            ops.append(("clone", None))
         else:
-            return None
-    except RuntimeError:  # an operand autograd did not keep
+            ops.reverse()
+            return node, output_nr, shape, ops, copies
+        if len(node.next_functions) != 1 or node.next_functions[0][0] is None:
+            return None  # an input that needs no gradient: nothing in the graph made it
+        (node, output_nr), shape = node.next_functions[0], before
+    return None
+
+
+def _replay(ops: list[tuple], t: torch.Tensor) -> torch.Tensor:
+    for name, arg in ops:
+        if name == "reshape":
+            t = t.reshape(arg)
+        elif name == "transpose":
+            t = t.transpose(*arg)
+        elif name == "permute":
+            t = t.permute(arg)
+        else:  # clone: its memory format is not in the graph; .contiguous() is the usual one, and
+            # only the values matter here (a following reshape is then a view, not another copy)
+            t = t.clone(memory_format=torch.contiguous_format)
+    return t
+
+
+class _Chain:
+    """Redo the op that made the data, then replay the shape ops on its result."""
+
+    def __init__(self, redo: Callable[..., torch.Tensor], ops: list[tuple]):
+        self.redo, self.ops = redo, ops
+
+    def __call__(self, *operands: torch.Tensor) -> torch.Tensor:
+        return _replay(self.ops, self.redo(*operands))
+
+
+def _made_by(node, output_nr: int, shape: tuple[int, ...], dtype: torch.dtype):
+    """(operands autograd keeps for ``node``, how to redo its output from them, whether that output
+    is itself what is kept), or None for a node not understood here or an operand not kept.
+
+    ``shape``/``dtype``: those of the output the shape ops started from; an operand of another
+    dtype, or one that broadcasts, gives None (keep x itself rather than reason about it).
+    """
+    name = type(node).__name__
+    if output_nr != 0:
         return None
-    if any(not torch.is_tensor(t) or t.shape != x.shape or t.dtype != x.dtype for t in operands):
-        return None  # broadcasting or type promotion: keep x itself rather than reason about it
-    return operands, redo
+    output_kept = False
+    if name == "GeluBackward0":
+        approximate = node._saved_approximate
+        if approximate not in ("none", "tanh"):
+            return None
+        operands, redo = (node._saved_self,), (F.gelu if approximate == "none" else _gelu_tanh)
+        made = operands[0].shape if torch.is_tensor(operands[0]) else None
+    elif name == "MulBackward0":
+        operands, redo = (node._saved_self, node._saved_other), torch.mul
+        made = operands[0].shape if all(torch.is_tensor(t) and t.shape == shape for t in operands) else None
+    elif name == "BmmBackward0":
+        # Eager attention's probabilities · values: both kept by bmm for its own backward.
+        operands, redo = (node._saved_self, node._saved_mat2), torch.bmm
+        first, second = operands
+        made = None
+        if all(torch.is_tensor(t) and t.dim() == 3 for t in operands) and first.shape[2] == second.shape[1]:
+            made = (first.shape[0], first.shape[1], second.shape[2])
+    elif name == "NativeLayerNormBackward0":
+        operands, redo = (node._saved_input, node._saved_result1, node._saved_result2, node._saved_weight,
+                          node._saved_bias), _layer_norm  # fmt: skip
+        u, mean, rstd = operands[:3]
+        made = None
+        # The statistics are kept in the input's dtype (bfloat16 for a bfloat16 input): rounded
+        # like that, they do not give the output back to within float rounding.
+        if dtype in (torch.float32, torch.float64) and all(torch.is_tensor(t) for t in (u, mean, rstd)):
+            if torch.broadcast_shapes(mean.shape, rstd.shape, u.shape) == u.shape:
+                made = u.shape
+    elif name in _KEEP_OUTPUT or (name.startswith("ScaledDotProduct") and hasattr(node, "_saved_output")):
+        # SDPA's attention output is kept by every backend; a softmax, tanh, sigmoid or ReLU keeps
+        # its result.  Unpacked, the saved output is the output itself (the same storage).
+        operands, redo, output_kept = (getattr(node, _KEEP_OUTPUT.get(name, "_saved_output")),), _identity, True
+        made = operands[0].shape if torch.is_tensor(operands[0]) else None
+    else:
+        return None
+    if made is None or tuple(made) != shape:
+        return None
+    if any(t is not None and (not torch.is_tensor(t) or t.dtype != dtype) for t in operands):
+        return None
+    return operands, redo, output_kept
+
+
+def _producer(x: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], Callable[..., torch.Tensor]] | None:
+    """The tensors autograd already keeps from which ``x`` can be rebuilt exactly, and how; None
+    where there are none (then x itself is kept).
+
+    ``x`` may come, through ops that only move data (view, reshape, transpose, permute, a
+    contiguous copy), from: an op redone from the operands it keeps (GELU, a product of two
+    kept factors, layer norm from its input and statistics), or a tensor another node keeps
+    anyway (SDPA's output, a softmax / tanh / sigmoid / ReLU result) -- the latter only through a
+    copy, since a view of a kept tensor shares its storage and costs nothing to keep.
+    """
+    if x.grad_fn is None or _saved_tensor_hooks_active():
+        return None
+    try:
+        chain = _shape_ops(x)
+        if chain is None:
+            return None
+        node, output_nr, shape, ops, copies = chain
+        made = _made_by(node, output_nr, shape, x.dtype)
+    except RuntimeError:  # a tensor autograd did not keep, or already released
+        return None
+    if made is None:
+        return None
+    operands, redo, output_kept = made
+    if output_kept and not copies:
+        return None  # x is a view of what that node keeps: keeping x costs nothing more
+    return operands, (_Chain(redo, ops) if ops else redo)
 
 
 def _dropout_with_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:

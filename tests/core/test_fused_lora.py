@@ -251,3 +251,321 @@ def test_non_reentrant_checkpoint_gives_the_same_gradients() -> None:
         return layer.lora_A["a"].weight.grad.clone()
 
     torch.testing.assert_close(grads(True), grads(False), rtol=RTOL_F32, atol=0)
+
+
+# -- inputs rebuilt from what other nodes keep: layer norm, shape ops, attention ------------------
+
+
+def _storages(outputs: list[torch.Tensor], modules: list[nn.Module]) -> dict[int, set[str]]:
+    """Storage (data pointer) -> the node types that saved it, for every tensor saved for backward
+    of ``outputs`` (parameters left out)."""
+    params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
+    owners: dict[int, set[str]] = {}
+    nodes: dict[int, object] = {}
+    stack = [o.grad_fn for o in outputs]
+    while stack:
+        node = stack.pop()
+        if node is None or id(node) in nodes:
+            continue
+        nodes[id(node)] = node
+        for attr in dir(node):
+            if not (attr.startswith("_saved_") or attr == "saved_tensors"):
+                continue
+            try:
+                value = getattr(node, attr)
+            except RuntimeError:
+                continue
+            for t in value if isinstance(value, (tuple, list)) else [value]:
+                if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in params:
+                    owners.setdefault(t.untyped_storage().data_ptr(), set()).add(type(node).__name__)
+        stack.extend(fn for fn, _ in node.next_functions)
+    return owners
+
+
+def _layer_norm_node(shape, normalized, weight: bool, bias: bool, dtype: torch.dtype):
+    torch.manual_seed(3)
+    u = (torch.randn(*shape, dtype=dtype) * 3 + 1).requires_grad_(True)
+    w = torch.randn(normalized, dtype=dtype) if weight else None
+    b = torch.randn(normalized, dtype=dtype) if bias else None
+    return u, torch.nn.functional.layer_norm(u, normalized, w, b)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("affine", ["weight+bias", "weight", "bias", "none"])
+@pytest.mark.parametrize(("shape", "normalized"), [((16, 128, 512), (512,)), ((3, 5, 7), (7,)), ((4, 6, 10), (6, 10))])
+def test_layer_norm_is_redone_from_its_saved_input_and_statistics(dtype, affine, shape, normalized) -> None:
+    """The layer norm's input, mean and 1/std (kept by its node) give its output back: bit for bit
+    with this CPU kernel (measured on AVX-512), and in any case within one rounding of the largest
+    value -- which is what the test holds it to, so that it does not depend on the CPU."""
+    from core.layers.fused_lora import _producer
+
+    u, x = _layer_norm_node(shape, normalized, "weight" in affine, "bias" in affine, dtype)
+    producer = _producer(x)
+    assert producer is not None
+    operands, redo = producer
+    assert operands[0].untyped_storage().data_ptr() == u.untyped_storage().data_ptr()  # kept by the LN node anyway
+    rebuilt = redo(*operands)
+    ulp = torch.finfo(dtype).eps * x.detach().abs().max().item()
+    assert (rebuilt - x.detach()).abs().max().item() <= ulp
+
+
+def test_layer_norm_over_bfloat16_keeps_x() -> None:
+    """bfloat16 statistics are rounded to bfloat16: the output cannot be redone from them exactly."""
+    from core.layers.fused_lora import _producer
+
+    _, x = _layer_norm_node((4, 8, 32), (32,), True, True, torch.bfloat16)
+    assert _producer(x) is None
+
+
+def _sdpa_output(batch=2, heads=4, seq=8, dim=8, layout="transformers") -> tuple[torch.Tensor, torch.Tensor]:
+    """SDPA over q, k, v laid out as transformers makes them -- (batch, seq, heads·dim) split and
+    transposed, for which the CPU kernel returns its output laid out (batch, seq, heads, dim) -- or,
+    ``layout="heads-first"``, as contiguous (batch, heads, seq, dim), for which merging the heads copies."""
+    torch.manual_seed(5)
+    if layout == "transformers":
+        hidden = torch.randn(batch, seq, 3 * heads * dim, requires_grad=True)
+        q, k, v = (t.view(batch, seq, heads, dim).transpose(1, 2) for t in hidden.split(heads * dim, dim=-1))
+    else:
+        hidden = torch.randn(3, batch, heads, seq, dim, requires_grad=True)
+        q, k, v = hidden.unbind(0)
+    return hidden, torch.nn.functional.scaled_dot_product_attention(q, k, v)
+
+
+def _eager_attention(batch=2, heads=4, seq=8, dim=8) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' eager attention: softmax(q kᵀ) v through matmul (bmm inside)."""
+    torch.manual_seed(5)
+    qkv = torch.randn(batch, heads, seq, 3 * dim, requires_grad=True)
+    q, k, v = qkv.split(dim, dim=-1)
+    probs = torch.softmax(q @ k.transpose(-1, -2) / dim**0.5, dim=-1)
+    return qkv, probs @ v
+
+
+def _merged_heads(o: torch.Tensor, how: str) -> torch.Tensor:
+    batch, heads, seq, dim = o.shape
+    if how == "transpose-reshape":  # transformers' sdpa path
+        return o.transpose(1, 2).contiguous().reshape(batch, seq, heads * dim)
+    if how == "transpose-clone-reshape":  # a real copy, whatever the layout of o
+        return o.transpose(1, 2).clone().reshape(batch, seq, heads * dim)
+    return o.permute(0, 2, 1, 3).contiguous(memory_format=torch.contiguous_format).view(batch, seq, heads * dim)
+
+
+@pytest.mark.parametrize(
+    ("make", "attention", "how"),
+    [
+        ("layer-norm", None, None),
+        ("layer-norm-view", None, None),
+        ("attention", "sdpa", "transpose-clone-reshape"),
+        ("attention", "sdpa-heads-first", "transpose-reshape"),
+        ("attention", "eager", "transpose-reshape"),
+        ("attention", "eager", "permute-view"),
+        ("softmax-transpose-contiguous", None, None),
+        ("gelu-transpose-contiguous", None, None),
+    ],
+)
+def test_producer_rebuilds_x_bit_for_bit_through_shape_ops(make, attention, how) -> None:
+    from core.layers.fused_lora import _producer
+
+    if make.startswith("layer-norm"):
+        _, x = _layer_norm_node((4, 6, 16), (16,), True, True, torch.float32)
+        x = x.view(24, 16) if make == "layer-norm-view" else x
+    elif make == "attention":
+        if attention == "eager":
+            _, o = _eager_attention()
+        else:
+            _, o = _sdpa_output(layout="heads-first" if attention.endswith("heads-first") else "transformers")
+        x = _merged_heads(o, how)
+    else:
+        u = torch.randn(4, 6, 16, requires_grad=True)
+        made = torch.softmax(u, -1) if make.startswith("softmax") else torch.nn.functional.gelu(u)
+        x = made.transpose(0, 1).contiguous()
+    producer = _producer(x)
+    assert producer is not None
+    operands, redo = producer
+    rebuilt = redo(*operands)
+    if make.startswith("layer-norm"):
+        assert (rebuilt - x).abs().max().item() <= torch.finfo(x.dtype).eps * x.abs().max().item()
+    else:
+        assert torch.equal(rebuilt, x)
+    assert rebuilt.shape == x.shape
+    x_storage = x.untyped_storage().data_ptr()
+    assert all(t is None or t.untyped_storage().data_ptr() != x_storage for t in operands)
+
+
+def test_sdpa_output_merged_by_views_is_already_kept_by_sdpa() -> None:
+    """On the CPU (and CUDA) kernels SDPA's output is laid out (batch, seq, heads, dim): the merged
+    heads are a view of the output SDPA keeps, so keeping x costs nothing and nothing is replayed."""
+    from core.layers.fused_lora import _producer
+
+    _, o = _sdpa_output()
+    x = _merged_heads(o, "transpose-reshape")
+    assert x.untyped_storage().data_ptr() == o.grad_fn._saved_output.untyped_storage().data_ptr()
+    assert _producer(x) is None
+
+
+@pytest.mark.parametrize("change", ["slice", "expand", "in-place", "leaf-view", "no-grad-input", "hooks"])
+def test_producer_is_conservative(change: str) -> None:
+    """Anything not understood keeps x itself."""
+    from core.layers.fused_lora import _producer
+
+    _, ln = _layer_norm_node((4, 6, 16), (16,), True, True, torch.float32)
+    if change == "slice":
+        x = ln[..., :8]
+    elif change == "expand":
+        x = ln[:, :1].expand(4, 6, 16)
+    elif change == "in-place":
+        x = ln.clone().view(24, 16)
+        x.add_(1.0)
+    elif change == "leaf-view":
+        x = torch.randn(4, 6, 16, requires_grad=True).transpose(0, 1).contiguous()
+    elif change == "no-grad-input":
+        x = torch.nn.functional.layer_norm(torch.randn(4, 16), (16,))
+    else:
+        with torch.autograd.graph.saved_tensors_hooks(lambda t: t, lambda t: t):
+            assert _producer(ln.transpose(0, 1).contiguous()) is None
+        return
+    assert _producer(x) is None
+
+
+def _gradients_agree(fused: tuple, unfused: tuple, names: tuple[str, ...]) -> None:
+    for name, gf, gu in zip(names, fused, unfused):
+        torch.testing.assert_close(gf, gu, rtol=RTOL_F32, atol=RTOL_F32 * gu.abs().max().item(), msg=name)
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.3])
+@pytest.mark.parametrize(
+    "make", ["layer-norm", "sdpa-transpose-reshape", "sdpa-heads-first-transpose-reshape", "sdpa-transpose-clone",
+             "eager-attention"])  # fmt: skip
+def test_rebuilt_input_gives_the_op_by_op_gradients(make: str, dropout: float) -> None:
+    """LayerNorm -> Linear and SDPA/eager attention -> merged heads -> Linear: output and the
+    gradients of the input, A and B equal the op-by-op path's (1e-6 relative), and the input of
+    the adapted layer is no longer among the saved storages where it is a storage of its own."""
+    layer = _layer(torch.float32, dropout)
+    layer.train()
+    batch, heads, seq, dim = 2, 4, 8, 4  # heads·dim = 16, the layer's input width
+
+    def run(fused: bool):
+        if not fused:
+            layer._fused_forward = lambda *args: None
+        try:
+            for p in layer.parameters():
+                p.grad = None
+            if make == "layer-norm":
+                u, x = _layer_norm_node((batch, seq, 16), (16,), True, True, torch.float32)
+            else:
+                if make == "eager-attention":
+                    u, o = _eager_attention(batch, heads, seq, dim)
+                else:
+                    layout = "heads-first" if "heads-first" in make else "transformers"
+                    u, o = _sdpa_output(batch, heads, seq, dim, layout=layout)
+                x = _merged_heads(o, "transpose-clone-reshape" if make.endswith("clone") else "transpose-reshape")
+            torch.manual_seed(11)
+            out = layer(x)
+            owners = _storages([out], [layer])
+            kept_x = owners.get(x.untyped_storage().data_ptr(), set())
+            (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+            return out.detach(), (u.grad, layer.lora_A["a"].weight.grad, layer.lora_B["a"].weight.grad), kept_x
+        finally:
+            layer.__dict__.pop("_fused_forward", None)
+
+    out_f, grads_f, kept_f = run(True)
+    out_u, grads_u, kept_u = run(False)
+    _close(out_f, out_u, torch.float32)
+    _gradients_agree(grads_f, grads_u, ("input", "A", "B"))
+    if make == "sdpa-transpose-reshape":  # a view of SDPA's kept output: keeping it costs nothing
+        assert kept_f == {"ScaledDotProductFlashAttentionForCpuBackward0", "FusedLoraBackward"}
+        return
+    if not dropout:  # the op-by-op path keeps x (with dropout: the dropped copy and its mask instead)
+        assert kept_u
+    assert not kept_f  # the fused path rebuilds it: nobody keeps x's storage
+
+
+def _tiny_transformer(kind: str, attention: str, dropout: float):
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
+
+    from core import LoraConfig, attach
+
+    torch.manual_seed(0)
+    if kind == "bert":
+        config = BertConfig(vocab_size=64, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                            intermediate_size=64, max_position_embeddings=16, hidden_dropout_prob=0.0,
+                            attention_probs_dropout_prob=0.0, attn_implementation=attention)  # fmt: skip
+        model, targets = BertModel(config, add_pooling_layer=False), ["query", "key", "value", "dense"]
+    else:
+        config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=16, resid_pdrop=0.0,
+                            embd_pdrop=0.0, attn_pdrop=0.0, attn_implementation=attention)  # fmt: skip
+        model, targets = GPT2Model(config), ["c_attn", "c_proj", "c_fc"]
+    attach(model, LoraConfig(r=4, alpha=8, dropout=dropout, targets=targets))
+    with torch.no_grad():  # B starts at zero, layer norms at 1 and 0: give them values that show up
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.2)
+        for m in model.modules():
+            if isinstance(m, nn.LayerNorm):
+                m.weight.normal_(1.0, 0.3)
+                m.bias.normal_(0.0, 0.3)
+    return model.train()
+
+
+def _adapted_inputs(model: nn.Module) -> tuple[list[tuple[str, torch.Tensor]], list]:
+    """Forward pre-hooks recording the input of every adapted layer."""
+    seen: list[tuple[str, torch.Tensor]] = []
+    handles = [m.register_forward_pre_hook(lambda m, args, name=name: seen.append((name, args[0])))
+               for name, m in model.named_modules() if isinstance(m, AdapterLayer)]  # fmt: skip
+    return seen, handles
+
+
+@pytest.mark.parametrize("dropout", [0.0, 0.1])
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])
+@pytest.mark.parametrize("kind", ["bert", "gpt2"])
+def test_tiny_transformers_match_op_by_op_and_keep_no_layer_norm_or_merged_attention_output(
+    kind: str, attention: str, dropout: float
+) -> None:
+    """Tiny BERT and GPT-2 (hidden 32, 2 layers): output and the gradients of the input embeddings
+    and of every A and B equal the op-by-op path's (1e-6 relative).  And the storages the fused
+    path keeps no longer include a layer-norm output (input of q/k/v, GPT-2's c_attn, the MLP's
+    first projection) nor the merged attention output (input of the attention output projection),
+    except where SDPA keeps that one anyway; the op-by-op path keeps them all."""
+    model = _tiny_transformer(kind, attention, dropout)
+    torch.manual_seed(1)
+    embeds = torch.randn(2, 8, 32)
+
+    def run(fused: bool):
+        layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
+        if not fused:
+            for m in layers:
+                m._fused_forward = lambda *args: None
+        try:
+            model.zero_grad(set_to_none=True)
+            x = embeds.clone().requires_grad_(True)
+            seen, handles = _adapted_inputs(model)
+            torch.manual_seed(7)
+            out = model(inputs_embeds=x).last_hidden_state
+            for h in handles:
+                h.remove()
+            owners = _storages([out], [model])
+            kept = {name: owners.get(t.untyped_storage().data_ptr(), set()) for name, t in seen
+                    if t.grad_fn is not None}  # fmt: skip
+            (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+            grads = {"inputs_embeds": x.grad}
+            grads.update({n: p.grad for n, p in model.named_parameters() if p.requires_grad})
+            return out.detach(), grads, kept
+        finally:
+            for m in layers:
+                m.__dict__.pop("_fused_forward", None)
+
+    out_f, grads_f, kept_f = run(True)
+    out_u, grads_u, kept_u = run(False)
+    _close(out_f, out_u, torch.float32)
+    assert grads_f.keys() == grads_u.keys() and len(grads_f) > 1
+    _gradients_agree(tuple(grads_f.values()), tuple(grads_u.values()), tuple(grads_f))
+    layer_norm_fed = ("query", "key", "value", "intermediate.dense") if kind == "bert" else ("c_attn", "c_fc")
+    attention_out = "attention.output.dense" if kind == "bert" else "attn.c_proj"
+    checked = [name for name in kept_f if name.endswith(layer_norm_fed) or name.endswith(attention_out)]
+    assert len(checked) >= 5  # every layer but the first's q/k/v (or c_attn), whose input needs no gradient
+    for name in checked:
+        if not dropout:  # the op-by-op path keeps every one of them (with dropout: the dropped copies)
+            assert kept_u[name], name
+        if attention == "sdpa" and name.endswith(attention_out):  # a view of the output SDPA keeps
+            assert "ScaledDotProductFlashAttentionForCpuBackward0" in kept_f[name], (name, kept_f[name])
+        else:
+            assert not kept_f[name], (name, kept_f[name])
