@@ -21,7 +21,7 @@ query, key, value and dense projection (72 layers).  Timed, interleaved, median 
 Files go to a temporary folder on the same disk and are deleted after each write; ``os.sync()``
 runs (untimed) before every timed call, so no arm pays for the writeback another arm left behind.
 
-    .venv/bin/python bench/bench_merge_export.py --rounds 5
+    .venv/bin/python bench/bench_merge_export.py --rounds 5 [--checksum] [--threads 1]
 """
 
 from __future__ import annotations
@@ -75,7 +75,11 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
     p.add_argument("--checksum", action="store_true", help="also time the export with its SHA-256 checksum")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1: on a shared machine, spinning OpenMP threads waiting for a "
+                        "busy core make every op many times slower)")
     a = p.parse_args()
+    torch.set_num_threads(a.threads)
     model = build(a.hidden, a.layers)
     n_params = sum(t.numel() for t in merge_and_unload(copy.deepcopy(model)).state_dict().values())
     adapted = sum(1 for n, _ in model.named_modules() if n.endswith("lora_A"))

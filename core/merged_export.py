@@ -50,7 +50,8 @@ from .adapters import (
 from .adapters import variant_inputs as variant_inputs_context
 from .atomic_files import atomic_write_json, replace_folder
 from .safe_loading import load_safetensors
-from .safetensors_writer import write_safetensors
+from .merged_tensors import merged_tensors
+from .safetensors_writer import PendingTensor, write_safetensors
 from .variants import get_variant
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -170,6 +171,29 @@ def export_merged(
     """
     root = adapted_root(model)
     name = adapter_name or (active_adapter(root) if root is not None else None)
+    path = Path(path)
+    transformers_model = is_transformers_model(model)
+    if not transformers_model and path.suffix != ".safetensors":
+        path = path / "model.safetensors"
+    sidecar = {
+        "format": SIDECAR_FORMAT,
+        "architecture": {"class": _class_path(model), **(architecture or {})},
+        "precision": precision,
+        "adapter_name": name,
+        "lora_config": get_adapter_config(root, name).to_dict() if root is not None and name else None,
+    }
+    # Written, never run: the merged tensors are read off the live model, no copy of it is made.
+    tensors = merged_tensors(model, adapter_name, _dtype(precision), variant_inputs) if example_inputs is None else None
+    if tensors is not None and not transformers_model:  # merged weights made one at a time as the file is written
+        files = _write_tensors(tensors, path, {**sidecar, "max_output_difference": None}, checksum=checksum)
+        return ExportResult(path, "safetensors", precision, name, files, None)
+    if tensors is not None and precision == "float32" and _all_float32(model):
+        # save_pretrained on a shell of the live model (its own config, which save_pretrained edits) with
+        # the merged state dict: transformers still decides tied keys, shards and config; float32 only,
+        # because it records the dtype of the model it is called on.
+        state = {k: v.make() if isinstance(v, PendingTensor) else v for k, v in tensors.items()}
+        files = _write_pretrained(_save_shell(model), path, tokenizer or _name_or_path(model), state)
+        return ExportResult(path, "transformers", precision, name, files, None)
     merged = merged_copy(model, adapter_name, precision, variant_inputs, share_frozen=True)  # written, then dropped
     difference = None
     if example_inputs is not None:
@@ -177,24 +201,12 @@ def export_merged(
             live = _outputs(model, example_inputs)
         difference = max_output_difference(live, _outputs(merged.float(), example_inputs))
         merged.to(_dtype(precision))
-    path = Path(path)
-    if is_transformers_model(merged):
+    if transformers_model:
         files = _write_pretrained(merged, path, tokenizer or _name_or_path(model))
-        kind = "transformers"
-    else:
-        if path.suffix != ".safetensors":
-            path = path / "model.safetensors"
-        sidecar = {
-            "format": SIDECAR_FORMAT,
-            "architecture": {"class": _class_path(model), **(architecture or {})},
-            "precision": precision,
-            "adapter_name": name,
-            "lora_config": get_adapter_config(root, name).to_dict() if root is not None and name else None,
-            "max_output_difference": difference,
-        }
-        files = _write_state_dict(merged, path, sidecar, checksum=checksum)
-        kind = "safetensors"
-    return ExportResult(path, kind, precision, name, files, difference)
+        return ExportResult(path, "transformers", precision, name, files, difference)
+    files = _write_tensors(merged.state_dict(), path, {**sidecar, "max_output_difference": difference},
+                           checksum=checksum)  # fmt: skip
+    return ExportResult(path, "safetensors", precision, name, files, difference)
 
 
 def _live_inputs(model: nn.Module, inputs: Mapping[str, Any] | None):
@@ -208,9 +220,26 @@ def _live_inputs(model: nn.Module, inputs: Mapping[str, Any] | None):
     return variant_inputs_context(root, **variant.forward_inputs(dict(inputs)))
 
 
-def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[Path, ...]:
+def _all_float32(model: nn.Module) -> bool:
+    return all(t.dtype == torch.float32 for t in (*model.parameters(), *model.buffers()) if t.is_floating_point())
+
+
+def _save_shell(model: nn.Module) -> nn.Module:
+    """A shallow copy of a transformers model to call ``save_pretrained`` on: the same modules and
+    tensors (nothing copied), its own config and generation config (``save_pretrained`` writes into
+    them), so the live model is not touched."""
+    shell = copy.copy(model)
+    shell.config = copy.deepcopy(model.config)
+    if getattr(model, "generation_config", None) is not None:
+        shell.generation_config = copy.deepcopy(model.generation_config)
+    return shell
+
+
+def _write_pretrained(
+    merged: nn.Module, folder: Path, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None
+) -> tuple[Path, ...]:
     with replace_folder(folder) as stage, _transformers_writes_with(write_safetensors):
-        merged.save_pretrained(stage)
+        merged.save_pretrained(stage, state_dict=state_dict)
         if hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(stage)
         elif tokenizer is not None and Path(tokenizer).is_dir():
@@ -242,14 +271,18 @@ def _transformers_writes_with(writer: Callable[..., Any]):
         modeling_utils.safe_save_file = original
 
 
-def _write_state_dict(merged: nn.Module, path: Path, sidecar: dict, *, checksum: bool) -> tuple[Path, ...]:
+def _write_tensors(
+    state: Mapping[str, torch.Tensor | PendingTensor], path: Path, sidecar: dict, *, checksum: bool
+) -> tuple[Path, ...]:
     seen: set[int] = set()
-    tensors = {}
-    for key, tensor in merged.state_dict().items():
-        # Tied weights (and views) share storage, which safetensors refuses: later ones get their own copy.
-        storage = tensor.untyped_storage().data_ptr()
-        tensors[key] = tensor.detach().clone() if storage in seen else tensor.detach()
-        seen.add(storage)
+    tensors: dict[str, torch.Tensor | PendingTensor] = {}
+    for key, tensor in state.items():
+        if isinstance(tensor, torch.Tensor):
+            # Tied weights (and views) share storage, which safetensors refuses: later ones get their own copy.
+            storage = tensor.untyped_storage().data_ptr()
+            tensor = tensor.detach().clone() if storage in seen else tensor.detach()
+            seen.add(storage)
+        tensors[key] = tensor
     digest = write_safetensors(tensors, path, {"format": "pt"}, checksum=checksum)  # atomic, durable
     sidecar_path = sidecar_path_for(path)
     atomic_write_json(sidecar_path, {**sidecar, "weights_file": path.name, **({"sha256": digest} if digest else {})})

@@ -25,9 +25,12 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
+import math
 import os
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -49,12 +52,24 @@ _DTYPE_ORDER: tuple[tuple[torch.dtype, str], ...] = tuple(
 )  # fmt: skip
 _DTYPE_NAMES = dict(_DTYPE_ORDER)
 _DTYPE_RANK = {dtype: rank for rank, (dtype, _) in enumerate(_DTYPE_ORDER)}
+
+
+@dataclass(frozen=True)
+class PendingTensor:
+    """A tensor computed only when the writer reaches it (e.g. a merged weight), then dropped: the
+    file can hold more than memory would at once.  ``make()`` must return exactly ``shape``/``dtype``."""
+
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    make: Callable[[], torch.Tensor]
+
+
 _WRITE_SLICE = 64 << 20  # bytes per write call: writeback of a large tensor starts before it is all copied
 _WRITEBACK_STRETCH = 16 << 20  # ask for writeback whenever this much has been written since the last ask
 
 
 def write_safetensors(
-    tensors: Mapping[str, torch.Tensor],
+    tensors: Mapping[str, torch.Tensor | PendingTensor],
     path: str | os.PathLike[str],
     metadata: Mapping[str, str] | None = None,
     *,
@@ -65,14 +80,15 @@ def write_safetensors(
 
     A drop-in for ``safetensors.torch.save_file(tensors, path, metadata)``: the same bytes, the same
     refusals (shared memory between two tensors, a dtype the format lacks), with messages naming the key.
+    A :class:`PendingTensor` is made when its turn comes; if making it raises, nothing is written.
     """
     order, header = _layout(tensors, metadata)
     digest = hashlib.sha256(header) if checksum else None
-    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as handle:
+    with atomic_path(path) as tmp, open(tmp, "wb", buffering=0) as handle, _MadeAhead(tensors, order) as made:
         position = handle.write(header)
         kicked = 0
         for name in order:
-            for chunk in _byte_slices(tensors[name]):
+            for chunk in _byte_slices(made[name]):
                 position += _write_all(handle, chunk)
                 if digest is not None:
                     digest.update(chunk)
@@ -82,15 +98,60 @@ def write_safetensors(
     return digest.hexdigest() if digest is not None else None
 
 
-def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None) -> tuple[list[str], bytes]:
+class _MadeAhead:
+    """Tensors in write order, each :class:`PendingTensor` made one step ahead on a worker thread, so
+    computing the next (torch releases the GIL) overlaps writing this one (so does ``write``); at most
+    two made tensors are alive at a time."""
+
+    def __init__(self, tensors: Mapping[str, torch.Tensor | PendingTensor], order: list[str]) -> None:
+        self._tensors = tensors
+        self._pending = iter([n for n in order if isinstance(tensors[n], PendingTensor)])
+        self._futures: dict[str, Future] = {}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safetensors-make")
+
+    def __enter__(self) -> _MadeAhead:
+        self._submit_next()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for future in self._futures.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)  # a make already running finishes before the file is dropped
+
+    def __getitem__(self, name: str) -> torch.Tensor:
+        future = self._futures.pop(name, None)
+        if future is None:
+            return self._tensors[name]
+        self._submit_next()
+        return future.result()  # a failure in make() surfaces here, before anything of it is written
+
+    def _submit_next(self) -> None:
+        name = next(self._pending, None)
+        if name is not None:
+            self._futures[name] = self._pool.submit(_made, name, self._tensors[name])
+
+
+def _made(name: str, tensor: torch.Tensor | PendingTensor) -> torch.Tensor:
+    if not isinstance(tensor, PendingTensor):
+        return tensor
+    made = tensor.make()
+    if tuple(made.shape) != tuple(tensor.shape) or made.dtype != tensor.dtype:
+        raise ValueError(f"tensor {name!r} was announced as {tensor.dtype} {list(tensor.shape)} but made as "
+                         f"{made.dtype} {list(made.shape)}; nothing was written")  # fmt: skip
+    return made
+
+
+def _layout(
+    tensors: Mapping[str, torch.Tensor | PendingTensor], metadata: Mapping[str, str] | None
+) -> tuple[list[str], bytes]:
     """The write order and the padded header (length prefix included), exactly as safetensors makes them."""
     _refuse_shared_memory(tensors)
     for name, tensor in tensors.items():
-        if not isinstance(tensor, torch.Tensor):
+        if not isinstance(tensor, (torch.Tensor, PendingTensor)):
             raise TypeError(f"tensor {name!r} is a {type(tensor).__name__}, not a torch.Tensor")
         if tensor.dtype not in _DTYPE_NAMES:
             raise ValueError(f"tensor {name!r} has dtype {tensor.dtype}, which the safetensors format cannot hold")
-        if tensor.layout != torch.strided:
+        if isinstance(tensor, torch.Tensor) and tensor.layout != torch.strided:
             raise ValueError(f"tensor {name!r} is {tensor.layout}; convert it to a dense tensor first")
     order = sorted(tensors, key=lambda name: (_DTYPE_RANK[tensors[name].dtype], name))
     entries: dict[str, object] = {}
@@ -99,7 +160,7 @@ def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | N
     offset = 0
     for name in order:
         tensor = tensors[name]
-        size = tensor.numel() * tensor.element_size()
+        size = math.prod(tensor.shape) * tensor.dtype.itemsize
         entries[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
                          "data_offsets": [offset, offset + size]}  # fmt: skip
         offset += size
@@ -108,7 +169,7 @@ def _layout(tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | N
     return order, len(text).to_bytes(8, "little") + text
 
 
-def _refuse_shared_memory(tensors: Mapping[str, torch.Tensor]) -> None:
+def _refuse_shared_memory(tensors: Mapping[str, torch.Tensor | PendingTensor]) -> None:
     """Two keys over overlapping memory (tied weights, views) would be written twice and read back as
     two tensors: safetensors refuses it, and so does this writer, naming both keys."""
     spans = sorted(
@@ -182,4 +243,4 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-__all__ = ["file_sha256", "write_safetensors"]
+__all__ = ["PendingTensor", "file_sha256", "write_safetensors"]

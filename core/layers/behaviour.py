@@ -10,6 +10,7 @@ override only what their paper changes (STYLE.md: PEFT's strategy objects).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
@@ -29,14 +30,15 @@ class NonFiniteDeltaError(ValueError):
 
 
 def _all_finite(t: torch.Tensor) -> bool:
-    """True when ``t`` holds no NaN or Inf: one reduction instead of ``isfinite(t).all()``'s mask.
+    """True when ``t`` holds no NaN or Inf: one min/max reduction instead of ``isfinite(t).all()``'s mask.
 
-    Any NaN or Inf makes the sum NaN or Inf; summed in float64, finite float32/16 values cannot
-    overflow, so a finite sum means every element is finite.
+    The minimum and maximum propagate NaN and are ±Inf when any element is, so both are finite
+    exactly when every element is; in ``t``'s own dtype, no conversion, no overflow to reason about.
     """
-    if not t.is_floating_point() or t.dtype == torch.float64:
+    if not t.is_floating_point() or t.numel() == 0:
         return bool(torch.isfinite(t).all())
-    return bool(torch.isfinite(t.sum(dtype=torch.float64)))
+    low, high = torch.aminmax(t)
+    return math.isfinite(float(low)) and math.isfinite(float(high))
 
 
 class AdapterBehaviour:

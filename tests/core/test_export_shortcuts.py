@@ -4,7 +4,7 @@
   own base weights included: the live model must come out unchanged, and the file must hold the
   merged weights (and, asked for, the sidecar the file's true SHA-256);
 * merging is one ``addmm`` per weight: it must equal ``W + s·(B @ A)`` computed the long way;
-* the NaN/Inf check before a merge is one float64 sum: it must agree with ``isfinite().all()``.
+* the NaN/Inf check before a merge is one min/max reduction: it must agree with ``isfinite().all()``.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ def test_one_addmm_merge_equals_the_long_way(transposed: bool) -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_finite_check_by_sum_agrees_with_isfinite(dtype: torch.dtype) -> None:
+def test_finite_check_by_min_max_agrees_with_isfinite(dtype: torch.dtype) -> None:
     big = torch.finfo(dtype).max
     cases = [torch.ones(3, 3), torch.full((4, 4), big), torch.tensor([big, big, -big]), torch.zeros(0)]
     for bad in (float("nan"), float("inf"), -float("inf")):
@@ -104,6 +104,11 @@ def test_finite_check_by_sum_agrees_with_isfinite(dtype: torch.dtype) -> None:
         t[2, 3] = bad
         cases.append(t)
     cases.append(torch.tensor([float("inf"), -float("inf")]))
+    for position in range(67):  # every lane of a vectorised reduction, and its scalar tail
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            t = torch.randn(67)
+            t[position] = bad
+            cases.append(t)
     for t in cases:
         t = t.to(dtype)
         assert _all_finite(t) == bool(torch.isfinite(t).all())
