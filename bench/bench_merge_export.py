@@ -9,8 +9,10 @@ query, key, value and dense projection (72 layers).  Timed, interleaved, median 
   cache for the kernel to write back later);
 * ``floor + fsync``    -- the same, then ``os.fsync``: the bare write made durable, the least any
   crash-safe writer pays;
-* ``merge + save_file`` -- ``merge_and_unload`` on a copy taken beforehand (untimed), then
-  ``save_file`` of its state dict;
+* ``PEFT merge_and_unload + save_file`` -- the peer: PEFT's LoRA on the same base with the same
+  adapter weights (checked: it merges to the same weights within 1e-5), ``merge_and_unload`` on a
+  copy taken beforehand (untimed), then ``save_file``;
+* ``merge_and_unload + save_file`` -- the same with our ``merge_and_unload``;
 * ``export_merged (safetensors)`` -- ``core.export_merged`` on the live model wrapped as a plain
   module: merged copy (frozen tensors shared, one ``addmm`` per adapted weight, NaN/Inf check),
   atomic durable write (``core/safetensors_writer.py``), JSON sidecar;
@@ -61,6 +63,25 @@ def build(hidden: int, layers: int) -> nn.Module:
     return model
 
 
+def build_peft(ours: nn.Module, hidden: int, layers: int) -> nn.Module:
+    """PEFT's LoRA on the same base (same seed), carrying our adapter's very weights."""
+    from peft import LoraConfig as PeftLoraConfig
+    from peft import get_peft_model
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=hidden // 64,
+                        intermediate_size=4 * hidden)  # fmt: skip
+    peft_model = get_peft_model(BertModel(config, add_pooling_layer=False),
+                                PeftLoraConfig(r=16, lora_alpha=32, target_modules=["query", "key", "value", "dense"]))
+    ours_state = ours.state_dict()
+    peft_state = peft_model.state_dict()
+    mapped = {f"base_model.model.{k}": v for k, v in ours_state.items()}
+    assert mapped.keys() == peft_state.keys(), "the two engines disagree on the adapted layers"
+    peft_model.load_state_dict(mapped, strict=True)
+    return peft_model
+
+
 def state_dict_for_save(model: nn.Module) -> dict[str, torch.Tensor]:
     """The tensors ``save_file`` accepts: contiguous, no shared storage."""
     return {k: v.detach().contiguous() for k, v in model.state_dict().items()}
@@ -100,7 +121,16 @@ def main() -> None:
         finally:
             os.close(fd)
 
+    peft_model = build_peft(model, a.hidden, a.layers)
+    peft_merged = state_dict_for_save(copy.deepcopy(peft_model).merge_and_unload())
+    worst = max(float((peft_merged[k] - merged_tensors[k]).abs().max()) for k in merged_tensors)
+    assert peft_merged.keys() == merged_tensors.keys() and worst < 1e-5, "PEFT merges to other weights"
     copies: list[nn.Module] = []
+    peft_copies: list[nn.Module] = []
+
+    def peft_merge_then_save(out: Path) -> None:
+        merged = peft_copies.pop().merge_and_unload()
+        save_file(state_dict_for_save(merged), str(out / "model.safetensors"))
 
     def merge_then_save(out: Path) -> None:
         merged = merge_and_unload(copies.pop())
@@ -109,6 +139,7 @@ def main() -> None:
     arms: dict[str, Callable[[Path], object]] = {
         "floor: save_file": floor,
         "floor + fsync": durable_floor,
+        "PEFT merge_and_unload + save_file": peft_merge_then_save,
         "merge_and_unload + save_file": merge_then_save,
         "export_merged (safetensors)": lambda out: export_merged(plain, out / "model.safetensors"),
         "export_merged (transformers)": lambda out: export_merged(model, out / "folder"),
@@ -120,6 +151,7 @@ def main() -> None:
     for r in range(a.rounds + 1):  # round 0 warms up
         for name in names[r % len(names):] + names[: r % len(names)]:
             copies.append(copy.deepcopy(model))  # untimed: merge_and_unload changes its argument
+            peft_copies.append(copy.deepcopy(peft_model))
             out = root / "out"
             out.mkdir()
             os.sync()  # untimed: the previous arm's dirty pages are not this arm's cost
@@ -128,6 +160,7 @@ def main() -> None:
             elapsed = time.perf_counter() - t0
             shutil.rmtree(out)
             copies.clear()
+            peft_copies.clear()
             if r:
                 times[name].append(elapsed)
     shutil.rmtree(root)
