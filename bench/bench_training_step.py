@@ -15,7 +15,9 @@ Arms:
 * ``full``  -- every parameter trains (AdamW);
 * ``ours``/``peft`` -- LoRA by LoRA Studio and by PEFT, AdamW on the adapters;
 * ``unfused`` (``--unfused``) -- ours with the fused LoRA function switched off: the op-by-op
-  path the engine ran before it, for a before/after measured in the same run.
+  path the engine ran before it, for a before/after measured in the same run;
+* ``nofold`` (``--nofold``) -- ours without the LoRA update folded into the weight (the fused
+  function alone): what folding does to the step time, measured in the same run.
 
 Step time: zero_grad + forward + backward + AdamW step.  The arms are interleaved (one
 step of each in turn, many rounds) and the median is reported, because the development
@@ -118,12 +120,16 @@ def make_arm(label: str, work: Workload, base: nn.Module, device: torch.device) 
     if kind == "floor":
         model.requires_grad_(False)
         work.first_layer(model).register_forward_hook(lambda _m, _i, out: out.requires_grad_())
-    elif kind in ("ours", "unfused"):
+    elif kind in ("ours", "unfused", "nofold"):
         attach(model, LoraConfig(r=RANK, alpha=ALPHA, dropout=float(dropout), targets=work.targets))
         if kind == "unfused":  # the op-by-op path of before the fused function: before/after in one run
             for layer in model.modules():
                 if isinstance(layer, AdapterLayer):
                     layer._fused_forward = lambda *args: None
+        if kind == "nofold":  # the fused function without the update folded into the weight
+            for layer in model.modules():
+                if isinstance(layer, AdapterLayer):
+                    layer._folded_forward = lambda *args: None
     elif kind == "peft":
         import peft
 
@@ -277,6 +283,8 @@ def main() -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="base weights' dtype (adapters stay float32 in both engines)")
     p.add_argument("--unfused", action="store_true", help="add our op-by-op path (before the fused function)")
+    p.add_argument("--nofold", action="store_true",
+                   help="add ours without the LoRA update folded into the weight (float32, dropout 0)")
     p.add_argument("--quick", action="store_true", help="hidden 256, 2 layers, seq 64, batch 8, image 64")
     a = p.parse_args()
     if a.quick:
@@ -287,7 +295,7 @@ def main() -> None:
     print(f"torch {torch.__version__}, {device}, {a.dtype} base, {torch.get_num_threads()} threads; hidden {a.hidden}, "
           f"{a.layers} layers, seq {a.seq}, batch {a.batch}, ResNet image {a.image}; r={RANK}, alpha={ALPHA}; "
           f"{a.rounds} interleaved rounds, medians")  # fmt: skip
-    kinds = ("ours", "unfused", "peft") if a.unfused else ("ours", "peft")
+    kinds = ("ours",) + (("unfused",) if a.unfused else ()) + (("nofold",) if a.nofold else ()) + ("peft",)
     labels = ["floor", "full"] + [f"{k}@{d}" for d in a.dropouts.split(",") for k in kinds]
     for name in a.models.split(","):
         work = workloads(a)[name]

@@ -7,7 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
-from .fused_lora import LinearProjections, fused_lora
+from .behaviour import AdapterBehaviour
+from .fused_lora import LinearProjections, folded_lora, fused_lora
 
 _PROJECTIONS = LinearProjections()
 
@@ -53,6 +54,48 @@ class LinearLora(AdapterLayer):
     def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
         return F.linear(h, b)
 
+    def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        """The base output plus the active adapter's contribution; where exact enough (see
+        :meth:`_folded_forward`) as one product with the update folded into the weight."""
+        folded = None if (args or kwargs) else self._folded_forward(x)
+        return folded if folded is not None else super().forward(x, *args, **kwargs)
+
+    def _folded_forward(self, x: torch.Tensor) -> torch.Tensor | None:
+        """``x (W + s·B A)ᵀ + bias`` through :func:`.fused_lora.folded_lora`, or None where that does not apply.
+
+        It skips the base layer's own call, so it applies only where that call is exactly
+        ``F.linear``/``addmm`` (``nn.Linear``, GPT-2's ``Conv1D``, no hooks), the base is frozen,
+        everything is float32 (the folded weight rounds once more: float32 keeps that to 1e-6
+        relative), no autocast, no dropout at work, and gradients are being recorded.  Where the
+        fused function is switched off on this layer (the op-by-op oracle of the tests and the
+        benchmark's ``unfused`` arm), so is this.
+        """
+        adapter = self._adapter_in_use()
+        if adapter is None or "_fused_forward" in self.__dict__:
+            return None
+        behaviour = self.behaviours[adapter]
+        # Only where the behaviour's forward would run the fused function (DoRA, for one, keeps
+        # the factors and update but has its own forward).
+        if type(behaviour).forward is not AdapterBehaviour.forward or not behaviour.fusable:
+            return None
+        if type(self)._down is not LinearLora._down or type(self)._up is not LinearLora._up:
+            return None
+        base = self.base_layer
+        if not (type(base) is nn.Linear or is_transformers_conv1d(base)) or _hooked(base):
+            return None
+        dropout = self.lora_dropout[adapter]
+        if not (isinstance(dropout, nn.Identity) or (isinstance(dropout, nn.Dropout)
+                                                     and (dropout.p == 0 or not dropout.training))):  # fmt: skip
+            return None
+        weight, bias = base.weight, base.bias
+        a, b = self._factors(adapter, "weight")
+        frozen = [weight] + ([bias] if bias is not None else [])
+        if any(t.requires_grad for t in frozen) or any(t.dtype != torch.float32 for t in (x, a, b, *frozen)):
+            return None
+        if not torch.is_grad_enabled() or torch.is_autocast_enabled(x.device.type):
+            return None
+        return folded_lora(x, weight, bias, a, b, self.scaling[adapter], self.fan_in_fan_out)
+
     def _fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
         # Subclasses that change the projections, and autocast (which recasts F.linear's inputs
         # inside the function), keep the op-by-op path.
@@ -66,3 +109,13 @@ class LinearLora(AdapterLayer):
 
     def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight.t() if self.fan_in_fan_out else weight)
+
+
+def _hooked(module: nn.Module) -> bool:
+    """True when calling ``module`` would run hooks (its own or global ones) besides its forward."""
+    from torch.nn.modules import module as m
+
+    own = (module._forward_hooks, module._forward_pre_hooks, module._backward_hooks, module._backward_pre_hooks)
+    every = (m._global_forward_hooks, m._global_forward_pre_hooks, m._global_backward_hooks,
+             m._global_backward_pre_hooks)  # fmt: skip
+    return any(len(hooks) for hooks in own + every)

@@ -472,7 +472,7 @@ def test_rebuilt_input_gives_the_op_by_op_gradients(make: str, dropout: float) -
     _close(out_f, out_u, torch.float32)
     _gradients_agree(grads_f, grads_u, ("input", "A", "B"))
     if make == "sdpa-transpose-reshape":  # a view of SDPA's kept output: keeping it costs nothing
-        assert kept_f == {"ScaledDotProductFlashAttentionForCpuBackward0", "FusedLoraBackward"}
+        assert kept_f - {"FusedLoraBackward", "FoldedLoraBackward"} == {"ScaledDotProductFlashAttentionForCpuBackward0"}
         return
     if not dropout:  # the op-by-op path keeps x (with dropout: the dropped copy and its mask instead)
         assert kept_u
@@ -569,3 +569,71 @@ def test_tiny_transformers_match_op_by_op_and_keep_no_layer_norm_or_merged_atten
             assert "ScaledDotProductFlashAttentionForCpuBackward0" in kept_f[name], (name, kept_f[name])
         else:
             assert not kept_f[name], (name, kept_f[name])
+
+
+
+# -- the update folded into the weight (float32, dropout 0) ----------------------------------------
+
+
+def _function_of(out: torch.Tensor) -> str:
+    return type(out.grad_fn).__name__ if out.grad_fn is not None else "none"
+
+
+@pytest.mark.parametrize("kind", ["linear", "gpt2-conv1d"])
+@pytest.mark.parametrize("shape", [(3, 5, 16), (7, 16)])
+@pytest.mark.parametrize("training", [True, False])
+def test_folded_update_gives_the_op_by_op_output_and_gradients(kind: str, shape: tuple, training: bool) -> None:
+    """At dropout 0 over a frozen float32 Linear / GPT-2 Conv1D the update is folded into the weight:
+    output and the gradients of x, A and B equal the op-by-op path's to 1e-6 relative."""
+    layer = _layer(torch.float32, 0.1, kind == "gpt2-conv1d")
+    layer.train(training)
+    layer.lora_dropout["a"] = nn.Identity() if training else layer.lora_dropout["a"]  # dropout 0 / not at work
+    x = torch.randn(*shape)
+    assert _function_of(layer(x.requires_grad_(True))) == "FoldedLoraBackward"
+    out_f, grads_f, _ = _run(layer, x, fused=True)
+    out_u, grads_u, _ = _run(layer, x, fused=False)
+    _close(out_f, out_u, torch.float32)
+    _gradients_agree(tuple(grads_f.values()), tuple(grads_u.values()), tuple(grads_f))
+
+
+@pytest.mark.parametrize(
+    "case", ["dropout", "bfloat16", "trainable-base", "base-hook", "own-forward", "autocast", "no-grad", "conv2d"]
+)
+def test_update_folded_only_where_the_base_call_can_be_skipped_exactly(case: str) -> None:
+    """Anything the folded function would change or skip keeps the other paths: dropout at work, a
+    half-precision base, a base that trains, hooks on the base layer (they must still run), a
+    behaviour with its own forward (DoRA), autocast, no gradient recording, convolutions."""
+    layer = _layer(torch.bfloat16 if case == "bfloat16" else torch.float32, 0.3 if case == "dropout" else 0.0,
+                   "conv2d" if case == "conv2d" else False)  # fmt: skip
+    layer.train()
+    x = torch.randn(2, 16, 5, 5) if case == "conv2d" else torch.randn(3, 16)
+    x = x.to(torch.bfloat16) if case == "bfloat16" else x
+    expected = "FusedLoraBackward"
+    calls: list[int] = []
+    if case == "trainable-base":
+        layer.base_layer.weight.requires_grad_(True)
+    elif case == "base-hook":
+        layer.base_layer.register_forward_hook(lambda m, i, o: calls.append(1))
+    elif case == "own-forward":
+
+        class OwnForward(AdapterBehaviour):  # keeps factors and update, like DoRA
+            def forward(self, layer, adapter, x, result):
+                return result * 0 + 1
+
+        layer.behaviours["a"] = OwnForward()
+        expected = "none"  # its forward ran: no adapter parameter is used
+    if case == "autocast":
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = layer(x)
+        expected = "AddBackward0"  # the op-by-op path
+    elif case == "no-grad":
+        with torch.no_grad():
+            out = layer(x)
+        expected = "none"
+    else:
+        out = layer(x)
+    assert _function_of(out) == expected
+    if case == "base-hook":
+        assert calls == [1]
+    if case == "own-forward":
+        assert torch.equal(out, torch.ones_like(out))
