@@ -191,8 +191,7 @@ def export_merged(
         # save_pretrained on a shell of the live model (its own config, which save_pretrained edits) with
         # the merged state dict: transformers still decides tied keys, shards and config; float32 only,
         # because it records the dtype of the model it is called on.
-        state = {k: v.make() if isinstance(v, PendingTensor) else v for k, v in tensors.items()}
-        files = _write_pretrained(_save_shell(model), path, tokenizer or _name_or_path(model), state)
+        files = _write_pretrained_merged(_save_shell(model), path, tokenizer or _name_or_path(model), tensors)
         return ExportResult(path, "transformers", precision, name, files, None)
     merged = merged_copy(model, adapter_name, precision, variant_inputs, share_frozen=True)  # written, then dropped
     difference = None
@@ -235,17 +234,71 @@ def _save_shell(model: nn.Module) -> nn.Module:
     return shell
 
 
-def _write_pretrained(
-    merged: nn.Module, folder: Path, tokenizer: Any, state_dict: dict[str, torch.Tensor] | None = None
-) -> tuple[Path, ...]:
+def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[Path, ...]:
     with replace_folder(folder) as stage, _transformers_writes_with(write_safetensors):
-        merged.save_pretrained(stage, state_dict=state_dict)
-        if hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(stage)
-        elif tokenizer is not None and Path(tokenizer).is_dir():
-            for file_name in TOKENIZER_FILES:
-                if (Path(tokenizer) / file_name).is_file():
-                    shutil.copy2(Path(tokenizer) / file_name, stage / file_name)
+        merged.save_pretrained(stage)
+        _write_tokenizer(tokenizer, stage)
+    return tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
+
+
+def _write_tokenizer(tokenizer: Any, stage: Path) -> None:
+    if hasattr(tokenizer, "save_pretrained"):
+        tokenizer.save_pretrained(stage)
+    elif tokenizer is not None and Path(tokenizer).is_dir():
+        for file_name in TOKENIZER_FILES:
+            if (Path(tokenizer) / file_name).is_file():
+                shutil.copy2(Path(tokenizer) / file_name, stage / file_name)
+
+
+class _PlaceholdersNotWritten(RuntimeError):
+    """save_pretrained did not hand every merged weight's placeholder to the writer as it was."""
+
+
+class _SwapPlaceholders:
+    """Stands in for ``save_file`` inside ``save_pretrained``: where transformers passes a merged
+    weight's placeholder, the writer gets the pending merged weight instead, made as it is written."""
+
+    def __init__(self, pending: dict[int, PendingTensor]) -> None:
+        self.pending = pending  # id(placeholder) -> merged weight
+        self.swapped: set[int] = set()
+
+    def __call__(self, tensors: Mapping[str, torch.Tensor], filename: str, metadata=None) -> None:
+        state: dict[str, torch.Tensor | PendingTensor] = {}
+        for key, tensor in tensors.items():
+            merged = self.pending.get(id(tensor))
+            if merged is not None:
+                self.swapped.add(id(tensor))
+            state[key] = merged if merged is not None else tensor
+        write_safetensors(state, filename, metadata)
+
+
+def _write_pretrained_merged(
+    shell: nn.Module, folder: Path, tokenizer: Any, tensors: Mapping[str, torch.Tensor | PendingTensor]
+) -> tuple[Path, ...]:
+    """``save_pretrained`` of ``tensors`` (merged weights pending) through ``shell``.
+
+    transformers decides from the state dict which keys to keep (tied weights, by shared storage) and
+    how to shard, without reading the values, so each merged weight goes in as a placeholder of its
+    shape that owns no memory yet (``torch.empty``: never touched, never committed), and the writer
+    makes the real one when its turn comes -- one merged weight at a time, overlapped with writing.
+    Should transformers change a placeholder on the way (a weight conversion) the merged weights are
+    made first and it writes them itself.
+    """
+    placeholders = {k: torch.empty(v.shape, dtype=v.dtype) for k, v in tensors.items() if isinstance(v, PendingTensor)}
+    swap = _SwapPlaceholders({id(placeholders[k]): tensors[k] for k in placeholders})
+    try:
+        with replace_folder(folder) as stage, _transformers_writes_with(swap) as hooked:
+            if not hooked:
+                raise _PlaceholdersNotWritten("transformers writes its weight files itself")
+            shell.save_pretrained(stage, state_dict={k: placeholders.get(k, v) for k, v in tensors.items()})
+            if swap.swapped != swap.pending.keys():
+                raise _PlaceholdersNotWritten("a merged weight did not reach the writer as it was given")
+            _write_tokenizer(tokenizer, stage)
+    except _PlaceholdersNotWritten:
+        state = {k: v.make() if isinstance(v, PendingTensor) else v for k, v in tensors.items()}
+        with replace_folder(folder) as stage, _transformers_writes_with(write_safetensors):
+            shell.save_pretrained(stage, state_dict=state)
+            _write_tokenizer(tokenizer, stage)
     return tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
 
 
@@ -254,19 +307,20 @@ def _transformers_writes_with(writer: Callable[..., Any]):
     """Have ``save_pretrained`` write its weight files with ``writer`` (same signature and bytes as
     ``safetensors.torch.save_file``, see :mod:`.safetensors_writer`) instead: transformers keeps its
     own choices -- which keys, tied weights, shards, metadata -- and the write is one pass with the
-    writeback overlapped.  Where transformers no longer names ``safe_save_file``, it writes as usual."""
+    writeback overlapped.  Yields whether the writer is in place: where transformers no longer names
+    ``safe_save_file``, it writes as usual."""
     try:
         from transformers import modeling_utils
     except ImportError:  # pragma: no cover - transformers is a dependency
-        yield
+        yield False
         return
     original = getattr(modeling_utils, "safe_save_file", None)
     if original is None:
-        yield
+        yield False
         return
     modeling_utils.safe_save_file = lambda tensors, filename, metadata=None: writer(tensors, filename, metadata)
     try:
-        yield
+        yield True
     finally:
         modeling_utils.safe_save_file = original
 

@@ -93,7 +93,7 @@ def test_a_non_finite_update_writes_nothing(tmp_path) -> None:
 
 
 @pytest.mark.parametrize("case_name", ["bert", "gpt2"])
-def test_transformers_folder_without_the_copy_equals_the_copys(tmp_path, case_name: str) -> None:
+def test_transformers_folder_without_the_copy_equals_the_copys(tmp_path, monkeypatch, case_name: str) -> None:
     """The no-copy transformers export (save_pretrained on a shell, merged state dict) writes the same
     weights file, byte for byte, and the same config as save_pretrained on the merged copy; the live
     model and its config are untouched."""
@@ -106,7 +106,18 @@ def test_transformers_folder_without_the_copy_equals_the_copys(tmp_path, case_na
     model = _adapted(lora, case)
     config_before = model.config.to_dict()
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
+    import lora_studio.core.merged_export as merged_export
+
+    swaps = []
+    real_call = merged_export._SwapPlaceholders.__call__
+
+    def spy(self, tensors, filename, metadata=None):
+        real_call(self, tensors, filename, metadata)
+        swaps.append((len(self.swapped), len(self.pending)))
+
+    monkeypatch.setattr(merged_export._SwapPlaceholders, "__call__", spy)
     fast = export_merged(model, tmp_path / "fast")
+    assert swaps and swaps[-1][0] == swaps[-1][1] > 0  # merged weights were made by the writer, no fallback
     assert fast.kind == "transformers"
     slow = _write_pretrained(merged_copy(model, None, "float32"), tmp_path / "slow", None)
     slow_files = {p.name: p for p in slow}
@@ -117,3 +128,20 @@ def test_transformers_folder_without_the_copy_equals_the_copys(tmp_path, case_na
     assert model.config.to_dict() == config_before
     for key, value in model.state_dict().items():
         assert torch.equal(value, state_before[key]), key
+
+
+def test_transformers_folder_when_placeholders_are_not_swapped(tmp_path, monkeypatch) -> None:
+    """If save_pretrained changed the placeholders on the way, the merged weights are made first and
+    written as they are: still the copy's bytes, never a placeholder's uninitialised memory."""
+    import lora_studio.core.merged_export as merged_export
+
+    case = next(c for c in ALL_CASES if c.name == "bert")
+    model = _adapted(next(v for v in VARIANTS if v.name == "lora"), case)
+    real_call = merged_export._SwapPlaceholders.__call__
+    monkeypatch.setattr(merged_export._SwapPlaceholders, "__call__",
+                        lambda self, tensors, filename, metadata=None: real_call(
+                            self, {k: v.clone() for k, v in tensors.items()}, filename, metadata))  # fmt: skip
+    export_merged(model, tmp_path / "fast")
+    slow = merged_export._write_pretrained(merged_copy(model, None, "float32"), tmp_path / "slow", None)
+    assert (tmp_path / "fast" / "model.safetensors").read_bytes() == next(
+        p for p in slow if p.name == "model.safetensors").read_bytes()
