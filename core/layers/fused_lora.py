@@ -353,16 +353,22 @@ class FusedLora(torch.autograd.Function):
         g_h, grad_b = ops.up_grads(grad.to(b.dtype), h, b, need_b)
         g_h = g_h * ctx.scaling
         xd = x.to(a.dtype)
+        mask = None
         if keep is not None:
             # dA = g_hᵀ(keep ⊙ x)/(1-p) and dx = keep ⊙ (g_h A)/(1-p): the 1/(1-p) goes on the
-            # rank-r g_h, so the input-sized work is one masked copy and one in-place mask.
+            # rank-r g_h, so the input-sized work is one mask expansion and two multiplies.  The
+            # mask is expanded once, from its bytes read as uint8: on a CPU, bool -> float is a
+            # scalar loop (multiplying by a bool tensor makes that copy each time, 5x the cost of
+            # a float multiply), uint8 -> float a vectorised one.
             g_h = g_h.mul_(1.0 / (1.0 - ctx.p))
-            xd = xd * keep
+            mask = (keep.view(torch.uint8) if keep.dtype == torch.bool else keep).to(xd.dtype)
+            # A freshly rebuilt x (or a new cast) is nobody else's: masked in place.
+            xd = xd.mul_(mask) if (ctx.redo is not None or xd is not x) else xd * mask
         grad_x, grad_a = ops.down_grads(g_h, xd, a, need_x, need_a)
         del xd, x
         if grad_x is not None:
-            if keep is not None:
-                grad_x.mul_(keep)
+            if mask is not None:
+                grad_x.mul_(mask)
             grad_x = grad_x.to(ctx.x_dtype)
         return grad_x, grad if need_result else None, grad_a, grad_b, None, None, None
 
