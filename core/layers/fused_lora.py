@@ -55,6 +55,7 @@ where that stays within 1e-6 relative.  On the 2-core CPU of bench_training_step
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -255,17 +256,24 @@ def _producer(x: torch.Tensor) -> tuple[tuple[torch.Tensor | None, ...], Callabl
 
 
 def _dropout_with_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``F.dropout(x, p, training=True)`` bit for bit, with the same random draws, and its mask.
+    """``F.dropout(x, p, training=True)``, with the same random draws, and its mask.
 
     Where ``F.dropout`` runs the fused kernel (CUDA, XPU) that kernel is called and returns the
-    mask itself; elsewhere (CPU) this is ATen's ``_dropout_impl``: a Bernoulli draw in x's dtype,
-    divided by 1-p, times x.
+    mask itself; elsewhere (CPU) this is ATen's ``_dropout_impl`` -- a Bernoulli draw in x's
+    dtype, divided by 1-p, times x -- with the division and the product as one pass:
+    ``0 + c·x·draw``, c = 1/(1-p) rounded as the division rounds it, gives ``x · (draw/(1-p))``
+    value for value (a dropped element may be +0 where F.dropout gives -0).
     """
     if x.is_cuda or x.is_xpu:
         return torch.native_dropout(x, p, True)
     noise = torch.empty_like(x).bernoulli_(1 - p)
-    keep = noise.bool()
-    return x * noise.div_(1 - p), keep
+    return torch.addcmul(x.new_zeros(()), x, noise, value=_inverse_keep(x.dtype, p)), noise.bool()
+
+
+@functools.lru_cache(maxsize=64)
+def _inverse_keep(dtype: torch.dtype, p: float) -> float:
+    """1/(1-p) rounded as ``draw.div_(1 - p)`` rounds it in ``dtype``."""
+    return torch.ones((), dtype=dtype).div_(1 - p).item()
 
 
 @dataclass(frozen=True)
