@@ -84,9 +84,9 @@ def _layer_norm(
     devices the kernel may round differently, by at most one rounding (tests/core/test_fused_lora.py)."""
     centred = u - mean
     if weight is None:
-        return centred * rstd if bias is None else torch.addcmul(bias, centred, rstd)
-    normed = centred * rstd
-    return normed * weight if bias is None else torch.addcmul(bias, normed, weight)
+        return centred.mul_(rstd) if bias is None else torch.addcmul(bias, centred, rstd)
+    normed = centred.mul_(rstd)  # in place on the fresh difference: the same rounding, one tensor fewer
+    return normed.mul_(weight) if bias is None else torch.addcmul(bias, normed, weight)
 
 
 def _identity(t: torch.Tensor) -> torch.Tensor:
