@@ -637,3 +637,23 @@ def test_update_folded_only_where_the_base_call_can_be_skipped_exactly(case: str
         assert calls == [1]
     if case == "own-forward":
         assert torch.equal(out, torch.ones_like(out))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("p", [0.05, 0.1, 0.3, 0.37, 0.5])
+def test_dropout_with_mask_matches_f_dropout(dtype: torch.dtype, p: float) -> None:
+    """The fused function's dropout (on a CPU: the draw, 1/(1-p) and the product as one addcmul)
+    gives F.dropout's values from the same random draws, and its keep-mask."""
+    import torch.nn.functional as F
+
+    from core.layers.fused_lora import _dropout_with_mask
+
+    x = (torch.randn(4, 33, 70) * 5).to(dtype)
+    torch.manual_seed(11)
+    expected = F.dropout(x, p, training=True)
+    after = torch.rand(3)
+    torch.manual_seed(11)
+    dropped, keep = _dropout_with_mask(x, p)
+    assert torch.equal(torch.rand(3), after)  # the same number of draws
+    assert torch.equal(dropped, expected)  # value for value (+0 and -0 compare equal)
+    assert keep.dtype == torch.bool and torch.equal(keep, expected != 0)
