@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
-from .fused_lora import ConvProjections, fused_lora
+from .fused_lora import ConvProjections, fused_lora, keeps_less_than_op_by_op
 
 CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -68,6 +68,8 @@ class ConvLora(AdapterLayer):
         dropout = self.lora_dropout[adapter]
         p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
         a, b = self._factors(adapter, "weight")
+        if not keeps_less_than_op_by_op(x, a.dtype, p):
+            return None
         projections = ConvProjections(tuple(conv.stride), tuple(conv.padding), tuple(conv.dilation))
         return fused_lora(x, result, a, b, self.scaling[adapter], p, projections)
 

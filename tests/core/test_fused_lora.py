@@ -632,6 +632,8 @@ def test_update_folded_only_where_the_base_call_can_be_skipped_exactly(case: str
         expected = "none"
     else:
         out = layer(x)
+    if case == "conv2d":
+        expected = "AddBackward0"  # dropout 0, one dtype, no rebuild: the op-by-op path keeps the same
     assert _function_of(out) == expected
     if case == "base-hook":
         assert calls == [1]
@@ -657,3 +659,16 @@ def test_dropout_with_mask_matches_f_dropout(dtype: torch.dtype, p: float) -> No
     assert torch.equal(torch.rand(3), after)  # the same number of draws
     assert torch.equal(dropped, expected)  # value for value (+0 and -0 compare equal)
     assert keep.dtype == torch.bool and torch.equal(keep, expected != 0)
+
+
+@pytest.mark.parametrize("setting", ["dropout", "bfloat16-base", "gelu-input", "plain"])
+def test_a_convolution_takes_the_fused_function_only_where_it_keeps_less(setting: str) -> None:
+    """At dropout 0 over a base of the factors' dtype both paths keep x's storage and h, and the op-by-op
+    one runs faster; the fused function is for dropout, a half-precision base, or an input it rebuilds."""
+    layer = _layer(torch.bfloat16 if setting == "bfloat16-base" else torch.float32,
+                   0.3 if setting == "dropout" else 0.0, "conv2d")  # fmt: skip
+    layer.train()
+    x = torch.randn(2, 16, 5, 5, requires_grad=True)
+    x_in = torch.nn.functional.gelu(x) if setting == "gelu-input" else x
+    out = layer(x_in.to(torch.bfloat16) if setting == "bfloat16-base" else x_in)
+    assert _function_of(out) == ("AddBackward0" if setting == "plain" else "FusedLoraBackward")
