@@ -580,7 +580,7 @@ def _function_of(out: torch.Tensor) -> str:
 
 
 @pytest.mark.parametrize("kind", ["linear", "gpt2-conv1d"])
-@pytest.mark.parametrize("shape", [(3, 5, 16), (7, 16)])
+@pytest.mark.parametrize("shape", [(3, 10, 16), (24, 16)])  # enough tokens for folding to pay (20 here)
 @pytest.mark.parametrize("training", [True, False])
 def test_folded_update_gives_the_op_by_op_output_and_gradients(kind: str, shape: tuple, training: bool) -> None:
     """At dropout 0 over a frozen float32 Linear / GPT-2 Conv1D the update is folded into the weight:
@@ -606,7 +606,7 @@ def test_update_folded_only_where_the_base_call_can_be_skipped_exactly(case: str
     layer = _layer(torch.bfloat16 if case == "bfloat16" else torch.float32, 0.3 if case == "dropout" else 0.0,
                    "conv2d" if case == "conv2d" else False)  # fmt: skip
     layer.train()
-    x = torch.randn(2, 16, 5, 5) if case == "conv2d" else torch.randn(3, 16)
+    x = torch.randn(2, 16, 5, 5) if case == "conv2d" else torch.randn(24, 16)  # tokens enough to fold
     x = x.to(torch.bfloat16) if case == "bfloat16" else x
     expected = "FusedLoraBackward"
     calls: list[int] = []
@@ -672,3 +672,13 @@ def test_a_convolution_takes_the_fused_function_only_where_it_keeps_less(setting
     x_in = torch.nn.functional.gelu(x) if setting == "gelu-input" else x
     out = layer(x_in.to(torch.bfloat16) if setting == "bfloat16-base" else x_in)
     assert _function_of(out) == ("AddBackward0" if setting == "plain" else "FusedLoraBackward")
+
+
+@pytest.mark.parametrize("tokens, folded", [(19, False), (20, True), (64, True)])
+def test_the_update_is_folded_only_from_as_many_tokens_as_make_it_pay(tokens: int, folded: bool) -> None:
+    """Folding builds W + s·B·A twice a step whatever the batch; it pays from 2·in·out/(in+out) tokens
+    on (19.2 for 16 → 24): below that the fused function runs instead."""
+    layer = _layer(torch.float32, 0.0)
+    layer.train()
+    out = layer(torch.randn(tokens, 16, requires_grad=True))
+    assert _function_of(out) == ("FoldedLoraBackward" if folded else "FusedLoraBackward")
