@@ -9,6 +9,8 @@ the rank-r gradient, instead of to input- or output-sized tensors: only rounding
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 from torch import nn
@@ -96,12 +98,11 @@ def _run_with_seed(layer: AdapterLayer, x: torch.Tensor, seed: int):
     return out, {"A": layer.lora_A["a"].weight.grad.clone()}, None
 
 
-def _graph_saved_bytes(outputs: list[torch.Tensor], modules: list[nn.Module]) -> int:
-    """Bytes autograd keeps for backward of ``outputs``: the tensors every node of the graph saved
-    (``_saved_*``, or ``saved_tensors`` of a custom function), one count per storage, parameters
-    left out.  Read from the graph: ``saved_tensors_hooks`` would change what the function keeps."""
+def _saved_by_graph(outputs: list[torch.Tensor], modules: list[nn.Module]) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor autograd keeps for backward of ``outputs``, with the type of the node that keeps it:
+    what every node saved (``_saved_*``, or ``saved_tensors`` of a custom function), parameters left
+    out.  Read from the graph: ``saved_tensors_hooks`` would change what the function keeps."""
     params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
-    storages: dict[int, int] = {}
     nodes: dict[int, object] = {}
     stack = [o.grad_fn for o in outputs]
     while stack:
@@ -118,8 +119,13 @@ def _graph_saved_bytes(outputs: list[torch.Tensor], modules: list[nn.Module]) ->
                 continue
             for t in value if isinstance(value, (tuple, list)) else [value]:
                 if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in params:
-                    storages[t.untyped_storage().data_ptr()] = t.untyped_storage().nbytes()
+                    yield type(node).__name__, t
         stack.extend(fn for fn, _ in node.next_functions)
+
+
+def _graph_saved_bytes(outputs: list[torch.Tensor], modules: list[nn.Module]) -> int:
+    """Bytes autograd keeps for backward of ``outputs``, one count per storage."""
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, t in _saved_by_graph(outputs, modules)}
     return sum(storages.values())
 
 
@@ -259,26 +265,9 @@ def test_non_reentrant_checkpoint_gives_the_same_gradients() -> None:
 def _storages(outputs: list[torch.Tensor], modules: list[nn.Module]) -> dict[int, set[str]]:
     """Storage (data pointer) -> the node types that saved it, for every tensor saved for backward
     of ``outputs`` (parameters left out)."""
-    params = {p.untyped_storage().data_ptr() for m in modules for p in m.parameters()}
     owners: dict[int, set[str]] = {}
-    nodes: dict[int, object] = {}
-    stack = [o.grad_fn for o in outputs]
-    while stack:
-        node = stack.pop()
-        if node is None or id(node) in nodes:
-            continue
-        nodes[id(node)] = node
-        for attr in dir(node):
-            if not (attr.startswith("_saved_") or attr == "saved_tensors"):
-                continue
-            try:
-                value = getattr(node, attr)
-            except RuntimeError:
-                continue
-            for t in value if isinstance(value, (tuple, list)) else [value]:
-                if torch.is_tensor(t) and t.untyped_storage().data_ptr() not in params:
-                    owners.setdefault(t.untyped_storage().data_ptr(), set()).add(type(node).__name__)
-        stack.extend(fn for fn, _ in node.next_functions)
+    for name, t in _saved_by_graph(outputs, modules):
+        owners.setdefault(t.untyped_storage().data_ptr(), set()).add(name)
     return owners
 
 
