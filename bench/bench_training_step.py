@@ -72,9 +72,9 @@ class Workload:
 
 def workloads(a: argparse.Namespace) -> dict[str, Workload]:
     """The four model families at the sizes given on the command line."""
-    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
     from torchvision.models import resnet18
     from torchvision.models.vision_transformer import VisionTransformer
+    from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
     heads = max(1, a.hidden // 64)
     gen = torch.Generator().manual_seed(0)

@@ -233,7 +233,9 @@ def variant_inputs(model: nn.Module, **inputs: object) -> Iterator[nn.Module]:
         state.variant_inputs.update(previous)
 
 
-def merge(model: nn.Module, adapter_name: str | None = None, *, fresh_weights: bool = False, **inputs: object) -> None:
+def merge(
+    model: nn.Module, adapter_name: str | None = None, *, fresh_weights: bool = False, **inputs: object
+) -> None:
     """Merge ``adapter_name`` (default: the active adapter) into the base weights, in float32.
 
     Idempotent. Every adapter factor is checked for NaN/Inf before any weight is touched;

@@ -49,8 +49,8 @@ from .adapters import (
 )
 from .adapters import variant_inputs as variant_inputs_context
 from .atomic_files import atomic_write_json, replace_folder
-from .safe_loading import load_safetensors
 from .merged_tensors import merged_tensors
+from .safe_loading import load_safetensors
 from .safetensors_writer import PendingTensor, write_safetensors
 from .variants import get_variant
 
@@ -139,7 +139,9 @@ def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, 
         elif isinstance(module, AdapterLayer):
             slots = {id(slot.param) for slot in module._weight_slots().values()}
             # A layer with a merged update may hold untied originals, which a later merge writes in place.
-            through_slots = not module.merged_adapters and all(b.merges_through_slots for b in module.behaviours.values())
+            through_slots = not module.merged_adapters and all(
+                b.merges_through_slots for b in module.behaviours.values()
+            )
             inside.update(id(t) for t in (*module.parameters(), *module.buffers())
                           if not (through_slots and id(t) in slots))  # fmt: skip
     return {id(t): t for t in tensors if id(t) not in inside and not t.requires_grad}
@@ -157,7 +159,8 @@ def export_merged(
     variant_inputs: Mapping[str, Any] | None = None,
     checksum: bool = False,
 ) -> ExportResult:
-    """Merge ``adapter_name`` (default: the active one) into a copy of ``model`` and write it to ``path``.
+    """Write ``model`` with ``adapter_name`` (default: the active one) merged in to ``path``; ``model``
+    itself is not changed.
 
     ``tokenizer`` (transformers only): a tokenizer object, or a folder to copy tokenizer files
     from; by default the files beside the model's own ``name_or_path`` when that is a local

@@ -125,7 +125,8 @@ def _saved_by_graph(outputs: list[torch.Tensor], modules: list[nn.Module]) -> It
 
 def _graph_saved_bytes(outputs: list[torch.Tensor], modules: list[nn.Module]) -> int:
     """Bytes autograd keeps for backward of ``outputs``, one count per storage."""
-    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, t in _saved_by_graph(outputs, modules)}
+    saved = _saved_by_graph(outputs, modules)
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for _, t in saved}
     return sum(storages.values())
 
 

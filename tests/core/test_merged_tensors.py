@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tiny_models import ALL_CASES, Case, perturb_adapters
-
 from lora_studio.core import LoraConfig, attach, available_variants, export_merged
 from lora_studio.core.layers import wrapper_for
 from lora_studio.core.layers.behaviour import NonFiniteDeltaError
@@ -22,6 +20,7 @@ from lora_studio.core.merged_tensors import merged_tensors
 from lora_studio.core.safe_loading import load_safetensors
 from lora_studio.core.safetensors_writer import PendingTensor
 from lora_studio.core.target_matching import preview_targets
+from tiny_models import ALL_CASES, Case, perturb_adapters
 
 VARIANTS = available_variants()
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}

@@ -11,12 +11,11 @@ from __future__ import annotations
 import hashlib
 import json
 
+import lora_studio.core.safetensors_writer as writer
 import pytest
 import torch
-from safetensors.torch import load_file, save
-
-import lora_studio.core.safetensors_writer as writer
 from lora_studio.core.safetensors_writer import file_sha256, write_safetensors
+from safetensors.torch import load_file, save
 
 
 def _every_dtype() -> dict[str, torch.Tensor]:
@@ -115,9 +114,8 @@ def test_failure_half_way_keeps_the_previous_file(tmp_path, monkeypatch) -> None
 
 
 def test_save_pretrained_through_the_writer_writes_the_same_file(tmp_path, monkeypatch) -> None:
-    from transformers import GPT2Config, GPT2LMHeadModel
-
     from lora_studio.core.merged_export import _transformers_writes_with
+    from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=16))
@@ -128,7 +126,7 @@ def test_save_pretrained_through_the_writer_writes_the_same_file(tmp_path, monke
     assert used, "save_pretrained did not write through the writer"
     plain, ours = tmp_path / "plain" / "model.safetensors", tmp_path / "ours" / "model.safetensors"
     assert ours.read_bytes() == plain.read_bytes()  # tied lm_head left out the same way, same header
-    from transformers import modeling_utils
     from safetensors.torch import save_file
+    from transformers import modeling_utils
 
     assert modeling_utils.safe_save_file is save_file  # put back afterwards
