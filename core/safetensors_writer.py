@@ -66,6 +66,7 @@ class PendingTensor:
 
 _WRITE_SLICE = 64 << 20  # bytes per write call: writeback of a large tensor starts before it is all copied
 _WRITEBACK_STRETCH = 16 << 20  # ask for writeback whenever this much has been written since the last ask
+_AHEAD_BYTES = 64 << 20  # made tensors waiting to be written, at most (one at least)
 
 
 def write_safetensors(
@@ -99,18 +100,21 @@ def write_safetensors(
 
 
 class _MadeAhead:
-    """Tensors in write order, each :class:`PendingTensor` made one step ahead on a worker thread, so
-    computing the next (torch releases the GIL) overlaps writing this one (so does ``write``); at most
-    two made tensors are alive at a time."""
+    """Tensors in write order, each :class:`PendingTensor` made ahead on a worker thread, so computing
+    (torch releases the GIL) overlaps writing (so does ``write``).  Up to ``_AHEAD_BYTES`` of made
+    tensors wait at a time (at least one): enough that the worker keeps busy while a large tensor that
+    needs no making -- an embedding -- is written, and memory stays bounded whatever the model's size."""
 
     def __init__(self, tensors: Mapping[str, torch.Tensor | PendingTensor], order: list[str]) -> None:
         self._tensors = tensors
-        self._pending = iter([n for n in order if isinstance(tensors[n], PendingTensor)])
+        self._pending = [n for n in order if isinstance(tensors[n], PendingTensor)]
+        self._next = 0
         self._futures: dict[str, Future] = {}
+        self._ahead_bytes = 0
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="safetensors-make")
 
     def __enter__(self) -> _MadeAhead:
-        self._submit_next()
+        self._fill()
         return self
 
     def __exit__(self, *exc) -> None:
@@ -122,13 +126,20 @@ class _MadeAhead:
         future = self._futures.pop(name, None)
         if future is None:
             return self._tensors[name]
-        self._submit_next()
+        self._ahead_bytes -= _nbytes(self._tensors[name])
+        self._fill()
         return future.result()  # a failure in make() surfaces here, before anything of it is written
 
-    def _submit_next(self) -> None:
-        name = next(self._pending, None)
-        if name is not None:
+    def _fill(self) -> None:
+        while self._next < len(self._pending) and (not self._futures or self._ahead_bytes < _AHEAD_BYTES):
+            name = self._pending[self._next]
+            self._next += 1
             self._futures[name] = self._pool.submit(_made, name, self._tensors[name])
+            self._ahead_bytes += _nbytes(self._tensors[name])
+
+
+def _nbytes(tensor: torch.Tensor | PendingTensor) -> int:
+    return math.prod(tensor.shape) * tensor.dtype.itemsize
 
 
 def _made(name: str, tensor: torch.Tensor | PendingTensor) -> torch.Tensor:
@@ -160,7 +171,7 @@ def _layout(
     offset = 0
     for name in order:
         tensor = tensors[name]
-        size = math.prod(tensor.shape) * tensor.dtype.itemsize
+        size = _nbytes(tensor)
         entries[name] = {"dtype": _DTYPE_NAMES[tensor.dtype], "shape": list(tensor.shape),
                          "data_offsets": [offset, offset + size]}  # fmt: skip
         offset += size

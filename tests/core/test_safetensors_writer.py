@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import time
 
 import lora_studio.core.safetensors_writer as writer
 import pytest
@@ -130,3 +131,40 @@ def test_save_pretrained_through_the_writer_writes_the_same_file(tmp_path, monke
     from transformers import modeling_utils
 
     assert modeling_utils.safe_save_file is save_file  # put back afterwards
+
+
+def test_pending_tensors_are_made_ahead_within_the_memory_bound(tmp_path, monkeypatch) -> None:
+    """Pending tensors are made on a worker ahead of the writer, but never more than ``_AHEAD_BYTES``
+    of them wait at once; the file is the one their values make."""
+    from lora_studio.core.safetensors_writer import PendingTensor
+
+    monkeypatch.setattr(writer, "_AHEAD_BYTES", 2 * 400)  # two 100-float tensors
+    values = {f"p{i:02d}": torch.randn(100) for i in range(12)}
+    waiting, most = [0], [0]
+
+    def pending(value: torch.Tensor) -> PendingTensor:
+        def make() -> torch.Tensor:
+            waiting[0] += 1
+            most[0] = max(most[0], waiting[0])
+            return value.clone()
+
+        return PendingTensor(tuple(value.shape), value.dtype, make)
+
+    real_slices = writer._byte_slices
+
+    def consumed(tensor):
+        waiting[0] -= 1  # only made tensors reach here in this test
+        yield from real_slices(tensor)
+
+    real_write_all = writer._write_all
+
+    def slow_write(handle, chunk):  # a slow disk: the worker has time to get ahead
+        time.sleep(0.005)
+        return real_write_all(handle, chunk)
+
+    monkeypatch.setattr(writer, "_byte_slices", consumed)
+    monkeypatch.setattr(writer, "_write_all", slow_write)
+    path = tmp_path / "t.safetensors"
+    write_safetensors({k: pending(v) for k, v in values.items()}, path)
+    assert path.read_bytes() == save(values)
+    assert 2 <= most[0] <= 3  # made ahead (more than one at a time), and bounded: two waiting, one being written
