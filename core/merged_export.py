@@ -129,9 +129,9 @@ def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, 
     """
     from .layers import AdapterLayer, ModulesToSave
 
-    tensors = [*model.parameters(), *model.buffers()]
-    if dtype != torch.float32 or any(t.is_floating_point() and t.dtype != torch.float32 for t in tensors):
+    if dtype != torch.float32 or not _all_float32(model):
         return {}
+    tensors = [*model.parameters(), *model.buffers()]
     inside: set[int] = set()
     for module in model.modules():
         if isinstance(module, ModulesToSave):

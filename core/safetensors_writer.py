@@ -31,7 +31,6 @@ import sys
 from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
@@ -245,13 +244,4 @@ def _start_writeback(fd: int, offset: int, length: int) -> None:
         _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a file on disk, read in slices (for checking a checksum a writer returned)."""
-    digest = hashlib.sha256()
-    with open(Path(path), "rb") as handle:
-        while block := handle.read(_WRITE_SLICE):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-__all__ = ["PendingTensor", "file_sha256", "write_safetensors"]
+__all__ = ["PendingTensor", "write_safetensors"]
