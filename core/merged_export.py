@@ -185,15 +185,17 @@ def export_merged(
         "adapter_name": name,
         "lora_config": get_adapter_config(root, name).to_dict() if root is not None and name else None,
     }
-    # Written, never run: the merged tensors are read off the live model, no copy of it is made.
-    tensors = merged_tensors(model, adapter_name, _dtype(precision), variant_inputs) if example_inputs is None else None
+    # Written, never run: the merged tensors are read off the live model, no copy of it is made.  A
+    # transformers folder takes this way in float32 only (save_pretrained records the dtype of the
+    # model it is called on), so the tensors are not read where the copy would be made anyway.
+    no_copy = example_inputs is None and (not transformers_model or (precision == "float32" and _all_float32(model)))
+    tensors = merged_tensors(model, adapter_name, _dtype(precision), variant_inputs) if no_copy else None
     if tensors is not None and not transformers_model:  # merged weights made one at a time as the file is written
         files = _write_tensors(tensors, path, {**sidecar, "max_output_difference": None}, checksum=checksum)
         return ExportResult(path, "safetensors", precision, name, files, None)
-    if tensors is not None and precision == "float32" and _all_float32(model):
+    if tensors is not None:
         # save_pretrained on a shell of the live model (its own config, which save_pretrained edits) with
-        # the merged state dict: transformers still decides tied keys, shards and config; float32 only,
-        # because it records the dtype of the model it is called on.
+        # the merged state dict: transformers still decides tied keys, shards and config.
         files = _write_pretrained_merged(_save_shell(model), path, tokenizer or _name_or_path(model), tensors)
         return ExportResult(path, "transformers", precision, name, files, None)
     merged = merged_copy(model, adapter_name, precision, variant_inputs, share_frozen=True)  # written, then dropped
