@@ -13,7 +13,7 @@ STUDIO_COMMAND = "studio"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch: ``[]`` or ``studio ...`` opens the window; anything else is ``lora_studio.core.cli``."""
+    """Dispatch: ``[]`` or ``studio ...`` opens the window; anything else goes to core's ``cli_main``."""
     args = list(sys.argv[1:] if argv is None else argv)
     if not args or args[0] == STUDIO_COMMAND:
         from .studio import main as studio_main

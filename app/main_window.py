@@ -1,7 +1,7 @@
 """The studio window: model and layer tree on the left, training, data and history in the middle,
 counts and settings in a dock on the right.
 
-Every panel takes the one :class:`~.session.StudioSession` and subscribes to its signals.  The
+Every panel takes the one :class:`~.state.session.StudioSession` and subscribes to its signals.  The
 window adds what belongs to no panel: the menus (projects, recent projects, export, demos,
 theme), keyboard shortcuts, drag and drop, the persisted layout (QSettings), and a clean close
 while a run trains (ask, then stop and wait).
@@ -28,16 +28,16 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core import DEMOS, ModelConfig, RunConfig
 
-from .counts_panel import CountsPanel
-from .data_panel import DataPanel
-from .export_dialog import ExportDialog
-from .history_panel import HistoryPanel
-from .layer_tree import LayerTreePanel
-from .model_panel import ModelPanel
-from .project_files import PROJECT_FILTER, StudioSettings, open_project, save_project
-from .run_panel import RunPanel
-from .session import StudioSession
-from .settings_panel import SettingsPanel
+from .dialogs.export_dialog import ExportDialog
+from .panels.counts_panel import CountsPanel
+from .panels.data_panel import DataPanel
+from .panels.history_panel import HistoryPanel
+from .panels.layer_tree_panel import LayerTreePanel
+from .panels.model_panel import ModelPanel
+from .panels.run_panel import RunPanel
+from .panels.settings_panel import SettingsPanel
+from .state.project_files import PROJECT_FILTER, StudioSettings, open_project, save_project
+from .state.session import StudioSession
 from .theme import apply_theme
 
 
@@ -135,7 +135,7 @@ class MainWindow(QMainWindow):
 
     # -- other actions ---------------------------------------------------------------------------
     def open_export_dialog(self) -> ExportDialog:
-        """Open W3's export dialog on the trained model (None before a run has finished)."""
+        """Open the export dialog on the trained model (None before a run has finished)."""
         trained = self.run_panel.trained_model() if hasattr(self.run_panel, "trained_model") else None
         dialog = ExportDialog(self.session, trained, self)
         dialog.open()
@@ -163,7 +163,7 @@ class MainWindow(QMainWindow):
             self.model_panel.show_model_config(ModelConfig(source="python", name=f"{path}:build_model"))
             return "Name the factory function in the model panel, then press Load"
         if path.suffix in (".safetensors", ".pt", ".pth", ".bin"):
-            self.model_panel._select(self.model_panel.source_combo, "checkpoint")
+            self.model_panel.select_source("checkpoint")
             self.model_panel.ckpt_file.edit.setText(str(path))
             return "Say which architecture the checkpoint fits, then press Load"
         if hasattr(self.data_panel, "choose_path"):

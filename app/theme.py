@@ -1,4 +1,4 @@
-"""Light and dark themes: Qt's Fusion style with a matching palette, plus W3's style sheet.
+"""Light and dark themes: Qt's Fusion style with a matching palette, plus the studio's style sheet.
 
 The palette does the heavy lifting (every widget, including ones a style sheet forgets);
 the style sheet from ``resources/styles`` adds the studio's own touches when it is present.
@@ -46,7 +46,7 @@ def apply_theme(app: QApplication | None, theme: str) -> None:
     app.setStyle("Fusion")
     app.setPalette(palette_for(theme))
     try:
-        from .resources import style_sheet  # W3's style sheets; the palette alone is enough without them
+        from .resources import style_sheet  # the palette alone is enough without the style sheets
     except ImportError:
         return
     try:

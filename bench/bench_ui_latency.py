@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
         run_panel.start_run(config)
         stop = run_panel.stop_and_wait
     else:  # no run panel yet: the engine on a worker, its events to the session as the panel would
-        from lora_studio.app.workers import FunctionWorker
+        from lora_studio.app.state.workers import FunctionWorker
 
         how = "engine on a FunctionWorker"
         cancel = CancelToken()

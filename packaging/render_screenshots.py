@@ -38,7 +38,7 @@ def render(out: Path, steps: int = 300) -> list[Path]:
 
     torch.set_num_threads(1)  # a shared CPU: one thread trains fastest and leaves the UI room
     app = QApplication.instance() or QApplication(sys.argv[:1])
-    from lora_studio.app.export_dialog import ExportDialog
+    from lora_studio.app.dialogs.export_dialog import ExportDialog
     from lora_studio.app.main_window import MainWindow
     from lora_studio.app.resources import app_icon
     from lora_studio.core import EvalMetrics

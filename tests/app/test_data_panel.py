@@ -7,10 +7,11 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from lora_studio.app.data_panel import DataPanel
-from lora_studio.app.session import StudioSession
-from lora_studio.core import demo_sentences_path
 from PIL import Image
+
+from lora_studio.app.panels.data_panel import DataPanel
+from lora_studio.app.state.session import StudioSession
+from lora_studio.core import demo_sentences_path
 
 
 @pytest.fixture

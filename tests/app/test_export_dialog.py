@@ -8,8 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from lora_studio.app.export_dialog import TOLERANCE, ExportDialog, parse_merge_input
-from lora_studio.app.session import StudioSession
+
+from lora_studio.app.dialogs.export_dialog import TOLERANCE, ExportDialog, parse_merge_input
+from lora_studio.app.state.session import StudioSession
 from lora_studio.core import attach, demo_config, load_model, verify_adapter, verify_export
 
 # One tolerance for float32 exports of this model, stated once: merging only reorders float32 sums.

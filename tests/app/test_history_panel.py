@@ -8,9 +8,9 @@ import pytest
 from PySide6.QtCore import QSettings
 from short_runs import short_digits
 
-from lora_studio.app.history_panel import HistoryPanel
-from lora_studio.app.run_controller import RunController
-from lora_studio.app.session import StudioSession
+from lora_studio.app.panels.history_panel import HistoryPanel
+from lora_studio.app.state.run_controller import RunController
+from lora_studio.app.state.session import StudioSession
 
 SCREENSHOTS = Path("/tmp/w2")
 RUN_TIMEOUT_MS = 120_000  # several short runs on two shared CPU cores

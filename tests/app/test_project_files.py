@@ -5,7 +5,7 @@ from __future__ import annotations
 from studio_window import LOAD_TIMEOUT_MS, isolated_settings, open_digits_window
 
 from lora_studio.app.main_window import MainWindow
-from lora_studio.app.project_files import StudioSettings
+from lora_studio.app.state.project_files import StudioSettings
 from lora_studio.core import RunConfig
 
 

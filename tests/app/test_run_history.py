@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from short_runs import short_digits
 
-from lora_studio.app.rank_study_dialog import parse_ranks
-from lora_studio.app.run_history import is_run_folder, next_free_run_dir, read_run, study_configs
+from lora_studio.app.dialogs.rank_study_dialog import parse_ranks
+from lora_studio.app.state.run_history import is_run_folder, next_free_run_dir, read_run, study_configs
 from lora_studio.core import train
 
 

@@ -9,9 +9,9 @@ import pytest
 from PySide6.QtCore import Qt
 from short_runs import missing_data, short_digits
 
-from lora_studio.app.run_controller import STOPPING
-from lora_studio.app.run_panel import RunPanel, format_bytes, format_duration
-from lora_studio.app.session import StudioSession
+from lora_studio.app.panels.run_panel import RunPanel, format_bytes, format_duration
+from lora_studio.app.state.run_controller import STOPPING
+from lora_studio.app.state.session import StudioSession
 from lora_studio.core import StepMetrics, load_trained_run
 
 SCREENSHOTS = Path("/tmp/w2")

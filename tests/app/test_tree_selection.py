@@ -11,8 +11,8 @@ import copy
 from PySide6.QtCore import Qt
 from studio_window import open_digits_window
 
-from lora_studio.app.layer_tree_model import NAME_ROLE
-from lora_studio.app.target_selection import pattern_key, quick_selection, targets_for
+from lora_studio.app.state.target_selection import pattern_key, quick_selection, targets_for
+from lora_studio.app.widgets.layer_tree_model import NAME_ROLE
 from lora_studio.core import LoraConfig, attach, count_parameters, describe
 
 

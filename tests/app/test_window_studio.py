@@ -44,18 +44,18 @@ def test_a_failed_load_is_reported_and_the_window_stays_usable(qtbot, tmp_path) 
 def test_model_pages_build_the_model_section(qtbot, tmp_path) -> None:
     window = open_digits_window(qtbot, tmp_path)
     panel = window.model_panel
-    panel._select(panel.source_combo, "torchvision")
+    panel.select_source("torchvision")
     qtbot.keyClicks(panel.tv_search, "resnet1")
     names = [panel.tv_list.item(i).text() for i in range(panel.tv_list.count())]
     assert "resnet18" in names and all("resnet1" in n for n in names)
     panel.tv_list.setCurrentRow(names.index("resnet18"))
     assert panel.model_config_from_page() == ModelConfig(source="torchvision", name="resnet18")
-    panel._select(panel.source_combo, "checkpoint")
+    panel.select_source("checkpoint")
     panel.ckpt_arch.setText("models/net.py:build")
     panel.ckpt_file.edit.setText("net.safetensors")
     assert panel.model_config_from_page() == ModelConfig(source="python", name="models/net.py:build",
                                                          checkpoint="net.safetensors")
-    panel._select(panel.source_combo, "transformers")
+    panel.select_source("transformers")
     assert "hub id" in str(_error(panel.model_config_from_page))
 
 

@@ -18,18 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lora_studio.core import (
-    LoadedModel,
-    active_adapter,
-    export_example_inputs,
-    export_merged,
-    get_adapter_config,
-    get_variant,
-    list_adapters,
-    save_adapter,
-    verify_adapter,
-    verify_export,
-)
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
@@ -46,9 +34,22 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .form_rows import row
-from .session import StudioSession
-from .workers import FunctionWorker
+from lora_studio.core import (
+    LoadedModel,
+    active_adapter,
+    export_example_inputs,
+    export_merged,
+    get_adapter_config,
+    get_variant,
+    list_adapters,
+    save_adapter,
+    verify_adapter,
+    verify_export,
+)
+
+from ..state.session import StudioSession
+from ..state.workers import FunctionWorker
+from ..widgets.form_rows import row
 
 PRECISIONS = ("float32", "float16", "bfloat16")
 # Largest output difference an export may show and still count as faithful: float32 only

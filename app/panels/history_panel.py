@@ -14,17 +14,26 @@ from pathlib import Path
 import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
 from PySide6.QtWidgets import (
-    QComboBox, QFileDialog, QHBoxLayout, QLabel, QPlainTextEdit, QPushButton, QSplitter, QTreeWidget,
-    QTreeWidgetItem, QVBoxLayout, QWidget,
+    QComboBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QSplitter,
+    QTreeWidget,
+    QTreeWidgetItem,
+    QVBoxLayout,
+    QWidget,
 )
 
 from lora_studio.core import EvalMetrics, RunConfig
 
-from .rank_study_dialog import RankStudyDialog
-from .run_controller import RunController
-from .run_history import RunRecord, read_run, study_configs
-from .run_queue import RunQueue
-from .session import StudioSession
+from ..dialogs.rank_study_dialog import RankStudyDialog
+from ..state.run_controller import RunController
+from ..state.run_history import RunRecord, read_run, study_configs
+from ..state.run_queue import RunQueue
+from ..state.session import StudioSession
 
 SETTINGS_KEY = "history/run_folders"
 COLUMNS = ("Run", "Setup", "Trainable", "Steps", "Val loss", "Val acc / ppl", "Status")

@@ -1,8 +1,9 @@
 """The Train tab: Start, Pause/Resume, Stop, live curves, run statistics, a log and per-layer updates.
 
-The panel is a view of the session's :class:`~.run_controller.RunController`: it shows
-whatever run the controller trains (one started here, or one from the history's
-queue).  Public API for the rest of the window:
+The panel is a view of the session's run controller
+(:class:`~lora_studio.app.state.run_controller.RunController`): it shows whatever run the
+controller trains (one started here, or one from the history's queue).  Public API for the
+rest of the window:
 
 * :meth:`RunPanel.start_run` — train a config (default: a copy of the session's) in a fresh folder;
 * :meth:`RunPanel.is_running` / :meth:`RunPanel.stop_and_wait` — closing the window during a run;
@@ -18,18 +19,34 @@ from pathlib import Path
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QKeySequence
 from PySide6.QtWidgets import (
-    QHBoxLayout, QLabel, QMessageBox, QPlainTextEdit, QProgressBar, QPushButton, QSplitter, QVBoxLayout, QWidget,
+    QHBoxLayout,
+    QLabel,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
 )
 
 from lora_studio.core import (
-    CheckpointSaved, EvalMetrics, Failed, Finished, LoadedModel, RunConfig, StepMetrics, TrainingWarning, TrainResult,
+    CheckpointSaved,
+    EvalMetrics,
+    Failed,
+    Finished,
+    LoadedModel,
+    RunConfig,
+    StepMetrics,
+    TrainingWarning,
+    TrainResult,
 )
 
-from .live_plots import LivePlots
-from .run_controller import IDLE, PAUSED, STOPPING, RunController
-from .run_history import next_free_run_dir
-from .session import StudioSession
-from .update_norms import UpdateNormsView
+from ..state.run_controller import IDLE, PAUSED, STOPPING, RunController
+from ..state.run_history import next_free_run_dir
+from ..state.session import StudioSession
+from ..widgets.live_plots import LivePlots
+from ..widgets.update_norms_plot import UpdateNormsView
 
 LOG_LINES = 2_000  # the log pane keeps the newest lines only: a long run must not grow it forever
 
@@ -58,7 +75,7 @@ class RunPanel(QWidget):
         self.controller.sig_run_finished.connect(self._on_finished)
         self.controller.sig_error.connect(self._on_error)
         validity = getattr(session, "sig_validity_changed", None)
-        if validity is not None:  # W1's validation API; without it every config counts as valid
+        if validity is not None:  # a stand-in session without validation: every config counts as valid
             validity.connect(self._on_validity)
         self._on_validity(bool(getattr(session, "is_valid", lambda: True)()), "")
         self._on_state(self.controller.state)

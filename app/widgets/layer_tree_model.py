@@ -1,4 +1,5 @@
-"""``LayerTreeModel``: a QAbstractItemModel over core's :class:`ModuleInfo` tree.
+"""``LayerTreeModel``: a QAbstractItemModel over core's :class:`ModuleInfo` tree, and
+``LayerFilterProxy``, the filter the layer tree panel puts in front of it.
 
 Columns: name, type, shape, parameters, and for targeted layers rank, alpha and the
 parameters the adapter adds.  The check box of a layer LoRA can wrap says whether the
@@ -10,10 +11,11 @@ panel turns it into ``config.lora.targets``), so the config stays the only copy.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QBrush, QColor
 
 from lora_studio.core import ModuleInfo
@@ -228,3 +230,28 @@ class LayerTreeModel(QAbstractItemModel):
         elif node.reason and not self._wrappable_below[pos]:
             lines.append(f"cannot carry LoRA: {node.reason}")
         return "\n".join(lines)
+
+
+class LayerFilterProxy(QSortFilterProxyModel):
+    """Shows the layers whose path matches the filter, with their ancestors (recursive filtering)."""
+
+    def __init__(self, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.setRecursiveFilteringEnabled(True)
+        self._pattern: re.Pattern[str] | None = None
+
+    def set_pattern(self, pattern: re.Pattern[str] | None) -> None:
+        """Filter by ``pattern`` (searched anywhere in the module path); None shows everything."""
+        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateFilter() is deprecated there
+            self.beginFilterChange()
+            self._pattern = pattern
+            self.endFilterChange()
+        else:
+            self._pattern = pattern
+            self.invalidateFilter()
+
+    def filterAcceptsRow(self, row: int, parent: Index) -> bool:
+        if self._pattern is None:
+            return True
+        name = self.sourceModel().index(row, 0, parent).data(NAME_ROLE)
+        return bool(name) and self._pattern.search(name) is not None

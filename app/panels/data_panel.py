@@ -13,7 +13,6 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core import DataConfig, DataError, DataPreview, data_columns, preview_data
 from PySide6.QtCore import QSettings, Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
@@ -27,11 +26,13 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from .class_balance import ClassBalanceChart
-from .data_preview import SamplePreview, thumbnail_images
-from .form_rows import row
-from .session import StudioSession
-from .workers import FunctionWorker
+from lora_studio.core import DataConfig, DataError, DataPreview, data_columns, preview_data
+
+from ..state.session import StudioSession
+from ..state.workers import FunctionWorker
+from ..widgets.class_balance_chart import ClassBalanceChart
+from ..widgets.form_rows import row
+from ..widgets.sample_preview import SamplePreview, thumbnail_images
 
 KINDS = {  # data.kind -> what the user reads
     "image-folder": "Image folder (one sub-folder per class)",

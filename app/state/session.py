@@ -1,9 +1,10 @@
 """The window's one piece of state: the run config being edited, and the model it describes.
 
 Widgets read from and write to a :class:`StudioSession`; they never keep a second copy
-of the configuration (ARCHITECTURE.md: "the window edits a config; it does not keep a
-parallel state").  Every change goes through :meth:`StudioSession.set_config`, which
-validates by rebuilding the dataclasses and emits ``sig_config_changed``.
+of the configuration: the window edits a config, it keeps no parallel state (ARCHITECTURE.md,
+"## The window: state, widgets, panels, dialogs").  Every change goes through
+:meth:`StudioSession.set_config`, which validates by rebuilding the dataclasses and emits
+``sig_config_changed``.
 
 Validity (what the Start button reads)
 --------------------------------------

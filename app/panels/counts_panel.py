@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from PySide6.QtWidgets import QFormLayout, QGroupBox, QLabel, QProgressBar, QVBoxLayout, QWidget
 
-from .counts_estimate import CountsEstimate, estimate_counts
-from .session import StudioSession
+from ..state.counts_estimate import CountsEstimate, estimate_counts
+from ..state.session import StudioSession
 
 GIB = 1024**3
 

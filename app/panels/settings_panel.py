@@ -18,7 +18,7 @@ from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QScroll
 
 from lora_studio.core import LoraConfig, RunConfig, SettingField, TrainingConfig, available_variants, get_variant
 
-from .session import StudioSession
+from ..state.session import StudioSession
 from .settings_form import FieldRow
 
 INIT_CHOICES = ("default", "gaussian", "pissa")

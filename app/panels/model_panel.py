@@ -8,12 +8,9 @@ bar and a stage line show progress, and a failure is shown in place with its mes
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QComboBox,
-    QFileDialog,
     QFormLayout,
     QGroupBox,
     QHBoxLayout,
@@ -22,17 +19,18 @@ from PySide6.QtWidgets import (
     QListWidget,
     QProgressBar,
     QPushButton,
-
     QVBoxLayout,
     QWidget,
 )
 
 from lora_studio.core import DEMOS, LoadedModel, ModelConfig, demo_config, torchvision_names
 
-from .model_loading import LoadingStage, MetaModelBuilt, load_meta_then_weights
-from .project_files import StudioSettings, default_run_dir
-from .session import StudioSession
-from .workers import FunctionWorker
+from ..state.model_loading import LoadingStage, MetaModelBuilt, load_meta_then_weights
+from ..state.project_files import default_run_dir
+from ..state.session import StudioSession
+from ..state.workers import FunctionWorker
+from ..widgets.page_stack import PageStack
+from ..widgets.path_edit import PathEdit
 
 SOURCES = (
     ("demo", "Built-in demo"),
@@ -44,54 +42,6 @@ SOURCES = (
 TASKS = ("sequence-classification", "causal-lm", "image-classification")
 DEMO_TITLES = {"digits": "Digits — a small CNN meets rotated digits (CPU, seconds)",
                "text": "Text — MiniLM sorts sentences into topics"}
-
-
-class PathEdit(QWidget):
-    """A line edit with a Browse… button (file or folder); remembers the last folder in QSettings."""
-
-    def __init__(self, placeholder: str, *, folder: bool = False, file_filter: str = "", key: str = "model") -> None:
-        super().__init__()
-        self.edit = QLineEdit(placeholderText=placeholder)
-        button = QPushButton("Browse…")
-        button.clicked.connect(self._browse)
-        self._folder, self._filter, self._key = folder, file_filter, key
-        layout = QHBoxLayout(self)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(self.edit, 1)
-        layout.addWidget(button)
-
-    def text(self) -> str:
-        return self.edit.text().strip()
-
-    def _browse(self) -> None:
-        settings = StudioSettings()
-        start = settings.last_folder(self._key)
-        if self._folder:
-            path = QFileDialog.getExistingDirectory(self, "Choose a folder", start)
-        else:
-            path = QFileDialog.getOpenFileName(self, "Choose a file", start, self._filter)[0]
-        if path:
-            self.edit.setText(path)
-            settings.set_last_folder(self._key, str(Path(path).parent if not self._folder else path))
-
-
-class PageStack(QWidget):
-    """One page shown at a time, as tall as that page (a QStackedWidget is as tall as its tallest)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._layout = QVBoxLayout(self)
-        self._layout.setContentsMargins(0, 0, 0, 0)
-        self._pages: list[QWidget] = []
-
-    def addWidget(self, page: QWidget) -> None:
-        self._pages.append(page)
-        self._layout.addWidget(page)
-        page.setVisible(len(self._pages) == 1)
-
-    def setCurrentIndex(self, index: int) -> None:
-        for i, page in enumerate(self._pages):
-            page.setVisible(i == index)
 
 
 class ModelPanel(QWidget):
@@ -221,6 +171,10 @@ class ModelPanel(QWidget):
                 return ModelConfig(source="torchvision", name=arch.partition(":")[2], weights=weights)
             return ModelConfig(source="python", name=arch.removeprefix("python:"), checkpoint=weights)
         raise ValueError(f"choose a model source, not {source!r}")
+
+    def select_source(self, source: str) -> None:
+        """Show the page of model source ``source`` (one of :data:`SOURCES`' keys), as picking it does."""
+        self._select(self.source_combo, source)
 
     def show_model_config(self, config: ModelConfig) -> None:
         """Fill the pages from ``config`` (a project was opened) without loading."""

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from lora_studio.core import DataPreview, PreviewSample
 from PySide6.QtCore import QSize, Qt
 from PySide6.QtGui import QIcon, QImage, QPixmap
 from PySide6.QtWidgets import (
@@ -21,6 +20,8 @@ from PySide6.QtWidgets import (
     QTableWidgetItem,
     QWidget,
 )
+
+from lora_studio.core import DataPreview, PreviewSample
 
 THUMBNAIL = 88  # pixels: big enough to recognise a digit or a photo's subject
 

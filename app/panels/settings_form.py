@@ -12,7 +12,7 @@ from typing import Any
 
 from PySide6.QtWidgets import QCheckBox, QComboBox, QHBoxLayout, QLabel, QLineEdit, QWidget
 
-from .session import StudioSession
+from ..state.session import StudioSession
 
 ERROR_STYLE = "color: #c0392b"
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from PySide6.QtCore import QModelIndex, QPersistentModelIndex, QSortFilterProxyModel, Qt
+from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -34,37 +34,12 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core import ModuleInfo, preview_targets
 
-from .layer_tree_model import NAME_ROLE, LayerTreeModel
-from .session import StudioSession
-from .target_selection import quick_selection, targets_for, with_layer_values
+from ..state.session import StudioSession
+from ..state.target_selection import quick_selection, targets_for, with_layer_values
+from ..widgets.layer_tree_model import NAME_ROLE, LayerFilterProxy, LayerTreeModel
 
 QUICK_SELECTIONS = (("All linear", "all-linear"), ("Attention", "attention"), ("MLP", "mlp"), ("None", "none"))
 MAX_NAMES_SHOWN = 4  # in the match label; the tooltip lists up to 60
-
-
-class LayerFilterProxy(QSortFilterProxyModel):
-    """Shows the layers whose path matches the filter, with their ancestors (recursive filtering)."""
-
-    def __init__(self, parent: QWidget | None = None) -> None:
-        super().__init__(parent)
-        self.setRecursiveFilteringEnabled(True)
-        self._pattern: re.Pattern[str] | None = None
-
-    def set_pattern(self, pattern: re.Pattern[str] | None) -> None:
-        """Filter by ``pattern`` (searched anywhere in the module path); None shows everything."""
-        if hasattr(self, "beginFilterChange"):  # Qt >= 6.9; invalidateFilter() is deprecated there
-            self.beginFilterChange()
-            self._pattern = pattern
-            self.endFilterChange()
-        else:
-            self._pattern = pattern
-            self.invalidateFilter()
-
-    def filterAcceptsRow(self, row: int, parent: QModelIndex | QPersistentModelIndex) -> bool:
-        if self._pattern is None:
-            return True
-        name = self.sourceModel().index(row, 0, parent).data(NAME_ROLE)
-        return bool(name) and self._pattern.search(name) is not None
 
 
 class LayerTreePanel(QWidget):
