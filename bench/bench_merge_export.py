@@ -33,18 +33,14 @@ import copy
 import os
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from lora_studio.core import LoraConfig, attach, export_merged, merge_and_unload
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from core import LoraConfig, attach, export_merged, merge_and_unload  # noqa: E402
 
 
 def build(hidden: int, layers: int) -> nn.Module:

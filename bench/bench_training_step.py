@@ -40,20 +40,15 @@ import argparse
 import copy
 import math
 import statistics
-import sys
 import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
+from lora_studio.core import LoraConfig, attach
+from lora_studio.core.layers import AdapterLayer
 from torch import nn
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
-
-from core import LoraConfig, attach  # noqa: E402
-from core.layers import AdapterLayer  # noqa: E402
 
 RANK, ALPHA = 16, 32
 

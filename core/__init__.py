@@ -1,32 +1,68 @@
 """LoRA Studio's engine: adapters for any PyTorch model, as a plain Python library.
 
 Everything the window and the CLI use is importable from here; ``app/`` reaches
-the engine only through this module (a test enforces it).
+the engine only through this module (an import-linter contract in ``pyproject.toml``
+enforces it).  Where each name lives is in ARCHITECTURE.md, "Where each concept lives".
 
     >>> from lora_studio.core import LoraConfig, attach, merge_and_unload
 """
 
-from .adapter_io import AdapterMismatchError, load_adapter, save_adapter
-from .adapters import (
+__version__ = "0.1.0"
+
+from .adapter import (
     AdapterState,
+    LoraConfig,
+    MemoryEstimate,
+    ModuleInfo,
+    ParameterCounts,
+    ParameterInfo,
+    TargetPreview,
     active_adapter,
-    adapter_layers,
+    add_weighted_adapter,
     attach,
+    count_parameters,
     delete_adapter,
+    describe,
     disable_adapters,
+    estimate_training_memory,
     get_adapter_config,
     list_adapters,
+    match_targets,
     merge,
     merge_and_unload,
+    preview_targets,
     set_active_adapter,
     unload,
     unmerge,
     variant_inputs,
 )
-from .combination import add_weighted_adapter
-from .config import LoraConfig
-from .counting import MemoryEstimate, ParameterCounts, count_parameters, estimate_training_memory
-from .inspect import ModuleInfo, ParameterInfo, describe
+from .cli import main as cli_main
+from .data import (
+    EXAMPLE_BATCH,
+    DataBundle,
+    DataError,
+    DataPreview,
+    PreviewSample,
+    build_datasets,
+    data_columns,
+    demo_sentences_path,
+    export_example_inputs,
+    preview_data,
+    read_label_names,
+)
+from .demo import DEMOS, demo_config
+from .disk import (
+    AdapterMismatchError,
+    CorruptFileError,
+    ExportResult,
+    UnsafeFileError,
+    export_merged,
+    load_adapter,
+    load_weights,
+    save_adapter,
+    verify_adapter,
+    verify_export,
+)
 from .layers import (
     SUPPORTED_TYPES_TEXT,
     AdapterBehaviour,
@@ -34,12 +70,8 @@ from .layers import (
     MergeNotSupportedError,
     ModulesToSave,
     NonFiniteDeltaError,
+    adapter_layers,
 )
-from .merged_export import ExportResult, export_merged, verify_export
-from .safe_loading import CorruptFileError, UnsafeFileError, load_weights
-from .target_matching import TargetPreview, match_targets, preview_targets
-from .data import DataBundle, DataError, build_datasets, read_label_names
-from .demo import DEMOS, demo_config
 from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_model_spec, torchvision_names
 from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
 from .training import (
@@ -52,21 +84,23 @@ from .training import (
     StepMetrics,
     TrainingWarning,
     TrainResult,
+    after_optimizer_step,
+    layer_update_norms,
+    load_run_config,
+    load_trained_run,
+    optimizer_param_groups,
     read_metrics,
+    regularization_loss,
     resume_run,
     train,
+    variant_summary,
 )
-from .training_hooks import after_optimizer_step, optimizer_param_groups, regularization_loss, variant_summary
-from .variants import SettingField, Variant, available_variants, get_variant
-from .variants.conditioned import MissingVariantInputError
-
-__version__ = "0.1.0"
+from .variants import MissingVariantInputError, SettingField, Variant, available_variants, get_variant
 
 __all__ = [
-    # runs: models, data, the run config and the training engine (grown for the window)
+    # runs: models, data, the run config and the training engine
     "DEMO_NAMES",
     "DEMOS",
-    "demo_config",
     "CancelToken",
     "CheckpointSaved",
     "DataBundle",
@@ -86,33 +120,39 @@ __all__ = [
     "TrainResult",
     "build_datasets",
     "build_on_meta",
+    "demo_config",
+    "layer_update_norms",
     "load_model",
+    "load_run_config",
+    "load_trained_run",
     "parse_model_spec",
     "read_label_names",
     "read_metrics",
     "resume_run",
     "torchvision_names",
     "train",
+    # the data panel's preview
+    "DataPreview",
+    "PreviewSample",
+    "data_columns",
+    "demo_sentences_path",
+    "preview_data",
     # adapters
     "SUPPORTED_TYPES_TEXT",
     "AdapterBehaviour",
     "AdapterLayer",
-    "AdapterMismatchError",
     "AdapterState",
-    "CorruptFileError",
-    "ExportResult",
     "LoraConfig",
     "MemoryEstimate",
-    "ModuleInfo",
     "MergeNotSupportedError",
     "MissingVariantInputError",
+    "ModuleInfo",
     "ModulesToSave",
     "NonFiniteDeltaError",
     "ParameterCounts",
     "ParameterInfo",
-    "TargetPreview",
-    "UnsafeFileError",
     "SettingField",
+    "TargetPreview",
     "Variant",
     "active_adapter",
     "adapter_layers",
@@ -124,50 +164,35 @@ __all__ = [
     "describe",
     "disable_adapters",
     "estimate_training_memory",
-    "export_merged",
     "get_adapter_config",
     "get_variant",
     "list_adapters",
-    "load_adapter",
-    "load_weights",
     "match_targets",
     "merge",
     "merge_and_unload",
     "preview_targets",
-    "save_adapter",
     "set_active_adapter",
     "unload",
+    "unmerge",
+    "variant_inputs",
+    # the variants' training hooks
     "after_optimizer_step",
     "optimizer_param_groups",
     "regularization_loss",
     "variant_summary",
-    "unmerge",
-    "variant_inputs",
-    "verify_export",
-]
-
-# The window's data preview and export checks (issue 6, data panel and export dialog).
-from .data import demo_sentences_path  # noqa: E402
-from .data.preview import DataPreview, PreviewSample, data_columns, preview_data  # noqa: E402
-from .export_checks import EXAMPLE_BATCH, export_example_inputs, verify_adapter  # noqa: E402
-
-__all__ += [
-    "DataPreview",
+    # files: adapters, merged exports, and the checks behind the export dialog
     "EXAMPLE_BATCH",
-    "PreviewSample",
-    "data_columns",
-    "demo_sentences_path",
+    "AdapterMismatchError",
+    "CorruptFileError",
+    "ExportResult",
+    "UnsafeFileError",
     "export_example_inputs",
-    "preview_data",
+    "export_merged",
+    "load_adapter",
+    "load_weights",
+    "save_adapter",
     "verify_adapter",
+    "verify_export",
+    # the `lora-studio` command: a dispatcher in app/ opens the window or hands over to the CLI
+    "cli_main",
 ]
-
-# The window's run and history panels (issue 6): per-layer update norms, run folders read back.
-from .training import layer_update_norms, load_run_config, load_trained_run  # noqa: E402
-
-__all__ += ["layer_update_norms", "load_run_config", "load_trained_run"]
-
-# The `lora-studio` command (issue 6): a dispatcher in app/ opens the window or hands over to the CLI.
-from .cli import main as cli_main  # noqa: E402
-
-__all__ += ["cli_main"]

@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from . import __version__
-from .config import ALL_LINEAR, LoraConfig
+from .adapter.config import ALL_LINEAR, LoraConfig
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -208,9 +208,9 @@ def _main_thread() -> bool:
 
 # -- inspect -------------------------------------------------------------------------------------
 def _run_inspect(args: argparse.Namespace) -> int:
-    from .counting import count_parameters
-    from .inspect import describe
-    from .target_matching import preview_targets
+    from .adapter.counting import count_parameters
+    from .adapter.describe import describe
+    from .adapter.target_matching import preview_targets
 
     targets = args.targets if (args.regex or args.targets == ALL_LINEAR) else args.targets.split(",")
     config = LoraConfig(r=args.rank, targets=targets)
@@ -252,8 +252,8 @@ def _inspected_model(args: argparse.Namespace, config: LoraConfig):
 
 # -- export --------------------------------------------------------------------------------------
 def _run_export(args: argparse.Namespace) -> int:
-    from .adapter_io import save_adapter
-    from .merged_export import export_merged
+    from .disk.adapter_folder import save_adapter
+    from .disk.merged_export import export_merged
     from .training import load_run_config
     from .training.trained_run import load_trained_run
 

@@ -17,7 +17,7 @@ import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
-from .config import LoraConfig
+from .adapter.config import LoraConfig
 from .data import demo_sentences_path
 from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
 from .training import CancelToken, EvalMetrics, Event, TrainResult, train

@@ -18,14 +18,15 @@ in the section's ``validate()`` (run on construction); a bad value raises
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .atomic_files import atomic_write_text
-from .config import LoraConfig
-from .toml_writing import dumps_toml
+import tomllib
+
+from .adapter.config import LoraConfig
+from .disk.atomic_files import atomic_write_text
+from .disk.toml_writing import dumps_toml
 
 MODEL_SOURCES = ("torchvision", "transformers", "python", "demo")
 TASKS = ("image-classification", "sequence-classification", "causal-lm")

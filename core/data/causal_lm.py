@@ -20,7 +20,8 @@ from .errors import DataError, require_file
 from .table_files import column, read_rows
 
 
-def _pairs(path: Path, text_column: str, prompt_column: str | None, response_column: str | None):
+def prompt_response_pairs(path: Path, text_column: str, prompt_column: str | None, response_column: str | None):
+    """(prompt, response) pairs of a causal-LM file: a .txt file's paragraphs (prompt empty), or a table's columns."""
     if path.suffix.lower() == ".txt":
         text = path.read_text(encoding="utf-8")
         paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
@@ -41,7 +42,7 @@ class CausalLMDataset(Dataset):
         path = require_file(path)
         eos = tokenizer.eos_token_id
         examples = []
-        for prompt, response in _pairs(path, text_column, prompt_column, response_column):
+        for prompt, response in prompt_response_pairs(path, text_column, prompt_column, response_column):
             prompt_ids = tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else []
             response_ids = tokenizer(response, add_special_tokens=False)["input_ids"]
             ids = prompt_ids + response_ids + ([eos] if eos is not None else [])

@@ -8,6 +8,8 @@ from typing import Any
 import torch
 
 IGNORE_INDEX = -100  # cross-entropy skips these targets (padding, masked prompts)
+#: The batch keys a model's forward takes; the rest of a batch (labels, variant inputs) is the loss's.
+MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
 
 
 def make_collate(pad_id: int = 0) -> Callable[[list[dict[str, Any]]], dict[str, torch.Tensor]]:

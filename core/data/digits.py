@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 from torch.utils.data import Dataset
 
-from ..demo_resources import demo_file
-from ..safe_loading import load_safetensors
+from ..disk.resource_files import demo_file
+from ..disk.safe_loading import load_safetensors
 
 DIGITS_DATA = "digits.safetensors"
 DIGIT_NAMES = [str(i) for i in range(10)]

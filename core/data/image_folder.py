@@ -18,13 +18,14 @@ def image_folder_classes(root: str | Path) -> list[str]:
     root = require_file(root, "image folder")
     if not root.is_dir():
         raise DataError(f"image folder {root} is a file; give a folder with one sub-folder per class")
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and any(_images(d)))
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and any(folder_images(d)))
     if not classes:
         raise DataError(f"image folder {root} has no sub-folders with images (one sub-folder per class)")
     return classes
 
 
-def _images(folder: Path) -> list[Path]:
+def folder_images(folder: Path) -> list[Path]:
+    """The image files directly in ``folder`` (by suffix), sorted: one class's images."""
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
@@ -53,7 +54,7 @@ class ImageFolderDataset(Dataset):
                             f"({', '.join(class_names)})")
         for label, name in enumerate(class_names):
             folder = root / name
-            for path in _images(folder) if folder.is_dir() else []:
+            for path in folder_images(folder) if folder.is_dir() else []:
                 try:
                     with Image.open(path) as image:
                         image.verify()  # reads the whole file's structure without decoding pixels

@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from ..run_config import DataConfig
-from .causal_lm import _pairs
+from .causal_lm import prompt_response_pairs
 from .digits import DIGIT_NAMES, load_digits_tensors
 from .errors import DataError, require_file
-from .image_folder import _images, image_folder_classes
+from .image_folder import folder_images, image_folder_classes
 from .table_files import column, read_rows
-from .text_classification import _label_key, collect_label_names
+from .text_classification import collect_label_names, label_key
 
 PREVIEW_SAMPLES = 8  # enough to recognise the data, few enough to show at once
 
@@ -89,7 +89,7 @@ def _image_folder(config: DataConfig, count: int) -> DataPreview:
     if extra:
         raise DataError(f"{root} has class folder(s) {', '.join(extra)} that are not in the label set "
                         f"({', '.join(names)})")
-    per_class = {name: _images(root / name) if (root / name).is_dir() else [] for name in names}
+    per_class = {name: folder_images(root / name) if (root / name).is_dir() else [] for name in names}
     # Round-robin over the classes, so a short preview still shows every class.
     samples: list[PreviewSample] = []
     depth = 0
@@ -104,7 +104,7 @@ def _text_classification(config: DataConfig, count: int) -> DataPreview:
     path = config.train
     rows = read_rows(path)
     texts = column(rows, config.text_column, path)
-    labels = [_label_key(v) for v in column(rows, config.label_column, path)]
+    labels = [label_key(v) for v in column(rows, config.label_column, path)]
     names = list(config.label_names or collect_label_names(path, config.label_column))
     known = set(names)
     for number, label in enumerate(labels, start=1):
@@ -118,7 +118,7 @@ def _text_classification(config: DataConfig, count: int) -> DataPreview:
 
 def _causal_lm(config: DataConfig, count: int) -> DataPreview:
     path = require_file(config.train)
-    pairs = _pairs(path, config.text_column, config.prompt_column, config.response_column)
+    pairs = prompt_response_pairs(path, config.text_column, config.prompt_column, config.response_column)
     columns = () if path.suffix.lower() == ".txt" else tuple(data_columns(path))
     if config.prompt_column:
         samples = tuple(PreviewSample(None, text=p, response=r) for p, r in pairs[:count])

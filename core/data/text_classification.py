@@ -11,13 +11,14 @@ from .errors import DataError
 from .table_files import column, read_rows
 
 
-def _label_key(label: Any) -> str:
+def label_key(label: Any) -> str:
+    """A label value as the label set names it (a string, surrounding spaces dropped)."""
     return str(label).strip()
 
 
 def collect_label_names(path: str | Path, label_column: str) -> list[str]:
     """The labels found in a file, sorted (numerically when every label is an integer)."""
-    found = {_label_key(v) for v in column(read_rows(path), label_column, path)}
+    found = {label_key(v) for v in column(read_rows(path), label_column, path)}
     if all(f.lstrip("-").isdigit() for f in found):
         return sorted(found, key=int)
     return sorted(found)
@@ -35,7 +36,7 @@ class TextClassificationDataset(Dataset):
         self.examples: list[dict[str, Any]] = []
         encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
         for number, (ids, label) in enumerate(zip(encoded, labels, strict=True), start=1):
-            key = _label_key(label)
+            key = label_key(label)
             if key not in index:
                 raise DataError(f"{path}, row {number}: label {key!r} is not in the label set "
                                 f"({', '.join(label_names)})")

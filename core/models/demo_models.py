@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..demo_resources import demo_file
-from ..safe_loading import load_safetensors
+from ..disk.resource_files import demo_file
+from ..disk.safe_loading import load_safetensors
 from .loaded_model import LoadedModel
 
 DIGITS_CHECKPOINT = "digits_cnn.safetensors"

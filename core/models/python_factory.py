@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..safe_loading import load_weights
+from ..disk.safe_loading import load_weights
 from .heads import find_head, head_classes
 from .loaded_model import LoadedModel
 

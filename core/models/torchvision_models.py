@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from ..safe_loading import load_weights
+from ..disk.safe_loading import load_weights
 from .heads import find_head, replace_head
 from .loaded_model import LoadedModel
 from .offline import offline

@@ -24,9 +24,10 @@ from .events import (
 from .metrics_log import event_record, read_metrics
 from .schedule import lr_factor
 from .setup import build_model, build_run
-from .trainer import ADAPTER_DIR, BEST_DIR, RUN_CONFIG_FILE, load_run_config, resume_run, train
 from .trained_run import load_trained_run
+from .trainer import ADAPTER_DIR, BEST_DIR, RUN_CONFIG_FILE, load_run_config, resume_run, train
 from .update_norms import layer_update_norms
+from .variant_hooks import after_optimizer_step, optimizer_param_groups, regularization_loss, variant_summary
 
 __all__ = [
     "ADAPTER_DIR",
@@ -42,6 +43,7 @@ __all__ = [
     "StepMetrics",
     "TrainResult",
     "TrainingWarning",
+    "after_optimizer_step",
     "build_model",
     "build_run",
     "evaluate",
@@ -53,8 +55,11 @@ __all__ = [
     "load_run_config",
     "load_trained_run",
     "lr_factor",
+    "optimizer_param_groups",
     "read_metrics",
+    "regularization_loss",
     "resume_run",
     "save_checkpoint",
     "train",
+    "variant_summary",
 ]

@@ -27,8 +27,8 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from ..atomic_files import is_staging_name, replace_folder
-from ..safe_loading import load_safetensors
+from ..disk.atomic_files import is_staging_name, replace_folder
+from ..disk.safe_loading import load_safetensors
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"

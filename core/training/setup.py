@@ -14,13 +14,13 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from ..adapters import attach
+from ..adapter.lifecycle import attach
 from ..data import DataBundle, build_datasets, read_label_names
 from ..models import LoadedModel, load_model
 from ..run_config import RunConfig
-from ..training_hooks import optimizer_param_groups
 from .batch_plan import BatchPlan
 from .distributed import DistContext
+from .variant_hooks import optimizer_param_groups
 
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 

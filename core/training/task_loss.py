@@ -15,10 +15,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..adapters import variant_inputs
-from ..data.collate import IGNORE_INDEX
-
-_MODEL_INPUTS = ("input_ids", "attention_mask", "pixel_values")
+from ..adapter.lifecycle import variant_inputs
+from ..data.collate import IGNORE_INDEX, MODEL_INPUTS
 
 
 @dataclass
@@ -44,7 +42,7 @@ def model_logits(model: nn.Module, batch: dict[str, torch.Tensor], forward_style
     if forward_style == "pixels":
         out = model(batch["pixel_values"])
     else:
-        out = model(**{k: v for k, v in batch.items() if k in _MODEL_INPUTS})
+        out = model(**{k: v for k, v in batch.items() if k in MODEL_INPUTS})
     return out.logits if hasattr(out, "logits") else out
 
 

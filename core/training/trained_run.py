@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..adapter_io import load_adapter
+from ..disk.adapter_folder import load_adapter
+from ..disk.safe_loading import load_safetensors
 from ..models import LoadedModel
-from ..safe_loading import load_safetensors
 from .checkpoint import latest_checkpoint
 from .setup import build_model
 from .trainer import BEST_DIR, load_run_config

@@ -25,26 +25,40 @@ from pathlib import Path
 
 import torch
 
-from ..adapter_io import save_adapter
-from ..atomic_files import atomic_path, atomic_write_json
-from ..counting import count_parameters
+from ..adapter.counting import count_parameters
 from ..data.errors import DataError
+from ..disk.adapter_folder import save_adapter
+from ..disk.atomic_files import atomic_path, atomic_write_json
 from ..run_config import RunConfig
-from ..training_hooks import after_optimizer_step, regularization_loss, variant_summary
 from .checkpoint import (
-    CHECKPOINTS, TrainerState, checkpoint_name, latest_checkpoint, load_checkpoint, prune_checkpoints, save_checkpoint,
+    CHECKPOINTS,
+    TrainerState,
+    checkpoint_name,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
 )
 from .devices import free_device_memory, memory_in_use, resolve_device
 from .distributed import DistContext, all_sum, barrier, close_distributed, init_distributed
 from .evaluation import EvalResult, evaluate
 from .events import (
-    CancelToken, CheckpointSaved, EvalMetrics, Event, Failed, Finished, StepMetrics, TrainingWarning, TrainResult,
+    CancelToken,
+    CheckpointSaved,
+    EvalMetrics,
+    Event,
+    Failed,
+    Finished,
+    StepMetrics,
+    TrainingWarning,
+    TrainResult,
 )
 from .metrics_log import MetricsLog
 from .schedule import lr_factor
 from .setup import RunSetup, build_run, trainable_parameters
 from .task_loss import batch_variant_inputs, count_targets, score_batch, to_device
 from .update_norms import layer_update_norms
+from .variant_hooks import after_optimizer_step, regularization_loss, variant_summary
 
 RUN_CONFIG_FILE = "run.toml"
 RESULT_FILE = "result.json"

@@ -11,7 +11,7 @@ import math
 import torch
 from torch import nn
 
-from ..adapters import adapter_layers
+from ..layers import adapter_layers
 
 
 @torch.no_grad()

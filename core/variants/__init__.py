@@ -18,6 +18,9 @@ from . import multitask  # noqa: F401  (registers "multitask")
 from . import hyper  # noqa: F401  (registers "hyper")
 from . import loha  # noqa: F401  (registers "loha")
 from . import lokr  # noqa: F401  (registers "lokr")
+from .conditioned import MissingVariantInputError
 from .registry import SettingField, Variant, available_variants, get_variant, register_variant, variant_names
 
-__all__ = ["SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]
+__all__ = [
+    "MissingVariantInputError",
+    "SettingField", "Variant", "available_variants", "get_variant", "register_variant", "variant_names"]

@@ -16,7 +16,7 @@ from typing import TypeVar
 import torch
 from torch import nn
 
-from ..layers import AdapterBehaviour, AdapterLayer
+from ..layers import AdapterBehaviour, AdapterLayer, adapter_layers
 
 BehaviourT = TypeVar("BehaviourT", bound=AdapterBehaviour)
 
@@ -51,7 +51,6 @@ def layers_with_behaviour(
     model: nn.Module, adapter: str, kind: type[BehaviourT]
 ) -> Iterator[tuple[str, AdapterLayer, BehaviourT]]:
     """Every layer where ``adapter`` runs a behaviour of type ``kind``, with its name and that behaviour."""
-    from ..adapters import adapter_layers  # late: adapters imports the variant registry
 
     for name, layer in adapter_layers(model):
         behaviour = layer.behaviours.get(adapter)

@@ -1,7 +1,7 @@
 """QLoRA: LoRA over a frozen base stored in 4-bit NormalFloat (Dettmers et al. 2023, arXiv:2305.14314).
 
 Each adapted linear layer's base is replaced, when its first QLoRA adapter is initialised,
-by an :class:`~lora_studio.core.nf4_linear.NF4Linear` (NF4 block-wise quantisation with
+by an :class:`~lora_studio.core.layers.nf4_linear.NF4Linear` (NF4 block-wise quantisation with
 optional double quantisation of the scales, section 3); adapters stay in full precision
 and train as in LoRA (section 3, "QLoRA")::
 
@@ -28,7 +28,7 @@ from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer, LinearLora, NonFiniteDeltaError
 from ..layers.linear import is_transformers_conv1d
-from ..nf4_linear import NF4Linear
+from ..layers.nf4_linear import NF4Linear
 from .registry import Variant, register_variant
 
 _DTYPES = {"float64": torch.float64, "float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from ..layers import AdapterBehaviour, AdapterLayer
+from ..layers import AdapterBehaviour, AdapterLayer, module_base
 from .entry_masks import EntryMaskBehaviour, mask_sparsity, zero_all_masked_entries
 from .registry import Variant, register_variant
 from .schedules import check_sparsity
@@ -92,7 +92,6 @@ class SparseLora(Variant):
         self._layer_names: dict[int, str] = {}
 
     def prepare_model(self, model: nn.Module, targets: list[str], settings: SparseLoraSettings) -> None:
-        from ..target_matching import module_base  # late: target_matching imports the config, which imports us
 
         self._layer_names = {id(module_base(model.get_submodule(name))): name for name in targets}
 

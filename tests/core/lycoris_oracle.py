@@ -1,6 +1,6 @@
 """PEFT as an outside oracle for LoHa and LoKr: write our adapter in its format, load it there, and back.
 
-The folder is written here from :mod:`lora_studio.core.peft_loha_lokr_format` alone (not through
+The folder is written here from :mod:`lora_studio.core.disk.peft_lycoris_format` alone (not through
 ``save_adapter``), so these tests prove the mapping itself; wiring it into ``save_adapter``/
 ``load_adapter`` is a separate step.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 from lora_studio.core import attach
-from lora_studio.core.peft_format import PEFT_PREFIX, adapter_tensors
-from lora_studio.core.peft_loha_lokr_format import (
+from lora_studio.core.disk.peft_lora_format import PEFT_PREFIX, adapter_tensors
+from lora_studio.core.disk.peft_lycoris_format import (
     lycoris_config_from_peft,
     lycoris_peft_config_dict,
     lycoris_peft_state_dict,

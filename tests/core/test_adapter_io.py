@@ -18,7 +18,7 @@ from lora_studio.core import (
     save_adapter,
     set_active_adapter,
 )
-from lora_studio.core.adapter_io import ADAPTER_WEIGHTS_NAME, STUDIO_METADATA_NAME
+from lora_studio.core.disk.adapter_folder import ADAPTER_WEIGHTS_NAME, STUDIO_METADATA_NAME
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 

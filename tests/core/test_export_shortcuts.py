@@ -16,10 +16,10 @@ import pytest
 import torch
 from torch import nn
 
-from core import LoraConfig, attach, export_merged, merge_and_unload
-from core.layers.behaviour import _all_finite
-from core.merged_export import _frozen_tensors_to_share
-from core.safe_loading import load_safetensors
+from lora_studio.core import LoraConfig, attach, export_merged, merge_and_unload
+from lora_studio.core.layers.behaviour import _all_finite
+from lora_studio.core.disk.merged_export import _frozen_tensors_to_share
+from lora_studio.core.disk.safe_loading import load_safetensors
 
 
 def _adapted(dtype: torch.dtype = torch.float32) -> nn.Module:

@@ -15,8 +15,8 @@ import pytest
 import torch
 from torch import nn
 
-from core.layers import AdapterBehaviour, AdapterLayer, ConvLora, LinearLora
-from core.layers.behaviour import AdapterBehaviour as BaseBehaviour
+from lora_studio.core.layers import AdapterBehaviour, AdapterLayer, ConvLora, LinearLora
+from lora_studio.core.layers.behaviour import AdapterBehaviour as BaseBehaviour
 
 RTOL_F32 = 1e-6  # float32: summation order only
 
@@ -182,7 +182,7 @@ def test_conv_padding_modes_the_function_does_not_cover_keep_the_op_by_op_path()
 def test_under_saved_tensor_hooks_the_input_itself_is_kept() -> None:
     """Activation checkpointing (non-reentrant) and save_on_cpu work through saved_tensors_hooks:
     reading GELU's saved input there would unpack it, so the function keeps x instead."""
-    from core.layers.fused_lora import _producer
+    from lora_studio.core.layers.fused_lora import _producer
 
     u = torch.randn(4, 8, requires_grad=True)
     x = torch.nn.functional.gelu(u)
@@ -287,7 +287,7 @@ def test_layer_norm_is_redone_from_its_saved_input_and_statistics(dtype, affine,
     """The layer norm's input, mean and 1/std (kept by its node) give its output back: bit for bit
     with this CPU kernel (measured on AVX-512), and in any case within one rounding of the largest
     value -- which is what the test holds it to, so that it does not depend on the CPU."""
-    from core.layers.fused_lora import _producer
+    from lora_studio.core.layers.fused_lora import _producer
 
     u, x = _layer_norm_node(shape, normalized, "weight" in affine, "bias" in affine, dtype)
     producer = _producer(x)
@@ -301,7 +301,7 @@ def test_layer_norm_is_redone_from_its_saved_input_and_statistics(dtype, affine,
 
 def test_layer_norm_over_bfloat16_keeps_x() -> None:
     """bfloat16 statistics are rounded to bfloat16: the output cannot be redone from them exactly."""
-    from core.layers.fused_lora import _producer
+    from lora_studio.core.layers.fused_lora import _producer
 
     _, x = _layer_norm_node((4, 8, 32), (32,), True, True, torch.bfloat16)
     assert _producer(x) is None
@@ -353,7 +353,7 @@ def _merged_heads(o: torch.Tensor, how: str) -> torch.Tensor:
     ],
 )
 def test_producer_rebuilds_x_bit_for_bit_through_shape_ops(make, attention, how) -> None:
-    from core.layers.fused_lora import _producer
+    from lora_studio.core.layers.fused_lora import _producer
 
     if make.startswith("layer-norm"):
         _, x = _layer_norm_node((4, 6, 16), (16,), True, True, torch.float32)
@@ -384,7 +384,7 @@ def test_producer_rebuilds_x_bit_for_bit_through_shape_ops(make, attention, how)
 def test_sdpa_output_merged_by_views_is_already_kept_by_sdpa() -> None:
     """On the CPU (and CUDA) kernels SDPA's output is laid out (batch, seq, heads, dim): the merged
     heads are a view of the output SDPA keeps, so keeping x costs nothing and nothing is replayed."""
-    from core.layers.fused_lora import _producer
+    from lora_studio.core.layers.fused_lora import _producer
 
     _, o = _sdpa_output()
     x = _merged_heads(o, "transpose-reshape")
@@ -395,7 +395,7 @@ def test_sdpa_output_merged_by_views_is_already_kept_by_sdpa() -> None:
 @pytest.mark.parametrize("change", ["slice", "expand", "in-place", "leaf-view", "no-grad-input", "hooks"])
 def test_producer_is_conservative(change: str) -> None:
     """Anything not understood keeps x itself."""
-    from core.layers.fused_lora import _producer
+    from lora_studio.core.layers.fused_lora import _producer
 
     _, ln = _layer_norm_node((4, 6, 16), (16,), True, True, torch.float32)
     if change == "slice":
@@ -472,7 +472,7 @@ def test_rebuilt_input_gives_the_op_by_op_gradients(make: str, dropout: float) -
 def _tiny_transformer(kind: str, attention: str, dropout: float):
     from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
 
-    from core import LoraConfig, attach
+    from lora_studio.core import LoraConfig, attach
 
     torch.manual_seed(0)
     if kind == "bert":
@@ -638,7 +638,7 @@ def test_dropout_with_mask_matches_f_dropout(dtype: torch.dtype, p: float) -> No
     gives F.dropout's values from the same random draws, and its keep-mask."""
     import torch.nn.functional as F
 
-    from core.layers.fused_lora import _dropout_with_mask
+    from lora_studio.core.layers.fused_lora import _dropout_with_mask
 
     x = (torch.randn(4, 33, 70) * 5).to(dtype)
     torch.manual_seed(11)

@@ -16,8 +16,8 @@ from lora_studio.core import (
     set_active_adapter,
     verify_export,
 )
-from lora_studio.core.merged_export import read_sidecar
-from lora_studio.core.safe_loading import load_safetensors, read_safetensors_header
+from lora_studio.core.disk.merged_export import read_sidecar
+from lora_studio.core.disk.safe_loading import load_safetensors, read_safetensors_header
 
 # Merging in float32 only reorders sums; half precisions lose bits in the stored weights.
 TOL = {"float32": 1e-5, "float16": 2e-2, "bfloat16": 1e-1}
@@ -130,7 +130,7 @@ def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
     before = first.path.read_bytes()
     perturb(model, seed=21)
 
-    import lora_studio.core.safetensors_writer as writer
+    import lora_studio.core.disk.safetensors_writer as writer
 
     real_slices = writer._byte_slices
     written = []

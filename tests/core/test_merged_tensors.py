@@ -15,11 +15,11 @@ import torch
 from lora_studio.core import LoraConfig, attach, available_variants, export_merged
 from lora_studio.core.layers import wrapper_for
 from lora_studio.core.layers.behaviour import NonFiniteDeltaError
-from lora_studio.core.merged_export import merged_copy
-from lora_studio.core.merged_tensors import merged_tensors
-from lora_studio.core.safe_loading import load_safetensors
-from lora_studio.core.safetensors_writer import PendingTensor
-from lora_studio.core.target_matching import preview_targets
+from lora_studio.core.disk.merged_export import merged_copy
+from lora_studio.core.disk.merged_tensors import merged_tensors
+from lora_studio.core.disk.safe_loading import load_safetensors
+from lora_studio.core.disk.safetensors_writer import PendingTensor
+from lora_studio.core.adapter.target_matching import preview_targets
 from tiny_models import ALL_CASES, Case, perturb_adapters
 
 VARIANTS = available_variants()
@@ -98,14 +98,14 @@ def test_transformers_folder_without_the_copy_equals_the_copys(tmp_path, monkeyp
     model and its config are untouched."""
     import json
 
-    from lora_studio.core.merged_export import _write_pretrained
+    from lora_studio.core.disk.merged_export import _write_pretrained
 
     case = next(c for c in ALL_CASES if c.name == case_name)
     lora = next(v for v in VARIANTS if v.name == "lora")
     model = _adapted(lora, case)
     config_before = model.config.to_dict()
     state_before = {k: v.clone() for k, v in model.state_dict().items()}
-    import lora_studio.core.merged_export as merged_export
+    import lora_studio.core.disk.merged_export as merged_export
 
     swaps = []
     real_call = merged_export._SwapPlaceholders.__call__
@@ -132,7 +132,7 @@ def test_transformers_folder_without_the_copy_equals_the_copys(tmp_path, monkeyp
 def test_transformers_folder_when_placeholders_are_not_swapped(tmp_path, monkeypatch) -> None:
     """If save_pretrained changed the placeholders on the way, the merged weights are made first and
     written as they are: still the copy's bytes, never a placeholder's uninitialised memory."""
-    import lora_studio.core.merged_export as merged_export
+    import lora_studio.core.disk.merged_export as merged_export
 
     case = next(c for c in ALL_CASES if c.name == "bert")
     model = _adapted(next(v for v in VARIANTS if v.name == "lora"), case)

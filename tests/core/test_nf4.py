@@ -9,8 +9,8 @@ normal numbers, absolute half-step 2⁻¹⁰ for subnormals).  FLOAT_SLACK cover
 
 import pytest
 import torch
-from lora_studio.core.nf4_linear import NF4Linear
-from lora_studio.core.quantization_nf4 import (
+from lora_studio.core.layers.nf4_linear import NF4Linear
+from lora_studio.core.layers.nf4_format import (
     NF4Layout,
     bitsandbytes_available,
     dequantize_absmax,

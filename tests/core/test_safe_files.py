@@ -23,9 +23,9 @@ from lora_studio.core import (
     load_weights,
     save_adapter,
 )
-from lora_studio.core.adapter_io import ADAPTER_WEIGHTS_NAME
-from lora_studio.core.atomic_files import atomic_write_json, atomic_write_text, is_staging_name
-from lora_studio.core.safe_loading import load_safetensors
+from lora_studio.core.disk.adapter_folder import ADAPTER_WEIGHTS_NAME
+from lora_studio.core.disk.atomic_files import atomic_write_json, atomic_write_text, is_staging_name
+from lora_studio.core.disk.safe_loading import load_safetensors
 from safetensors.torch import save_file
 
 TOL = 1e-6  # a reloaded adapter must reproduce the saved one's outputs

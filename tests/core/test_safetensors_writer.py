@@ -12,10 +12,10 @@ import hashlib
 import json
 import time
 
-import lora_studio.core.safetensors_writer as writer
+import lora_studio.core.disk.safetensors_writer as writer
 import pytest
 import torch
-from lora_studio.core.safetensors_writer import write_safetensors
+from lora_studio.core.disk.safetensors_writer import write_safetensors
 from safetensors.torch import load_file, save
 
 
@@ -115,7 +115,7 @@ def test_failure_half_way_keeps_the_previous_file(tmp_path, monkeypatch) -> None
 
 
 def test_save_pretrained_through_the_writer_writes_the_same_file(tmp_path, monkeypatch) -> None:
-    from lora_studio.core.merged_export import _transformers_writes_with
+    from lora_studio.core.disk.merged_export import _transformers_writes_with
     from transformers import GPT2Config, GPT2LMHeadModel
 
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def test_save_pretrained_through_the_writer_writes_the_same_file(tmp_path, monke
 def test_pending_tensors_are_made_ahead_within_the_memory_bound(tmp_path, monkeypatch) -> None:
     """Pending tensors are made on a worker ahead of the writer, but never more than ``_AHEAD_BYTES``
     of them wait at once; the file is the one their values make."""
-    from lora_studio.core.safetensors_writer import PendingTensor
+    from lora_studio.core.disk.safetensors_writer import PendingTensor
 
     monkeypatch.setattr(writer, "_AHEAD_BYTES", 2 * 400)  # two 100-float tensors
     values = {f"p{i:02d}": torch.randn(100) for i in range(12)}

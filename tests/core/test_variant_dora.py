@@ -30,7 +30,7 @@ from lora_studio.core import (
     save_adapter,
     unmerge,
 )
-from lora_studio.core.peft_format import PEFT_PREFIX, adapter_tensors
+from lora_studio.core.disk.peft_lora_format import PEFT_PREFIX, adapter_tensors
 from torch import nn
 
 HAND_TOL = 1e-6

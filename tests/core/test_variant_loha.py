@@ -12,7 +12,7 @@ import pytest
 import torch
 from lora_studio.core import LoraConfig, attach, get_adapter_config, get_variant
 from lora_studio.core.layers import AdapterLayer
-from lora_studio.core.peft_loha_lokr_format import (
+from lora_studio.core.disk.peft_lycoris_format import (
     lycoris_compatibility_notes,
     lycoris_config_from_peft,
     lycoris_peft_config_dict,

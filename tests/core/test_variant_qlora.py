@@ -24,7 +24,7 @@ from lora_studio.core import (
     unmerge,
     variant_summary,
 )
-from lora_studio.core.nf4_linear import NF4Linear
+from lora_studio.core.layers.nf4_linear import NF4Linear
 from tiny_models import MODEL_CASES, perturb_adapters, run
 from torch import nn
 

@@ -26,7 +26,7 @@ from lora_studio.core import (
     variant_inputs,
 )
 from lora_studio.core.layers import wrapper_for
-from lora_studio.core.target_matching import preview_targets
+from lora_studio.core.adapter.target_matching import preview_targets
 from tiny_models import ALL_CASES, Case, run
 from variant_runs import train
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from lora_studio.core.safe_loading import load_safetensors
+from lora_studio.core.disk.safe_loading import load_safetensors
 
 BIN = Path(sys.executable).parent
 RUN_TOML = """

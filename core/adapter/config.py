@@ -111,7 +111,7 @@ class LoraConfig:
         ):
             raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
         self.modules_to_save = list(self.modules_to_save)
-        from .variants import get_variant  # late import: the registry imports this module
+        from ..variants import get_variant  # late import: the registry imports this module
 
         variant = get_variant(self.variant)
         if not isinstance(self.variant_settings, dict):
@@ -120,7 +120,7 @@ class LoraConfig:
 
     def settings(self) -> Any:
         """The variant's validated settings object (None for a variant without settings)."""
-        from .variants import get_variant
+        from ..variants import get_variant
 
         return get_variant(self.variant).make_settings(self.variant_settings)
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-_DEFAULT = Path(__file__).resolve().parent.parent / "resources"
+_DEFAULT = Path(__file__).resolve().parents[2] / "resources"  # core/disk/ -> the repository root
 
 
 def resources_dir() -> Path:

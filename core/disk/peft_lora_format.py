@@ -29,11 +29,18 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .adapters import adapter_layers, get_adapter_config
-from .config import LoraConfig, pattern_matches
-from .layers import AdapterLayer, ConvLora, EmbeddingLora, LinearLora, ModulesToSave
-from .target_matching import iter_logical_modules
-from .variants import get_variant
+from ..adapter.config import LoraConfig, pattern_matches
+from ..adapter.lifecycle import get_adapter_config
+from ..layers import (
+    AdapterLayer,
+    ConvLora,
+    EmbeddingLora,
+    LinearLora,
+    ModulesToSave,
+    adapter_layers,
+    iter_logical_modules,
+)
+from ..variants import get_variant
 
 PEFT_PREFIX = "base_model.model."
 STUDIO_ONLY_PEFT_TYPE = "LORA_STUDIO_VARIANT"  # not a PEFT type: PEFT refuses such a folder by name
@@ -213,7 +220,7 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
         raise ValueError(f"not a LoRA adapter: peft_type={peft.get('peft_type')!r}")
     variant = "lora"
     if peft.get("use_dora"):
-        from .variants import variant_names  # late: DoRA may not be registered (yet)
+        from ..variants import variant_names  # late: DoRA may not be registered (yet)
 
         if "dora" not in variant_names():
             raise ValueError("this adapter uses DoRA (use_dora=true), which this LoRA Studio cannot load yet")

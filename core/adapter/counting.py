@@ -10,9 +10,9 @@ from typing import Literal
 
 from torch import nn
 
+from ..layers import AdapterLayer, ModulesToSave
 from .config import LoraConfig
-from .inspect import describe
-from .layers import AdapterLayer, ModulesToSave
+from .describe import describe
 
 Precision = Literal["float32", "bfloat16", "float16"]
 Optimizer = Literal["adamw", "sgd", "sgd-momentum"]

@@ -29,11 +29,10 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
-from .adapters import adapter_layers, get_adapter_config
-from .config import LoraConfig, pattern_matches
-from .layers import AdapterLayer, ConvLora, LinearLora
-from .peft_format import PEFT_PREFIX, adapter_tensors, exact_pattern_key, exact_targets
-from .target_matching import iter_logical_modules
+from ..adapter.config import LoraConfig, pattern_matches
+from ..adapter.lifecycle import get_adapter_config
+from ..layers import AdapterLayer, ConvLora, LinearLora, adapter_layers, iter_logical_modules
+from .peft_lora_format import PEFT_PREFIX, adapter_tensors, exact_pattern_key, exact_targets
 
 #: Our variant name -> PEFT's ``peft_type``.
 PEFT_TYPES: dict[str, str] = {"loha": "LOHA", "lokr": "LOKR"}

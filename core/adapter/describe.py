@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..layers import AdapterLayer, iter_logical_modules, wrapper_for
+from ..variants import Variant, get_variant
+from ..variants.lora import Lora
 from .config import LoraConfig
-from .layers import AdapterLayer, wrapper_for
-from .target_matching import iter_logical_modules, preview_targets
-from .variants import Variant, get_variant
-from .variants.lora import Lora
+from .target_matching import preview_targets
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import math
 import torch
 from torch import nn
 
-from .adapters import adapter_layers, get_adapter_config
+from ..adapter.lifecycle import get_adapter_config
+from ..layers import adapter_layers
 
 OriginalBase = nn.Module | dict[str, torch.Tensor]
 

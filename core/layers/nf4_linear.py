@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers.linear import is_transformers_conv1d
-from .quantization_nf4 import NF4Layout, bitsandbytes_applies, dequantize_nf4, quantize_nf4, stored_bytes
+from .linear import is_transformers_conv1d
+from .nf4_format import NF4Layout, bitsandbytes_applies, dequantize_nf4, quantize_nf4, stored_bytes
 
 SourceKind = Literal["linear", "conv1d"]
 

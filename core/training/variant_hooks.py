@@ -19,8 +19,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import active_adapter, get_adapter_config
-from .variants import Variant, get_variant
+from ..adapter.lifecycle import active_adapter, get_adapter_config
+from ..variants import Variant, get_variant
 
 
 def _active(model: nn.Module) -> tuple[str, Variant, Any] | None:

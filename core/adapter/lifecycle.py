@@ -16,10 +16,19 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
+from ..layers import (
+    AdapterLayer,
+    MergeNotSupportedError,
+    ModulesToSave,
+    NonFiniteDeltaError,
+    adapter_layers,
+    iter_logical_modules,
+    module_base,
+    wrapper_for,
+)
+from ..variants import Variant, get_variant
 from .config import LoraConfig
-from .layers import AdapterLayer, MergeNotSupportedError, ModulesToSave, NonFiniteDeltaError, wrapper_for
-from .target_matching import iter_logical_modules, match_targets, module_base, name_matches
-from .variants import Variant, get_variant
+from .target_matching import match_targets, name_matches
 
 _STATE_ATTR = "_lora_studio_state"
 _ADAPTER_NAME = re.compile(r"[A-Za-z0-9_-]+")
@@ -73,13 +82,6 @@ def active_adapter(model: nn.Module) -> str | None:
 def get_adapter_config(model: nn.Module, adapter_name: str = "default") -> LoraConfig:
     """The config ``adapter_name`` was attached with."""
     return _require_state(model, adapter_name).configs[adapter_name]
-
-
-def adapter_layers(model: nn.Module) -> Iterator[tuple[str, AdapterLayer]]:
-    """Every wrapped layer, with its (original) name."""
-    for name, module in model.named_modules():
-        if isinstance(module, AdapterLayer):
-            yield name, module
 
 
 def _wrappers(model: nn.Module) -> Iterator[AdapterLayer | ModulesToSave]:
@@ -395,7 +397,6 @@ __all__ = [
     "MergeNotSupportedError",
     "NonFiniteDeltaError",
     "active_adapter",
-    "adapter_layers",
     "adapter_state",
     "attach",
     "delete_adapter",

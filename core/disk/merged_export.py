@@ -30,7 +30,7 @@ import contextlib
 import copy
 import json
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,21 +38,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import (
+from ..adapter.lifecycle import (
     active_adapter,
     adapted_root,
     get_adapter_config,
     merge,
     merge_and_unload,
     set_active_adapter,
-    unload,
 )
-from .adapters import variant_inputs as variant_inputs_context
+from ..adapter.lifecycle import variant_inputs as variant_inputs_context
+from ..variants import get_variant
 from .atomic_files import atomic_write_json, replace_folder
+from .export_checks import adapter_free_copy, max_output_difference, model_outputs
 from .merged_tensors import merged_tensors
 from .safe_loading import load_safetensors
 from .safetensors_writer import PendingTensor, write_safetensors
-from .variants import get_variant
 
 PRECISIONS: dict[str, torch.dtype] = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 SIDECAR_FORMAT = "lora-studio-merged/1"
@@ -127,7 +127,7 @@ def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, 
     live model), and an adapter layer has nothing merged yet and its behaviours all merge through its
     slots (QLoRA replaces the layer).  Otherwise the memo is empty and everything is copied.
     """
-    from .layers import AdapterLayer, ModulesToSave
+    from ..layers import AdapterLayer, ModulesToSave
 
     if dtype != torch.float32 or not _all_float32(model):
         return {}
@@ -202,8 +202,8 @@ def export_merged(
     difference = None
     if example_inputs is not None:
         with _live_inputs(model, variant_inputs):
-            live = _outputs(model, example_inputs)
-        difference = max_output_difference(live, _outputs(merged.float(), example_inputs))
+            live = model_outputs(model, example_inputs)
+        difference = max_output_difference(live, model_outputs(merged.float(), example_inputs))
         merged.to(_dtype(precision))
     if transformers_model:
         files = _write_pretrained(merged, path, tokenizer or _name_or_path(model))
@@ -376,59 +376,11 @@ def verify_export(
     else:
         if path.is_dir():
             path = path / "model.safetensors"
-        reloaded = build() if build is not None else _plain_structure(model)
+        reloaded = build() if build is not None else adapter_free_copy(model)
         reloaded.load_state_dict(load_safetensors(path), strict=True)
     with _live_inputs(model, variant_inputs):
-        live = _outputs(model, example_inputs)
-    return max_output_difference(live, _outputs(reloaded.float(), example_inputs))
-
-
-def _plain_structure(model: nn.Module) -> nn.Module:
-    skeleton = copy.deepcopy(model)
-    root = adapted_root(skeleton)
-    if root is not None:
-        unload(root)  # in place, inside the skeleton
-    return skeleton
-
-
-# -- outputs ---------------------------------------------------------------------------------------
-def _outputs(model: nn.Module, inputs: Any) -> list[torch.Tensor]:
-    """Every floating-point tensor ``model`` returns for ``inputs``, in eval mode, without gradients."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            if isinstance(inputs, Mapping):
-                out = model(**inputs)
-            elif isinstance(inputs, tuple):
-                out = model(*inputs)
-            else:
-                out = model(inputs)
-    finally:
-        model.train(was_training)
-    return [t for t in _flatten(out) if t.is_floating_point()]
-
-
-def _flatten(value: Any) -> list[torch.Tensor]:
-    if isinstance(value, torch.Tensor):
-        return [value]
-    if isinstance(value, Mapping):  # transformers' ModelOutput is a Mapping too
-        return [t for v in value.values() for t in _flatten(v)]
-    if isinstance(value, Sequence) and not isinstance(value, (str, bytes)):
-        return [t for v in value for t in _flatten(v)]
-    return []
-
-
-def max_output_difference(expected: list[torch.Tensor], actual: list[torch.Tensor]) -> float:
-    """The largest absolute difference between two models' outputs (as returned by :func:`_outputs`)."""
-    if len(expected) != len(actual):
-        raise ValueError(f"the models returned different numbers of tensors ({len(expected)} vs {len(actual)})")
-    worst = 0.0
-    for a, b in zip(expected, actual):
-        if a.shape != b.shape:
-            raise ValueError(f"output shapes differ: {list(a.shape)} vs {list(b.shape)}")
-        worst = max(worst, float((a.float() - b.float()).abs().max()) if a.numel() else 0.0)
-    return worst
+        live = model_outputs(model, example_inputs)
+    return max_output_difference(live, model_outputs(reloaded.float(), example_inputs))
 
 
 def _dtype(precision: str) -> torch.dtype:
@@ -456,7 +408,6 @@ __all__ = [
     "ExportResult",
     "export_merged",
     "is_transformers_model",
-    "max_output_difference",
     "merged_copy",
     "read_sidecar",
     "sidecar_path_for",

@@ -28,11 +28,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import adapted_root, adapter_state
-from .layers import AdapterLayer, ModulesToSave
-from .layers.behaviour import AdapterBehaviour, NonFiniteDeltaError, _all_finite
+from ..adapter.lifecycle import adapted_root, adapter_state
+from ..layers import AdapterLayer, ModulesToSave
+from ..layers.behaviour import AdapterBehaviour, NonFiniteDeltaError, _all_finite
+from ..variants import get_variant
 from .safetensors_writer import PendingTensor
-from .variants import get_variant
 
 _BASE = "base_layer."
 

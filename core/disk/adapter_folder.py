@@ -34,7 +34,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from .adapters import (
+from ..adapter.config import LoraConfig
+from ..adapter.lifecycle import (
     adapter_layers,
     adapter_state,
     attach,
@@ -42,9 +43,10 @@ from .adapters import (
     get_adapter_config,
     set_active_adapter,
 )
+from ..layers import iter_logical_modules
+from ..variants.pissa_conversion import OriginalBase, convert_pissa
 from .atomic_files import staged_folder
-from .config import LoraConfig
-from .peft_format import (
+from .peft_lora_format import (
     PEFT_PREFIX,
     adapter_tensors,
     factor_paths,
@@ -52,7 +54,7 @@ from .peft_format import (
     peft_compatibility_notes,
     peft_config_dict,
 )
-from .peft_loha_lokr_format import (
+from .peft_lycoris_format import (
     handles_peft_type,
     handles_variant,
     lycoris_compatibility_notes,
@@ -60,9 +62,7 @@ from .peft_loha_lokr_format import (
     lycoris_factor_paths,
     lycoris_peft_config_dict,
 )
-from .pissa_export import OriginalBase, convert_pissa
 from .safe_loading import load_legacy_weights, load_safetensors
-from .target_matching import iter_logical_modules
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"

@@ -22,10 +22,10 @@ from typing import Literal
 import torch
 from torch import nn
 
-from .adapters import _require_state, adapter_layers, adapter_state, set_active_adapter
+from ..layers import AdapterLayer, adapter_layers
+from ..variants import get_variant
 from .config import LoraConfig
-from .layers import AdapterLayer
-from .variants import get_variant
+from .lifecycle import _require_state, adapter_state, set_active_adapter
 
 CombinationType = Literal["linear", "cat", "svd"]
 

@@ -8,51 +8,14 @@ model that already carries adapters, give the same names.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from torch import nn
 
+from ..layers import LinearLora, LogicalModule, iter_logical_modules, module_base, wrapper_for
 from .config import ALL_LINEAR, LoraConfig
-from .layers import AdapterLayer, LinearLora, ModulesToSave, wrapper_for
 
 _INDEX_PART = re.compile(r"^(?:\d+|.*_(\d+))$")
-
-
-@dataclass(frozen=True)
-class LogicalModule:
-    """A module as the user sees it: its path and the layer itself (unwrapped)."""
-
-    name: str
-    module: nn.Module
-    inside_attention: bool  # the out-projection owned by an nn.MultiheadAttention
-
-
-def iter_logical_modules(model: nn.Module) -> Iterator[LogicalModule]:
-    """Every module below ``model`` under its original name, adapter internals left out."""
-
-    def walk(module: nn.Module, prefix: str) -> Iterator[LogicalModule]:
-        for child_name, child in module._modules.items():
-            if child is None:
-                continue
-            name = f"{prefix}.{child_name}" if prefix else child_name
-            if isinstance(child, AdapterLayer):
-                child = child.base_layer
-            elif isinstance(child, ModulesToSave):
-                child = child.original_module
-            yield LogicalModule(name, child, isinstance(module_base(module), nn.MultiheadAttention))
-            yield from walk(child, name)
-
-    yield from walk(model, "")
-
-
-def module_base(module: nn.Module) -> nn.Module:
-    """The layer a wrapper stands for (the module itself when it is not a wrapper)."""
-    if isinstance(module, AdapterLayer):
-        return module.base_layer
-    if isinstance(module, ModulesToSave):
-        return module.original_module
-    return module
 
 
 def layer_index(name: str) -> int | None:

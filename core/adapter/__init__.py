@@ -1,0 +1,64 @@
+"""One adapter on one model: its config, which layers it targets, its lifecycle, and what it costs.
+
+``config`` (:class:`LoraConfig`), ``target_matching`` (which layers a config adapts),
+``lifecycle`` (attach, switch, disable, merge, unload), ``combination`` (several adapters
+into one), ``describe`` (the layer tree) and ``counting`` (parameters and memory).
+"""
+
+from .combination import add_weighted_adapter
+from .config import ALL_LINEAR, BIAS_CHOICES, INIT_CHOICES, LoraConfig, pattern_matches
+from .counting import MemoryEstimate, ParameterCounts, count_parameters, estimate_training_memory
+from .describe import ModuleInfo, ParameterInfo, describe
+from .lifecycle import (
+    AdapterState,
+    active_adapter,
+    adapted_root,
+    adapter_state,
+    attach,
+    delete_adapter,
+    disable_adapters,
+    get_adapter_config,
+    list_adapters,
+    merge,
+    merge_and_unload,
+    set_active_adapter,
+    unload,
+    unmerge,
+    variant_inputs,
+)
+from .target_matching import TargetPreview, match_targets, name_matches, preview_targets
+
+__all__ = [
+    "ALL_LINEAR",
+    "BIAS_CHOICES",
+    "INIT_CHOICES",
+    "AdapterState",
+    "LoraConfig",
+    "MemoryEstimate",
+    "ModuleInfo",
+    "ParameterCounts",
+    "ParameterInfo",
+    "TargetPreview",
+    "active_adapter",
+    "adapted_root",
+    "adapter_state",
+    "add_weighted_adapter",
+    "attach",
+    "count_parameters",
+    "delete_adapter",
+    "describe",
+    "disable_adapters",
+    "estimate_training_memory",
+    "get_adapter_config",
+    "list_adapters",
+    "match_targets",
+    "merge",
+    "merge_and_unload",
+    "name_matches",
+    "pattern_matches",
+    "preview_targets",
+    "set_active_adapter",
+    "unload",
+    "unmerge",
+    "variant_inputs",
+]

@@ -1,0 +1,36 @@
+"""Everything that reads or writes files: atomic writes, safe loading, the safetensors writer,
+the adapter folder (ours and PEFT's formats), and merged exports with the checks that prove them.
+
+Untrusted files are never unpickled (:mod:`.safe_loading`); every file is written atomically
+(:mod:`.atomic_files`).
+"""
+
+from .adapter_folder import AdapterMismatchError, load_adapter, read_adapter_folder, save_adapter
+from .atomic_files import atomic_path, atomic_write_json, atomic_write_text, replace_folder
+from .export_checks import max_output_difference, model_outputs, verify_adapter
+from .merged_export import PRECISIONS, ExportResult, export_merged, verify_export
+from .resource_files import demo_file
+from .safe_loading import CorruptFileError, UnsafeFileError, load_safetensors, load_weights
+
+__all__ = [
+    "PRECISIONS",
+    "AdapterMismatchError",
+    "CorruptFileError",
+    "ExportResult",
+    "UnsafeFileError",
+    "atomic_path",
+    "atomic_write_json",
+    "atomic_write_text",
+    "demo_file",
+    "export_merged",
+    "load_adapter",
+    "load_safetensors",
+    "load_weights",
+    "max_output_difference",
+    "model_outputs",
+    "read_adapter_folder",
+    "replace_folder",
+    "save_adapter",
+    "verify_adapter",
+    "verify_export",
+]
