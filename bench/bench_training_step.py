@@ -120,11 +120,11 @@ def make_arm(label: str, work: Workload, base: nn.Module, device: torch.device) 
         if kind == "unfused":  # the op-by-op path of before the fused function: before/after in one run
             for layer in model.modules():
                 if isinstance(layer, AdapterLayer):
-                    layer._fused_forward = lambda *args: None
+                    layer.limit_fast_paths("none")
         if kind == "nofold":  # the fused function without the update folded into the weight
             for layer in model.modules():
                 if isinstance(layer, AdapterLayer):
-                    layer._folded_forward = lambda *args: None
+                    layer.limit_fast_paths("fused")
     elif kind == "peft":
         import peft
 

@@ -70,11 +70,11 @@ def add_weighted_adapter(
             continue
         if combination_type == "linear" and len({layer.r[a] for a, _ in present}) > 1:
             raise ValueError(f"'linear' needs equal ranks; layer {name!r} has {[layer.r[a] for a, _ in present]}")
-        new_factors = {key: _combine(layer, key, present, combination_type, svd_rank) for key in layer._weight_slots()}
+        new_factors = {key: _combine(layer, key, present, combination_type, svd_rank) for key in layer.weight_slots()}
         rank = next(iter(new_factors.values()))[0].shape[0]
         layer.add_adapter(new_name, r=rank, alpha=float(rank), dropout=0.0, init="default", use_rslora=False)
         for key, (a_new, b_new) in new_factors.items():
-            a, b = layer._factors(new_name, key)
+            a, b = layer.stored_factors(new_name, key)
             a.copy_(a_new.reshape(a.shape))
             b.copy_(b_new.reshape(b.shape))
         ranks[name] = rank
@@ -99,7 +99,7 @@ def _combine(
     """(A, B) as 2-D float32 matrices for one adapted weight."""
 
     def factors(adapter: str) -> tuple[torch.Tensor, torch.Tensor]:
-        a, b = layer._factors(adapter, key)
+        a, b = layer.stored_factors(adapter, key)
         return a.reshape(a.shape[0], -1).float(), b.reshape(b.shape[0], -1).float()
 
     if kind == "linear":

@@ -126,7 +126,7 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
                 setattr(parent, attr, wrapper)
                 created.append((parent, attr, layer))
                 layer = wrapper
-            untie = frozenset(k for k, slot in layer._weight_slots().items() if id(slot.param) in shared)
+            untie = frozenset(k for k, slot in layer.weight_slots().items() if id(slot.param) in shared)
             if untie:
                 warnings.warn(
                     f"layer {name!r} shares its weight with another module (tied weights); PiSSA gives it its "
@@ -269,7 +269,7 @@ def merge(
             )
     shared = _shared_parameter_ids(model)
     for name, layer in layers:
-        slots = layer._weight_slots()
+        slots = layer.weight_slots()
         untie = frozenset(k for k, slot in slots.items() if id(slot.param) in shared)
         if untie and adapter_name not in layer.merged_adapters:
             warnings.warn(
@@ -294,7 +294,7 @@ def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, v
             )
         if init != "pissa":
             continue
-        for key, slot in layer._weight_slots().items():
+        for key, slot in layer.weight_slots().items():
             limit = min(slot.matrix(slot.param).shape)
             if config.rank_for(name) > limit:
                 raise ValueError(

@@ -137,7 +137,7 @@ def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, 
         if isinstance(module, ModulesToSave):
             inside.update(id(t) for t in (*module.parameters(), *module.buffers()))
         elif isinstance(module, AdapterLayer):
-            slots = {id(slot.param) for slot in module._weight_slots().values()}
+            slots = {id(slot.param) for slot in module.weight_slots().values()}
             # A layer with a merged update may hold untied originals, which a later merge writes in place.
             through_slots = not module.merged_adapters and all(
                 b.merges_through_slots for b in module.behaviours.values()

@@ -30,7 +30,7 @@ from torch import nn
 
 from ..adapter.lifecycle import adapted_root, adapter_state
 from ..layers import AdapterLayer, ModulesToSave
-from ..layers.behaviour import AdapterBehaviour, NonFiniteDeltaError, _all_finite
+from ..layers.behaviour import NonFiniteDeltaError, all_finite
 from ..variants import get_variant
 from .safetensors_writer import PendingTensor
 
@@ -56,9 +56,8 @@ def merged_tensors(
     for layer in wrappers.values():
         if isinstance(layer, AdapterLayer) and name in layer.adapter_names:
             behaviour = layer.behaviours[name]
-            if (layer.merged_adapters or not behaviour.merges_through_slots
-                    or type(behaviour).merge is not AdapterBehaviour.merge or not layer.factors_finite(name)):
-                return None  # fmt: skip
+            if layer.merged_adapters or not behaviour.merge_is_per_slot or not layer.factors_finite(name):
+                return None
     out: dict[str, torch.Tensor | PendingTensor] = {}
     for key, tensor in model.state_dict().items():
         owner = _outermost_wrapper(key, wrappers)
@@ -73,7 +72,7 @@ def merged_tensors(
                 out[f"{prefix}.{rest[len(kept):]}"] = _cast(tensor, dtype)
         elif rest.startswith(_BASE):
             inner = rest[len(_BASE) :]
-            slots = wrapper._weight_slots() if name in wrapper.adapter_names else {}
+            slots = wrapper.weight_slots() if name in wrapper.adapter_names else {}
             out[f"{prefix}.{inner}"] = (
                 _pending_merge(wrapper, name, inner, prefix, dtype) if inner in slots else _cast(tensor, dtype)
             )
@@ -104,12 +103,12 @@ def _cast(tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _pending_merge(layer: AdapterLayer, adapter: str, key: str, where: str, dtype: torch.dtype) -> PendingTensor:
-    param = layer._weight_slots()[key].param
+    param = layer.weight_slots()[key].param
 
     def make() -> torch.Tensor:
         with torch.no_grad():
             merged = layer.behaviours[adapter].merged_weight(layer, adapter, key, param.float())
-        if not _all_finite(merged):
+        if not all_finite(merged):
             raise NonFiniteDeltaError(
                 f"refusing to merge adapter {adapter!r}: its update of {where}.{key} holds NaN or Inf; "
                 "nothing was written"

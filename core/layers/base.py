@@ -8,10 +8,10 @@ it (PEFT's and loralib's design)::
         └─► dropout ─► A (r×in) ─► B (out×r) ─► ×(alpha/r) ─► (+) ─► y
 
 Each named adapter owns a pair of factors per adapted weight.  A subclass
-supplies the mechanics of its layer type: :meth:`_weight_slots` (which base
+supplies the mechanics of its layer type: :meth:`weight_slots` (which base
 weights are adapted, and whether ``B @ A`` must be transposed to match them),
-:meth:`_factors` (the A and B parameters of one adapter for one weight) and, for
-input-side layers, :meth:`_down`/:meth:`_up`/:meth:`_apply_weight`.  The
+:meth:`stored_factors` (the A and B parameters of one adapter for one weight) and, for
+input-side layers, :meth:`project_down`/:meth:`project_up`/:meth:`apply_weight`.  The
 mathematics of each adapter (its forward, update, merge) belongs to its
 :class:`~.behaviour.AdapterBehaviour`: standard LoRA, or a variant's.
 """
@@ -21,11 +21,16 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from .behaviour import AdapterBehaviour
+
+
+#: Forward paths from slowest to fastest (see :attr:`AdapterLayer.fast_paths`).
+FAST_PATHS = ("none", "fused", "folded")
 
 
 @dataclass(frozen=True)
@@ -47,9 +52,25 @@ class WeightSlot:
 class AdapterLayer(nn.Module):
     """Base of every wrapper. Subclasses add factor creation and ``forward``."""
 
+    #: The fastest path forward may take for standard LoRA (a behaviour with ``forward_path == "standard"``),
+    #: declared by each layer type in its own class body: ``"folded"`` (the update folded into the weight
+    #: where that pays, else the fused function), ``"fused"`` (the fused autograd function of
+    #: :mod:`.fused_lora`), ``"none"`` (op by op through :meth:`project_down`/:meth:`project_up`).
+    #: A class that defines its own projections must declare it, since the fast paths reproduce only the
+    #: projections they were written for.  :meth:`limit_fast_paths` lowers it on one layer.
+    fast_paths: ClassVar[str] = "none"
     #: Names of the sub-modules/parameter dicts that hold adapter factors (for freezing and saving).
     #: Copied per instance: a variant may register more containers on the layer it adapts.
     factor_attributes: tuple[str, ...] = ("lora_A", "lora_B")
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.fast_paths not in FAST_PATHS:
+            raise TypeError(f"{cls.__name__}.fast_paths must be one of {FAST_PATHS}; got {cls.fast_paths!r}")
+        own = cls.__dict__
+        if ("project_down" in own or "project_up" in own) and "fast_paths" not in own:
+            raise TypeError(f"{cls.__name__} defines its own projections: declare fast_paths "
+                            "('none' unless the fast paths compute exactly these projections)")
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__()
@@ -70,20 +91,20 @@ class AdapterLayer(nn.Module):
         self._tied_originals: dict[str, nn.Parameter] = {}
 
     # -- hooks for subclasses --------------------------------------------------------
-    def _weight_slots(self) -> dict[str, WeightSlot]:
+    def weight_slots(self) -> dict[str, WeightSlot]:
         raise NotImplementedError
 
-    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def stored_factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """The (A, B) parameters of ``adapter`` for weight ``key``; any shape, flattened to 2-D here."""
         raise NotImplementedError
 
-    def _create_factors(self, adapter: str, r: int) -> None:
+    def create_factors(self, adapter: str, r: int) -> None:
         raise NotImplementedError
 
-    def _reset_factors(self, adapter: str, init: str) -> None:
+    def reset_factors(self, adapter: str, init: str) -> None:
         """Default and Gaussian init: A random, B zero, so the adapter starts as the identity."""
-        for key in self._weight_slots():
-            a, b = self._factors(adapter, key)
+        for key in self.weight_slots():
+            a, b = self.stored_factors(adapter, key)
             a2d = a.view(a.shape[0], -1)
             if init == "gaussian":
                 nn.init.normal_(a2d, std=1.0 / self.r[adapter])
@@ -95,6 +116,14 @@ class AdapterLayer(nn.Module):
     def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
         """Parameters one adapter of rank ``r`` adds to ``base_layer`` (without building it)."""
         raise NotImplementedError
+
+    def limit_fast_paths(self, fastest: str) -> None:
+        """Let this layer take no path faster than ``fastest`` (one of :data:`FAST_PATHS`): ``"none"`` runs
+        standard LoRA op by op (the tests' oracle, the benchmark's unfused arm), ``"fused"`` never folds."""
+        if fastest not in FAST_PATHS:
+            raise ValueError(f"fastest must be one of {', '.join(FAST_PATHS)}; got {fastest!r}")
+        allowed = FAST_PATHS.index(type(self).fast_paths)
+        self.fast_paths = FAST_PATHS[min(allowed, FAST_PATHS.index(fastest))]
 
     # -- adapters ----------------------------------------------------------------------
     @property
@@ -128,7 +157,7 @@ class AdapterLayer(nn.Module):
         self.scaling[adapter] = alpha / (math.sqrt(r) if use_rslora else r)
         self.lora_dropout[adapter] = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         behaviour.create(self, adapter, r)
-        if self._on_meta():
+        if self.on_meta():
             return  # browsing only: nothing to initialise
         with torch.no_grad():
             behaviour.initialise(self, adapter, init, untie)
@@ -155,7 +184,7 @@ class AdapterLayer(nn.Module):
         """Every trainable tensor of ``adapter`` on this layer."""
         return list(self.behaviours[adapter].parameters(self, adapter))
 
-    def _adapter_in_use(self) -> str | None:
+    def adapter_in_use(self) -> str | None:
         """The adapter forward must add on top of the base, if any."""
         name = self.active_adapter
         if self.adapters_disabled or name is None or name in self.merged_adapters:
@@ -175,7 +204,7 @@ class AdapterLayer(nn.Module):
 
     def delta_weights(self, adapter: str) -> dict[str, torch.Tensor]:
         """Every adapted weight's update for ``adapter``."""
-        return {key: self.delta_weight(adapter, key) for key in self._weight_slots()}
+        return {key: self.delta_weight(adapter, key) for key in self.weight_slots()}
 
     def factors_finite(self, adapter: str) -> bool:
         """True when every parameter of ``adapter`` is free of NaN and Inf (cheap pre-merge check)."""
@@ -185,7 +214,7 @@ class AdapterLayer(nn.Module):
         """Input-side layers: the base output plus the active adapter's contribution."""
         self._run_base_disabled()
         result = self.base_layer(x, *args, **kwargs)
-        adapter = self._adapter_in_use()
+        adapter = self.adapter_in_use()
         if adapter is None:
             return result
         return self.behaviours[adapter].forward(self, adapter, x, result)
@@ -221,23 +250,23 @@ class AdapterLayer(nn.Module):
             self.merged_adapters.remove(name)
         if not self.merged_adapters:
             for key, original in self._tied_originals.items():
-                self._set_base_weight(key, original)  # exact: the shared original was never changed
+                self.set_base_weight(key, original)  # exact: the shared original was never changed
             self._tied_originals.clear()
 
-    def _write_base_weight(self, key: str, value: torch.Tensor, *, untie: bool) -> None:
+    def write_base_weight(self, key: str, value: torch.Tensor, *, untie: bool) -> None:
         """Store a new float32 value of base weight ``key`` in its own dtype.
 
         ``untie``: the weight is shared with another module, so it gets a new tensor here and the
         original is kept (and put back by the last unmerge).
         """
-        slot = self._weight_slots()[key]
+        slot = self.weight_slots()[key]
         if untie and key not in self._tied_originals:
             self._tied_originals[key] = slot.param
-            self._set_base_weight(key, nn.Parameter(value.to(slot.param.dtype), slot.param.requires_grad))
+            self.set_base_weight(key, nn.Parameter(value.to(slot.param.dtype), slot.param.requires_grad))
         else:
             slot.param.copy_(value.to(slot.param.dtype))
 
-    def _set_base_weight(self, key: str, param: nn.Parameter) -> None:
+    def set_base_weight(self, key: str, param: nn.Parameter) -> None:
         owner, _, attr = key.rpartition(".")
         setattr(self.base_layer.get_submodule(owner) if owner else self.base_layer, attr, param)
 
@@ -253,8 +282,8 @@ class AdapterLayer(nn.Module):
         principal part and base + adapter reproduces the original weight.
         """
         scaling = self.scaling[adapter]
-        for key, slot in self._weight_slots().items():
-            a, b = self._factors(adapter, key)
+        for key, slot in self.weight_slots().items():
+            a, b = self.stored_factors(adapter, key)
             r = a.shape[0]
             original = slot.matrix(slot.param.float())
             if r > min(original.shape):
@@ -265,46 +294,46 @@ class AdapterLayer(nn.Module):
             root = torch.sqrt(s[:r] / scaling)
             b.copy_((u[:, :r] * root).reshape(b.shape))
             a.copy_((root[:, None] * vh[:r]).reshape(a.shape))
-            self._after_pissa(adapter)
+            self.reimpose_constraints(adapter)
             residual = original - scaling * (b.reshape(b.shape[0], -1).float() @ a.reshape(r, -1).float())
             residual = slot.layout(residual).to(slot.param.dtype)
             if key in untie:
-                self._set_base_weight(key, nn.Parameter(residual, requires_grad=False))
+                self.set_base_weight(key, nn.Parameter(residual, requires_grad=False))
             else:
                 slot.param.copy_(residual)
 
-    def _after_pissa(self, adapter: str) -> None:
+    def reimpose_constraints(self, adapter: str) -> None:
         """Hook to re-impose layer constraints on fresh PiSSA factors (e.g. an embedding's padding row)."""
 
     # -- mechanics of input-side layers (Linear, Conv, Embedding) ---------------------------------
-    def _down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
+    def project_down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
         """Project an input through A (given as a tensor, so variants can pass masked factors)."""
         raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
 
-    def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
+    def project_up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
         """Project the rank-r activation back up through B."""
         raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
 
-    def _fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
+    def fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
         """Standard LoRA's output as one fused autograd function, or None where this layer type (or
         this call) has none: then the behaviour's op-by-op path runs."""
         return None
 
-    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         """Apply a whole weight-shaped tensor (no bias) the way the base layer applies its weight."""
         raise NotImplementedError(f"{type(self).__name__} is adapted in weight space")
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _on_meta(self) -> bool:
+    def on_meta(self) -> bool:
         return any(p.is_meta for p in self.base_layer.parameters())
 
-    def _factor_dtype(self) -> torch.dtype:
+    def factor_dtype(self) -> torch.dtype:
         # Adapters train in float32 even over a float16/bfloat16 base: their updates are small and
         # would be lost to rounding otherwise (the QLoRA recipe).
         dtype = next(self.base_layer.parameters()).dtype
         return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
 
-    def _factor_device(self) -> torch.device:
+    def factor_device(self) -> torch.device:
         return next(self.base_layer.parameters()).device
 
     def __getattr__(self, name: str):

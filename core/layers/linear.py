@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import AdapterLayer, WeightSlot
-from .behaviour import AdapterBehaviour
 from .fused_lora import LinearProjections, folded_lora, fused_lora
 
 _PROJECTIONS = LinearProjections()
@@ -21,6 +20,8 @@ def is_transformers_conv1d(module: nn.Module) -> bool:
 
 class LinearLora(AdapterLayer):
     """``y = base(x) + s · B(A(dropout(x)))`` with A: in→r and B: r→out as ``nn.Linear`` (PEFT's layout)."""
+
+    fast_paths = "folded"  # both fast paths compute exactly project_down/project_up below
 
     def __init__(self, base_layer: nn.Module) -> None:
         super().__init__(base_layer)
@@ -37,21 +38,21 @@ class LinearLora(AdapterLayer):
         out_f, in_f = base_layer.weight.shape
         return r * (in_f + out_f)
 
-    def _weight_slots(self) -> dict[str, WeightSlot]:
+    def weight_slots(self) -> dict[str, WeightSlot]:
         return {"weight": WeightSlot(self.base_layer.weight, transposed=self.fan_in_fan_out)}
 
-    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def stored_factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[adapter].weight, self.lora_B[adapter].weight
 
-    def _create_factors(self, adapter: str, r: int) -> None:
-        kw = {"bias": False, "device": self._factor_device(), "dtype": self._factor_dtype()}
+    def create_factors(self, adapter: str, r: int) -> None:
+        kw = {"bias": False, "device": self.factor_device(), "dtype": self.factor_dtype()}
         self.lora_A[adapter] = nn.Linear(self.in_features, r, **kw)
         self.lora_B[adapter] = nn.Linear(r, self.out_features, **kw)
 
-    def _down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
+    def project_down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:
         return F.linear(x, a)
 
-    def _up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
+    def project_up(self, h: torch.Tensor, b: torch.Tensor, adapter: str) -> torch.Tensor:
         return F.linear(h, b)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
@@ -70,15 +71,8 @@ class LinearLora(AdapterLayer):
         fused function is switched off on this layer (the op-by-op oracle of the tests and the
         benchmark's ``unfused`` arm), so is this.
         """
-        adapter = self._adapter_in_use()
-        if adapter is None or "_fused_forward" in self.__dict__:
-            return None
-        behaviour = self.behaviours[adapter]
-        # Only where the behaviour's forward would run the fused function (DoRA, for one, keeps
-        # the factors and update but has its own forward).
-        if type(behaviour).forward is not AdapterBehaviour.forward or not behaviour.fusable:
-            return None
-        if type(self)._down is not LinearLora._down or type(self)._up is not LinearLora._up:
+        adapter = self.adapter_in_use()
+        if adapter is None or self.fast_paths != "folded" or self.behaviours[adapter].forward_path != "standard":
             return None
         base = self.base_layer
         if not (type(base) is nn.Linear or is_transformers_conv1d(base)) or _hooked(base):
@@ -88,7 +82,7 @@ class LinearLora(AdapterLayer):
                                                      and (dropout.p == 0 or not dropout.training))):  # fmt: skip
             return None
         weight, bias = base.weight, base.bias
-        a, b = self._factors(adapter, "weight")
+        a, b = self.stored_factors(adapter, "weight")
         frozen = [weight] + ([bias] if bias is not None else [])
         if any(t.requires_grad for t in frozen) or any(t.dtype != torch.float32 for t in (x, a, b, *frozen)):
             return None
@@ -98,18 +92,16 @@ class LinearLora(AdapterLayer):
             return None
         return folded_lora(x, weight, bias, a, b, self.scaling[adapter], self.fan_in_fan_out)
 
-    def _fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
-        # Subclasses that change the projections, and autocast (which recasts F.linear's inputs
-        # inside the function), keep the op-by-op path.
-        if (type(self)._down is not LinearLora._down or type(self)._up is not LinearLora._up
-                or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type)):  # fmt: skip
+    def fused_forward(self, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor | None:
+        # Autocast (which recasts F.linear's inputs inside the function) keeps the op-by-op path.
+        if self.fast_paths == "none" or not x.is_floating_point() or torch.is_autocast_enabled(x.device.type):
             return None
         dropout = self.lora_dropout[adapter]
         p = dropout.p if isinstance(dropout, nn.Dropout) and dropout.training else 0.0
-        a, b = self._factors(adapter, "weight")
+        a, b = self.stored_factors(adapter, "weight")
         return fused_lora(x, result, a, b, self.scaling[adapter], p, _PROJECTIONS)
 
-    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    def apply_weight(self, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         return F.linear(x, weight.t() if self.fan_in_fan_out else weight)
 
 

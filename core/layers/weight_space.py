@@ -22,7 +22,7 @@ from .base import AdapterLayer, WeightSlot
 RNN_CELL_TYPES = (nn.RNNCell, nn.LSTMCell, nn.GRUCell)
 
 
-def _param_key(weight_name: str) -> str:
+def param_key(weight_name: str) -> str:
     # ParameterDict keys cannot contain dots ("out_proj.weight" -> "out_proj_weight").
     return weight_name.replace(".", "_")
 
@@ -46,19 +46,19 @@ class WeightSpaceLora(AdapterLayer):
         shapes = [base_layer.get_parameter(n).shape for n in cls.adapted_weight_names(base_layer)]
         return sum(r * (rows + cols) for rows, cols in shapes)
 
-    def _weight_slots(self) -> dict[str, WeightSlot]:
+    def weight_slots(self) -> dict[str, WeightSlot]:
         return {n: WeightSlot(self.base_layer.get_parameter(n)) for n in self.adapted_weight_names(self.base_layer)}
 
-    def _factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.lora_A[adapter][_param_key(key)], self.lora_B[adapter][_param_key(key)]
+    def stored_factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.lora_A[adapter][param_key(key)], self.lora_B[adapter][param_key(key)]
 
-    def _create_factors(self, adapter: str, r: int) -> None:
-        kw = {"device": self._factor_device(), "dtype": self._factor_dtype()}
+    def create_factors(self, adapter: str, r: int) -> None:
+        kw = {"device": self.factor_device(), "dtype": self.factor_dtype()}
         a, b = nn.ParameterDict(), nn.ParameterDict()
-        for key, slot in self._weight_slots().items():
+        for key, slot in self.weight_slots().items():
             rows, cols = slot.param.shape
-            a[_param_key(key)] = nn.Parameter(torch.empty(r, cols, **kw))
-            b[_param_key(key)] = nn.Parameter(torch.empty(rows, r, **kw))
+            a[param_key(key)] = nn.Parameter(torch.empty(r, cols, **kw))
+            b[param_key(key)] = nn.Parameter(torch.empty(rows, r, **kw))
         self.lora_A[adapter] = a
         self.lora_B[adapter] = b
 
@@ -72,12 +72,12 @@ class WeightSpaceLora(AdapterLayer):
 
     def forward(self, *args, **kwargs):
         self._run_base_disabled()
-        adapter = self._adapter_in_use()
+        adapter = self.adapter_in_use()
         if adapter is None:
             return self.base_layer(*args, **kwargs)
         behaviour = self.behaviours[adapter]
         overrides = {
-            key: behaviour.effective_weight(self, adapter, key, slot.param) for key, slot in self._weight_slots().items()
+            key: behaviour.effective_weight(self, adapter, key, slot.param) for key, slot in self.weight_slots().items()
         }
         return functional_call(self.base_layer, overrides, args, kwargs, strict=False)
 

@@ -76,7 +76,7 @@ def triplet_groups(model: nn.Module, adapter: str) -> Triplets:
     return [
         (name, layer, behaviour, key)
         for name, layer, behaviour in layers_with_behaviour(model, adapter, AdaLoraBehaviour)
-        for key in layer._weight_slots()
+        for key in layer.weight_slots()
     ]
 
 
@@ -139,7 +139,7 @@ class AdaLora(Variant):
     def summary(self, model: nn.Module, adapter: str, settings: AdaLoraSettings) -> dict[str, Any]:
         """The rank each adapted weight ended with, their total, the target and the initial total."""
         groups = triplet_groups(model, adapter)
-        several = {name for name, layer, _, _ in groups if len(layer._weight_slots()) > 1}
+        several = {name for name, layer, _, _ in groups if len(layer.weight_slots()) > 1}
         ranks = {
             (f"{name}.{key}" if name in several else name): behaviour.rank(layer, adapter, key)
             for name, layer, behaviour, key in groups

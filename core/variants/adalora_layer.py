@@ -33,6 +33,7 @@ ROLES = ("P", "E", "Q")
 
 class AdaLoraBehaviour(AdapterBehaviour):
     """``y = base(x) + s · P diag(Λ ⊙ m) Q x``, starting as the identity because Λ = 0."""
+    forward_path = "own"  # P·Λ·Q with the pruned singular values masked
 
     def __init__(self, target_rank: int, beta1: float, beta2: float) -> None:
         self.target_rank = target_rank
@@ -50,9 +51,9 @@ class AdaLoraBehaviour(AdapterBehaviour):
                 f"AdaLoRA prunes from the initial rank r={r} down to variant_settings.target_rank="
                 f"{self.target_rank}, so r must be at least target_rank; raise r or lower target_rank"
             )
-        layer._create_factors(adapter, r)
-        kw = {"device": layer._factor_device(), "dtype": layer._factor_dtype()}
-        keys = list(layer._weight_slots())
+        layer.create_factors(adapter, r)
+        kw = {"device": layer.factor_device(), "dtype": layer.factor_dtype()}
+        keys = list(layer.weight_slots())
         variant_container(layer, "lora_E")[adapter] = nn.ParameterDict(
             {buffer_name(key): nn.Parameter(torch.zeros(r, **kw)) for key in keys}
         )
@@ -67,10 +68,10 @@ class AdaLoraBehaviour(AdapterBehaviour):
                 "AdaLoRA has its own SVD-form initialisation (Λ = 0, so it starts as the base model); "
                 "PiSSA's split of the base weight does not apply; use init='default'"
             )
-        for key in layer._weight_slots():
-            for factor in layer._factors(adapter, key):
+        for key in layer.weight_slots():
+            for factor in layer.stored_factors(adapter, key):
                 nn.init.normal_(factor, std=INIT_STD)
-        layer._after_pissa(adapter)  # re-impose layer constraints on fresh factors (an embedding's padding column)
+        layer.reimpose_constraints(adapter)  # re-impose layer constraints on fresh factors (an embedding's padding column)
 
     def singular_values(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[nn.Parameter, torch.Tensor]:
         """(Λ, its boolean mask) of weight ``key``."""
@@ -83,7 +84,7 @@ class AdaLoraBehaviour(AdapterBehaviour):
     # -- the update ------------------------------------------------------------------------------------
     def factors(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(diag(Λ ⊙ m) Q, P)``: every use of the adapter (forward, delta weight, merge) sees the mask."""
-        q, p = layer._factors(adapter, key)
+        q, p = layer.stored_factors(adapter, key)
         values, mask = self.singular_values(layer, adapter, key)
         q, values, p = self._watch(key, "Q", q), self._watch(key, "E", values), self._watch(key, "P", p)
         values = values * mask
@@ -93,8 +94,8 @@ class AdaLoraBehaviour(AdapterBehaviour):
         """``||PᵀP − I||²_F + ||QQᵀ − I||²_F`` per adapted weight (section 3.1): keeps P and Q near-orthogonal,
         so Λ behaves like singular values and dropping one removes little else."""
         terms = []
-        for key in layer._weight_slots():
-            q, p = layer._factors(adapter, key)
+        for key in layer.weight_slots():
+            q, p = layer.stored_factors(adapter, key)
             q = self._watch(key, "Q", q).reshape(q.shape[0], -1)
             p = self._watch(key, "P", p).reshape(p.shape[0], -1)
             eye = torch.eye(q.shape[0], device=q.device, dtype=q.dtype)
@@ -117,7 +118,7 @@ class AdaLoraBehaviour(AdapterBehaviour):
         self._grads[slot] = grad.detach().clone() if previous is None else previous + grad.detach()
 
     def _parameter(self, layer: AdapterLayer, adapter: str, key: str, role: str) -> torch.Tensor:
-        q, p = layer._factors(adapter, key)
+        q, p = layer.stored_factors(adapter, key)
         return {"P": p, "Q": q, "E": self.singular_values(layer, adapter, key)[0]}[role]
 
     def start_step(self) -> None:
@@ -172,6 +173,6 @@ class AdaLoraBehaviour(AdapterBehaviour):
         A masked λ gets no gradient, but an optimizer's momentum can still move it; zeroing it after every
         step keeps the stored Λ equal to the effective one and lets a triplet that comes back start from zero.
         """
-        for key in layer._weight_slots():
+        for key in layer.weight_slots():
             values, mask = self.singular_values(layer, adapter, key)
             values.masked_fill_(~mask, 0.0)

@@ -29,7 +29,7 @@ class MissingVariantInputError(ValueError):
 
 def is_weight_space(layer: AdapterLayer) -> bool:
     """True for layers adapted in weight space (MultiheadAttention, RNN cells): no input-side A/B path."""
-    return type(layer)._down is AdapterLayer._down
+    return type(layer).project_down is AdapterLayer.project_down
 
 
 def factor_slots(layer: AdapterLayer, adapter: str) -> Iterator[tuple[nn.Module, str]]:
@@ -71,6 +71,7 @@ class ConditionedBehaviour(AdapterBehaviour):
     normalise a value) and :meth:`missing_input_message`; :meth:`current_input` then gives the
     value to use: the one being merged or unmerged, else the one given with the batch.
     """
+    merge_is_per_slot = False  # the merge pins and remembers the input it merged for
 
     #: The ``variant_inputs`` key that selects the update merged into the weights.
     merge_input: str = ""

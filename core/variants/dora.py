@@ -49,6 +49,9 @@ def _scale_rows(slot: WeightSlot, weight: torch.Tensor, factor: torch.Tensor) ->
 
 class DoraBehaviour(AdapterBehaviour):
     """One DoRA adapter on one input-side layer (Linear, GPT-2 Conv1D, ConvNd, Embedding)."""
+    forward_path = "own"  # magnitude times the direction of W + s·B·A
+    update_form = "own"
+    merge_is_per_slot = False  # the merge also caches the norms unmerge needs
 
     def __init__(self) -> None:
         # The row norms of W + s·B·A at merge time, per weight key: what an exact unmerge needs.
@@ -61,16 +64,16 @@ class DoraBehaviour(AdapterBehaviour):
         if MAGNITUDE not in layer._modules:
             layer.add_module(MAGNITUDE, nn.ParameterDict())
             layer.factor_attributes.append(MAGNITUDE)
-        slot = layer._weight_slots()["weight"]
+        slot = layer.weight_slots()["weight"]
         out = slot.matrix(slot.param).shape[0]
         shape = (1, out) + (1,) * (slot.param.dim() - 2) if isinstance(layer, ConvLora) else (out,)
-        kw = {"device": layer._factor_device(), "dtype": layer._factor_dtype()}
+        kw = {"device": layer.factor_device(), "dtype": layer.factor_dtype()}
         layer._modules[MAGNITUDE][adapter] = nn.Parameter(torch.empty(shape, **kw))
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
         """LoRA's init of A and B, then ``m = ||W + s·B·A||_c`` (section 3), so the adapter starts as the identity."""
         super().initialise(layer, adapter, init, untie)
-        slot = layer._weight_slots()["weight"]
+        slot = layer.weight_slots()["weight"]
         norm = _row_norm(slot, slot.param.float() + super().delta_weight(layer, adapter, "weight"))
         magnitude = self._magnitude(layer, adapter)
         magnitude.copy_(norm.reshape(magnitude.shape))
@@ -87,7 +90,7 @@ class DoraBehaviour(AdapterBehaviour):
     def forward(self, layer: AdapterLayer, adapter: str, x: torch.Tensor, result: torch.Tensor) -> torch.Tensor:
         """``base(x) + (m/n - 1)·W x + (m/n)·s·B A x``, with ``n`` detached (section 4.3)."""
         a, b = self.factors(layer, adapter, "weight")
-        slot = layer._weight_slots()["weight"]
+        slot = layer.weight_slots()["weight"]
         weight = slot.param
         scaling = layer.scaling[adapter]
         lora_matrix = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
@@ -99,39 +102,39 @@ class DoraBehaviour(AdapterBehaviour):
         if x.is_floating_point() and layer.training and not isinstance(dropout, nn.Identity):
             # W x must see the same dropped-out input as B A x, so it is recomputed (PEFT does this too).
             x = dropout(x)
-            base = layer._apply_weight(x, weight.to(x.dtype))
+            base = layer.apply_weight(x, weight.to(x.dtype))
         else:
             base = result.to(a.dtype)
             bias = getattr(layer.base_layer, "bias", None)
             if bias is not None:
                 base = base - _per_channel(layer, bias.to(a.dtype), base)
-        lora = layer._up(layer._down(x, a, adapter), b, adapter) * scaling
+        lora = layer.project_up(layer.project_down(x, a, adapter), b, adapter) * scaling
         factor = _per_channel(layer, factor, base)
         return result + ((factor - 1) * base + factor * lora).to(result.dtype)
 
     # -- the update and merging --------------------------------------------------------------------
     def delta_weight(self, layer: AdapterLayer, adapter: str, key: str) -> torch.Tensor:
         """``W' - W`` for the current base weight ``W``, in float32."""
-        weight = layer._weight_slots()[key].param.float()
+        weight = layer.weight_slots()[key].param.float()
         return self.merged_weight(layer, adapter, key, weight) - weight
 
     def merged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         """``W' = m · (W + s·B·A) / ||W + s·B·A||_c`` in float32."""
-        slot = layer._weight_slots()[key]
+        slot = layer.weight_slots()[key]
         combined = weight + super().delta_weight(layer, adapter, key)
         norm = _row_norm(slot, combined)
         return _scale_rows(slot, combined, self._magnitude(layer, adapter).reshape(-1).float() / norm)
 
     def unmerged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         """``W = W' · n / m - s·B·A`` with the norm ``n`` cached at merge time."""
-        slot = layer._weight_slots()[key]
+        slot = layer.weight_slots()[key]
         norm = self._merge_norms[key]
         direction = _scale_rows(slot, weight, norm / self._magnitude(layer, adapter).reshape(-1).float())
         return direction - super().delta_weight(layer, adapter, key)
 
     def merge(self, layer: AdapterLayer, adapter: str, untie: frozenset[str]) -> None:
         """Cache the norms of ``W + s·B·A`` (unmerge needs them), then merge as usual."""
-        for key, slot in layer._weight_slots().items():
+        for key, slot in layer.weight_slots().items():
             combined = slot.param.float() + super().delta_weight(layer, adapter, key)
             self._merge_norms[key] = _row_norm(slot, combined)
         super().merge(layer, adapter, untie)

@@ -26,14 +26,15 @@ MASK_ATTRIBUTES = ("entry_mask_A", "entry_mask_B")
 
 class EntryMaskBehaviour(AdapterBehaviour):
     """LoRA with fixed-shape boolean masks on the entries of A and B (all ones when created)."""
+    forward_path = "own"  # masked factors
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         """A and B as standard LoRA, plus all-ones masks of their shapes."""
         super().create(layer, adapter, r)
         for index, attribute in enumerate(MASK_ATTRIBUTES):
             masks = {
-                key: torch.ones_like(layer._factors(adapter, key)[index], dtype=torch.bool)
-                for key in layer._weight_slots()
+                key: torch.ones_like(layer.stored_factors(adapter, key)[index], dtype=torch.bool)
+                for key in layer.weight_slots()
             }
             variant_container(layer, attribute)[adapter] = MaskSet(masks)
 
@@ -44,14 +45,14 @@ class EntryMaskBehaviour(AdapterBehaviour):
 
     def factors(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """``(A ⊙ M_A, B ⊙ M_B)``: forward, delta weight and merge all see only unmasked entries."""
-        a, b = layer._factors(adapter, key)
+        a, b = layer.stored_factors(adapter, key)
         mask_a, mask_b = self.masks(layer, adapter, key)
         return a * mask_a, b * mask_b
 
     def masked_pairs(self, layer: AdapterLayer, adapter: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Every (stored factor, its mask) pair of this adapter on this layer."""
-        for key in layer._weight_slots():
-            yield from zip(layer._factors(adapter, key), self.masks(layer, adapter, key))
+        for key in layer.weight_slots():
+            yield from zip(layer.stored_factors(adapter, key), self.masks(layer, adapter, key))
 
     @torch.no_grad()
     def zero_masked_entries(self, layer: AdapterLayer, adapter: str) -> None:

@@ -56,6 +56,8 @@ class GatedSettings:
 
 class GatedBehaviour(AdapterBehaviour):
     """``s · B (σ(G x + b) ⊙ A x)`` on an input-side layer; the gate lives in ``layer.lora_gate``."""
+    forward_path = "own"  # the gate acts on A·x
+    update_form = "own"
 
     can_merge = False
     cannot_merge_reason = f"Gated LoRA cannot be merged: {CANNOT_MERGE}"
@@ -65,7 +67,7 @@ class GatedBehaviour(AdapterBehaviour):
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         super().create(layer, adapter, r)
-        a, _ = layer._factors(adapter, "weight")
+        a, _ = layer.stored_factors(adapter, "weight")
         variant_container(layer, "lora_gate")[adapter] = nn.ParameterDict(
             {
                 "weight": nn.Parameter(torch.empty_like(a)),  # G: A's shape, applied like A
@@ -93,7 +95,7 @@ class GatedBehaviour(AdapterBehaviour):
         weight = gate["weight"]
         if x.is_floating_point():
             x = x.to(weight.dtype)
-        logits = layer._down(x, weight, adapter)
+        logits = layer.project_down(x, weight, adapter)
         shape = [1] * logits.dim()
         shape[_rank_axis(layer, logits)] = -1
         return torch.sigmoid(logits + gate["bias"].view(shape))
@@ -102,8 +104,8 @@ class GatedBehaviour(AdapterBehaviour):
         a, b = self.factors(layer, adapter, "weight")
         if x.is_floating_point():  # token ids (embeddings) are neither cast nor dropped out
             x = layer.lora_dropout[adapter](x.to(a.dtype))
-        h = layer._down(x, a, adapter) * self.gate(layer, adapter, x)
-        return layer._up(h, b, adapter) * layer.scaling[adapter]
+        h = layer.project_down(x, a, adapter) * self.gate(layer, adapter, x)
+        return layer.project_up(h, b, adapter) * layer.scaling[adapter]
 
     # -- no single weight ----------------------------------------------------------------------------
     def delta_weight(self, layer: AdapterLayer, adapter: str, key: str) -> torch.Tensor:

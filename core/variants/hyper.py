@@ -95,6 +95,7 @@ class HyperGenerator(nn.Module):
 
 class HyperBehaviour(ConditionedBehaviour):
     """A(e) = A₀ + H_A z(e), B(e) = B₀ + H_B z(e); the generator lives in ``layer.lora_hyper``."""
+    forward_path = "own"  # factors generated from the task embedding
 
     merge_input = "task_embedding"
 
@@ -106,10 +107,10 @@ class HyperBehaviour(ConditionedBehaviour):
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         super().create(layer, adapter, r)  # A₀, B₀: the layer's plain factors
         sizes = {}
-        for key in layer._weight_slots():
-            a, b = layer._factors(adapter, key)
+        for key in layer.weight_slots():
+            a, b = layer.stored_factors(adapter, key)
             sizes[key] = (a.numel(), b.numel())
-        a, _ = layer._factors(adapter, next(iter(sizes)))
+        a, _ = layer.stored_factors(adapter, next(iter(sizes)))
         variant_container(layer, "lora_hyper")[adapter] = HyperGenerator(
             self.embedding_dim, self.hidden_dim, sizes, dtype=a.dtype, device=a.device
         )
@@ -153,7 +154,7 @@ class HyperBehaviour(ConditionedBehaviour):
     # -- the update ------------------------------------------------------------------------------------
     def factors(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         """A(e) and B(e) for the embedding in effect, in the layer's plain-LoRA shapes."""
-        a0, b0 = layer._factors(adapter, key)
+        a0, b0 = layer.stored_factors(adapter, key)
         generator = layer.lora_hyper[adapter]
         z = generator.code(self.current_input(layer))
         a = a0 + (generator.heads_A[buffer_name(key)] @ z).view_as(a0)

@@ -32,7 +32,7 @@ class HadamardBehaviour(ProductUpdateBehaviour):
     variant_title = "LoHa"
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
-        for key, slot in layer._weight_slots().items():
+        for key, slot in layer.weight_slots().items():
             rows, cols = slot.matrix(slot.param).shape
             for side in ("1", "2"):
                 self.new_factor(layer, f"hada_w{side}_a", adapter, key, (rows, r))

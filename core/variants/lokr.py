@@ -90,7 +90,7 @@ class KroneckerShape:
 
 def kronecker_shape(layer: AdapterLayer, key: str, r: int, settings: LokrSettings) -> KroneckerShape:
     """PEFT's shapes for weight ``key`` at rank ``r`` (``LoKrLayer.update_layer``)."""
-    out_dim, in_dim, kernel = weight_dims(layer, layer._weight_slots()[key])
+    out_dim, in_dim, kernel = weight_dims(layer, layer.weight_slots()[key])
     a, b = factorization(out_dim, settings.decompose_factor)
     c, d = factorization(in_dim, settings.decompose_factor)
     full_w1 = not (settings.decompose_both and r < max(a, c) / 2)
@@ -108,7 +108,7 @@ class KroneckerBehaviour(ProductUpdateBehaviour):
         self.settings = settings
 
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
-        for key in layer._weight_slots():
+        for key in layer.weight_slots():
             s = kronecker_shape(layer, key, r, self.settings)
             if s.full_w1:
                 self.new_factor(layer, "lokr_w1", adapter, key, (s.a, s.c))
@@ -173,8 +173,8 @@ class Lokr(Variant):
 
     def behaviour(self, layer: AdapterLayer, settings: Any) -> AdapterBehaviour:
         settings = settings or LokrSettings()
-        for key in layer._weight_slots():  # refuse a split the layer cannot have before anything is created
-            out_dim, in_dim, _ = weight_dims(layer, layer._weight_slots()[key])
+        for key in layer.weight_slots():  # refuse a split the layer cannot have before anything is created
+            out_dim, in_dim, _ = weight_dims(layer, layer.weight_slots()[key])
             for what, size in (("output", out_dim), ("input", in_dim)):
                 try:
                     factorization(size, settings.decompose_factor)

@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer, ConvLora, EmbeddingLora, WeightSlot, WeightSpaceLora
-from ..layers.weight_space import _param_key
+from ..layers.weight_space import param_key
 
 #: How a fresh LyCORIS adapter is initialised; LoRA's Gaussian and PiSSA inits have no LoHa/LoKr form.
 INIT_NAME = "default"
@@ -47,6 +47,8 @@ class ProductUpdateBehaviour(AdapterBehaviour):
     :meth:`product` (the unscaled ΔW, in any shape holding the weight's elements in its
     row-major order).
     """
+    forward_path = "own"  # the update is a product of its own factors, not B·A
+    update_form = "own"
 
     variant_title: str = ""  # names the variant in errors
 
@@ -68,11 +70,11 @@ class ProductUpdateBehaviour(AdapterBehaviour):
             setattr(layer, attr, nn.ParameterDict())
             layer.factor_attributes.append(attr)
         container = getattr(layer, attr)
-        param = nn.Parameter(torch.empty(shape, device=layer._factor_device(), dtype=layer._factor_dtype()))
+        param = nn.Parameter(torch.empty(shape, device=layer.factor_device(), dtype=layer.factor_dtype()))
         if isinstance(layer, WeightSpaceLora):
             if adapter not in container:
                 container[adapter] = nn.ParameterDict()
-            container[adapter][_param_key(key)] = param
+            container[adapter][param_key(key)] = param
         else:
             container[adapter] = param
 
@@ -83,7 +85,7 @@ class ProductUpdateBehaviour(AdapterBehaviour):
             return None
         entry = container[adapter]
         if isinstance(entry, nn.ParameterDict):
-            return entry[_param_key(key)] if _param_key(key) in entry else None
+            return entry[param_key(key)] if param_key(key) in entry else None
         return entry
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
@@ -92,13 +94,13 @@ class ProductUpdateBehaviour(AdapterBehaviour):
                 f"init={init!r} is a LoRA initialisation; {self.variant_title} starts as LyCORIS and PEFT start it "
                 "(Kaiming-uniform factors with one factor zero, so the update is exactly zero). Use init='default'"
             )
-        for key in layer._weight_slots():
+        for key in layer.weight_slots():
             self.init_factors(layer, adapter, key)
 
     # -- the update -------------------------------------------------------------------------------
     def delta(self, layer: AdapterLayer, adapter: str, key: str, dtype: torch.dtype) -> torch.Tensor:
         """``s · product`` in weight ``key``'s own layout, computed in ``dtype``."""
-        slot = layer._weight_slots()[key]
+        slot = layer.weight_slots()[key]
         matrix = self.product(layer, adapter, key, dtype).reshape(slot.matrix(slot.param).shape)
         delta = slot.layout(matrix) * layer.scaling[adapter]
         if isinstance(layer, EmbeddingLora) and layer.base_layer.padding_idx is not None:
@@ -112,13 +114,13 @@ class ProductUpdateBehaviour(AdapterBehaviour):
         return self.delta(layer, adapter, key, torch.float32)
 
     def update(self, layer: AdapterLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
-        delta = self.delta(layer, adapter, "weight", layer._factor_dtype())
+        delta = self.delta(layer, adapter, "weight", layer.factor_dtype())
         if x.is_floating_point():  # token ids (embeddings) are neither cast nor dropped out
             x = layer.lora_dropout[adapter](x.to(delta.dtype))
-        return layer._apply_weight(x, delta)
+        return layer.apply_weight(x, delta)
 
     def effective_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
-        return weight + self.delta(layer, adapter, key, layer._factor_dtype()).to(weight.dtype)
+        return weight + self.delta(layer, adapter, key, layer.factor_dtype()).to(weight.dtype)
 
 
 def kaiming_(param: nn.Parameter) -> None:

@@ -57,6 +57,7 @@ class MultiTaskSettings:
 
 class MultiTaskBehaviour(ConditionedBehaviour):
     """Per-sample routing to stacked task banks; merges the bank named by ``task_id``."""
+    forward_path = "own"  # each sample through the bank of its task
 
     merge_input = "task_id"
 
@@ -147,7 +148,7 @@ class MultiTaskBehaviour(ConditionedBehaviour):
     # -- the update ------------------------------------------------------------------------------------
     def bank(self, layer: AdapterLayer, adapter: str, key: str, task: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Task ``task``'s (A, B) for weight ``key``, in the layer's plain-LoRA shapes."""
-        a, b = layer._factors(adapter, key)
+        a, b = layer.stored_factors(adapter, key)
         return a[task], b[task]
 
     def factors(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -157,19 +158,19 @@ class MultiTaskBehaviour(ConditionedBehaviour):
     def update(self, layer: AdapterLayer, adapter: str, x: torch.Tensor) -> torch.Tensor:
         """Each task's bank applied to that task's samples, stitched back in batch order."""
         ids = self.task_ids(layer, x.shape[0]).to(x.device)
-        a, _ = layer._factors(adapter, "weight")
+        a, _ = layer.stored_factors(adapter, "weight")
         if x.is_floating_point():  # token ids (embeddings) are neither cast nor dropped out
             x = layer.lora_dropout[adapter](x.to(a.dtype))
         scale = layer.scaling[adapter]
         tasks = ids.unique().tolist()
         if len(tasks) == 1:  # a single-task batch needs no gather/scatter
             a_t, b_t = self.bank(layer, adapter, "weight", tasks[0])
-            return layer._up(layer._down(x, a_t, adapter), b_t, adapter) * scale
+            return layer.project_up(layer.project_down(x, a_t, adapter), b_t, adapter) * scale
         out: torch.Tensor | None = None
         for task in tasks:
             rows = (ids == task).nonzero().squeeze(1)
             a_t, b_t = self.bank(layer, adapter, "weight", task)
-            part = layer._up(layer._down(x[rows], a_t, adapter), b_t, adapter)
+            part = layer.project_up(layer.project_down(x[rows], a_t, adapter), b_t, adapter)
             if out is None:
                 out = part.new_zeros((x.shape[0], *part.shape[1:]))
             out = out.index_add(0, rows, part)  # out of place: autograd reaches every bank

@@ -53,8 +53,8 @@ def convert_pissa(
         if adapter_name not in layer.adapter_names:
             continue
         r, s = layer.r[adapter_name], layer.scaling[adapter_name]
-        for key, slot in layer._weight_slots().items():
-            a, b = layer._factors(adapter_name, key)
+        for key, slot in layer.weight_slots().items():
+            a, b = layer.stored_factors(adapter_name, key)
             original = slot.matrix(_original_weight(original_base, f"{path}.{key}").double())
             current = slot.matrix(slot.param.double() + layer.delta_weight(adapter_name, key).double())
             new_a, new_b = _factor(current - original, 2 * r, s)

@@ -96,6 +96,8 @@ def _quantised_base(layer: AdapterLayer) -> NF4Linear | None:
 
 class QLoraBehaviour(AdapterBehaviour):
     """Plain LoRA factors over an NF4 base; merge swaps in a float layer, unmerge swaps the NF4 one back."""
+    update_form = "own"  # the update against the dequantised base
+    merge_is_per_slot = False
 
     merges_through_slots = False  # merge replaces the whole base layer
 
@@ -106,7 +108,7 @@ class QLoraBehaviour(AdapterBehaviour):
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         nf4 = _quantised_base(layer)
         if nf4 is None:
-            layer._create_factors(adapter, r)  # float base: LoRA's own factors, dtype and device
+            layer.create_factors(adapter, r)  # float base: LoRA's own factors, dtype and device
             return
         # An NF4 base may have no float parameter to take a dtype from: full precision, on its device.
         dtype = torch.float64 if nf4.compute_dtype == torch.float64 else torch.float32

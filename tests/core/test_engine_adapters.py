@@ -175,7 +175,7 @@ def test_pissa_base_plus_adapter_reproduces_original(case: Case) -> None:
     model = attach(copy.deepcopy(base), LoraConfig(r=2, targets=case.targets, init="pissa"))
     for name, layer in adapter_layers(model):
         original = base.get_submodule(name)
-        for key, slot in layer._weight_slots().items():
+        for key, slot in layer.weight_slots().items():
             reconstructed = slot.param.float() + layer.delta_weight("default", key)
             torch.testing.assert_close(reconstructed, original.get_parameter(key).float(), atol=case.tolerance, rtol=0)
             assert layer.delta_weight("default", key).abs().max() > 1e-3, "PiSSA factors carry the principal part"

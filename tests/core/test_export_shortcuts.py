@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from lora_studio.core import LoraConfig, attach, export_merged, merge_and_unload
-from lora_studio.core.layers.behaviour import _all_finite
+from lora_studio.core.layers.behaviour import all_finite
 from lora_studio.core.disk.merged_export import _frozen_tensors_to_share
 from lora_studio.core.disk.safe_loading import load_safetensors
 
@@ -111,4 +111,4 @@ def test_finite_check_by_min_max_agrees_with_isfinite(dtype: torch.dtype) -> Non
             cases.append(t)
     for t in cases:
         t = t.to(dtype)
-        assert _all_finite(t) == bool(torch.isfinite(t).all())
+        assert all_finite(t) == bool(torch.isfinite(t).all())

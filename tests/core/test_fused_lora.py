@@ -50,7 +50,7 @@ def _close(actual: torch.Tensor, expected: torch.Tensor, dtype: torch.dtype) -> 
 def _run(layer: AdapterLayer, x: torch.Tensor, fused: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
     """Output, gradients of x, A and B, and the RNG state after forward and backward."""
     if not fused:
-        layer._fused_forward = lambda *args: None  # the op-by-op path
+        layer.limit_fast_paths("none")  # the op-by-op path
     try:
         for p in layer.parameters():
             p.grad = None
@@ -62,7 +62,7 @@ def _run(layer: AdapterLayer, x: torch.Tensor, fused: bool) -> tuple[torch.Tenso
         grads = {"x": x.grad, "A": layer.lora_A["a"].weight.grad, "B": layer.lora_B["a"].weight.grad}
         return out.detach(), grads, torch.get_rng_state()
     finally:
-        layer.__dict__.pop("_fused_forward", None)
+        layer.limit_fast_paths("folded")  # the class\'s own paths again
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -147,17 +147,23 @@ def test_three_projections_of_one_input_save_it_once(dtype: torch.dtype) -> None
     masks = 3 * x.numel()  # bool
     assert saved <= input_bytes + rank_r + masks
     for layer in layers:
-        layer._fused_forward = lambda *args: None
+        layer.limit_fast_paths("none")
     assert _saved_bytes(lambda: [layer(x) for layer in layers], layers) > 3 * input_bytes  # the op-by-op path
 
 
 def test_variants_that_change_the_update_keep_their_own_path() -> None:
+    with pytest.raises(TypeError, match="overrides update: declare forward_path = 'own'"):
+        class Undeclared(AdapterBehaviour):
+            def update(self, layer, adapter, x):
+                return 2 * super().update(layer, adapter, x)
+
     class Doubled(AdapterBehaviour):
+        forward_path = "own"
+
         def update(self, layer, adapter, x):
             return 2 * super().update(layer, adapter, x)
 
-    assert BaseBehaviour().fusable
-    assert not Doubled().fusable
+    assert BaseBehaviour().forward_path == "standard"
     torch.manual_seed(0)
     layer = LinearLora(nn.Linear(16, 24).requires_grad_(False))
     layer.add_adapter("a", r=4, alpha=8.0, dropout=0.0, init="default", use_rslora=False, behaviour=Doubled())
@@ -175,7 +181,7 @@ def test_conv_padding_modes_the_function_does_not_cover_keep_the_op_by_op_path()
     layer.add_adapter("a", r=2, alpha=2.0, dropout=0.0, init="default", use_rslora=False)
     layer.set_active("a")
     x = torch.randn(1, 4, 5, 5)
-    assert layer._fused_forward("a", x, layer.base_layer(x)) is None
+    assert layer.fused_forward("a", x, layer.base_layer(x)) is None
     assert layer(x).shape == (1, 6, 5, 5)
 
 
@@ -199,7 +205,7 @@ def test_under_saved_tensor_hooks_the_input_itself_is_kept() -> None:
 def test_autocast_keeps_the_op_by_op_path() -> None:
     layer = _layer(torch.float32, 0.0)
     with torch.autocast("cpu", dtype=torch.bfloat16):
-        assert layer._fused_forward("a", torch.randn(2, 16), torch.randn(2, 24)) is None
+        assert layer.fused_forward("a", torch.randn(2, 16), torch.randn(2, 24)) is None
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -218,7 +224,7 @@ def test_input_made_by_an_activation_is_redone_not_saved(dtype: torch.dtype, act
 
     def run(fused: bool):
         if not fused:
-            layer._fused_forward = lambda *args: None
+            layer.limit_fast_paths("none")
         try:
             for p in layer.parameters():
                 p.grad = None
@@ -230,7 +236,7 @@ def test_input_made_by_an_activation_is_redone_not_saved(dtype: torch.dtype, act
             grads = (x.grad, layer.lora_A["a"].weight.grad, layer.lora_B["a"].weight.grad)
             return out.detach(), grads, saved
         finally:
-            layer.__dict__.pop("_fused_forward", None)
+            layer.limit_fast_paths("folded")  # the class\'s own paths again
 
     out_f, grads_f, saved_f = run(True)
     out_u, grads_u, saved_u = run(False)
@@ -435,7 +441,7 @@ def test_rebuilt_input_gives_the_op_by_op_gradients(make: str, dropout: float) -
 
     def run(fused: bool):
         if not fused:
-            layer._fused_forward = lambda *args: None
+            layer.limit_fast_paths("none")
         try:
             for p in layer.parameters():
                 p.grad = None
@@ -455,7 +461,7 @@ def test_rebuilt_input_gives_the_op_by_op_gradients(make: str, dropout: float) -
             (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
             return out.detach(), (u.grad, layer.lora_A["a"].weight.grad, layer.lora_B["a"].weight.grad), kept_x
         finally:
-            layer.__dict__.pop("_fused_forward", None)
+            layer.limit_fast_paths("folded")  # the class\'s own paths again
 
     out_f, grads_f, kept_f = run(True)
     out_u, grads_u, kept_u = run(False)
@@ -523,7 +529,7 @@ def test_tiny_transformers_match_op_by_op_and_keep_no_layer_norm_or_merged_atten
         layers = [m for m in model.modules() if isinstance(m, AdapterLayer)]
         if not fused:
             for m in layers:
-                m._fused_forward = lambda *args: None
+                m.limit_fast_paths("none")
         try:
             model.zero_grad(set_to_none=True)
             x = embeds.clone().requires_grad_(True)
@@ -541,7 +547,7 @@ def test_tiny_transformers_match_op_by_op_and_keep_no_layer_norm_or_merged_atten
             return out.detach(), grads, kept
         finally:
             for m in layers:
-                m.__dict__.pop("_fused_forward", None)
+                m.limit_fast_paths("folded")  # the class\'s own paths again
 
     out_f, grads_f, kept_f = run(True)
     out_u, grads_u, kept_u = run(False)
@@ -607,6 +613,8 @@ def test_update_folded_only_where_the_base_call_can_be_skipped_exactly(case: str
     elif case == "own-forward":
 
         class OwnForward(AdapterBehaviour):  # keeps factors and update, like DoRA
+            forward_path = "own"
+
             def forward(self, layer, adapter, x, result):
                 return result * 0 + 1
 

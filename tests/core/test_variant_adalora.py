@@ -111,13 +111,13 @@ def test_orthogonality_penalty_by_hand() -> None:
     model, _, _ = attached("adalora", r=4, orth_reg_weight=0.5)
     with torch.no_grad():
         for _, layer in adapter_layers(model):
-            q, p = layer._factors("default", "weight")  # Q is r×in, P is out×r
+            q, p = layer.stored_factors("default", "weight")  # Q is r×in, P is out×r
             q.copy_(torch.linalg.qr(torch.randn(q.shape[1], 4))[0].t())  # orthonormal rows
             p.copy_(torch.linalg.qr(torch.randn(p.shape[0], 4))[0])  # orthonormal columns
     assert regularization_loss(model).item() == pytest.approx(0.0, abs=1e-10)
     with torch.no_grad():
         for _, layer in adapter_layers(model):
-            layer._factors("default", "weight")[1].mul_(2)  # PᵀP = 4I: ||3I||² = 9r per weight
+            layer.stored_factors("default", "weight")[1].mul_(2)  # PᵀP = 4I: ||3I||² = 9r per weight
     assert regularization_loss(model).item() == pytest.approx(0.5 * 9 * 4, rel=1e-5)
     zero, _, _ = attached("adalora", orth_reg_weight=0.0)
     assert regularization_loss(zero) is None
@@ -133,7 +133,7 @@ def _peft_twin(model: nn.Module, base: nn.Module) -> nn.Module:
     with torch.no_grad():
         for name, layer in adapter_layers(model):
             theirs = twin.base_model.model.get_submodule(name)
-            q, p = layer._factors("default", "weight")
+            q, p = layer.stored_factors("default", "weight")
             theirs.lora_A["default"].copy_(q)
             theirs.lora_B["default"].copy_(p)
             theirs.lora_E["default"].copy_(layer.lora_E["default"]["weight"].view(-1, 1))

@@ -43,7 +43,7 @@ def test_gate_lies_in_the_open_unit_interval_and_depends_on_the_input(name) -> N
     behaviour = layer.behaviours["default"]
     with torch.no_grad():
         g = behaviour.gate(layer, "default", x)
-        h = layer._down(x.float() if x.is_floating_point() else x, layer._factors("default", "weight")[0], "default")
+        h = layer.project_down(x.float() if x.is_floating_point() else x, layer.stored_factors("default", "weight")[0], "default")
     assert g.shape == h.shape, "one gate value per rank component of A·x"
     assert (g > 0).all() and (g < 1).all()
     assert g.std() > 1e-3, "the gate varies with the input once trained"

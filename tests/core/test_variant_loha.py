@@ -39,7 +39,7 @@ def _hadamard(w1a, w1b, w2a, w2b, s: float) -> torch.Tensor:
     return s * torch.einsum("ok,ki,ol,li->oi", w1a, w1b, w2a, w2b)
 
 
-def _factors(layer: AdapterLayer) -> list[torch.Tensor]:
+def stored_factors(layer: AdapterLayer) -> list[torch.Tensor]:
     return [getattr(layer, n)["default"].detach() for n in ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")]
 
 
@@ -64,7 +64,7 @@ def test_delta_is_the_hadamard_product(case_name) -> None:
     model, case = _loha(case_name)
     perturb_adapters(model)
     layer = model.get_submodule("layer")
-    expected = _hadamard(*_factors(layer), s=6 / 3)
+    expected = _hadamard(*stored_factors(layer), s=6 / 3)
     if case_name == "gpt2_conv1d":  # GPT-2's Conv1D stores its weight (in, out)
         expected = expected.t()
     torch.testing.assert_close(layer.delta_weight("default"), expected, atol=FORMULA_TOL, rtol=0)
@@ -74,8 +74,8 @@ def test_conv_delta_is_the_hadamard_product_of_the_flattened_kernel() -> None:
     model, _ = _loha("conv2d_strided_dilated")
     perturb_adapters(model)
     layer = model.layer
-    expected = _hadamard(*_factors(layer), s=2.0).reshape(layer.base_layer.weight.shape)
-    assert _factors(layer)[1].shape == (3, 3 * 3 * 3), "PEFT's shape: (r, in_channels · kh · kw)"
+    expected = _hadamard(*stored_factors(layer), s=2.0).reshape(layer.base_layer.weight.shape)
+    assert stored_factors(layer)[1].shape == (3, 3 * 3 * 3), "PEFT's shape: (r, in_channels · kh · kw)"
     torch.testing.assert_close(layer.delta_weight("default"), expected, atol=FORMULA_TOL, rtol=0)
 
 
@@ -84,7 +84,7 @@ def test_embedding_padding_row_never_changes() -> None:
     perturb_adapters(model)
     layer = model.layer
     delta = layer.delta_weight("default")
-    expected = _hadamard(*_factors(layer), s=2.0).t()  # factors describe the (dim, vocab) matrix, like LoRA's
+    expected = _hadamard(*stored_factors(layer), s=2.0).t()  # factors describe the (dim, vocab) matrix, like LoRA's
     expected[layer.base_layer.padding_idx] = 0.0
     torch.testing.assert_close(delta, expected, atol=FORMULA_TOL, rtol=0)
 

@@ -50,8 +50,8 @@ def _single_task_model(case, multi, task: int):
     banks = dict(adapter_layers(multi))
     with torch.no_grad():
         for name, layer in adapter_layers(plain):
-            a_stack, b_stack = banks[name]._factors("default", "weight")
-            a, b = layer._factors("default", "weight")
+            a_stack, b_stack = banks[name].stored_factors("default", "weight")
+            a, b = layer.stored_factors("default", "weight")
             a.copy_(a_stack[task])
             b.copy_(b_stack[task])
     return plain

@@ -22,7 +22,7 @@ def _pairs(model: nn.Module):
     for _, layer in adapter_layers(model):
         behaviour = layer.behaviours["default"]
         effective = behaviour.factors(layer, "default", "weight")
-        yield from zip(layer._factors("default", "weight"), behaviour.masks(layer, "default", "weight"), effective)
+        yield from zip(layer.stored_factors("default", "weight"), behaviour.masks(layer, "default", "weight"), effective)
 
 
 def test_a_run_ends_at_the_target_sparsity() -> None:
@@ -64,7 +64,7 @@ def test_each_round_prunes_the_smallest_magnitudes() -> None:
     layer_model = nn.Sequential(nn.Linear(5, 4))
     attach(layer_model, LoraConfig(r=3, targets=["0"], variant="pruning"))
     layer = layer_model[0]
-    a, b = layer._factors("default", "weight")
+    a, b = layer.stored_factors("default", "weight")
     with torch.no_grad():  # distinct magnitudes with mixed signs, in a shuffled order
         for factor in (a, b):
             values = torch.arange(1, factor.numel() + 1, dtype=factor.dtype)

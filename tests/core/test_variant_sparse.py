@@ -31,7 +31,7 @@ def _effective_and_stored(model: nn.Module):
     for name, layer in adapter_layers(model):
         behaviour = layer.behaviours["default"]
         effective = behaviour.factors(layer, "default", "weight")
-        stored = layer._factors("default", "weight")
+        stored = layer.stored_factors("default", "weight")
         masks = behaviour.masks(layer, "default", "weight")
         yield from ((name, e, s, m) for e, s, m in zip(effective, stored, masks))
 
@@ -53,7 +53,7 @@ def test_conv_and_embedding_factors_get_masks_of_their_shape() -> None:
     attach(model, LoraConfig(r=4, targets=["0", "2"], variant="sparse", variant_settings={"sparsity": 0.5}))
     for _, layer in adapter_layers(model):
         for factor, mask in zip(
-            layer._factors("default", "weight"), layer.behaviours["default"].masks(layer, "default", "weight")
+            layer.stored_factors("default", "weight"), layer.behaviours["default"].masks(layer, "default", "weight")
         ):
             assert mask.shape == factor.shape and mask.dtype == torch.bool
             assert int((~mask).sum()) == round(0.5 * mask.numel())
@@ -77,7 +77,7 @@ def test_merge_is_exact_and_uses_the_masked_factors() -> None:
             for p in layer.adapter_parameters("default"):
                 p.normal_(std=0.3)
     layer = model[0]
-    a, b = layer._factors("default", "weight")
+    a, b = layer.stored_factors("default", "weight")
     mask_a, mask_b = layer.behaviours["default"].masks(layer, "default", "weight")
     expected_delta = layer.scaling["default"] * (b * mask_b) @ (a * mask_a)
     torch.testing.assert_close(layer.delta_weight("default"), expected_delta, atol=MERGE_TOL, rtol=0)
