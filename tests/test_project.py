@@ -112,3 +112,13 @@ def test_digits_demo_recovers_accuracy(tmp_path: Path) -> None:
     print(f"rotated digits: base {before:.1%}, with LoRA {after:.1%}")
     assert before < 0.3, "the rotated domain defeats the pretrained base"
     assert after > before + 0.5, "LoRA recovers it"
+
+
+def test_the_import_contracts_hold() -> None:
+    """The package graph's boundaries, as import-linter contracts in pyproject.toml (layers, forbidden,
+    independence): core never imports Qt, app reaches core only through its public API, each core
+    package imports only the packages below it."""
+    lint = Path(sys.executable).with_name("lint-imports")
+    result = subprocess.run([str(lint), str(ROOT / "pyproject.toml")], capture_output=True, text=True, cwd=ROOT)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
+    assert "0 broken" in result.stdout

@@ -12,14 +12,14 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-InitName = Literal["default", "gaussian", "pissa"]
-BiasName = Literal["none", "all", "lora_only"]
+from ..variants import get_variant
 
-INIT_CHOICES: tuple[str, ...] = ("default", "gaussian", "pissa")
+INIT_CHOICES: tuple[str, ...] = ("default", "gaussian")  # PiSSA is a variant: variant = "pissa"
 BIAS_CHOICES: tuple[str, ...] = ("none", "all", "lora_only")
 ALL_LINEAR = "all-linear"
+LEGACY_PISSA_INIT = "pissa"  # read as variant = "pissa" (see LoraConfig._read_legacy_pissa_init)
 
 
 def _help(text: str) -> dict[str, str]:
@@ -58,8 +58,8 @@ class LoraConfig:
     init: str = field(
         default="default",
         metadata=_help(
-            "'default': Kaiming A and zero B (starts as identity); 'gaussian': Gaussian A, zero B; "
-            "'pissa': principal singular vectors, residual left in the base."
+            "'default': Kaiming A and zero B (starts as identity); 'gaussian': Gaussian A, zero B. "
+            "(PiSSA, which starts from the weight's principal singular vectors, is the variant 'pissa'.)"
         ),
     )
     use_rslora: bool = field(default=False, metadata=_help("Rank-stabilised scaling alpha/sqrt(r)."))
@@ -100,6 +100,8 @@ class LoraConfig:
         for key, value in _checked_pattern("alpha_pattern", self.alpha_pattern).items():
             if not _is_number(value) or value <= 0:
                 raise ValueError(f"alpha_pattern[{key!r}] must be a number > 0, got {value!r}")
+        if self.init == LEGACY_PISSA_INIT:
+            self._read_legacy_pissa_init()
         if self.init not in INIT_CHOICES:
             raise ValueError(f"init must be one of {', '.join(INIT_CHOICES)}; got {self.init!r}")
         if not isinstance(self.use_rslora, bool):
@@ -111,17 +113,23 @@ class LoraConfig:
         ):
             raise ValueError(f"modules_to_save must be a list of module names, got {self.modules_to_save!r}")
         self.modules_to_save = list(self.modules_to_save)
-        from ..variants import get_variant  # late import: the registry imports this module
-
         variant = get_variant(self.variant)
         if not isinstance(self.variant_settings, dict):
             raise ValueError(f"variant_settings must be a mapping of setting name to value; got {self.variant_settings!r}")
         variant.make_settings(self.variant_settings)
 
+    def _read_legacy_pissa_init(self) -> None:
+        # Runs and adapter folders written before PiSSA had one identity (and PEFT's own configs,
+        # init_lora_weights="pissa") say init = "pissa"; it means the PiSSA variant.
+        if self.variant not in ("lora", "pissa"):
+            raise ValueError(
+                f"init='pissa' means the PiSSA variant, which cannot be combined with variant {self.variant!r}; "
+                "use variant = 'pissa' alone, or init = 'default' with this variant"
+            )
+        self.init, self.variant = "default", "pissa"
+
     def settings(self) -> Any:
         """The variant's validated settings object (None for a variant without settings)."""
-        from ..variants import get_variant
-
         return get_variant(self.variant).make_settings(self.variant_settings)
 
     # -- per-layer values -----------------------------------------------------------

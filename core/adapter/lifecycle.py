@@ -108,10 +108,9 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
     save_names = _resolve_modules_to_save(model, config)
     variant = get_variant(config.variant)
     settings = config.settings()
-    init = variant.forced_init or config.init  # e.g. the PiSSA variant always initialises with PiSSA
-    _precheck_layers(model, targets, config, variant, init)  # before anything changes
+    _precheck_layers(model, targets, config, variant)  # before anything changes
     variant.prepare_model(model, targets, settings)
-    shared = _shared_parameter_ids(model) if init == "pissa" else set()
+    shared = _shared_parameter_ids(model) if variant.rewrites_base_at_init else set()
     inputs = state.variant_inputs if state is not None else {}
     added: list[AdapterLayer | ModulesToSave] = []
     created: list[tuple[nn.Module, str, nn.Module]] = []  # (parent, attribute, original) to undo a wrap
@@ -129,8 +128,8 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
             untie = frozenset(k for k, slot in layer.weight_slots().items() if id(slot.param) in shared)
             if untie:
                 warnings.warn(
-                    f"layer {name!r} shares its weight with another module (tied weights); PiSSA gives it its "
-                    "own residual copy so the other module is unchanged",
+                    f"layer {name!r} shares its weight with another module (tied weights); {variant.title} "
+                    "rewrites it, so this layer gets its own copy and the other module is unchanged",
                     stacklevel=2,
                 )
             layer.add_adapter(
@@ -138,7 +137,7 @@ def attach(model: nn.Module, config: LoraConfig, adapter_name: str = "default") 
                 r=config.rank_for(name),
                 alpha=config.alpha_for(name),
                 dropout=config.dropout,
-                init=init,
+                init=config.init,
                 use_rslora=config.use_rslora,
                 untie=untie,
                 behaviour=variant.behaviour(layer, settings),
@@ -280,8 +279,8 @@ def merge(
         layer.merge(adapter_name, untie=frozenset(slots) if fresh_weights else untie)
 
 
-def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant, init: str) -> None:
-    """Refuse, before any change, layers the variant cannot adapt and PiSSA ranks that cannot fit."""
+def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant) -> None:
+    """Refuse, before any change, layers the variant cannot adapt and ranks it cannot use there."""
     for name in targets:
         layer = model.get_submodule(name)
         if not isinstance(layer, AdapterLayer):
@@ -292,15 +291,9 @@ def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, v
                 f"variant {variant.name!r} cannot adapt layer {name!r} ({type(layer.base_layer).__name__}): "
                 f"{reason}. Change targets or the variant."
             )
-        if init != "pissa":
-            continue
-        for key, slot in layer.weight_slots().items():
-            limit = min(slot.matrix(slot.param).shape)
-            if config.rank_for(name) > limit:
-                raise ValueError(
-                    f"PiSSA needs rank <= {limit} for layer {name!r} ({key} is {tuple(slot.param.shape)}), "
-                    f"got r={config.rank_for(name)}; lower the rank or set a rank_pattern for this layer"
-                )
+        problem = variant.rank_problem(layer, name, config.rank_for(name))
+        if problem:
+            raise ValueError(problem)
 
 
 def _shared_parameter_ids(model: nn.Module) -> set[int]:

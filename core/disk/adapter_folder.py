@@ -13,13 +13,13 @@ other adapter, as PEFT does) with:
 All three are written through :func:`.atomic_files.staged_folder`: a failure mid-save
 leaves the previous adapter intact.
 
-**PiSSA.**  A PiSSA adapter's factors are only right on top of the residual base that
-PiSSA left behind, which no other program has.  :func:`save_adapter` therefore refuses
-one unless it is given ``original_base`` (the base as it was before attaching); it then
-writes the equivalent plain LoRA adapter of rank 2r for the *original* base, as PEFT's
-``path_initial_model_for_weight_conversion`` does (see :mod:`.pissa_export`).  A folder
-PEFT saved with ``init_lora_weights="pissa"`` (not converted) is loaded the way PEFT
-loads it: the base is replaced by its residual, then the saved factors are put in.
+**PiSSA** (the variant ``pissa``).  Its factors are only right on top of the residual base
+PiSSA left behind.  Given ``original_base`` (the base as it was before attaching),
+:func:`save_adapter` writes the equivalent plain LoRA adapter of rank 2r for the *original*
+base, as PEFT's ``path_initial_model_for_weight_conversion`` does
+(:func:`lora_studio.core.variants.pissa.convert_pissa`); without it, the PiSSA adapter itself,
+which loading puts back by re-running PiSSA's deterministic SVD on the base it is given, as PEFT
+does for a folder saved with ``init_lora_weights="pissa"``.
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ from ..adapter.lifecycle import (
     set_active_adapter,
 )
 from ..layers import iter_logical_modules
-from ..variants.pissa_conversion import OriginalBase, convert_pissa
+from ..variants import get_variant
+from ..variants.pissa import OriginalBase, convert_pissa
 from .atomic_files import staged_folder
 from .peft_lora_format import (
     PEFT_PREFIX,
@@ -105,16 +106,10 @@ def save_adapter(
     }
     tensors = {k: t.detach() for k, t in live.items()}
     r, alpha, converted = config.r, config.alpha, False
-    # The "pissa" variant forces PiSSA init; without original_base it saves in the studio's own
-    # format (reloading re-runs the deterministic SVD on the base it is given).
-    if config.init == "pissa" or (config.variant == "pissa" and original_base is not None):
-        if original_base is None:
-            raise ValueError(
-                f"adapter {adapter_name!r} was initialised with PiSSA: its factors only fit the residual base "
-                "PiSSA left in this model. Pass original_base= (the base before attaching) to save it as a plain "
-                "LoRA adapter of rank 2r that loads on the original base anywhere."
-            )
-        replaced, ranks, alphas = convert_pissa(model, adapter_name, original_base, {id(t): k for k, t in live.items()})
+    # Without original_base a PiSSA adapter is saved as it is (see the module docstring).
+    if config.variant == "pissa" and original_base is not None:
+        replaced, ranks, alphas = convert_pissa(model, adapter_name, original_base, {id(t): k for k, t in live.items()},
+                                                use_rslora=config.use_rslora)  # fmt: skip
         tensors.update(replaced)
         r, alpha, converted = 2 * config.r, _doubled_alpha(config), True
     saved_variant = "lora" if converted else config.variant
@@ -311,12 +306,14 @@ def _warn_on_other_base(model: nn.Module, saved: dict, adapted: Iterable[str], f
 
 
 def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict) -> None:
-    """Attach with a neutral init, check every tensor against the model, then copy; undo on any mismatch."""
+    """Attach, check every tensor against the model, then copy; undo on any mismatch."""
     previous_active = adapter_state(model).active if adapter_state(model) else None
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
-    attach_config = config.replace(init="default") if config.init == "pissa" else config
+    # A variant whose initialisation rewrites the base (PiSSA) changes it in attach: keep what an undo restores.
+    rewritten = get_variant(config.variant).rewrites_base_at_init
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()} if rewritten else {}
     with torch.random.fork_rng(devices=[]):  # loading must not move the caller's random stream
-        attach(model, attach_config, adapter_name)
+        attach(model, config, adapter_name)  # PiSSA re-runs its SVD here, as PEFT does
     try:
         expected = adapter_tensors(model, adapter_name)
         base_extra = _check_tensors(model, expected, tensors)
@@ -324,17 +321,16 @@ def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, te
         delete_adapter(model, adapter_name)
         if adapter_state(model) is not None:
             set_active_adapter(model, previous_active)
+        with torch.no_grad():
+            for n, p in model.named_parameters():
+                if n in originals:
+                    p.copy_(originals[n])
         for p in model.parameters():
             p.requires_grad_(grad_flags.get(id(p), p.requires_grad))
         raise
     with torch.no_grad():
-        if config.init == "pissa":  # PEFT's reading: the base becomes the residual of its own SVD
-            for _, layer in adapter_layers(model):
-                if adapter_name in layer.adapter_names:
-                    layer._pissa_init(adapter_name)
         for key, target in {**expected, **base_extra}.items():
             target.copy_(tensors[key].to(target.dtype))
-    adapter_state(model).configs[adapter_name] = config  # remember the real init (PiSSA) for a later save
 
 
 def _check_tensors(model: nn.Module, expected: dict[str, torch.Tensor], tensors: dict) -> dict[str, torch.Tensor]:

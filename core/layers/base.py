@@ -28,7 +28,6 @@ from torch import nn
 
 from .behaviour import AdapterBehaviour
 
-
 #: Forward paths from slowest to fastest (see :attr:`AdapterLayer.fast_paths`).
 FAST_PATHS = ("none", "fused", "folded")
 
@@ -145,8 +144,8 @@ class AdapterLayer(nn.Module):
         """Create adapter ``adapter`` with its parameters, scaling and initialisation.
 
         ``behaviour`` is the adapter's mathematics (default: standard LoRA). ``untie`` names
-        weights shared with another module: PiSSA, which rewrites the base weight, gives this
-        layer its own copy of those so the other module is unaffected.
+        weights shared with another module: a behaviour whose initialisation rewrites the base
+        weight (PiSSA) gives this layer its own copy of those so the other module is unaffected.
         """
         if adapter in self.r:
             raise ValueError(f"adapter {adapter!r} already exists on this layer")
@@ -274,36 +273,10 @@ class AdapterLayer(nn.Module):
     def merged(self) -> bool:
         return bool(self.merged_adapters)
 
-    # -- PiSSA ---------------------------------------------------------------------------------
-    def _pissa_init(self, adapter: str, untie: frozenset[str] = frozenset()) -> None:
-        """PiSSA (Meng et al. 2024, section 3): A, B from the top-r singular triplets; base keeps the residual.
-
-        With scaling s, B = U_r·sqrt(S_r/s) and A = sqrt(S_r/s)·V_rᵀ, so s·B·A is exactly the
-        principal part and base + adapter reproduces the original weight.
-        """
-        scaling = self.scaling[adapter]
-        for key, slot in self.weight_slots().items():
-            a, b = self.stored_factors(adapter, key)
-            r = a.shape[0]
-            original = slot.matrix(slot.param.float())
-            if r > min(original.shape):
-                raise ValueError(
-                    f"PiSSA needs rank <= min(weight shape) = {min(original.shape)}, got r={r}; lower the rank"
-                )
-            u, s, vh = torch.linalg.svd(original, full_matrices=False)
-            root = torch.sqrt(s[:r] / scaling)
-            b.copy_((u[:, :r] * root).reshape(b.shape))
-            a.copy_((root[:, None] * vh[:r]).reshape(a.shape))
-            self.reimpose_constraints(adapter)
-            residual = original - scaling * (b.reshape(b.shape[0], -1).float() @ a.reshape(r, -1).float())
-            residual = slot.layout(residual).to(slot.param.dtype)
-            if key in untie:
-                self.set_base_weight(key, nn.Parameter(residual, requires_grad=False))
-            else:
-                slot.param.copy_(residual)
-
+    # -- hooks for initialisations that set the factors themselves (PiSSA, AdaLoRA) -----------------
     def reimpose_constraints(self, adapter: str) -> None:
-        """Hook to re-impose layer constraints on fresh PiSSA factors (e.g. an embedding's padding row)."""
+        """Re-impose this layer type's constraints on factors an initialisation set (e.g. an embedding's
+        padding row stays zero)."""
 
     # -- mechanics of input-side layers (Linear, Conv, Embedding) ---------------------------------
     def project_down(self, x: torch.Tensor, a: torch.Tensor, adapter: str) -> torch.Tensor:

@@ -101,10 +101,7 @@ class AdapterBehaviour:
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
         """Set initial values (called under ``no_grad``, never on the meta device)."""
-        if init == "pissa":
-            layer._pissa_init(adapter, untie)
-        else:
-            layer.reset_factors(adapter, init)
+        layer.reset_factors(adapter, init)
 
     def parameters(self, layer: AdapterLayer, adapter: str) -> Iterator[nn.Parameter]:
         """Every trainable tensor of this adapter on this layer."""

@@ -62,12 +62,7 @@ class AdaLoraBehaviour(AdapterBehaviour):
         )
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
-        """P, Q Gaussian and Λ zero (section 3.1), whatever ``init`` asks, except PiSSA, which is refused."""
-        if init == "pissa":
-            raise ValueError(
-                "AdaLoRA has its own SVD-form initialisation (Λ = 0, so it starts as the base model); "
-                "PiSSA's split of the base weight does not apply; use init='default'"
-            )
+        """P, Q Gaussian and Λ zero (section 3.1), whatever ``init`` asks."""
         for key in layer.weight_slots():
             for factor in layer.stored_factors(adapter, key):
                 nn.init.normal_(factor, std=INIT_STD)

@@ -76,13 +76,6 @@ class GatedBehaviour(AdapterBehaviour):
         )
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
-        if init == "pissa":
-            # PiSSA moves the principal part out of the base into B·A; with a gate below 1 the model
-            # would no longer start from the base, contradicting PiSSA's premise.
-            raise ValueError(
-                "init='pissa' cannot be used with Gated LoRA: the gate (< 1) would scale the principal part "
-                "PiSSA removes from the base, so the model would not start where it was; use init='default'"
-            )
         super().initialise(layer, adapter, init, untie)
         gate = layer.lora_gate[adapter]
         nn.init.zeros_(gate["weight"])

@@ -116,12 +116,6 @@ class HyperBehaviour(ConditionedBehaviour):
         )
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
-        if init == "pissa":
-            # PiSSA's export converts A₀, B₀ alone; the generated part would be lost.
-            raise ValueError(
-                "init='pissa' cannot be used with Hyper-LoRA: its update is generated from the task embedding, "
-                "which PiSSA's residual base and export do not account for; use init='default' or 'gaussian'"
-            )
         super().initialise(layer, adapter, init, untie)
         layer.lora_hyper[adapter].reset()
 

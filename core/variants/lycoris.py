@@ -36,7 +36,7 @@ from torch import nn
 from ..layers import AdapterBehaviour, AdapterLayer, ConvLora, EmbeddingLora, WeightSlot, WeightSpaceLora
 from ..layers.weight_space import param_key
 
-#: How a fresh LyCORIS adapter is initialised; LoRA's Gaussian and PiSSA inits have no LoHa/LoKr form.
+#: How a fresh LyCORIS adapter is initialised; LoRA's Gaussian init has no LoHa/LoKr form.
 INIT_NAME = "default"
 
 

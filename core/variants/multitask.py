@@ -76,13 +76,6 @@ class MultiTaskBehaviour(ConditionedBehaviour):
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
         """Each bank gets the layer's plain-LoRA init: one-bank tensors are put in, initialised, copied out."""
-        if init == "pissa":
-            # PiSSA rewrites the base once for one (A, B); with several banks and saved stacks that
-            # PiSSA's export cannot convert, the combination is refused rather than half supported.
-            raise ValueError(
-                "init='pissa' cannot be used with Multi-task LoRA: PiSSA rewrites the base for a single "
-                "(A, B) pair, not for a bank per task; use init='default' or 'gaussian'"
-            )
         slots = list(factor_slots(layer, adapter))
         stacks = [get_slot(owner, name) for owner, name in slots]
         try:

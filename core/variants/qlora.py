@@ -118,11 +118,6 @@ class QLoraBehaviour(AdapterBehaviour):
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
         """LoRA's initialisation (B = 0: the adapter starts as the quantised base), then quantise the base."""
-        if init == "pissa":  # checked before anything is quantised, so attach can undo cleanly
-            raise ValueError(
-                "init: PiSSA rewrites the base weight, which QLoRA stores in 4 bits; use init 'default' or "
-                "'gaussian' with QLoRA"
-            )
         super().initialise(layer, adapter, init, untie)
         if _quantised_base(layer) is None:
             self._quantise(layer)

@@ -48,7 +48,9 @@ class Variant:
     peft_type: str | None = "LORA"  # the PEFT format it saves in, or None when PEFT has no equivalent
     starts_as_identity: bool = True  # a fresh adapter leaves the base output unchanged (the paper's init)
     combinable: bool = False  # add_weighted_adapter may combine it (plain A/B factors only)
-    forced_init: str | None = None  # an init the variant always uses, whatever the config says (PiSSA)
+    #: Its initialisation rewrites the base weights (PiSSA): a weight shared with another module (a tied
+    #: embedding and output head) first gets its own copy, so the other module is unaffected.
+    rewrites_base_at_init: bool = False
 
     # -- settings ----------------------------------------------------------------------------
     def make_settings(self, values: dict[str, Any]) -> Any:
@@ -101,6 +103,10 @@ class Variant:
     # -- per layer -------------------------------------------------------------------------------
     def unsupported_reason(self, layer: AdapterLayer) -> str | None:
         """Why this variant cannot adapt ``layer`` (a wrapper of its type), or None when it can."""
+        return None
+
+    def rank_problem(self, layer: AdapterLayer, name: str, rank: int) -> str | None:
+        """Why ``rank`` cannot be used on layer ``name``, checked before anything changes; None when it can."""
         return None
 
     def behaviour(self, layer: AdapterLayer, settings: Any) -> AdapterBehaviour:

@@ -58,11 +58,6 @@ class SparseLoraBehaviour(EntryMaskBehaviour):
 
     def initialise(self, layer: AdapterLayer, adapter: str, init: str, untie: frozenset[str]) -> None:
         """Standard LoRA init, then the masks; masked entries are zeroed in the stored factors too."""
-        if init == "pissa":
-            raise ValueError(
-                "Sparse LoRA cannot start from PiSSA: masking the principal factors would break PiSSA's exact "
-                "split of the weight (the adapter would not start as the base model); use init='default'"
-            )
         AdapterBehaviour.initialise(self, layer, adapter, init, untie)
         generator = torch.Generator().manual_seed(self.seed)
         for _, mask in self.masked_pairs(layer, adapter):

@@ -12,6 +12,7 @@ from lora_studio.core import (
     AdapterMismatchError,
     LoraConfig,
     active_adapter,
+    get_adapter_config,
     attach,
     list_adapters,
     load_adapter,
@@ -167,13 +168,16 @@ def test_loading_warns_when_the_base_weights_differ(tmp_path):
         load_adapter(build(BERT, seed=99), tmp_path)
 
 
-def test_pissa_is_refused_without_the_original_base_and_converted_with_it(tmp_path):
+def test_pissa_is_saved_as_it_is_without_the_original_base_and_converted_with_it(tmp_path):
+    """init='pissa' (older configs, PEFT's spelling) is the PiSSA variant: saved as it is, reloading re-runs
+    the SVD on the original base; with original_base it becomes plain LoRA of rank 2r for any loader."""
     case = LAYER_CASES[0]
     model = _adapted(case, init="pissa")
+    assert get_adapter_config(model).variant == "pissa"
     x = case.inputs()
     expected = call(model, x)
-    with pytest.raises(ValueError, match="original_base"):
-        save_adapter(model, tmp_path)
+    save_adapter(model, tmp_path / "as_is")
+    torch.testing.assert_close(call(load_adapter(fresh(case), tmp_path / "as_is"), x), expected, atol=1e-5, rtol=0)
     save_adapter(model, tmp_path, original_base=pretrained(case))
     config = json.loads((tmp_path / "adapter_config.json").read_text())
     assert config["r"] == 6 and config["lora_alpha"] == 12 and config["init_lora_weights"] is True

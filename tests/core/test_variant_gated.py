@@ -117,7 +117,7 @@ def test_weight_space_layers_are_refused() -> None:
 
 def test_pissa_is_refused() -> None:
     case = CASES["linear"]
-    with pytest.raises(ValueError, match="init='pissa' cannot be used with Gated LoRA"):
+    with pytest.raises(ValueError, match="init='pissa' means the PiSSA variant, which cannot be combined with variant 'gated'"):
         attach(case.build(), LoraConfig(r=4, targets=case.targets, variant="gated", init="pissa"))
 
 

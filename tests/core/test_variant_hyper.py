@@ -172,5 +172,5 @@ def test_sizes_are_validated(field, value) -> None:
 
 def test_pissa_is_refused() -> None:
     case = CASES[0]
-    with pytest.raises(ValueError, match="init='pissa' cannot be used with Hyper-LoRA"):
+    with pytest.raises(ValueError, match="init='pissa' means the PiSSA variant, which cannot be combined with variant 'hyper'"):
         attach(case.build(), _config(case).replace(init="pissa"))

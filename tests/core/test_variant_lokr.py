@@ -116,7 +116,9 @@ def test_a_factor_that_does_not_divide_the_layer_is_refused_and_the_model_is_unt
 
 
 def test_lora_initialisations_are_refused() -> None:
-    with pytest.raises(ValueError, match="init='pissa' is a LoRA initialisation; LoKr"):
+    with pytest.raises(ValueError, match="init='gaussian' is a LoRA initialisation; LoKr"):
+        attach(nn.Sequential(nn.Linear(4, 4)), LoraConfig(r=2, targets=["0"], variant="lokr", init="gaussian"))
+    with pytest.raises(ValueError, match="init='pissa' means the PiSSA variant, which cannot be combined with variant 'lokr'"):
         attach(nn.Sequential(nn.Linear(4, 4)), LoraConfig(r=2, targets=["0"], variant="lokr", init="pissa"))
 
 

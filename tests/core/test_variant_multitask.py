@@ -198,7 +198,7 @@ def test_pissa_is_refused_and_the_model_left_alone() -> None:
     case = CASES[0]
     model = case.build()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(ValueError, match="init='pissa' cannot be used with Multi-task LoRA"):
+    with pytest.raises(ValueError, match="init='pissa' means the PiSSA variant, which cannot be combined with variant 'multitask'"):
         attach(model, _config(case).replace(init="pissa"))
     assert set(model.state_dict()) == set(before)
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
