@@ -122,3 +122,29 @@ def test_the_import_contracts_hold() -> None:
     result = subprocess.run([str(lint), str(ROOT / "pyproject.toml")], capture_output=True, text=True, cwd=ROOT)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-2000:]
     assert "0 broken" in result.stdout
+
+
+def test_package_init_files_only_re_export() -> None:
+    """A package's ``__init__.py`` holds a docstring, imports and ``__all__`` (``__version__`` in core's),
+    so every piece of logic has a module of its own that a newcomer can find by name."""
+    allowed_names = {"__all__", "__version__"}
+    offenders = []
+    for init in (ROOT / "core").rglob("__init__.py"):  # app's: tests/app/test_app_layout.py
+        for node in ast.parse(init.read_text()).body:
+            if isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+                continue
+            targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
+            if isinstance(node, (ast.Assign, ast.AugAssign)) and all(
+                isinstance(t, ast.Name) and t.id in allowed_names for t in targets
+            ):
+                continue
+            offenders.append(f"{init.relative_to(ROOT)}:{node.lineno} ({type(node).__name__})")
+    assert not offenders, offenders
+
+
+def test_core_top_level_holds_only_the_public_api_and_entry_points() -> None:
+    """Everything else lives in a package named after the question it answers (ARCHITECTURE.md)."""
+    top = sorted(p.name for p in (ROOT / "core").glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "cli.py", "demo.py", "run_config.py"], top

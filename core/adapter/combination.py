@@ -25,7 +25,7 @@ from torch import nn
 from ..layers import AdapterLayer, adapter_layers
 from ..variants import get_variant
 from .config import LoraConfig
-from .lifecycle import _require_state, adapter_state, set_active_adapter
+from .lifecycle import adapter_state, require_adapter_state, set_active_adapter
 
 CombinationType = Literal["linear", "cat", "svd"]
 
@@ -43,11 +43,11 @@ def add_weighted_adapter(
 
     ``svd_rank`` defaults to the largest rank among the sources. The new adapter is not activated.
     """
-    state = _require_state(model, None)
+    state = require_adapter_state(model, None)
     if not adapters or len(adapters) != len(weights):
         raise ValueError("adapters and weights must be non-empty lists of the same length")
     for name in adapters:
-        _require_state(model, name)
+        require_adapter_state(model, name)
     if new_name in state.configs:
         raise ValueError(f"adapter {new_name!r} already exists; choose another name")
     if combination_type not in ("linear", "cat", "svd"):

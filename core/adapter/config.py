@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..layers import lora_scaling
 from ..variants import get_variant
 
 INIT_CHOICES: tuple[str, ...] = ("default", "gaussian")  # PiSSA is a variant: variant = "pissa"
@@ -142,9 +143,8 @@ class LoraConfig:
         return float(_pattern_lookup(self.alpha_pattern, name, self.alpha))
 
     def scaling_for(self, name: str) -> float:
-        """alpha/r, or alpha/sqrt(r) with rsLoRA (Kalajdzievski 2023, section 3)."""
-        r = self.rank_for(name)
-        return self.alpha_for(name) / (r**0.5 if self.use_rslora else r)
+        """The update's scale for layer ``name``: :func:`~lora_studio.core.layers.lora_scaling` of its alpha and rank."""
+        return lora_scaling(self.alpha_for(name), self.rank_for(name), self.use_rslora)
 
     # -- plain data, for TOML/JSON ----------------------------------------------------
     def to_dict(self) -> dict[str, Any]:

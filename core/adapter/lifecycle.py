@@ -81,7 +81,7 @@ def active_adapter(model: nn.Module) -> str | None:
 
 def get_adapter_config(model: nn.Module, adapter_name: str = "default") -> LoraConfig:
     """The config ``adapter_name`` was attached with."""
-    return _require_state(model, adapter_name).configs[adapter_name]
+    return require_adapter_state(model, adapter_name).configs[adapter_name]
 
 
 def _wrappers(model: nn.Module) -> Iterator[AdapterLayer | ModulesToSave]:
@@ -174,7 +174,7 @@ def set_active_adapter(model: nn.Module, adapter_name: str | None) -> None:
 
     Merged adapters are unmerged first, so the output is always that of the active adapter alone.
     """
-    state = _require_state(model, adapter_name)
+    state = require_adapter_state(model, adapter_name)
     if any(w.merged for w in _wrappers(model) if isinstance(w, AdapterLayer)):
         unmerge(model)
     state.active = adapter_name
@@ -206,7 +206,7 @@ def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
 
 def delete_adapter(model: nn.Module, adapter_name: str) -> None:
     """Remove ``adapter_name`` everywhere; a layer left with no adapter gets its original back."""
-    state = _require_state(model, adapter_name)
+    state = require_adapter_state(model, adapter_name)
     for name, wrapper in _named_wrappers(model):
         if adapter_name not in wrapper.adapter_names:
             continue
@@ -224,7 +224,7 @@ def delete_adapter(model: nn.Module, adapter_name: str) -> None:
 @contextmanager
 def variant_inputs(model: nn.Module, **inputs: object) -> Iterator[nn.Module]:
     """Give variants the per-batch inputs they need inside the block (e.g. ``task_ids=...``)."""
-    state = _require_state(model, None)
+    state = require_adapter_state(model, None)
     previous = dict(state.variant_inputs)
     state.variant_inputs.update(inputs)
     try:
@@ -249,7 +249,7 @@ def merge(
     if inputs:
         with variant_inputs(model, **inputs):
             return merge(model, adapter_name, fresh_weights=fresh_weights)
-    state = _require_state(model, adapter_name)
+    state = require_adapter_state(model, adapter_name)
     adapter_name = adapter_name or state.active
     if adapter_name is None:
         raise ValueError("no adapter is active; name the adapter to merge")
@@ -376,7 +376,9 @@ def _parent_of(model: nn.Module, name: str) -> tuple[nn.Module, str]:
     return parent, attr
 
 
-def _require_state(model: nn.Module, adapter_name: str | None) -> AdapterState:
+def require_adapter_state(model: nn.Module, adapter_name: str | None) -> AdapterState:
+    """The model's adapter bookkeeping; ``ValueError`` saying what to do when it has no adapters, or
+    none named ``adapter_name`` (None: any adapter will do)."""
     state = adapter_state(model)
     if state is None:
         raise ValueError("this model has no adapters; attach one first")
@@ -398,6 +400,7 @@ __all__ = [
     "list_adapters",
     "merge",
     "merge_and_unload",
+    "require_adapter_state",
     "set_active_adapter",
     "unload",
     "unmerge",

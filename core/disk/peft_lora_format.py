@@ -40,7 +40,7 @@ from ..layers import (
     adapter_layers,
     iter_logical_modules,
 )
-from ..variants import get_variant
+from ..variants import available_variants, get_variant
 
 PEFT_PREFIX = "base_model.model."
 STUDIO_ONLY_PEFT_TYPE = "LORA_STUDIO_VARIANT"  # not a PEFT type: PEFT refuses such a folder by name
@@ -169,8 +169,7 @@ def peft_config_dict(
         "fan_in_fan_out": bool(conv1d) and len(conv1d) == len(names),
         "inference_mode": True,
     }
-    if variant == "dora":  # written only when set, so older PEFT versions never meet the key
-        result["use_dora"] = True
+    result.update(get_variant(variant).peft_lora_flags)  # e.g. DoRA's use_dora
     if peft_type == STUDIO_ONLY_PEFT_TYPE:
         result["lora_studio_variant"] = variant
     return result
@@ -218,16 +217,12 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
         )
     if peft.get("peft_type", "LORA") != "LORA":
         raise ValueError(f"not a LoRA adapter: peft_type={peft.get('peft_type')!r}")
-    variant = "lora"
-    if peft.get("use_dora"):
-        from ..variants import variant_names  # late: DoRA may not be registered (yet)
-
-        if "dora" not in variant_names():
-            raise ValueError("this adapter uses DoRA (use_dora=true), which this LoRA Studio cannot load yet")
-        variant = "dora"
-    for flag in ("use_qalora", "lora_bias", "layer_replication", "trainable_token_indices",
+    variant = next((v.name for v in available_variants() if v.peft_lora_flags
+                    and all(peft.get(k) == value for k, value in v.peft_lora_flags.items())), "lora")  # fmt: skip
+    claimed = get_variant(variant).peft_lora_flags
+    for flag in ("use_dora", "use_qalora", "lora_bias", "layer_replication", "trainable_token_indices",
                  "target_parameters"):  # fmt: skip
-        if peft.get(flag):
+        if peft.get(flag) and flag not in claimed:
             raise ValueError(f"this adapter uses PEFT's {flag}={peft[flag]!r}, which LoRA Studio cannot load yet")
     init = _init_from_peft(peft.get("init_lora_weights", True))
     r, alpha = int(peft["r"]), float(peft.get("lora_alpha", peft["r"]))

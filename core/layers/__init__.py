@@ -3,7 +3,7 @@
 :func:`wrapper_for` (in :mod:`.wrapper_choice`) decides whether a module can carry LoRA.
 """
 
-from .base import AdapterLayer, WeightSlot
+from .base import AdapterLayer, WeightSlot, lora_scaling
 from .behaviour import AdapterBehaviour, MergeNotSupportedError, NonFiniteDeltaError
 from .conv import ConvLora
 from .embedding import EmbeddingLora
@@ -20,6 +20,7 @@ __all__ = [
     "ConvLora",
     "EmbeddingLora",
     "is_transformers_conv1d",
+    "lora_scaling",
     "LinearLora",
     "LogicalModule",
     "ModulesToSave",

@@ -32,6 +32,12 @@ from .behaviour import AdapterBehaviour
 FAST_PATHS = ("none", "fused", "folded")
 
 
+def lora_scaling(alpha: float, r: int, use_rslora: bool) -> float:
+    """The factor ``s`` of the update ``s·B·A``: alpha/r, or alpha/sqrt(r) with rsLoRA (Kalajdzievski
+    2023, section 3), which keeps the update's scale from shrinking as the rank grows."""
+    return alpha / (math.sqrt(r) if use_rslora else r)
+
+
 @dataclass(frozen=True)
 class WeightSlot:
     """One adapted weight of the base layer."""
@@ -153,7 +159,7 @@ class AdapterLayer(nn.Module):
         self.behaviours[adapter] = behaviour
         self.r[adapter] = r
         self.lora_alpha[adapter] = alpha
-        self.scaling[adapter] = alpha / (math.sqrt(r) if use_rslora else r)
+        self.scaling[adapter] = lora_scaling(alpha, r, use_rslora)
         self.lora_dropout[adapter] = nn.Dropout(p=dropout) if dropout > 0 else nn.Identity()
         behaviour.create(self, adapter, r)
         if self.on_meta():

@@ -28,7 +28,6 @@ from .layer_state import MaskSet, buffer_name, variant_container
 
 #: AdaLoRA's reference code and PEFT draw P and Q from N(0, 0.02²); Λ starts at zero (section 3.1).
 INIT_STD = 0.02
-ROLES = ("P", "E", "Q")
 
 
 class AdaLoraBehaviour(AdapterBehaviour):

@@ -165,6 +165,8 @@ class Dora(Variant):
         "Liu et al., 'DoRA: Weight-Decomposed Low-Rank Adaptation', ICML 2024 (arXiv:2402.09353); "
         "the norm is detached from the gradient as its section 4.3 suggests"
     )
+    # Written only when set, so older PEFT versions never meet the key.
+    peft_lora_flags = {"use_dora": True}
 
     def unsupported_reason(self, layer: AdapterLayer) -> str | None:
         """Weight-space layers (MultiheadAttention, RNN cells) hold several weights read directly; refused."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 import dataclasses
 import typing
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -46,6 +46,9 @@ class Variant:
     merge_inputs: tuple[str, ...] = ()  # keyword inputs merge() needs, e.g. ("task_id",), for forms and the CLI
     settings_class: type | None = None  # a dataclass; validation in its __post_init__
     peft_type: str | None = "LORA"  # the PEFT format it saves in, or None when PEFT has no equivalent
+    #: Keys this variant adds to PEFT's LoRA ``adapter_config.json`` (DoRA: ``use_dora = true``); a PEFT
+    #: folder with all of them set is read back as this variant.
+    peft_lora_flags: ClassVar[dict[str, Any]] = {}
     starts_as_identity: bool = True  # a fresh adapter leaves the base output unchanged (the paper's init)
     combinable: bool = False  # add_weighted_adapter may combine it (plain A/B factors only)
     #: Its initialisation rewrites the base weights (PiSSA): a weight shared with another module (a tied
