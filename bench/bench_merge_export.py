@@ -15,7 +15,7 @@ query, key, value and dense projection (72 layers).  Timed, interleaved, median 
 * ``merge_and_unload + save_file`` -- the same with our ``merge_and_unload``;
 * ``export_merged (safetensors)`` -- ``core.export_merged`` on the live model wrapped as a plain
   module: merged copy (frozen tensors shared, one ``addmm`` per adapted weight, NaN/Inf check),
-  atomic durable write (``core/safetensors_writer.py``), JSON sidecar;
+  atomic durable write (``core/disk/safetensors_writer.py``), JSON sidecar;
 * ``export_merged (transformers)`` -- the same for the transformers model itself: a
   ``save_pretrained`` folder;
 * ``export_merged + checksum`` (``--checksum``) -- the safetensors export with the SHA-256 in the sidecar.

@@ -148,3 +148,19 @@ def test_core_top_level_holds_only_the_public_api_and_entry_points() -> None:
     """Everything else lives in a package named after the question it answers (ARCHITECTURE.md)."""
     top = sorted(p.name for p in (ROOT / "core").glob("*.py"))
     assert top == ["__init__.py", "__main__.py", "cli.py", "demo.py", "run_config.py"], top
+
+
+def test_every_citation_of_the_architecture_map_names_a_real_section() -> None:
+    """Comments cite ARCHITECTURE.md as ``ARCHITECTURE.md, "Section"``; the section must exist."""
+    headings = {line.lstrip("#").strip() for line in (ROOT / "ARCHITECTURE.md").read_text().splitlines()
+                if line.startswith("## ")}  # fmt: skip
+    cited = []
+    for folder in ("core", "app", "tests", "bench", "packaging"):
+        for path in (ROOT / folder).rglob("*.py"):
+            if path == Path(__file__).resolve():
+                continue
+            for section in re.findall(r'ARCHITECTURE\.md[,:]?\s*"(?:## )?([^"]+)"', path.read_text()):
+                cited.append((path.relative_to(ROOT), " ".join(section.split())))
+    assert cited, "the map is cited somewhere"
+    missing = [f"{path}: {section!r}" for path, section in cited if section not in headings]
+    assert not missing, missing

@@ -244,7 +244,7 @@ def merge(
     update depends on an input (a task id, an embedding) take it as keyword ``inputs``; those
     that cannot merge at all raise :class:`MergeNotSupportedError`.  ``fresh_weights``: every
     merged weight becomes a new tensor instead of being written in place -- for a copy whose frozen
-    weights are the live model's own tensors (see :func:`~.merged_export.merged_copy`).
+    weights are the live model's own tensors (see :func:`~lora_studio.core.disk.merged_export.merged_copy`).
     """
     if inputs:
         with variant_inputs(model, **inputs):

@@ -3,7 +3,7 @@
 A saved adapter is a folder (``folder`` for ``"default"``, ``folder/<name>`` for any
 other adapter, as PEFT does) with:
 
-* ``adapter_model.safetensors`` — the tensors under PEFT's keys (see :mod:`.peft_format`),
+* ``adapter_model.safetensors`` — the tensors under PEFT's keys (see :mod:`.peft_lora_format`),
   contiguous, unshared, metadata ``{"format": "pt"}``;
 * ``adapter_config.json`` — a minimal PEFT ``LoraConfig`` that older PEFT versions read too;
 * ``lora_studio_adapter.json`` — what PEFT has no field for: our full config (variant,

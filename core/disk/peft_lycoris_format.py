@@ -1,7 +1,7 @@
 """PEFT's on-disk format for LoHa and LoKr adapters (``peft_type`` ``"LOHA"`` / ``"LOKR"``), both ways.
 
 Our LoHa/LoKr factors already carry PEFT's names and shapes (see
-:mod:`.variants.lycoris`), so a tensor's PEFT key is its state-dict key with the
+:mod:`lora_studio.core.variants.lycoris`), so a tensor's PEFT key is its state-dict key with the
 adapter name taken out, exactly as for LoRA::
 
     encoder.layer.0.attention.self.query.hada_w1_a.default
