@@ -18,15 +18,15 @@ in the section's ``validate()`` (run on construction); a bad value raises
 from __future__ import annotations
 
 import dataclasses
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+import tomli_w
 
 from .adapter.config import LoraConfig
 from .disk.atomic_files import atomic_write_text
-from .disk.toml_writing import dumps_toml
 
 MODEL_SOURCES = ("torchvision", "transformers", "python", "demo")
 TASKS = ("image-classification", "sequence-classification", "causal-lm")
@@ -35,6 +35,7 @@ DATA_KINDS = ("image-folder", "text-classification", "causal-lm", "torchvision",
 DIGIT_SHIFTS = ("none", "rotate", "invert")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("float32", "bfloat16", "float16")
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 NONFINITE_ACTIONS = ("stop", "skip")
 BAD_IMAGE_ACTIONS = ("skip", "error")
 MODES = ("lora", "full")
@@ -286,7 +287,7 @@ class TrainingConfig:
         _choice(s, self, "precision", PRECISIONS)
         _int(s, self, "seed", 0)
         if not isinstance(self.device, str) or not (
-            self.device in ("auto", "cpu", "cuda", "mps") or self.device.startswith("cuda:")
+            self.device in DEVICE_CHOICES or self.device.startswith("cuda:")
         ):
             raise _fail(s, "device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
         _int(s, self, "eval_every", 0)
@@ -321,6 +322,15 @@ class OutputConfig:
             raise _fail("output", "dir", "must be a folder path", self.dir)
         _bool("output", self, "tensorboard")
         _bool("output", self, "overwrite")
+
+
+def _without_none(value: Any) -> Any:
+    """``value`` with every None dropped from its dicts and lists, at any depth (TOML has no null)."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, (list, tuple)):
+        return [_without_none(v) for v in value if v is not None]
+    return value
 
 
 _SECTIONS: dict[str, type] = {
@@ -380,8 +390,13 @@ class RunConfig:
         return cls(**sections)
 
     def to_toml(self) -> str:
-        """The config as TOML text (fields left at None are omitted: TOML has no null)."""
-        return dumps_toml(self.to_dict())
+        """The config as TOML text, one ``[section]`` per table; dicts inside a section (a rank
+        pattern, variant settings) become sub-tables such as ``[lora.rank_pattern]``.
+
+        Fields left at None are omitted (TOML has no null): reading the text back gives them
+        their default, which is None.
+        """
+        return tomli_w.dumps(_without_none(self.to_dict()))
 
     @classmethod
     def from_toml(cls, text: str) -> RunConfig:
