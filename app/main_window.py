@@ -36,7 +36,7 @@ from .panels.layer_tree_panel import LayerTreePanel
 from .panels.model_panel import ModelPanel
 from .panels.run_panel import RunPanel
 from .panels.settings_panel import SettingsPanel
-from .state.project_files import PROJECT_FILTER, StudioSettings, open_project, save_project
+from .state.project_files import PROJECT_FILTER, THEMES, StudioSettings, open_project, save_project
 from .state.session import StudioSession
 from .theme import apply_theme
 
@@ -228,7 +228,7 @@ class MainWindow(QMainWindow):
         view_menu.addAction(self.settings_dock.toggleViewAction())
         theme_menu = view_menu.addMenu("&Theme")
         self._theme_actions = QActionGroup(self)
-        for theme in ("light", "dark"):
+        for theme in THEMES:
             action = QAction(theme.capitalize(), self, checkable=True)
             action.setData(theme)
             action.triggered.connect(lambda _=False, t=theme: self.set_theme(t))

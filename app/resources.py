@@ -18,9 +18,10 @@ from importlib.resources.abc import Traversable
 
 from PySide6.QtGui import QIcon, QImage, QPixmap
 
+from .state.project_files import THEMES
+
 RESOURCES_PACKAGE = "lora_studio.resources"
 APP_ICON = "lora-studio"  # icons/lora-studio.svg and its rendered icons/lora-studio.png
-THEMES = ("light", "dark")
 
 
 def resource(relative: str) -> Traversable:
@@ -53,8 +54,8 @@ def app_icon() -> QIcon:
     return icon(APP_ICON)
 
 
-def style_sheet(theme: str = "light") -> str:
-    """The Qt style sheet of ``theme`` (light or dark)."""
+def style_sheet(theme: str = THEMES[0]) -> str:
+    """The Qt style sheet of ``theme`` (one of :data:`THEMES`: light or dark)."""
     if theme not in THEMES:
         raise ValueError(f"theme must be one of {', '.join(THEMES)}; got {theme!r}")
     return resource(f"styles/{theme}.qss").read_text(encoding="utf-8")

@@ -9,6 +9,8 @@ from __future__ import annotations
 from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import QApplication
 
+from .state.project_files import THEMES
+
 DARK_COLORS = {
     QPalette.ColorRole.Window: "#2b2d31",
     QPalette.ColorRole.WindowText: "#e6e6e6",
@@ -27,8 +29,11 @@ DARK_COLORS = {
 
 
 def palette_for(theme: str) -> QPalette:
-    """Fusion's standard palette (light) or the studio's dark one."""
+    """The palette of ``theme`` (one of :data:`THEMES`): Fusion's standard one (light) or the studio's dark one."""
     from PySide6.QtWidgets import QStyleFactory
+
+    if theme not in THEMES:
+        raise ValueError(f"theme must be one of {', '.join(THEMES)}; got {theme!r}")
 
     palette = QStyleFactory.create("Fusion").standardPalette()
     if theme == "dark":
@@ -40,7 +45,7 @@ def palette_for(theme: str) -> QPalette:
 
 
 def apply_theme(app: QApplication | None, theme: str) -> None:
-    """Apply ``theme`` ('light' or 'dark') to the whole application."""
+    """Apply ``theme`` (one of :data:`THEMES`) to the whole application."""
     if app is None:
         return
     app.setStyle("Fusion")

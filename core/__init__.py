@@ -10,6 +10,7 @@ enforces it).  Where each name lives is in ARCHITECTURE.md, "Where each concept 
 __version__ = "0.1.0"
 
 from .adapter import (
+    INIT_CHOICES,
     AdapterState,
     LoraConfig,
     MemoryEstimate,
@@ -18,6 +19,7 @@ from .adapter import (
     ParameterInfo,
     TargetPreview,
     active_adapter,
+    adapter_parameter_count,
     add_weighted_adapter,
     attach,
     count_parameters,
@@ -26,10 +28,13 @@ from .adapter import (
     disable_adapters,
     estimate_training_memory,
     get_adapter_config,
+    in_modules_to_save,
     list_adapters,
     match_targets,
     merge,
     merge_and_unload,
+    name_matches,
+    pattern_matches,
     preview_targets,
     set_active_adapter,
     unload,
@@ -51,6 +56,7 @@ from .data import (
     read_label_names,
 )
 from .demo import DEMOS, demo_config
+from .disk import PRECISIONS as EXPORT_PRECISIONS
 from .disk import (
     AdapterMismatchError,
     CorruptFileError,
@@ -73,7 +79,18 @@ from .layers import (
     adapter_layers,
 )
 from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_model_spec, torchvision_names
-from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
+from .run_config import (
+    DATA_KINDS,
+    DEVICE_CHOICES,
+    MODEL_SOURCES,
+    PRECISIONS,
+    TASKS,
+    DataConfig,
+    ModelConfig,
+    OutputConfig,
+    RunConfig,
+    TrainingConfig,
+)
 from .training import (
     CancelToken,
     CheckpointSaved,
@@ -85,14 +102,18 @@ from .training import (
     TrainingWarning,
     TrainResult,
     after_optimizer_step,
+    device_description,
+    device_total_memory,
     layer_update_norms,
     load_run_config,
     load_trained_run,
     optimizer_param_groups,
     read_metrics,
     regularization_loss,
+    resolve_device,
     resume_run,
     train,
+    training_lora_config,
     variant_summary,
 )
 from .variants import MissingVariantInputError, SettingField, Variant, available_variants, get_variant
@@ -131,6 +152,18 @@ __all__ = [
     "resume_run",
     "torchvision_names",
     "train",
+    "training_lora_config",
+    # the choices the run config accepts (the window's pickers offer exactly these)
+    "DATA_KINDS",
+    "DEVICE_CHOICES",
+    "INIT_CHOICES",
+    "MODEL_SOURCES",
+    "PRECISIONS",
+    "TASKS",
+    # devices: which one a run uses, and how much memory it has
+    "device_description",
+    "device_total_memory",
+    "resolve_device",
     # the data panel's preview
     "DataPreview",
     "PreviewSample",
@@ -156,6 +189,7 @@ __all__ = [
     "Variant",
     "active_adapter",
     "adapter_layers",
+    "adapter_parameter_count",
     "add_weighted_adapter",
     "attach",
     "available_variants",
@@ -166,10 +200,13 @@ __all__ = [
     "estimate_training_memory",
     "get_adapter_config",
     "get_variant",
+    "in_modules_to_save",
     "list_adapters",
     "match_targets",
     "merge",
     "merge_and_unload",
+    "name_matches",
+    "pattern_matches",
     "preview_targets",
     "set_active_adapter",
     "unload",
@@ -182,6 +219,7 @@ __all__ = [
     "variant_summary",
     # files: adapters, merged exports, and the checks behind the export dialog
     "EXAMPLE_BATCH",
+    "EXPORT_PRECISIONS",
     "AdapterMismatchError",
     "CorruptFileError",
     "ExportResult",

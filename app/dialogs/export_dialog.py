@@ -35,6 +35,7 @@ from PySide6.QtWidgets import (
 )
 
 from lora_studio.core import (
+    EXPORT_PRECISIONS,
     LoadedModel,
     active_adapter,
     export_example_inputs,
@@ -51,7 +52,6 @@ from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
 from ..widgets.form_rows import row
 
-PRECISIONS = ("float32", "float16", "bfloat16")
 # Largest output difference an export may show and still count as faithful: float32 only
 # reorders sums; half precisions round every weight (bfloat16 keeps 8 bits of mantissa).
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-1}
@@ -198,7 +198,7 @@ class ExportDialog(QDialog):
         self.format_label.setProperty("role", "note")
         self.format_label.setWordWrap(True)
         self.precision_combo = QComboBox()
-        self.precision_combo.addItems(PRECISIONS)
+        self.precision_combo.addItems(list(EXPORT_PRECISIONS))  # the precisions export_merged writes
         self.merge_input_edits: dict[str, QLineEdit] = {}
         self.merge_reason = QLabel(wordWrap=True)
         self.merge_reason.setProperty("role", "warning")

@@ -26,7 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core import DataConfig, DataError, DataPreview, data_columns, preview_data
+from lora_studio.core import DATA_KINDS, DataConfig, DataError, DataPreview, data_columns, preview_data
 
 from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
@@ -34,7 +34,7 @@ from ..widgets.class_balance_chart import ClassBalanceChart
 from ..widgets.form_rows import row
 from ..widgets.sample_preview import SamplePreview, thumbnail_images
 
-KINDS = {  # data.kind -> what the user reads
+KIND_TITLES = {  # data.kind -> what the user reads; the picker offers core's DATA_KINDS, in its order
     "image-folder": "Image folder (one sub-folder per class)",
     "text-classification": "Text classification (CSV or JSONL)",
     "causal-lm": "Language modelling (text or JSONL)",
@@ -127,8 +127,8 @@ class DataPanel(QWidget):
     # -- building ---------------------------------------------------------------------------------------
     def _build(self) -> None:
         self.kind_combo = QComboBox()
-        for kind, text in KINDS.items():
-            self.kind_combo.addItem(text, kind)
+        for kind in DATA_KINDS:
+            self.kind_combo.addItem(KIND_TITLES.get(kind, kind), kind)
         self.kind_combo.currentIndexChanged.connect(self._on_kind_chosen)
 
         self.path_edit = QLineEdit(placeholderText="a folder of class sub-folders, or a .csv / .jsonl / .txt file")
@@ -196,7 +196,7 @@ class DataPanel(QWidget):
         train = data.train if kind != "digits" else None
         if kind != "digits" and train is None:
             # No file yet: the config cannot take this kind until one is picked; say so and wait.
-            self._show_error(f"choose the training data for {KINDS[kind].lower()}")
+            self._show_error(f"choose the training data for {KIND_TITLES.get(kind, kind).lower()}")
             return
         self._update(kind=kind, train=train)
 

@@ -23,7 +23,16 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from lora_studio.core import DEMOS, LoadedModel, ModelConfig, demo_config, torchvision_names
+from lora_studio.core import (
+    DEMOS,
+    MODEL_SOURCES,
+    TASKS,
+    LoadedModel,
+    ModelConfig,
+    demo_config,
+    parse_model_spec,
+    torchvision_names,
+)
 
 from ..state.model_loading import LoadingStage, MetaModelBuilt, load_meta_then_weights
 from ..state.project_files import default_run_dir
@@ -32,14 +41,19 @@ from ..state.workers import FunctionWorker
 from ..widgets.page_stack import PageStack
 from ..widgets.path_edit import PathEdit
 
+SOURCE_TITLES = {  # config.model.source -> what the picker shows
+    "demo": "Built-in demo",
+    "torchvision": "torchvision",
+    "transformers": "transformers (hub id or folder)",
+    "python": "Python file + factory",
+}
+CHECKPOINT = "checkpoint"  # a page, not a source: a torchvision or python model plus a weights file
 SOURCES = (
-    ("demo", "Built-in demo"),
-    ("torchvision", "torchvision"),
-    ("transformers", "transformers (hub id or folder)"),
-    ("python", "Python file + factory"),
-    ("checkpoint", "Checkpoint file"),
+    # Core's sources, the demo first (it needs no files and no network), then the checkpoint page.
+    *((s, SOURCE_TITLES.get(s, s)) for s in sorted(MODEL_SOURCES, key=lambda s: s != "demo")),
+    (CHECKPOINT, "Checkpoint file"),
 )
-TASKS = ("sequence-classification", "causal-lm", "image-classification")
+DEFAULT_TASK = "sequence-classification"  # what most hub models are fine-tuned for
 DEMO_TITLES = {"digits": "Digits — a small CNN meets rotated digits (CPU, seconds)",
                "text": "Text — MiniLM sorts sentences into topics"}
 
@@ -61,8 +75,9 @@ class ModelPanel(QWidget):
         self.demo_combo = QComboBox()
         for name in DEMOS:
             self.demo_combo.addItem(DEMO_TITLES.get(name, name), name)
-        self.pages.addWidget(self._page(("Demo", self.demo_combo),
-                                        note="Opens the demo's whole run config: model, data, targets, training."))
+        pages: dict[str, QWidget] = {}  # source -> its page, shown in the order of SOURCES
+        pages["demo"] = self._page(("Demo", self.demo_combo),
+                                   note="Opens the demo's whole run config: model, data, targets, training.")
         # torchvision
         self.tv_search = QLineEdit(placeholderText="Search torchvision models (e.g. resnet, vit)")
         self.tv_list = QListWidget()
@@ -70,23 +85,26 @@ class ModelPanel(QWidget):
         self.tv_weights = QComboBox()
         self.tv_weights.addItems(["default", "random"])
         self.tv_weights.setToolTip("default: the pretrained weights (from the cache, else downloaded); random: none")
-        self.pages.addWidget(self._page(("Search", self.tv_search), ("Model", self.tv_list),
-                                        ("Weights", self.tv_weights)))
+        pages["torchvision"] = self._page(("Search", self.tv_search), ("Model", self.tv_list),
+                                          ("Weights", self.tv_weights))
         self._tv_names: list[str] | None = None
         # transformers
         self.hf_name = PathEdit("hub id (e.g. gpt2) or a local model folder", folder=True)
         self.hf_task = QComboBox()
         self.hf_task.addItems(TASKS)
-        self.pages.addWidget(self._page(("Model", self.hf_name), ("Task", self.hf_task)))
+        self.hf_task.setCurrentText(DEFAULT_TASK)
+        pages["transformers"] = self._page(("Model", self.hf_name), ("Task", self.hf_task))
         # python factory
         self.py_file = PathEdit("path/to/model.py", file_filter="Python files (*.py)")
         self.py_factory = QLineEdit(placeholderText="factory function, e.g. build_model")
-        self.pages.addWidget(self._page(("File", self.py_file), ("Factory", self.py_factory)))
+        pages["python"] = self._page(("File", self.py_file), ("Factory", self.py_factory))
         # checkpoint
         self.ckpt_file = PathEdit("weights.safetensors", file_filter="Weights (*.safetensors *.pt *.pth *.bin)")
         self.ckpt_arch = QLineEdit(placeholderText="torchvision:resnet18  or  path/to/model.py:build_model")
-        self.pages.addWidget(self._page(("Checkpoint", self.ckpt_file), ("Architecture", self.ckpt_arch),
-                                        note="safetensors are read directly; legacy .pt/.bin files with a warning, never unpickled unsafely."))
+        pages[CHECKPOINT] = self._page(("Checkpoint", self.ckpt_file), ("Architecture", self.ckpt_arch),
+                                       note="safetensors are read directly; legacy .pt/.bin files with a warning, never unpickled unsafely.")
+        for key, _ in SOURCES:
+            self.pages.addWidget(pages[key])  # a source core gained without a page here fails loudly
 
         self.load_button = QPushButton("Load model")
         self.load_button.setDefault(True)
@@ -163,13 +181,19 @@ class ModelPanel(QWidget):
             if not self.py_file.text() or not self.py_factory.text():
                 raise ValueError("choose a Python file and name its factory function")
             return ModelConfig(source="python", name=f"{self.py_file.text()}:{self.py_factory.text().strip()}")
-        if source == "checkpoint":
+        if source == CHECKPOINT:
             arch, weights = self.ckpt_arch.text().strip(), self.ckpt_file.text()
             if not arch or not weights:
                 raise ValueError("choose a checkpoint file and say which architecture it fits")
-            if arch.startswith("torchvision:"):
-                return ModelConfig(source="torchvision", name=arch.partition(":")[2], weights=weights)
-            return ModelConfig(source="python", name=arch.removeprefix("python:"), checkpoint=weights)
+            # "source:name" is core's model spec; a bare "file.py:function" means a python factory.
+            if not arch.startswith(tuple(f"{known}:" for known in MODEL_SOURCES)):
+                arch = f"python:{arch}"
+            spec = parse_model_spec(arch)
+            if spec.source == "torchvision":
+                return ModelConfig(source="torchvision", name=spec.name, weights=weights)
+            if spec.source == "python":
+                return ModelConfig(source="python", name=spec.name, checkpoint=weights)
+            raise ValueError(f"a checkpoint file fits a torchvision or python model, not a {spec.source} one")
         raise ValueError(f"choose a model source, not {source!r}")
 
     def select_source(self, source: str) -> None:
@@ -182,7 +206,7 @@ class ModelPanel(QWidget):
             self._select(self.source_combo, "demo")
             self._select(self.demo_combo, config.name)
         elif config.source == "torchvision" and config.weights not in ("default", "random"):
-            self._select(self.source_combo, "checkpoint")
+            self._select(self.source_combo, CHECKPOINT)
             self.ckpt_arch.setText(f"torchvision:{config.name}")
             self.ckpt_file.edit.setText(config.weights)
         elif config.source == "torchvision":
@@ -192,9 +216,9 @@ class ModelPanel(QWidget):
         elif config.source == "transformers":
             self._select(self.source_combo, "transformers")
             self.hf_name.edit.setText(config.name)
-            self.hf_task.setCurrentText(config.task or TASKS[0])
+            self.hf_task.setCurrentText(config.task or DEFAULT_TASK)
         elif config.checkpoint:
-            self._select(self.source_combo, "checkpoint")
+            self._select(self.source_combo, CHECKPOINT)
             self.ckpt_arch.setText(config.name)
             self.ckpt_file.edit.setText(config.checkpoint)
         else:

@@ -16,14 +16,21 @@ from typing import Any
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
 
-from lora_studio.core import LoraConfig, RunConfig, SettingField, TrainingConfig, available_variants, get_variant
+from lora_studio.core import (
+    DEVICE_CHOICES,
+    INIT_CHOICES,
+    PRECISIONS,
+    LoraConfig,
+    RunConfig,
+    SettingField,
+    TrainingConfig,
+    available_variants,
+    get_variant,
+)
 
 from ..state.session import StudioSession
 from .settings_form import FieldRow
 
-INIT_CHOICES = ("default", "gaussian", "pissa")
-PRECISION_CHOICES = ("float32", "bfloat16", "float16")
-DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 # (field, label, type) of the LoRA and training sections shown in the form, in this order.
 LORA_FIELDS = (("r", "Rank", "int"), ("alpha", "Alpha", "float"), ("dropout", "Dropout", "float"))
 TRAINING_FIELDS = (
@@ -71,7 +78,7 @@ class SettingsPanel(QWidget):
         for name, label, type_name in TRAINING_FIELDS:
             training_form.addRow(label, self._row("training", name, type_name, TrainingConfig))
         training_form.addRow(
-            "Precision", self._row("training", "precision", "str", TrainingConfig, choices=PRECISION_CHOICES)
+            "Precision", self._row("training", "precision", "str", TrainingConfig, choices=PRECISIONS)
         )
         training_form.addRow(
             "Device", self._row("training", "device", "str", TrainingConfig, choices=DEVICE_CHOICES, editable=True)

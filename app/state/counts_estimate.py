@@ -7,10 +7,8 @@ meta-device model and never touches the loaded weights.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
-
-import torch
+from typing import TYPE_CHECKING
 
 from lora_studio.core import (
     DataConfig,
@@ -18,9 +16,16 @@ from lora_studio.core import (
     MemoryEstimate,
     ModuleInfo,
     TrainingConfig,
+    adapter_parameter_count,
     count_parameters,
+    device_description,
+    device_total_memory,
     estimate_training_memory,
+    resolve_device,
 )
+
+if TYPE_CHECKING:
+    from torch import nn
 
 ADAPTER_BYTES_PER_PARAMETER = 4  # adapters are saved in float32 (safetensors), whatever the base's precision
 IMAGE_POSITIONS = {"digits": 8 * 8}  # pixels per sample the demo feeds; other images default to 224×224
@@ -51,10 +56,6 @@ class CountsEstimate:
         return self.device_bytes is not None and self.memory.total > self.device_bytes
 
 
-def _saved(name: str, lora: LoraConfig) -> bool:
-    return any(name == entry or name.endswith("." + entry) for entry in lora.modules_to_save)
-
-
 def tokens_per_micro_batch(training: TrainingConfig, data: DataConfig) -> int:
     """Positions one micro-batch holds: the activation term of the memory estimate scales with it."""
     micro_batch = training.batch_size // training.grad_accumulation
@@ -65,29 +66,20 @@ def tokens_per_micro_batch(training: TrainingConfig, data: DataConfig) -> int:
 
 
 def device_memory(device: str) -> tuple[str, int | None]:
-    """(a readable name, total bytes) of the device a run would use; CPU runs use system memory."""
-    wants_cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
-    if wants_cuda and torch.cuda.is_available():
-        index = int(device.partition(":")[2] or 0)
-        if index < torch.cuda.device_count():
-            props = torch.cuda.get_device_properties(index)
-            return f"cuda:{index} ({props.name})", props.total_memory
-        return f"cuda:{index} (absent)", None
-    if wants_cuda:
-        return "cuda (not available)", None
+    """(a readable name, total bytes or None) of the device ``training.device`` picks, by the
+    trainer's own choice (``auto``: CUDA, then Apple MPS, then the CPU and its system memory)."""
     try:
-        return "CPU (system memory)", os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not every platform reports it
-        return "CPU", None
+        chosen = resolve_device(device)
+    except ValueError:  # an explicit device this machine lacks: the run would be refused too
+        return f"{device} (not available)", None
+    return device_description(chosen), device_total_memory(chosen)
 
 
 def estimate_counts(
-    model: torch.nn.Module, tree: ModuleInfo, lora: LoraConfig, training: TrainingConfig, data: DataConfig
+    model: nn.Module, tree: ModuleInfo, lora: LoraConfig, training: TrainingConfig, data: DataConfig
 ) -> CountsEstimate:
     """Counts for ``model`` with ``lora`` attached (``tree`` is ``describe(model, lora)``)."""
     base = count_parameters(model)
-    added = sum(node.added_parameters for node in tree.walk())
-    saved = sum(node.total_parameters for node in tree.walk() if _saved(node.name, lora))
     memory = estimate_training_memory(
         model, lora, precision=training.precision, tokens_per_step=tokens_per_micro_batch(training, data)
     )
@@ -95,5 +87,6 @@ def estimate_counts(
     if training.mode == "full":
         trainable, adapter = base.total, 0
     else:
-        trainable, adapter = memory.gradients // 4, added + saved  # the estimate keeps float32 gradients
+        # The estimate keeps float32 gradients; the adapter file holds the factors and the saved copies.
+        trainable, adapter = memory.gradients // 4, adapter_parameter_count(tree, lora)
     return CountsEstimate(base.total + adapter, trainable, adapter, memory, name, total_bytes)

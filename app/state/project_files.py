@@ -20,7 +20,7 @@ from lora_studio.core import RunConfig
 ORGANIZATION, APPLICATION = "LoRA Studio", "studio"
 MAX_RECENT = 8
 PROJECT_FILTER = "LoRA Studio projects (*.toml)"
-THEMES = ("light", "dark")
+THEMES = ("light", "dark")  # the window's themes (a style sheet each in resources/styles); the first is the default
 
 
 def save_project(config: RunConfig, path: str | Path) -> Path:
@@ -70,8 +70,8 @@ class StudioSettings:
 
     # theme
     def theme(self) -> str:
-        value = str(self._q.value("ui/theme", "light"))
-        return value if value in THEMES else "light"
+        value = str(self._q.value("ui/theme", THEMES[0]))
+        return value if value in THEMES else THEMES[0]
 
     def set_theme(self, theme: str) -> None:
         self._q.setValue("ui/theme", theme)

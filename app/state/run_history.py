@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core import RunConfig, load_run_config, read_metrics
+from lora_studio.core import EvalMetrics, Failed, Finished, RunConfig, StepMetrics, load_run_config, read_metrics
 
 
 @dataclass(frozen=True)
@@ -69,18 +69,18 @@ def read_run(run_dir: str | Path) -> RunRecord:
     curves: dict[str, list] = {k: [] for k in ("ts", "tl", "es", "el", "ea", "ep")}
     result, failure = None, None
     for record in read_metrics(run_dir):
-        kind = record.get("event")
-        if kind == "StepMetrics":
+        kind = record.get("event")  # the event's class name: core's log writes type(event).__name__
+        if kind == StepMetrics.__name__:
             curves["ts"].append(record["step"])
             curves["tl"].append(record["loss"])
-        elif kind == "EvalMetrics":
+        elif kind == EvalMetrics.__name__:
             curves["es"].append(record["step"])
             curves["el"].append(record["loss"])
             curves["ea"].append(record.get("accuracy"))
             curves["ep"].append(record.get("perplexity"))
-        elif kind == "Finished":
+        elif kind == Finished.__name__:
             result, failure = record["result"], None  # a resumed run can fail, then finish
-        elif kind == "Failed":
+        elif kind == Failed.__name__:
             failure = record["message"]
     return RunRecord(run_dir, config, curves["ts"], curves["tl"], curves["es"], curves["el"], curves["ea"],
                      curves["ep"], result, failure)

@@ -34,6 +34,7 @@ from lora_studio.core import (
     TargetPreview,
     describe,
     preview_targets,
+    training_lora_config,
 )
 
 NO_LAYERS = "(?!)"
@@ -103,11 +104,8 @@ class StudioSession(QObject):
 
     def training_lora(self) -> LoraConfig:
         """The LoRA section as the trainer applies it: the model's head, when it has one, is
-        added to ``modules_to_save`` (it learns the user's classes), exactly as core's setup does."""
-        lora = self.config.lora
-        if self.head and self.head not in lora.modules_to_save:
-            lora = lora.replace(modules_to_save=[*lora.modules_to_save, self.head])
-        return lora
+        added to ``modules_to_save`` (it learns the user's classes), by core's own rule."""
+        return training_lora_config(self.config.lora, self.head)
 
     # -- validity: what the Start button reads ------------------------------------------------------
     def set_field_error(self, key: str, message: str | None) -> None:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 
-from lora_studio.core import LoraConfig, ModuleInfo
+from lora_studio.core import LoraConfig, ModuleInfo, name_matches, pattern_matches
 
 ATTENTION_PART = re.compile(
     r".*(attn|attention).*|q_proj|k_proj|v_proj|o_proj|query|key|value|qkv|in_proj|out_proj", re.I
@@ -26,16 +26,12 @@ MLP_PART = re.compile(
 LINEAR_TYPES = ("Linear", "NonDynamicallyQuantizableLinear", "Conv1D")
 
 
-def _suffix_matches(entry: str, names: Iterable[str]) -> set[str]:
-    return {n for n in names if n == entry or n.endswith("." + entry)}
-
-
 def targets_for(ticked: Iterable[str], all_names: Iterable[str]) -> list[str] | str:
     """The ``targets`` value that adapts exactly ``ticked`` (model order kept by the caller)."""
     ticked = list(dict.fromkeys(ticked))
     names = list(all_names)
     wanted = set(ticked)
-    if all(_suffix_matches(entry, names) <= wanted for entry in ticked):
+    if {n for n in names if name_matches(ticked, n)} <= wanted:  # core's rule for a list of targets
         return ticked
     return "|".join(re.escape(n) for n in ticked)
 
@@ -46,7 +42,7 @@ def pattern_key(name: str, all_names: Iterable[str]) -> str:
     Pattern keys match a whole name or a dotted suffix; a leading ``^`` can only match at the
     start of the full path, which pins a short name that is also a suffix of others."""
     key = re.escape(name)
-    return key if _suffix_matches(name, all_names) == {name} else "^" + key
+    return key if {n for n in all_names if pattern_matches(key, n)} == {name} else "^" + key
 
 
 def with_layer_values(

@@ -18,7 +18,7 @@ from typing import Any
 from PySide6.QtCore import QAbstractItemModel, QModelIndex, QObject, QPersistentModelIndex, QSortFilterProxyModel, Qt
 from PySide6.QtGui import QBrush, QColor
 
-from lora_studio.core import ModuleInfo
+from lora_studio.core import ModuleInfo, in_modules_to_save
 
 COLUMNS = ("Layer", "Type", "Shape", "Parameters", "Rank", "Alpha", "Adds")
 NAME, TYPE, SHAPE, PARAMS, RANK, ALPHA, ADDS = range(len(COLUMNS))
@@ -50,8 +50,9 @@ class LayerTreeModel(QAbstractItemModel):
     def set_tree(self, tree: ModuleInfo | None, fully_trained: list[str] = ()) -> None:
         """Show ``tree``.  The same architecture with new targets keeps expansion and scrolling.
 
-        ``fully_trained``: modules trained whole (the head, ``modules_to_save``); they cannot also
-        carry an adapter, so their boxes are removed and the tooltip says why."""
+        ``fully_trained``: the ``modules_to_save`` entries (the head included).  The modules they
+        name, by core's rule, train whole and cannot also carry an adapter, so their boxes are
+        removed and the tooltip says why."""
         nodes = list(tree.walk()) if tree is not None else []
         saved = tuple(fully_trained)
         if [n.name for n in nodes] == [n.name for n in self._nodes] and nodes and saved == self._saved:
@@ -179,7 +180,8 @@ class LayerTreeModel(QAbstractItemModel):
         self._wrappable_below = below
 
     def _is_saved(self, name: str) -> bool:
-        return any(name == s or name.startswith(s + ".") for s in self._saved)
+        # Core's rule: an entry names a module by path or dotted suffix, and everything inside it trains too.
+        return in_modules_to_save(list(self._saved), name)
 
     def _refresh_all(self, parent: QModelIndex) -> None:
         rows = self.rowCount(parent)

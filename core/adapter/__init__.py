@@ -7,7 +7,13 @@ into one), ``describe`` (the layer tree) and ``counting`` (parameters and memory
 
 from .combination import add_weighted_adapter
 from .config import ALL_LINEAR, BIAS_CHOICES, INIT_CHOICES, LoraConfig, pattern_matches
-from .counting import MemoryEstimate, ParameterCounts, count_parameters, estimate_training_memory
+from .counting import (
+    MemoryEstimate,
+    ParameterCounts,
+    adapter_parameter_count,
+    count_parameters,
+    estimate_training_memory,
+)
 from .describe import ModuleInfo, ParameterInfo, describe
 from .lifecycle import (
     AdapterState,
@@ -26,7 +32,7 @@ from .lifecycle import (
     unmerge,
     variant_inputs,
 )
-from .target_matching import TargetPreview, match_targets, name_matches, preview_targets
+from .target_matching import TargetPreview, in_modules_to_save, match_targets, name_matches, preview_targets
 
 __all__ = [
     "ALL_LINEAR",
@@ -41,6 +47,7 @@ __all__ = [
     "TargetPreview",
     "active_adapter",
     "adapted_root",
+    "adapter_parameter_count",
     "adapter_state",
     "add_weighted_adapter",
     "attach",
@@ -50,6 +57,7 @@ __all__ = [
     "disable_adapters",
     "estimate_training_memory",
     "get_adapter_config",
+    "in_modules_to_save",
     "list_adapters",
     "match_targets",
     "merge",

@@ -12,7 +12,8 @@ from torch import nn
 
 from ..layers import AdapterLayer, ModulesToSave
 from .config import LoraConfig
-from .describe import describe
+from .describe import ModuleInfo, describe
+from .target_matching import in_modules_to_save
 
 Precision = Literal["float32", "bfloat16", "float16"]
 Optimizer = Literal["adamw", "sgd", "sgd-momentum"]
@@ -107,11 +108,10 @@ def estimate_training_memory(
     adapter, trainable = counts.adapter, counts.trainable
     tree = describe(model, config)
     if config is not None:
-        added = sum(node.added_parameters for node in tree.walk())
-        saved = sum(node.total_parameters for node in tree.walk() if _is_saved_module(node.name, config))
+        new = adapter_parameter_count(tree, config)
         biases = _bias_parameters(tree, config)
-        adapter += added + saved
-        trainable = added + saved + biases if counts.adapter == 0 else trainable + added + saved
+        adapter += new
+        trainable = new + biases if counts.adapter == 0 else trainable + new
     base = counts.total - counts.adapter
     weight_bytes = base * BYTES_PER_ELEMENT[precision] + adapter * 4
     activations = 0
@@ -126,10 +126,19 @@ def estimate_training_memory(
     )
 
 
-def _is_saved_module(name: str, config: LoraConfig) -> bool:
-    from .target_matching import name_matches
+def adapter_parameter_count(tree: ModuleInfo, config: LoraConfig) -> int:
+    """Parameters ``config``'s adapter adds to the model ``tree`` describes (``describe(model, config)``):
+    its new factors plus the trained copies of its ``modules_to_save``, which the adapter file holds too.
 
-    return bool(name) and name_matches(config.modules_to_save, name)
+    A module trained fully counts once, at its outermost saved module (what ``attach`` copies).
+    """
+    added = sum(node.added_parameters for node in tree.walk())
+    saved = sum(node.total_parameters for node in tree.walk() if _outermost_saved(node.name, config))
+    return added + saved
+
+
+def _outermost_saved(name: str, config: LoraConfig) -> bool:
+    return in_modules_to_save(config, name) and not in_modules_to_save(config, name.rpartition(".")[0])
 
 
 def _bias_parameters(tree, config: LoraConfig) -> int:

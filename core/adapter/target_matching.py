@@ -35,6 +35,18 @@ def name_matches(spec: list[str] | str, name: str) -> bool:
     return any(name == entry or name.endswith("." + entry) for entry in spec)
 
 
+def in_modules_to_save(modules_to_save: LoraConfig | list[str], name: str) -> bool:
+    """True when module ``name`` trains fully: it, or a module it sits inside, is named by
+    ``modules_to_save`` (a config's, or the list itself) under :func:`name_matches`' rule.
+
+    Such a module is copied and trained whole, so it cannot also carry an adapter.
+    The model's root (``""``) is never inside.
+    """
+    entries = modules_to_save.modules_to_save if isinstance(modules_to_save, LoraConfig) else modules_to_save
+    parts = name.split(".")
+    return bool(name) and any(name_matches(entries, ".".join(parts[:i])) for i in range(1, len(parts) + 1))
+
+
 def output_layer_names(model: nn.Module) -> set[str]:
     """Names of the output projection (``get_output_embeddings``), which ``all-linear`` leaves alone."""
     getter = getattr(model, "get_output_embeddings", None)
@@ -60,7 +72,7 @@ def preview_targets(model: nn.Module, config: LoraConfig) -> TargetPreview:
     matched: list[str] = []
     problems: dict[str, str] = {}
     for lm in modules:
-        if _in_modules_to_save(config, lm.name):
+        if in_modules_to_save(config, lm.name):
             continue  # trained fully; cannot also carry an adapter
         if config.exclude is not None and name_matches(config.exclude, lm.name):
             continue
@@ -96,11 +108,6 @@ def match_targets(model: nn.Module, config: LoraConfig) -> list[str]:
     if preview.error is not None:
         raise ValueError(preview.error)
     return preview.matched
-
-
-def _in_modules_to_save(config: LoraConfig, name: str) -> bool:
-    parts = name.split(".")
-    return any(name_matches(config.modules_to_save, ".".join(parts[:i])) for i in range(1, len(parts) + 1))
 
 
 def _nothing_matched_message(config: LoraConfig, modules: list[LogicalModule], limit: int = 40) -> str:

@@ -9,6 +9,7 @@ Under ``torchrun`` the same call trains with DistributedDataParallel; see ``lora
 from __future__ import annotations
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .devices import device_description, device_total_memory, resolve_device
 from .evaluation import EvalResult, evaluate
 from .events import (
     CancelToken,
@@ -23,7 +24,7 @@ from .events import (
 )
 from .metrics_log import event_record, read_metrics
 from .schedule import lr_factor
-from .setup import build_model, build_run
+from .setup import build_model, build_run, training_lora_config
 from .trained_run import load_trained_run
 from .trainer import ADAPTER_DIR, BEST_DIR, RUN_CONFIG_FILE, load_run_config, resume_run, train
 from .update_norms import layer_update_norms
@@ -46,6 +47,8 @@ __all__ = [
     "after_optimizer_step",
     "build_model",
     "build_run",
+    "device_description",
+    "device_total_memory",
     "evaluate",
     "event_record",
     "latest_checkpoint",
@@ -58,8 +61,10 @@ __all__ = [
     "optimizer_param_groups",
     "read_metrics",
     "regularization_loss",
+    "resolve_device",
     "resume_run",
     "save_checkpoint",
     "train",
+    "training_lora_config",
     "variant_summary",
 ]

@@ -26,6 +26,44 @@ def resolve_device(choice: str, local_rank: int = 0) -> torch.device:
     return torch.device(choice)
 
 
+def device_total_memory(device: torch.device) -> int | None:
+    """Bytes of memory a run on ``device`` can use at most, or None when this machine cannot tell.
+
+    CUDA: the card's memory (None for an index the machine lacks).  MPS: what Metal recommends
+    for one process (the memory is shared with the system).  CPU: the system's physical memory.
+    """
+    if device.type == "cuda":
+        index = 0 if device.index is None else device.index
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            return None
+        return int(torch.cuda.get_device_properties(index).total_memory)
+    if device.type == "mps":
+        recommended = getattr(torch.mps, "recommended_max_memory", None)  # torch >= 2.5
+        if recommended is not None and torch.backends.mps.is_available():
+            return int(recommended())
+    # MPS shares the system's memory; other device types are not known here.
+    return _system_memory() if device.type in ("cpu", "mps") else None
+
+
+def device_description(device: torch.device) -> str:
+    """A readable name of ``device``: ``cuda:0 (NVIDIA ...)``, ``mps (Apple GPU)``, ``CPU (system memory)``."""
+    if device.type == "cuda":
+        index = 0 if device.index is None else device.index
+        if not torch.cuda.is_available() or index >= torch.cuda.device_count():
+            return f"cuda:{index} (absent)"
+        return f"cuda:{index} ({torch.cuda.get_device_properties(index).name})"
+    if device.type == "mps":
+        return "mps (Apple GPU)"
+    return "CPU (system memory)" if device.type == "cpu" else str(device)
+
+
+def _system_memory() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not every platform reports it (Windows has no sysconf)
+        return None
+
+
 def memory_in_use(device: torch.device) -> int | None:
     """Bytes allocated on the device (CUDA, MPS), or the process's peak resident memory on a CPU."""
     if device.type == "cuda":
@@ -49,8 +87,3 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
-
-
-def cpu_threads() -> int:
-    """Threads torch uses on the CPU (reported by the benchmark)."""
-    return torch.get_num_threads() or os.cpu_count() or 1

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..adapter.config import LoraConfig
 from ..adapter.lifecycle import attach
 from ..data import DataBundle, build_datasets, read_label_names
 from ..models import LoadedModel, load_model
@@ -59,12 +60,19 @@ def build_model(config: RunConfig, *, attach_adapter: bool = True) -> tuple[Load
     if config.training.mode == "full" or not attach_adapter:
         loaded.model.requires_grad_(config.training.mode == "full")
         return loaded, labels, notes
-    lora = config.lora
-    if loaded.head and loaded.head not in lora.modules_to_save:
-        # A (new) classifier head must learn the user's classes: it trains fully, as in PEFT.
-        lora = lora.replace(modules_to_save=[*lora.modules_to_save, loaded.head])
-    attach(loaded.model, lora)
+    attach(loaded.model, training_lora_config(config.lora, loaded.head))
     return loaded, labels, notes
+
+
+def training_lora_config(lora: LoraConfig, head: str | None) -> LoraConfig:
+    """``lora`` as a run attaches it to a model whose classifier head is ``head`` (None: no head).
+
+    A (new) classifier head must learn the user's classes, so it trains fully, as in PEFT: it is
+    added to ``modules_to_save`` unless already there.  The window previews with the same config.
+    """
+    if head and head not in lora.modules_to_save:
+        return lora.replace(modules_to_save=[*lora.modules_to_save, head])
+    return lora
 
 
 def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> RunSetup:
