@@ -39,8 +39,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from lora_studio.core import LoraConfig, attach, export_merged, merge_and_unload
 from torch import nn
+
+from lora_studio.core import LoraConfig, attach, export_merged, merge_and_unload
 
 
 def build(hidden: int, layers: int) -> nn.Module:

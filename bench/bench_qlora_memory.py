@@ -16,8 +16,9 @@ import statistics
 import time
 
 import torch
-from lora_studio.core import LoraConfig, attach, optimizer_param_groups, variant_summary
 from torch import nn
+
+from lora_studio.core import LoraConfig, attach, optimizer_param_groups, variant_summary
 
 
 def build(width: int, layers: int) -> nn.Module:

@@ -46,9 +46,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
+from torch import nn
+
 from lora_studio.core import LoraConfig, attach
 from lora_studio.core.layers import AdapterLayer
-from torch import nn
 
 RANK, ALPHA = 16, 32
 

@@ -24,9 +24,10 @@ from pathlib import Path
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 import torch  # noqa: E402
-from lora_studio.core import CancelToken, StepMetrics, demo_config, train  # noqa: E402
 from PySide6.QtCore import QEventLoop, Qt, QTimer  # noqa: E402
 from PySide6.QtWidgets import QApplication  # noqa: E402
+
+from lora_studio.core import CancelToken, StepMetrics, demo_config, train  # noqa: E402
 
 BAR_P99_MS = 50.0  # the requirement
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from ..run_config import ModelConfig
+from ..run_config import MODEL_SOURCES, ModelConfig
 from .demo_models import load_demo_model
 from .loaded_model import LoadedModel
 from .python_factory import load_python_model
@@ -56,7 +56,7 @@ def load_model(
 def parse_model_spec(spec: str, *, task: str | None = None) -> ModelConfig:
     """``torchvision:NAME``, ``transformers:ID_OR_FOLDER``, ``python:FILE.py:FUNCTION`` or ``demo:NAME``."""
     source, sep, name = spec.partition(":")
-    if not sep or not name or source not in ("torchvision", "transformers", "python", "demo"):
+    if not sep or not name or source not in MODEL_SOURCES:
         raise ValueError(
             f"model must be torchvision:NAME, transformers:ID_OR_FOLDER, python:FILE.py:FUNCTION or demo:NAME; "
             f"got {spec!r}"

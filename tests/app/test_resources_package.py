@@ -9,6 +9,7 @@ import zipfile
 from pathlib import Path
 
 import pytest
+
 from lora_studio.app.resources import RESOURCES_PACKAGE, THEMES, app_icon, resource, style_sheet
 
 ROOT = Path(__file__).resolve().parents[2]

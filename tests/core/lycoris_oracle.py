@@ -12,6 +12,10 @@ import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load_file, save_file
+from tiny_models import run
+from torch import nn
+
 from lora_studio.core import attach
 from lora_studio.core.disk.peft_lora_format import PEFT_PREFIX, adapter_tensors
 from lora_studio.core.disk.peft_lycoris_format import (
@@ -19,9 +23,6 @@ from lora_studio.core.disk.peft_lycoris_format import (
     lycoris_peft_config_dict,
     lycoris_peft_state_dict,
 )
-from safetensors.torch import load_file, save_file
-from tiny_models import run
-from torch import nn
 
 TOL = 1e-5  # two independent float32 implementations of the same update: only summation order differs
 

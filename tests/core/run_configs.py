@@ -8,8 +8,8 @@ from pathlib import Path
 import torch
 
 from lora_studio.core import LoraConfig
-from lora_studio.core.run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
 from lora_studio.core.disk.safe_loading import load_safetensors
+from lora_studio.core.run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
 from lora_studio.core.training import latest_checkpoint
 
 

@@ -8,20 +8,21 @@ import warnings
 import pytest
 import torch
 from io_models import BERT, BERT_CLS, LAYER_CASES, build, call, fresh, perturb, pretrained
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
 from lora_studio.core import (
     AdapterMismatchError,
     LoraConfig,
     active_adapter,
-    get_adapter_config,
     attach,
+    get_adapter_config,
     list_adapters,
     load_adapter,
     save_adapter,
     set_active_adapter,
 )
 from lora_studio.core.disk.adapter_folder import ADAPTER_WEIGHTS_NAME, STUDIO_METADATA_NAME
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 
 TOL = 1e-6  # a round trip copies float32 factors bit for bit; outputs may differ only by summation order
 

@@ -6,7 +6,12 @@ import pytest
 import torch
 
 from lora_studio.core.data import (
-    CausalLMDataset, DataError, ImageFolderDataset, TextClassificationDataset, build_datasets, read_label_names,
+    CausalLMDataset,
+    DataError,
+    ImageFolderDataset,
+    TextClassificationDataset,
+    build_datasets,
+    read_label_names,
 )
 from lora_studio.core.data.collate import IGNORE_INDEX, make_collate
 from lora_studio.core.data.splits import split_dataset

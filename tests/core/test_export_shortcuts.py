@@ -17,9 +17,9 @@ import torch
 from torch import nn
 
 from lora_studio.core import LoraConfig, attach, export_merged, merge_and_unload
-from lora_studio.core.layers.behaviour import all_finite
 from lora_studio.core.disk.merged_export import _frozen_tensors_to_share
 from lora_studio.core.disk.safe_loading import load_safetensors
+from lora_studio.core.layers.behaviour import all_finite
 
 
 def _adapted(dtype: torch.dtype = torch.float32) -> nn.Module:

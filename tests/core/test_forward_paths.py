@@ -9,9 +9,10 @@ that would change the path without declaring it is refused when it is defined.
 
 import pytest
 import torch
+from torch import nn
+
 from lora_studio.core import AdapterBehaviour, LoraConfig, adapter_layers, attach, available_variants, variant_inputs
 from lora_studio.core.layers import AdapterLayer, LinearLora, linear
-from torch import nn
 
 FAST_TOL = 1e-5
 BATCH = 64  # folding pays from 2·16·24/40 ≈ 19 tokens on, so both fast paths are in reach

@@ -6,6 +6,7 @@ import pytest
 import torch
 from io_models import BERT, CONV_NET, ConvNet, call, minilm_folder, perturb
 from io_models import pretrained as build_pretrained
+
 from lora_studio.core import (
     LoraConfig,
     active_adapter,

@@ -12,15 +12,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from tiny_models import ALL_CASES, Case, perturb_adapters
+
 from lora_studio.core import LoraConfig, attach, available_variants, export_merged
-from lora_studio.core.layers import wrapper_for
-from lora_studio.core.layers.behaviour import NonFiniteDeltaError
+from lora_studio.core.adapter.target_matching import preview_targets
 from lora_studio.core.disk.merged_export import merged_copy
 from lora_studio.core.disk.merged_tensors import merged_tensors
 from lora_studio.core.disk.safe_loading import load_safetensors
 from lora_studio.core.disk.safetensors_writer import PendingTensor
-from lora_studio.core.adapter.target_matching import preview_targets
-from tiny_models import ALL_CASES, Case, perturb_adapters
+from lora_studio.core.layers import wrapper_for
+from lora_studio.core.layers.behaviour import NonFiniteDeltaError
 
 VARIANTS = available_variants()
 PRECISIONS = {"float32": torch.float32, "bfloat16": torch.bfloat16}

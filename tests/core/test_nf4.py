@@ -9,7 +9,7 @@ normal numbers, absolute half-step 2⁻¹⁰ for subnormals).  FLOAT_SLACK cover
 
 import pytest
 import torch
-from lora_studio.core.layers.nf4_linear import NF4Linear
+
 from lora_studio.core.layers.nf4_format import (
     NF4Layout,
     bitsandbytes_available,
@@ -19,6 +19,7 @@ from lora_studio.core.layers.nf4_format import (
     quantize_nf4,
     stored_bytes,
 )
+from lora_studio.core.layers.nf4_linear import NF4Linear
 
 # Appendix E of the paper (also bitsandbytes' get_4bit_type("nf4")), copied from the paper, not the code.
 PUBLISHED_NF4 = [

@@ -8,8 +8,9 @@ import pytest
 import torch
 from io_models import BERT, BERT_CLS, CONV_NET, EMBEDDING_MODEL, GPT2, LAYER_CASES, call, fresh, minilm_folder, perturb
 from io_models import pretrained as build_pretrained
-from lora_studio.core import LoraConfig, attach, load_adapter, save_adapter
 from safetensors import safe_open
+
+from lora_studio.core import LoraConfig, attach, load_adapter, save_adapter
 
 peft = pytest.importorskip("peft")
 from peft import LoraConfig as PeftLoraConfig  # noqa: E402

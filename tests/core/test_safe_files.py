@@ -14,6 +14,8 @@ import pytest
 import torch
 from io_models import BERT, call, fresh, perturb
 from io_models import pretrained as build_pretrained
+from safetensors.torch import save_file
+
 from lora_studio.core import (
     CorruptFileError,
     LoraConfig,
@@ -26,7 +28,6 @@ from lora_studio.core import (
 from lora_studio.core.disk.adapter_folder import ADAPTER_WEIGHTS_NAME
 from lora_studio.core.disk.atomic_files import atomic_write_json, atomic_write_text, is_staging_name
 from lora_studio.core.disk.safe_loading import load_safetensors
-from safetensors.torch import save_file
 
 TOL = 1e-6  # a reloaded adapter must reproduce the saved one's outputs
 

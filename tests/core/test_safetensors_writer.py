@@ -12,11 +12,12 @@ import hashlib
 import json
 import time
 
-import lora_studio.core.disk.safetensors_writer as writer
 import pytest
 import torch
-from lora_studio.core.disk.safetensors_writer import write_safetensors
 from safetensors.torch import load_file, save
+
+import lora_studio.core.disk.safetensors_writer as writer
+from lora_studio.core.disk.safetensors_writer import write_safetensors
 
 
 def _every_dtype() -> dict[str, torch.Tensor]:
@@ -115,8 +116,9 @@ def test_failure_half_way_keeps_the_previous_file(tmp_path, monkeypatch) -> None
 
 
 def test_save_pretrained_through_the_writer_writes_the_same_file(tmp_path, monkeypatch) -> None:
-    from lora_studio.core.disk.merged_export import _transformers_writes_with
     from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lora_studio.core.disk.merged_export import _transformers_writes_with
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(n_embd=16, n_layer=2, n_head=2, vocab_size=50, n_positions=16))

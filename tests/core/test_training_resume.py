@@ -13,7 +13,13 @@ from run_configs import digits_run, final_tensors
 
 from lora_studio.core.disk.safe_loading import load_safetensors
 from lora_studio.core.training import (
-    CancelToken, CheckpointSaved, StepMetrics, latest_checkpoint, list_checkpoints, resume_run, train,
+    CancelToken,
+    CheckpointSaved,
+    StepMetrics,
+    latest_checkpoint,
+    list_checkpoints,
+    resume_run,
+    train,
 )
 
 

@@ -6,11 +6,10 @@ import math
 
 import pytest
 import torch
+from run_configs import digits_run, with_training
 from torch import nn
 
 from lora_studio.core import EvalMetrics, LoraConfig, attach, layer_update_norms, load_trained_run, train
-
-from run_configs import digits_run, with_training
 
 TOLERANCE = 1e-5  # float32 sums of a few hundred squares
 

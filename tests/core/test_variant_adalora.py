@@ -13,6 +13,9 @@ import copy
 
 import pytest
 import torch
+from torch import nn
+from variant_runs import attached, regression_problem, train
+
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -25,8 +28,6 @@ from lora_studio.core import (
     variant_summary,
 )
 from lora_studio.core.variants.adalora import allocate_budget, triplet_groups
-from torch import nn
-from variant_runs import attached, regression_problem, train
 
 MERGE_TOL = 1e-5
 PEFT_TOL = 1e-4

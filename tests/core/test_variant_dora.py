@@ -20,6 +20,8 @@ import warnings
 
 import pytest
 import torch
+from torch import nn
+
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -31,7 +33,6 @@ from lora_studio.core import (
     unmerge,
 )
 from lora_studio.core.disk.peft_lora_format import PEFT_PREFIX, adapter_tensors
-from torch import nn
 
 HAND_TOL = 1e-6
 PEFT_TOL = 1e-5

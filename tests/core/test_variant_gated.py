@@ -8,8 +8,9 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-from lora_studio.core import LoraConfig, MergeNotSupportedError, adapter_layers, attach, get_variant, merge
 from tiny_models import LAYER_CASES, perturb_adapters, run
+
+from lora_studio.core import LoraConfig, MergeNotSupportedError, adapter_layers, attach, get_variant, merge
 
 TOL = 1e-6
 CASES = {c.name: c for c in LAYER_CASES}

@@ -5,6 +5,8 @@ Tolerance: TOL (float32) for outputs that must be equal; convolution/attention c
 
 import pytest
 import torch
+from tiny_models import LAYER_CASES, perturb_adapters, run
+
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -16,7 +18,6 @@ from lora_studio.core import (
     variant_inputs,
 )
 from lora_studio.core.variants.conditioned import MissingVariantInputError
-from tiny_models import LAYER_CASES, perturb_adapters, run
 
 TOL = 1e-6
 EMBEDDING_DIM = 4

@@ -10,16 +10,17 @@ import copy
 
 import pytest
 import torch
+from lycoris_oracle import TOL, assert_same_outputs, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
+from tiny_models import LAYER_CASES, MODEL_CASES, perturb_adapters
+from torch import nn
+
 from lora_studio.core import LoraConfig, attach, get_adapter_config, get_variant
-from lora_studio.core.layers import AdapterLayer
 from lora_studio.core.disk.peft_lycoris_format import (
     lycoris_compatibility_notes,
     lycoris_config_from_peft,
     lycoris_peft_config_dict,
 )
-from lycoris_oracle import TOL, assert_same_outputs, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
-from tiny_models import LAYER_CASES, MODEL_CASES, perturb_adapters
-from torch import nn
+from lora_studio.core.layers import AdapterLayer
 
 peft = pytest.importorskip("peft")
 

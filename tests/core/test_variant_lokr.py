@@ -11,13 +11,14 @@ import copy
 
 import pytest
 import torch
-from lora_studio.core import LoraConfig, attach, get_adapter_config, get_variant
-from lora_studio.core.layers import AdapterLayer
-from lora_studio.core.disk.peft_lycoris_format import lycoris_compatibility_notes, lycoris_peft_config_dict
-from lora_studio.core.variants.lokr import factorization
 from lycoris_oracle import TOL, assert_same_outputs, load_peft_saved, peft_loads, perturb_peft, write_peft_folder
 from tiny_models import LAYER_CASES, perturb_adapters
 from torch import nn
+
+from lora_studio.core import LoraConfig, attach, get_adapter_config, get_variant
+from lora_studio.core.disk.peft_lycoris_format import lycoris_compatibility_notes, lycoris_peft_config_dict
+from lora_studio.core.layers import AdapterLayer
+from lora_studio.core.variants.lokr import factorization
 
 peft = pytest.importorskip("peft")
 

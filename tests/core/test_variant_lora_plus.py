@@ -10,8 +10,9 @@ import copy
 
 import pytest
 import torch
-from lora_studio.core import LoraConfig, attach, optimizer_param_groups
 from torch import nn
+
+from lora_studio.core import LoraConfig, attach, optimizer_param_groups
 
 LR = 1e-3
 RATIO = 8.0

@@ -13,9 +13,10 @@ import copy
 
 import pytest
 import torch
-from lora_studio.core import LoraConfig, adapter_layers, attach, disable_adapters, merge_and_unload
 from tiny_models import ALL_CASES, run
 from torch import nn
+
+from lora_studio.core import LoraConfig, adapter_layers, attach, disable_adapters, merge_and_unload
 
 ORIGINAL_TOL = 1e-5
 SVD_TOL = 1e-4
@@ -92,8 +93,9 @@ def test_saved_with_the_original_base_it_is_plain_lora_anywhere(tmp_path) -> Non
     """Given the original base, a PiSSA-variant adapter is saved as the equivalent plain LoRA
     (rank 2r) that loads on an unmodified base, in LoRA Studio and in PEFT."""
     from peft import PeftModel
-    from lora_studio.core import get_adapter_config, load_adapter, save_adapter
     from tiny_models import perturb_adapters
+
+    from lora_studio.core import get_adapter_config, load_adapter, save_adapter
 
     case = CASES["linear"]
     original = case.build()

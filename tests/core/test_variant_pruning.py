@@ -8,9 +8,10 @@ smallest magnitudes; merged output equals unmerged within MERGE_TOL.
 
 import pytest
 import torch
-from lora_studio.core import LoraConfig, adapter_layers, attach, load_adapter, merge, save_adapter, variant_summary
 from torch import nn
 from variant_runs import attached, regression_problem, train
+
+from lora_studio.core import LoraConfig, adapter_layers, attach, load_adapter, merge, save_adapter, variant_summary
 
 MERGE_TOL = 1e-5
 STEPS = 60

@@ -10,6 +10,9 @@ import warnings
 
 import pytest
 import torch
+from tiny_models import MODEL_CASES, perturb_adapters, run
+from torch import nn
+
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -25,8 +28,6 @@ from lora_studio.core import (
     variant_summary,
 )
 from lora_studio.core.layers.nf4_linear import NF4Linear
-from tiny_models import MODEL_CASES, perturb_adapters, run
-from torch import nn
 
 MERGE_TOL = 1e-5
 

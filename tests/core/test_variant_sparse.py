@@ -9,6 +9,9 @@ and are never parameters (no optimizer or count sees them).
 
 import pytest
 import torch
+from torch import nn
+from variant_runs import attached, regression_problem, train
+
 from lora_studio.core import (
     LoraConfig,
     adapter_layers,
@@ -20,8 +23,6 @@ from lora_studio.core import (
     save_adapter,
     variant_summary,
 )
-from torch import nn
-from variant_runs import attached, regression_problem, train
 
 MERGE_TOL = 1e-5
 

@@ -12,6 +12,9 @@ import copy
 
 import pytest
 import torch
+from tiny_models import ALL_CASES, Case, run
+from variant_runs import train
+
 from lora_studio.core import (
     LoraConfig,
     MergeNotSupportedError,
@@ -25,10 +28,8 @@ from lora_studio.core import (
     unmerge,
     variant_inputs,
 )
-from lora_studio.core.layers import wrapper_for
 from lora_studio.core.adapter.target_matching import preview_targets
-from tiny_models import ALL_CASES, Case, run
-from variant_runs import train
+from lora_studio.core.layers import wrapper_for
 
 IDENTITY_TOL = 1e-6
 ROUND_TRIP_TOL = 1e-6

@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+from torch import nn
+
 from lora_studio.core import (
     LoraConfig,
     after_optimizer_step,
@@ -17,7 +19,6 @@ from lora_studio.core import (
     optimizer_param_groups,
     regularization_loss,
 )
-from torch import nn
 
 
 def regression_problem(seed: int = 0) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
