@@ -11,31 +11,43 @@ Bad data raises :class:`DataError` with a message naming the file, row and fix.
 
 from .bundle import DEMO_SENTENCES, DataBundle, build_datasets, demo_sentences_path, read_label_names
 from .causal_lm import CausalLMDataset
+from .checks import BadItem, CheckCancelled, DataCheck, check_data
 from .collate import IGNORE_INDEX, MODEL_INPUTS, make_collate
 from .digits import load_digits_tensors
 from .errors import DataError
 from .example_batch import EXAMPLE_BATCH, export_example_inputs
-from .image_folder import ImageFolderDataset
+from .image_folder import ImageFolderDataset, check_image_file
+from .kinds import KIND_TASKS, data_kind_problem, fitting_data_kinds
 from .preview import DataPreview, PreviewSample, data_columns, preview_data
 from .splits import split_dataset
+from .table_files import empty_cells
 from .text_classification import TextClassificationDataset
 
 __all__ = [
     "DEMO_SENTENCES",
     "EXAMPLE_BATCH",
     "IGNORE_INDEX",
+    "KIND_TASKS",
     "MODEL_INPUTS",
+    "BadItem",
     "CausalLMDataset",
+    "CheckCancelled",
     "DataBundle",
+    "DataCheck",
     "DataError",
     "DataPreview",
     "ImageFolderDataset",
     "PreviewSample",
     "TextClassificationDataset",
     "build_datasets",
+    "check_data",
+    "check_image_file",
+    "data_kind_problem",
     "data_columns",
     "demo_sentences_path",
+    "empty_cells",
     "export_example_inputs",
+    "fitting_data_kinds",
     "load_digits_tensors",
     "make_collate",
     "preview_data",

@@ -17,11 +17,16 @@ from torch.utils.data import Dataset
 
 from .collate import IGNORE_INDEX
 from .errors import DataError, require_file
-from .table_files import column, read_rows
+from .table_files import column, is_empty, read_rows, refuse_empty_cells
 
 
-def prompt_response_pairs(path: Path, text_column: str, prompt_column: str | None, response_column: str | None):
-    """(prompt, response) pairs of a causal-LM file: a .txt file's paragraphs (prompt empty), or a table's columns."""
+def prompt_response_pairs(path: Path, text_column: str, prompt_column: str | None, response_column: str | None,
+                          *, drop_empty: bool = False) -> list[tuple[str, str]]:
+    """(prompt, response) pairs of a causal-LM file: a .txt file's paragraphs (prompt empty), or a table's columns.
+
+    A table row with an empty cell is refused naming it; with ``drop_empty`` (the window's
+    preview, which lists those rows itself) it is left out instead.
+    """
     if path.suffix.lower() == ".txt":
         text = path.read_text(encoding="utf-8")
         paragraphs = [p.strip() for p in text.split("\n\n") if p.strip()]
@@ -30,8 +35,15 @@ def prompt_response_pairs(path: Path, text_column: str, prompt_column: str | Non
         return [("", p) for p in paragraphs]
     rows = read_rows(path)
     if prompt_column:
-        return list(zip(map(str, column(rows, prompt_column, path)), map(str, column(rows, response_column, path))))
-    return [("", str(t)) for t in column(rows, text_column, path)]
+        pairs = list(zip(map(str, column(rows, prompt_column, path)), map(str, column(rows, response_column, path))))
+        columns = [prompt_column, response_column]
+    else:
+        pairs = [("", str(t)) for t in column(rows, text_column, path)]
+        columns = [text_column]
+    if drop_empty:
+        return [p for p in pairs if not any(is_empty(c) for c in (p if prompt_column else p[1:]))]
+    refuse_empty_cells(rows, columns, path)
+    return pairs
 
 
 class CausalLMDataset(Dataset):

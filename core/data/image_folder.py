@@ -11,6 +11,38 @@ from torch.utils.data import Dataset
 from .errors import DataError, require_file
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SKIP_HINT = "set data.bad_images = 'skip' to leave such files out"
+
+
+def check_image_file(path: str | Path) -> str | None:
+    """Why ``path`` cannot be trained on ("zero bytes", "not an image", "truncated", ...), or None when it decodes.
+
+    The one image check: the engine's dataset and the window's data panel both call it, so
+    they never disagree.  The file is fully decoded (``load()``), not only ``verify()``-ed:
+    a truncated JPEG passes ``verify()`` and would otherwise stop a run at its first step.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            return "zero bytes"
+        with Image.open(path) as image:
+            image.verify()  # the file's structure and checksums (PNG CRCs), without decoding
+        with Image.open(path) as image:  # verify() leaves the image unusable: open it again
+            image.load()  # decodes every pixel; raises for data cut short
+    except UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError:
+        return "too large to decode safely"
+    except PermissionError:
+        return "cannot be read (permission denied)"
+    except (OSError, SyntaxError, ValueError, EOFError) as exc:  # PIL raises these for damaged data
+        text = str(exc)
+        if "truncat" in text.lower() or isinstance(exc, EOFError):
+            return "truncated"
+        return f"damaged ({text})" if text else "damaged"
+    return None
 
 
 def image_folder_classes(root: str | Path) -> list[str]:
@@ -32,20 +64,20 @@ def folder_images(folder: Path) -> list[Path]:
 class ImageFolderDataset(Dataset):
     """Every readable image below ``root``; labels index ``class_names``.
 
-    Each file is checked when the dataset is built, so an unreadable one is found before
-    training starts: with ``bad_images='skip'`` it is dropped and counted (``skipped``), with
-    ``'error'`` the build fails naming it.
+    Each file is checked (fully decoded, by :func:`check_image_file`) when the dataset is
+    built, so an unreadable one is found before training starts: with ``bad_images='skip'``
+    it is dropped and counted (``skipped``, with ``skip_reasons``), with ``'error'`` the
+    build fails naming it.
     """
 
     def __init__(
         self, root: str | Path, class_names: list[str], transform: Callable[[Any], Any], *,
         image_mode: str = "RGB", bad_images: str = "error",
     ) -> None:
-        from PIL import Image
-
         self.transform, self.image_mode = transform, image_mode
         self.samples: list[tuple[Path, int]] = []
         self.skipped: list[Path] = []
+        self.skip_reasons: dict[Path, str] = {}
         root = Path(root)
         found = image_folder_classes(root)
         extra = sorted(set(found) - set(class_names))
@@ -55,14 +87,12 @@ class ImageFolderDataset(Dataset):
         for label, name in enumerate(class_names):
             folder = root / name
             for path in folder_images(folder) if folder.is_dir() else []:
-                try:
-                    with Image.open(path) as image:
-                        image.verify()  # reads the whole file's structure without decoding pixels
-                except Exception as exc:  # PIL raises many types for a damaged file
+                reason = check_image_file(path)
+                if reason is not None:
                     if bad_images == "error":
-                        raise DataError(f"unreadable image {path} ({exc}); set data.bad_images = 'skip' to "
-                                        "leave such files out") from None
+                        raise DataError(f"unreadable image {path} ({reason}); {SKIP_HINT}")
                     self.skipped.append(path)
+                    self.skip_reasons[path] = reason
                     continue
                 self.samples.append((path, label))
         if not self.samples:
@@ -75,5 +105,8 @@ class ImageFolderDataset(Dataset):
         from PIL import Image
 
         path, label = self.samples[index]
-        with Image.open(path) as image:
-            return {"pixel_values": self.transform(image.convert(self.image_mode)), "labels": label}
+        try:
+            with Image.open(path) as image:
+                return {"pixel_values": self.transform(image.convert(self.image_mode)), "labels": label}
+        except OSError as exc:  # the file changed on disk after it was checked: still name it
+            raise DataError(f"unreadable image {path} ({exc}); it was readable when the run started") from None

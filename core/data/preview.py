@@ -2,9 +2,9 @@
 
 The window's data panel shows this while the user picks files and maps columns, so it
 must be cheap (no tokenizer, no image decoding: thumbnails are read by the window from
-their paths) and it must fail with the *same* :class:`DataError` messages training
-would give — a missing column or a label outside the label set is reported here, by
-row, before a run is started.
+their paths; :func:`.checks.check_data` decodes every file, on its own worker) and it
+must fail with the *same* :class:`DataError` messages training would give — a missing
+column or a label outside the label set is reported here, by row, before a run is started.
 """
 
 from __future__ import annotations
@@ -108,7 +108,7 @@ def _text_classification(config: DataConfig, count: int) -> DataPreview:
     names = list(config.label_names or collect_label_names(path, config.label_column))
     known = set(names)
     for number, label in enumerate(labels, start=1):
-        if label not in known:
+        if label and label not in known:  # an empty label is named by check_data's row check
             raise DataError(f"{path}, row {number}: label {label!r} is not in the label set ({', '.join(names)})")
     counts = Counter(labels)
     samples = tuple(PreviewSample(label, text=str(text)) for text, label in zip(texts[:count], labels[:count]))
@@ -118,7 +118,8 @@ def _text_classification(config: DataConfig, count: int) -> DataPreview:
 
 def _causal_lm(config: DataConfig, count: int) -> DataPreview:
     path = require_file(config.train)
-    pairs = prompt_response_pairs(path, config.text_column, config.prompt_column, config.response_column)
+    pairs = prompt_response_pairs(path, config.text_column, config.prompt_column, config.response_column,
+                                  drop_empty=True)  # check_data names the rows with an empty cell
     columns = () if path.suffix.lower() == ".txt" else tuple(data_columns(path))
     if config.prompt_column:
         samples = tuple(PreviewSample(None, text=p, response=r) for p, r in pairs[:count])

@@ -50,3 +50,29 @@ def column(rows: list[dict[str, Any]], name: str, path: str | Path) -> list[Any]
             raise DataError(f"{path}, row {number}: no value in column {name!r}")
         values.append(row[name])
     return values
+
+
+def is_empty(value: Any) -> bool:
+    """True for a cell that holds nothing: missing, None, or only spaces."""
+    return value is None or not str(value).strip()
+
+
+def empty_cells(rows: list[dict[str, Any]], columns: list[str]) -> list[tuple[int, str]]:
+    """(row number from 1, column) of every empty cell of ``columns``: the one row check.
+
+    Both the engine (which refuses such rows) and the window's data panel (which names them
+    before a run) call it, so they never disagree.
+    """
+    return [(number, name) for number, row in enumerate(rows, start=1) for name in columns
+            if name in row and is_empty(row[name])]
+
+
+def refuse_empty_cells(rows: list[dict[str, Any]], columns: list[str], path: str | Path) -> None:
+    """Raise :class:`DataError` naming the rows of ``path`` with an empty cell in ``columns``."""
+    found = empty_cells(rows, columns)
+    if not found:
+        return
+    number, name = found[0]
+    more = f" (and {len(found) - 1} more: rows {', '.join(str(n) for n, _ in found[1:6])}" \
+           f"{'…' if len(found) > 6 else ''})" if len(found) > 1 else ""
+    raise DataError(f"{path}, row {number}: empty {name!r}{more}; fill the cells in or delete those rows")

@@ -8,7 +8,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .table_files import column, read_rows
+from .table_files import column, read_rows, refuse_empty_cells
 
 
 def label_key(label: Any) -> str:
@@ -17,8 +17,13 @@ def label_key(label: Any) -> str:
 
 
 def collect_label_names(path: str | Path, label_column: str) -> list[str]:
-    """The labels found in a file, sorted (numerically when every label is an integer)."""
-    found = {label_key(v) for v in column(read_rows(path), label_column, path)}
+    """The labels found in a file, sorted (numerically when every label is an integer).
+
+    An empty label is not a class (the dataset refuses its row, naming it), so it is left out here.
+    """
+    found = {label_key(v) for v in column(read_rows(path), label_column, path)} - {""}
+    if not found:
+        raise DataError(f"{path}: column {label_column!r} holds no labels (every cell is empty)")
     if all(f.lstrip("-").isdigit() for f in found):
         return sorted(found, key=int)
     return sorted(found)
@@ -32,6 +37,8 @@ class TextClassificationDataset(Dataset):
         rows = read_rows(path)
         texts = column(rows, text_column, path)
         labels = column(rows, label_column, path)
+        # An empty label would train as a class of its own, an empty text as noise: refuse by row.
+        refuse_empty_cells(rows, [text_column, label_column], path)
         index = {name: i for i, name in enumerate(label_names)}
         self.examples: list[dict[str, Any]] = []
         encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
