@@ -9,6 +9,8 @@ from collections.abc import Sequence
 
 from lora_studio.core import DEMOS
 
+from .platform_check import EXIT_MISSING_LIBRARIES, check_platform_libraries
+
 
 def build_parser() -> argparse.ArgumentParser:
     """Arguments of the ``studio`` command."""
@@ -21,6 +23,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Start the Qt application with the main window; returns the exit code."""
     args = build_parser().parse_args(list(argv) if argv is not None else sys.argv[1:])
+    # Before Qt loads its platform plugin: a missing system library gets its package name, not Qt's
+    # misleading "xcb-cursor0" message (see platform_check).
+    missing = check_platform_libraries()
+    if missing is not None:
+        print(missing.message(), file=sys.stderr)
+        return EXIT_MISSING_LIBRARIES
     from PySide6.QtWidgets import QApplication
 
     from .main_window import MainWindow
