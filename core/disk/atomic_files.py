@@ -13,6 +13,10 @@ them were written.  The expensive part, writing, can fail or be killed at any
 point without touching the previous files; what remains is a window of a few
 renames.  :func:`replace_folder` swaps a whole folder (a ``save_pretrained``
 export) with two renames, keeping the old one until the new one is in place.
+
+What lands in place has the permissions a plain write would give it (``0666 & ~umask`` for a new
+file, the old mode for a replaced one, ``0777 & ~umask`` for a folder), never the 0600/0700 of a
+temporary file or of safetensors' own ``save_file``.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import shutil
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -50,6 +56,71 @@ def fsync_file(path: str | os.PathLike[str]) -> None:
         os.fsync(handle.fileno())
 
 
+def _new_file_beside(target: Path) -> Path:
+    """An empty, freshly named file in ``target``'s folder, with the permissions a plain write gives.
+
+    Not ``tempfile.mkstemp``: it creates files 0600, and the rename would carry that over, so weights
+    and projects came out unreadable to the group beside 0644 JSON.  Created with mode 0666 the
+    kernel applies the umask (and a folder's default ACL) itself -- no ``os.umask`` round trip, which
+    would change it for every thread for a moment.  Replacing a file keeps that file's mode, as
+    writing into it would.
+    """
+    for _ in range(100):
+        path = target.parent / f"{_TMP_PREFIX}{secrets.token_hex(6)}{target.suffix}"
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        except FileExistsError:
+            continue
+        try:
+            try:
+                mode = stat.S_IMODE(os.stat(target).st_mode)
+            except OSError:
+                mode = None  # a new file: the umask decided
+            if mode is not None and hasattr(os, "fchmod"):  # os.fchmod is POSIX only
+                os.fchmod(fd, mode)
+        except BaseException:
+            os.close(fd)
+            path.unlink(missing_ok=True)
+            raise
+        os.close(fd)
+        return path
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def _new_folder_beside(target: Path) -> Path:
+    """A freshly named empty folder beside ``target``, with a plain ``mkdir``'s permissions (not
+    ``mkdtemp``'s 0700: the folder becomes the export itself)."""
+    for _ in range(100):
+        path = target.parent / f"{_TMP_PREFIX}{target.name}-{secrets.token_hex(6)}"
+        try:
+            path.mkdir(0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(f"no free temporary name beside {target}")
+
+
+def _plain_file_mode(folder: Path) -> int:
+    """The permission bits a plain write gives a new file in ``folder`` (umask, default ACL): read off
+    a probe file, as reading the umask would mean setting it for every thread for a moment."""
+    probe = _new_file_beside(folder / "probe")
+    try:
+        return stat.S_IMODE(probe.stat().st_mode)
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def _give_mode(path: Path, target: Path, plain: int) -> None:
+    """Give ``path`` the mode ``target`` has (it is being replaced), else ``plain``: whatever a writer
+    used (safetensors' ``save_file`` makes its files 0600), the result is what a plain write makes."""
+    try:
+        mode = stat.S_IMODE(os.stat(target).st_mode)
+    except OSError:
+        mode = plain
+    if stat.S_IMODE(path.stat().st_mode) != mode:
+        os.chmod(path, mode)
+
+
 @contextlib.contextmanager
 def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path beside ``target``; when the block succeeds it replaces ``target``.
@@ -59,11 +130,12 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_file_beside(target)
+    mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
         yield tmp
+        if stat.S_IMODE(tmp.stat().st_mode) != mode:  # the writer replaced the file (safetensors' save_file: 0600)
+            os.chmod(tmp, mode)
         fsync_file(tmp)
         os.replace(tmp, target)
     except BaseException:
@@ -102,8 +174,10 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     try:
         yield stage
         written = sorted(p for p in stage.iterdir() if p.is_file())
+        plain = _plain_file_mode(stage)
         for path in written:
             fsync_file(path)
+            _give_mode(path, folder / path.name, plain)
         fsync_folder(stage)
         for path in written:
             os.replace(path, folder / path.name)
@@ -121,11 +195,14 @@ def replace_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX + target.name + "-", dir=target.parent))
+    stage = _new_folder_beside(target)
     try:
         yield stage
+        plain = _plain_file_mode(stage)
         for path in stage.rglob("*"):
             if path.is_file():
+                if stat.S_IMODE(path.stat().st_mode) != plain:  # a writer's own mode (save_file: 0600)
+                    os.chmod(path, plain)
                 fsync_file(path)
         old = None
         if target.exists():
