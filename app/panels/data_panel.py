@@ -5,6 +5,12 @@ the data config — and every config change re-reads a preview on a :class:`Func
 (core's :func:`preview_data`), so a large file never freezes the window.  A problem with
 the data (a missing column, a label outside the label set) is shown beside the controls
 with the very message training would stop with.
+
+Then every file the preview counts is checked on a second worker (:class:`DataChecker`,
+core's ``check_data``: each image decoded, each table row read) and the bad ones are listed
+with their reason — the same check training applies, so the list is exactly what a run would
+refuse or skip.  The bad-images choice (``data.bad_images``) sits beside the list, and the
+kind picker offers only the kinds that fit the model's task (core's ``data_kind_problem``).
 """
 
 from __future__ import annotations
@@ -20,14 +26,25 @@ from PySide6.QtWidgets import (
     QFormLayout,
     QLabel,
     QLineEdit,
+    QListWidget,
+    QListWidgetItem,
     QPushButton,
     QSplitter,
     QVBoxLayout,
     QWidget,
 )
 
-from lora_studio.core import DATA_KINDS, DataConfig, DataError, DataPreview, data_columns, preview_data
+from lora_studio.core import (
+    DATA_KINDS,
+    DataConfig,
+    DataError,
+    DataPreview,
+    data_columns,
+    data_kind_problem,
+    preview_data,
+)
 
+from ..state.data_check import DataChecker, DataCheckResult, check_key
 from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
 from ..widgets.class_balance_chart import ClassBalanceChart
@@ -41,6 +58,11 @@ KIND_TITLES = {  # data.kind -> what the user reads; the picker offers core's DA
     "digits": "Digits demo (built in)",
     "torchvision": "torchvision dataset (by name)",
 }
+BAD_IMAGE_TITLES = {  # data.bad_images -> what the user reads (core's BAD_IMAGE_ACTIONS)
+    "error": "error: stop and name the file",
+    "skip": "skip: leave bad files out (counted)",
+}
+MAX_LISTED = 500  # bad files listed one per line; the rest are counted in the last line
 TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
 NO_COLUMN = "(none)"
 REFRESH_DELAY_MS = 120  # coalesce bursts of edits (typing a path) into one read
@@ -102,11 +124,17 @@ class DataPanel(QWidget):
         self._answered = 0  # the newest read whose result is shown
         self._automap = False  # after a new file: fix a column mapping that does not fit it
         self._syncing = False  # widgets being set from the config: not an edit
+        self.checker = DataChecker(self)
+        self.check_result: DataCheckResult | None = None  # the newest check's answer
+        self._checked_key: DataConfig | None = None  # what the newest check request was for
+        self._kind_problems: dict[str, str | None] = {}
         self._build()
+        self.checker.sig_checked.connect(self._on_checked)
+        self.checker.sig_progress.connect(self._on_check_progress)
         self._refresh_timer = QTimer(self, singleShot=True, interval=REFRESH_DELAY_MS)
         self._refresh_timer.timeout.connect(self._start_read)
         session.sig_config_changed.connect(self._on_config_changed)
-        session.sig_model_loaded.connect(lambda _loaded: self._show_head_note())
+        session.sig_model_loaded.connect(self._on_model_loaded)
         self._shown_data: DataConfig | None = None
         self._on_config_changed(session.config)
 
@@ -121,8 +149,22 @@ class DataPanel(QWidget):
         return self._update(kind=kind, train=path, label_names=None, validation=None)
 
     def is_reading(self) -> bool:
-        """True while a preview is being read."""
-        return self._refresh_timer.isActive() or self._answered != self._generation
+        """True while a preview is being read or its files checked."""
+        return self._refresh_timer.isActive() or self._answered != self._generation or self.checker.is_checking()
+
+    def bad_items(self) -> list[str]:
+        """The lines of the bad-files list, as the user reads them."""
+        return [self.bad_list.item(i).text() for i in range(self.bad_list.count())]
+
+    def kind_problem(self, kind: str) -> str | None:
+        """Why the kind picker disables ``kind`` for the current model (None: it is offered)."""
+        return self._kind_problems.get(kind)
+
+    def wait_idle(self, msecs: int = 30_000) -> None:
+        """Stop the file check and let running reads end (the window calls it before closing)."""
+        self.checker.stop(msecs)
+        for worker in list(self._workers):
+            worker.wait(msecs)
 
     # -- building ---------------------------------------------------------------------------------------
     def _build(self) -> None:
@@ -142,6 +184,12 @@ class DataPanel(QWidget):
         validation_button = QPushButton("Browse…")
         validation_button.clicked.connect(lambda: self._browse("validation", folder=None))
 
+        self.bad_images_combo = QComboBox()
+        for action, title in BAD_IMAGE_TITLES.items():
+            self.bad_images_combo.addItem(title, action)
+        self.bad_images_combo.setToolTip(DataConfig.__dataclass_fields__["bad_images"].metadata["help"])
+        self.bad_images_combo.currentIndexChanged.connect(self._on_bad_images_chosen)
+
         self.text_combo = self._column_combo("text_column")
         self.label_combo = self._column_combo("label_column")
         self.prompt_combo = self._column_combo("prompt_column")
@@ -154,12 +202,19 @@ class DataPanel(QWidget):
         self.columns_row = row(QLabel("text"), self.text_combo, QLabel("label"), self.label_combo,
                                 QLabel("prompt"), self.prompt_combo, QLabel("response"), self.response_combo)
         form.addRow("Columns", self.columns_row)
+        form.addRow("Bad images", self.bad_images_combo)
 
         self.error_label = QLabel(wordWrap=True, textInteractionFlags=Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.setProperty("role", "error")
         self.error_label.setStyleSheet("color: #b91c1c;")  # readable without the app's style sheet too
         self.summary_label = QLabel(wordWrap=True)
         self.summary_label.setProperty("role", "note")
+        self.check_label = QLabel(wordWrap=True)
+        self.check_label.setProperty("role", "note")
+        self.bad_list = QListWidget()
+        self.bad_list.setToolTip("Files (or table rows) training cannot use, and why")
+        self.bad_list.setMaximumHeight(120)  # a long list scrolls; the samples keep the room
+        self.bad_list.setVisible(False)
 
         self.sample_preview = SamplePreview()
         self.balance_chart = ClassBalanceChart()
@@ -174,6 +229,8 @@ class DataPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.error_label)
         layout.addWidget(self.summary_label)
+        layout.addWidget(self.check_label)
+        layout.addWidget(self.bad_list)
         layout.addWidget(split, 1)
 
     def _column_combo(self, field: str) -> QComboBox:
@@ -199,6 +256,11 @@ class DataPanel(QWidget):
             self._show_error(f"choose the training data for {KIND_TITLES.get(kind, kind).lower()}")
             return
         self._update(kind=kind, train=train)
+
+    def _on_bad_images_chosen(self, _index: int) -> None:
+        if self._syncing:
+            return
+        self._update(bad_images=self.bad_images_combo.currentData())
 
     def _on_path_typed(self, edit: QLineEdit, field: str) -> None:
         if self._syncing:
@@ -248,17 +310,50 @@ class DataPanel(QWidget):
 
     # -- the config changed ---------------------------------------------------------------------------------
     def _on_config_changed(self, config: Any) -> None:
+        self._update_kind_choices()
         data = config.data
         if data == self._shown_data:
             return  # another section changed
+        only_bad_images = self._shown_data is not None and check_key(data) == check_key(self._shown_data)
         self._shown_data = data
         self._sync_widgets(data)
+        if only_bad_images:
+            self._show_check()  # the same files; only what training does with the bad ones changed
+            return
         self._refresh_timer.start()
+
+    def _on_model_loaded(self, _loaded: Any) -> None:
+        self._update_kind_choices()
+        self._show_head_note()
+
+    def _update_kind_choices(self) -> None:
+        """Enable the kinds that fit the model's task; a disabled one's tooltip says why."""
+        loaded = self.session.loaded
+        model = self.session.config.model
+        problems = {kind: data_kind_problem(kind, model, getattr(loaded, "task", None)) for kind in DATA_KINDS}
+        if problems == self._kind_problems:
+            return
+        self._kind_problems = problems
+        items = self.kind_combo.model()
+        for index in range(self.kind_combo.count()):
+            problem = problems.get(self.kind_combo.itemData(index))
+            item = items.item(index)
+            item.setEnabled(problem is None)
+            item.setToolTip(f"Not for this model: {problem}" if problem else "")
+        self._show_kind_problem()
+
+    def _show_kind_problem(self) -> None:
+        """Say so when the configured kind does not fit the model (a project opened with another model)."""
+        problem = self._kind_problems.get(self.session.config.data.kind)
+        if problem and not self.error_label.text():
+            self._show_error(f"data.kind does not fit the model: {problem}; choose another kind")
 
     def _sync_widgets(self, data: DataConfig) -> None:
         self._syncing = True
         try:
             self.kind_combo.setCurrentIndex(max(0, self.kind_combo.findData(data.kind)))
+            self.bad_images_combo.setCurrentIndex(max(0, self.bad_images_combo.findData(data.bad_images)))
+            self._form.setRowVisible(self.bad_images_combo, data.kind == "image-folder")
             self.path_edit.setText(data.train or "")
             self.validation_edit.setText(data.validation or "")
             self._fill_columns(data)
@@ -299,6 +394,10 @@ class DataPanel(QWidget):
         self._generation += 1
         generation, data = self._generation, self.session.config.data
         self.summary_label.setText("reading…")
+        if check_key(data) != self._checked_key:
+            self._checked_key = check_key(data)
+            self.check_label.setText("checking the files…" if data.kind == "image-folder" else "")
+            self.checker.check(data)
         worker = FunctionWorker(lambda _on_event: _read(generation, data))
         # A bound method of this widget, not a lambda: Qt then queues the call to the UI thread
         # (a lambda has no thread of its own and would run on the worker's).
@@ -332,6 +431,8 @@ class DataPanel(QWidget):
         self.balance_chart.set_counts(result.preview.label_counts if result.preview else {})
         self._show_error(result.error or "")
         self._show_summary()
+        self._show_kind_problem()
+        self._show_check()
         self.sig_preview_changed.emit(result.preview)
 
     def _apply_column_guesses(self, data: DataConfig) -> bool:
@@ -354,6 +455,60 @@ class DataPanel(QWidget):
                 changes.update(prompt_column=prompt, response_column=response)
         self._automap = False
         return bool(changes) and self._update(**changes) is None
+
+    # -- the file check -----------------------------------------------------------------------------------------
+    def _on_check_progress(self, done: int, total: int) -> None:
+        if total:
+            self.check_label.setText(f"checking the files… {done:,} of {total:,}")
+
+    def _on_checked(self, result: DataCheckResult) -> None:
+        self.check_result = result
+        self._show_check()
+
+    def _show_check(self) -> None:
+        """The check's counts, the bad files and what training will do with them."""
+        result, data = self.check_result, self.session.config.data
+        if result is None or check_key(result.data) != check_key(data):
+            return  # the check for this data is still running (its progress is shown)
+        check = result.check
+        self.bad_list.clear()
+        if check is None or not check.checked:
+            self.check_label.setText("")  # nothing to check, or the data could not be read (the error says why)
+            self.check_label.setVisible(False)
+            self.bad_list.setVisible(False)
+            return
+        images = check.kind == "image-folder"
+        what = "images" if images else "rows"
+        text = f"Checked {check.checked:,} {what}: {check.good:,} good"
+        bad = len(check.bad)
+        if not bad:
+            text += ", none bad."
+        elif images and data.bad_images == "skip":
+            text += f", {bad:,} bad: training leaves them out (bad images: skip)."
+        elif images:
+            text += (f", {bad:,} bad: training would stop at the first one. Choose “skip” under Bad images to "
+                     "leave them out, or remove them.")
+        else:
+            text += f", {bad:,} with an empty cell: training refuses them. Fill the cells in or delete those rows."
+        refuses = bad and not (images and data.bad_images == "skip")
+        self.check_label.setText(text)
+        self.check_label.setProperty("role", "error" if refuses else "note")
+        self.check_label.setStyleSheet("color: #b91c1c;" if refuses else "")
+        self.check_label.setVisible(True)
+        root = Path(data.train or "")
+        for item in check.bad[:MAX_LISTED]:
+            shown = _relative(item.path, root) if images else Path(item.path).name
+            where = f"{shown}, row {item.row}" if item.row is not None else shown
+            line = QListWidgetItem(f"{where}: {item.reason}")
+            line.setToolTip(item.describe())
+            self.bad_list.addItem(line)
+        if bad > MAX_LISTED:
+            self.bad_list.addItem(f"… and {bad - MAX_LISTED:,} more")
+        self.bad_list.setVisible(bool(bad))
+        if images:
+            self.sample_preview.mark_bad({b.path: b.reason for b in check.bad})
+            if self.preview is not None and check.good_counts:
+                self.balance_chart.set_counts(check.good_counts)  # what training reads: the readable images
 
     # -- messages ----------------------------------------------------------------------------------------------
     def _show_error(self, message: str) -> None:
@@ -385,6 +540,14 @@ class DataPanel(QWidget):
                              "outputs; set the model's number of classes (a new head) or fix the label set")
 
 
+
+
+def _relative(path: str, root: Path) -> str:
+    """``path`` below the data folder, as the user recognises it (the full path when outside)."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return path
 
 
 def _read(generation: int, data: DataConfig) -> _PreviewResult:

@@ -6,10 +6,10 @@ panel's worker; ``QImage`` may be built on any thread, ``QPixmap`` only on the U
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-from PySide6.QtCore import QSize, Qt
-from PySide6.QtGui import QIcon, QImage, QPixmap
+from PySide6.QtCore import QRect, QSize, Qt
+from PySide6.QtGui import QColor, QIcon, QImage, QPainter, QPixmap
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QHeaderView,
@@ -24,6 +24,8 @@ from PySide6.QtWidgets import (
 from lora_studio.core import DataPreview, PreviewSample
 
 THUMBNAIL = 88  # pixels: big enough to recognise a digit or a photo's subject
+BAD_TILE_COLOUR = "#fee2e2"  # the tile of a file training cannot read (light red, readable in both themes)
+BAD_TEXT_COLOUR = "#991b1b"
 
 
 def thumbnail_images(samples: Sequence[PreviewSample], size: int = THUMBNAIL) -> list[QImage]:
@@ -75,6 +77,8 @@ class SamplePreview(QStackedWidget):
             for sample, image in zip(samples, images):
                 item = QListWidgetItem(QIcon(QPixmap.fromImage(image)), sample.label or "")
                 item.setToolTip(sample.image_path or f"label {sample.label}")
+                item.setData(Qt.ItemDataRole.UserRole, sample.image_path)
+                item.setData(Qt.ItemDataRole.UserRole + 1, sample.label or "")
                 self.thumbnails.addItem(item)
             self.setCurrentWidget(self.thumbnails)
             return
@@ -93,6 +97,21 @@ class SamplePreview(QStackedWidget):
         self.table.horizontalHeader().setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.setCurrentWidget(self.table)
 
+    def mark_bad(self, reasons: Mapping[str, str]) -> None:
+        """Show the thumbnails of bad files (path -> reason, from the data check) as a red tile
+        saying why, instead of a blank one; their captions say "(bad)"."""
+        for i in range(self.thumbnails.count()):
+            item = self.thumbnails.item(i)
+            path = item.data(Qt.ItemDataRole.UserRole)
+            if path in reasons:
+                item.setIcon(QIcon(bad_tile(reasons[path])))
+                item.setText(f"{item.data(Qt.ItemDataRole.UserRole + 1)} (bad)")
+                item.setToolTip(f"{path}\n{reasons[path]}: training cannot read it")
+
+    def bad_captions(self) -> list[str]:
+        """The captions of the tiles marked bad, in order."""
+        return [t for t in self.thumbnail_captions() if t.endswith(" (bad)")]
+
     def rows(self) -> list[tuple[str, ...]]:
         """The table's rows as text (what the user reads)."""
         return [
@@ -103,3 +122,18 @@ class SamplePreview(QStackedWidget):
     def thumbnail_captions(self) -> list[str]:
         """The captions (labels) under the thumbnails, in order."""
         return [self.thumbnails.item(i).text() for i in range(self.thumbnails.count())]
+
+
+def bad_tile(reason: str, size: int = THUMBNAIL) -> QPixmap:
+    """A ``size``-pixel tile naming why a file cannot be read (UI thread: it paints a QPixmap)."""
+    pixmap = QPixmap(size, size)
+    pixmap.fill(QColor(BAD_TILE_COLOUR))
+    painter = QPainter(pixmap)
+    painter.setPen(QColor(BAD_TEXT_COLOUR))
+    font = painter.font()
+    font.setPointSizeF(max(7.0, font.pointSizeF() * 0.85))
+    painter.setFont(font)
+    painter.drawText(QRect(4, 4, size - 8, size - 8),
+                     int(Qt.AlignmentFlag.AlignCenter | Qt.TextFlag.TextWordWrap), f"✕\n{reason}")
+    painter.end()
+    return pixmap

@@ -33,7 +33,7 @@ def data_kind_problem(kind: str, model: ModelConfig, task: str | None = None) ->
     """Why data of ``kind`` cannot train ``model`` (a loaded model's ``task`` wins over the config's), or None."""
     task = model_task(model, task)
     if task is not None and KIND_TASKS[kind] != task:
-        return f"{kind} data trains a {KIND_TASKS[kind]} model; {model.source}:{model.name} is a {task} model"
+        return f"{kind} data needs a {KIND_TASKS[kind]} model; {model.source}:{model.name} is for {task}"
     if kind == "digits" and model.source not in ("python",) and (model.source, model.name) != ("demo", "digits"):
         return (f"the digits demo's 8×8 grey images fit only the digits demo model, not {model.source}:{model.name}; "
                 "use an image folder or a torchvision dataset")

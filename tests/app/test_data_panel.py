@@ -28,12 +28,18 @@ def _settle(qtbot, panel: DataPanel) -> None:
     qtbot.waitUntil(lambda: not panel.is_reading(), timeout=10_000)
 
 
+def _text_model(panel: DataPanel) -> None:
+    """Text data needs a text model: the kind picker follows the model's task."""
+    assert panel.session.try_update("model", source="demo", name="text") is None
+
+
 def _csv_rows(path: str | Path) -> list[dict[str, str]]:
     with open(path, newline="", encoding="utf-8") as handle:
         return list(csv.DictReader(handle))
 
 
 def test_demo_sentences_preview_and_balance(qtbot, panel: DataPanel, tmp_path: Path) -> None:
+    _text_model(panel)
     path = demo_sentences_path()
     assert panel.choose_path(path) is None
     _settle(qtbot, panel)
@@ -48,6 +54,7 @@ def test_demo_sentences_preview_and_balance(qtbot, panel: DataPanel, tmp_path: P
 
 
 def test_columns_are_mapped_from_the_header(qtbot, panel: DataPanel, tmp_path: Path) -> None:
+    _text_model(panel)
     path = tmp_path / "reviews.csv"
     path.write_text("id,review,stars\n1,great phone,good\n2,broke in a day,bad\n3,works,good\n")
     panel.choose_path(str(path))
@@ -64,6 +71,7 @@ def test_columns_are_mapped_from_the_header(qtbot, panel: DataPanel, tmp_path: P
 
 
 def test_missing_column_and_unknown_label_show_their_message(qtbot, panel: DataPanel) -> None:
+    _text_model(panel)
     panel.choose_path(demo_sentences_path())
     _settle(qtbot, panel)
     assert panel.session.try_update("data", label_column="topic") is None
