@@ -43,6 +43,7 @@ from lora_studio.core import (
     get_adapter_config,
     get_variant,
     list_adapters,
+    record_verification,
     save_adapter,
     verify_adapter,
     verify_export,
@@ -154,6 +155,7 @@ class ExportDialog(QDialog):
                                    tokenizer=tokenizer, variant_inputs=merge_inputs or None)
             on_event("reloading the export and running the check batch…")
             difference = verify_export(result, model, inputs, variant_inputs=merge_inputs or None)
+            record_verification(result, difference)  # the sidecar keeps what the dialog shows (no sidecar: a folder)
             return ExportCheck("merged", result.path, precision, difference, _batch_size(inputs))
 
         self._run(work)

@@ -8,7 +8,7 @@ Untrusted files are never unpickled (:mod:`.safe_loading`); every file is writte
 from .adapter_folder import AdapterMismatchError, load_adapter, read_adapter_folder, save_adapter
 from .atomic_files import atomic_path, atomic_write_json, atomic_write_text, replace_folder
 from .export_checks import max_output_difference, model_outputs, verify_adapter
-from .merged_export import PRECISIONS, ExportResult, export_merged, verify_export
+from .merged_export import PRECISIONS, ExportResult, export_merged, read_sidecar, record_verification, verify_export
 from .resource_files import demo_file
 from .safe_loading import CorruptFileError, UnsafeFileError, load_safetensors, load_weights
 
@@ -29,6 +29,8 @@ __all__ = [
     "max_output_difference",
     "model_outputs",
     "read_adapter_folder",
+    "read_sidecar",
+    "record_verification",
     "replace_folder",
     "save_adapter",
     "verify_adapter",

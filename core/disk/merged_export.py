@@ -383,6 +383,26 @@ def verify_export(
     return max_output_difference(live, model_outputs(reloaded.float(), example_inputs))
 
 
+def record_verification(exported: ExportResult | str | Path, difference: float) -> Path | None:
+    """Store ``difference`` (what :func:`verify_export` measured on the reloaded file) as the sidecar's
+    ``max_output_difference``, rewriting the sidecar atomically; returns its path.
+
+    :func:`export_merged` without example inputs writes ``null`` there (it ran nothing); a check made
+    afterwards belongs in the file that travels with the weights.  A ``save_pretrained`` folder has no
+    sidecar: None, nothing written.
+    """
+    path = exported.path if isinstance(exported, ExportResult) else Path(exported)
+    if path.is_dir():
+        path = path / "model.safetensors"
+    sidecar_path = sidecar_path_for(path)
+    if not sidecar_path.is_file():
+        return None
+    sidecar = read_sidecar(path)
+    sidecar["max_output_difference"] = float(difference)
+    atomic_write_json(sidecar_path, sidecar)
+    return sidecar_path
+
+
 def _dtype(precision: str) -> torch.dtype:
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}; got {precision!r}")
@@ -410,6 +430,7 @@ __all__ = [
     "is_transformers_model",
     "merged_copy",
     "read_sidecar",
+    "record_verification",
     "sidecar_path_for",
     "verify_export",
 ]
