@@ -68,6 +68,10 @@ class MainWindow(QMainWindow):
         self.tabs.addTab(self.run_panel, "Train")
         self.tabs.addTab(self.data_panel, "Data")
         self.tabs.addTab(self.history_panel, "History")
+        # The run summary card's Export and Compare; a run resumed from History shows in Train.
+        self.run_panel.sig_export_requested.connect(self.open_export_dialog)
+        self.run_panel.sig_compare_requested.connect(self.show_run_in_history)
+        self.run_panel.controller.sig_run_continued.connect(lambda _folder: self.tabs.setCurrentWidget(self.run_panel))
 
         central = QSplitter(Qt.Orientation.Horizontal)
         central.setObjectName("central_splitter")
@@ -134,6 +138,11 @@ class MainWindow(QMainWindow):
         return saved
 
     # -- other actions ---------------------------------------------------------------------------
+    def show_run_in_history(self, folder: str) -> None:
+        """The History tab with the run in ``folder`` selected and ticked for comparison."""
+        self.tabs.setCurrentWidget(self.history_panel)
+        self.history_panel.focus_run(folder)
+
     def open_export_dialog(self) -> ExportDialog:
         """Open the export dialog on the trained model (None before a run has finished)."""
         trained = self.run_panel.trained_model() if hasattr(self.run_panel, "trained_model") else None

@@ -17,7 +17,9 @@ from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
     QHBoxLayout,
+    QInputDialog,
     QLabel,
+    QMenu,
     QPlainTextEdit,
     QPushButton,
     QSplitter,
@@ -33,6 +35,7 @@ from ..dialogs.rank_study_dialog import RankStudyDialog
 from ..state.run_controller import RunController
 from ..state.run_history import RunRecord, read_run, study_configs
 from ..state.run_queue import RunQueue
+from ..state.run_summary import run_continuation
 from ..state.session import StudioSession
 
 SETTINGS_KEY = "history/run_folders"
@@ -143,6 +146,51 @@ class HistoryPanel(QWidget):
         self.queue.add(configs)
         return configs
 
+    def focus_run(self, folder: str | Path) -> None:
+        """Select the run in ``folder`` (added when missing) and tick it beside the runs already ticked:
+        the Train tab's Compare."""
+        path = Path(folder).resolve()
+        if path not in self._items and self.add_run_folder(path) is None:
+            return
+        item = self._items[path]
+        self.table.setCurrentItem(item)
+        self.table.scrollToItem(item)
+        item.setCheckState(0, Qt.CheckState.Checked)  # itemChanged redraws the comparison
+
+    def continue_run(self, folder: str | Path, extra_steps: int = 0) -> None:
+        """Resume the run in ``folder`` from its checkpoint (``extra_steps`` > 0: extend it) on the
+        session's run controller; the Train tab shows it.  A refusal is shown beside the queue."""
+        try:
+            self.controller.continue_run(folder, extra_steps)
+        except (RuntimeError, OSError, ValueError) as exc:
+            self.queue_label.setText(f"Could not continue {Path(folder).name}: {exc}")
+
+    def run_menu(self, folder: str | Path) -> QMenu:
+        """The context menu of the run in ``folder``: Resume from its checkpoint (it ended early) or
+        Extend by N steps… (it finished), while nothing else trains."""
+        menu = QMenu(self)
+        choice = run_continuation(folder)
+        if choice == "extend":
+            action = menu.addAction("Extend by N steps…", lambda: self._ask_extend(folder))
+        else:
+            action = menu.addAction("Resume from checkpoint", lambda: self.continue_run(folder))
+            action.setEnabled(choice == "resume")
+        if self.controller.is_running():
+            action.setEnabled(False)
+            action.setText(action.text() + " (wait: a run is going)")
+        return menu
+
+    def _show_run_menu(self, pos) -> None:
+        item = self.table.itemAt(pos)
+        if item is not None:
+            self.run_menu(item.data(0, Qt.ItemDataRole.UserRole)).popup(self.table.viewport().mapToGlobal(pos))
+
+    def _ask_extend(self, folder: str | Path) -> None:
+        steps, ok = QInputDialog.getInt(self, "Extend the run", f"Train {Path(folder).name} this many more steps:",
+                                        20, 1, 10_000_000)
+        if ok:
+            self.continue_run(folder, steps)
+
     # -- building ----------------------------------------------------------------------------------
     def _build(self) -> None:
         self.study_button = QPushButton("Rank study…")
@@ -172,6 +220,8 @@ class HistoryPanel(QWidget):
         self.table.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
         self.table.itemChanged.connect(lambda item, column: self._redraw() if column == 0 else None)
         self.table.currentItemChanged.connect(self._show_config)
+        self.table.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)  # Resume / Extend a run
+        self.table.customContextMenuRequested.connect(self._show_run_menu)
         self.metric_box = QComboBox()
         self.metric_box.addItems(METRICS)
         self.metric_box.currentIndexChanged.connect(self._redraw)

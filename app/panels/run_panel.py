@@ -8,7 +8,14 @@ rest of the window:
 * :meth:`RunPanel.start_run` — train a config (default: a copy of the session's) in a fresh folder;
 * :meth:`RunPanel.is_running` / :meth:`RunPanel.stop_and_wait` — closing the window during a run;
 * :meth:`RunPanel.trained_model` — the model of the last run (adapter attached) for the export dialog;
-* ``sig_run_started`` / ``sig_run_finished`` / ``sig_error`` — for benchmarks and tests.
+* :meth:`RunPanel.continue_run` — resume a run folder from its checkpoint, or extend it by N steps;
+* ``sig_run_started`` / ``sig_run_finished`` / ``sig_error`` — for benchmarks and tests;
+* ``sig_export_requested`` / ``sig_compare_requested`` — the summary card's Export and Compare,
+  which the main window answers (export dialog; History tab with the run selected).
+
+When a run ends the panel shows a :class:`~lora_studio.app.widgets.run_summary_card.RunSummaryCard`
+(before → after, best step, time, adapter size, the folder, Resume or Extend) and, when the window
+is not the active one, a desktop notification where the platform has a system tray.
 """
 
 from __future__ import annotations
@@ -16,9 +23,10 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from PySide6.QtCore import Qt, Signal
-from PySide6.QtGui import QKeySequence
+from PySide6.QtCore import Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QKeySequence
 from PySide6.QtWidgets import (
+    QApplication,
     QHBoxLayout,
     QLabel,
     QMessageBox,
@@ -26,6 +34,7 @@ from PySide6.QtWidgets import (
     QProgressBar,
     QPushButton,
     QSplitter,
+    QSystemTrayIcon,
     QVBoxLayout,
     QWidget,
 )
@@ -44,8 +53,10 @@ from lora_studio.core import (
 
 from ..state.run_controller import IDLE, PAUSED, STOPPING, RunController
 from ..state.run_history import next_free_run_dir
+from ..state.run_summary import RunSummary
 from ..state.session import StudioSession
 from ..widgets.live_plots import LivePlots
+from ..widgets.run_summary_card import RunSummaryCard, format_bytes, format_duration
 from ..widgets.update_norms_plot import UpdateNormsView
 
 LOG_LINES = 2_000  # the log pane keeps the newest lines only: a long run must not grow it forever
@@ -60,6 +71,10 @@ class RunPanel(QWidget):
     """A run ended, however it ended (payload: its TrainResult)."""
     sig_error = Signal(str, str)
     """A run failed: (message, details); the panel also shows it in a dialog unless ``show_dialogs`` is off."""
+    sig_export_requested = Signal()
+    """The summary card's Export… was pressed (the main window opens its export dialog)."""
+    sig_compare_requested = Signal(str)
+    """The summary card's Compare was pressed (payload: the run folder to show in History)."""
 
     def __init__(self, session: StudioSession, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -68,16 +83,21 @@ class RunPanel(QWidget):
         self.show_dialogs = True  # benchmarks and scripted runs turn the error dialog off
         self.error_dialog: QMessageBox | None = None  # the dialog of the last failure, while open
         self._valid, self._invalid_reason = True, ""
+        self._last_step: StepMetrics | None = None  # the stats line is redrawn from it on pause/resume
+        self.last_notice: tuple[str, str] | None = None  # the last run-end notification (title, text)
+        self._tray: QSystemTrayIcon | None = None
         self._build()
         self.controller.sig_run_started.connect(self._on_started)
         self.controller.sig_event.connect(self._on_event)
         self.controller.sig_state_changed.connect(self._on_state)
         self.controller.sig_run_finished.connect(self._on_finished)
         self.controller.sig_error.connect(self._on_error)
+        self.controller.sig_earlier_events.connect(self._on_earlier_events)
         validity = getattr(session, "sig_validity_changed", None)
         if validity is not None:  # a stand-in session without validation: every config counts as valid
             validity.connect(self._on_validity)
-        self._on_validity(bool(getattr(session, "is_valid", lambda: True)()), "")
+        reason = getattr(session, "config_error", "") or ""  # e.g. "No model loaded": the tooltip says why
+        self._on_validity(bool(getattr(session, "is_valid", lambda: True)()), reason)
         self._on_state(self.controller.state)
 
     # -- public API --------------------------------------------------------------------------------
@@ -90,6 +110,13 @@ class RunPanel(QWidget):
             config = config.replace(output=dataclasses.replace(config.output, dir=str(folder)))
         self.controller.start(config)
         return Path(config.output.dir)
+
+    def continue_run(self, run_dir: str | Path, extra_steps: int = 0) -> RunConfig:
+        """Resume the run in ``run_dir`` from its newest checkpoint (``extra_steps`` past its end: extend
+        a finished run), as ``lora-studio resume RUN_DIR --extra-steps N`` does; the curves continue
+        from the points the run logged.  Returns the config it trains; raises RuntimeError during a
+        run, OSError/ValueError for a folder that holds no run."""
+        return self.controller.continue_run(run_dir, extra_steps)
 
     def is_running(self) -> bool:
         """True while a run is going (paused and stopping included)."""
@@ -120,6 +147,10 @@ class RunPanel(QWidget):
         """The result of the last run that ended."""
         return self.controller.last_result()
 
+    def last_summary(self) -> RunSummary | None:
+        """The summary the card shows of the last run that ended (None before any)."""
+        return self.summary_card.summary
+
     def log_text(self) -> str:
         """Everything the log pane shows."""
         return self.log.toPlainText()
@@ -140,6 +171,13 @@ class RunPanel(QWidget):
         self.progress.setFormat("step %v / %m")
         self.stats_label = QLabel("")
         self.stats_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.stats_label.setWordWrap(True)  # a failure's message can be long: wrap it, never widen the window
+        self.summary_card = RunSummaryCard()
+        self.summary_card.sig_open_folder.connect(self._open_folder)
+        self.summary_card.sig_export.connect(self.sig_export_requested.emit)
+        self.summary_card.sig_compare.connect(self.sig_compare_requested.emit)
+        self.summary_card.sig_resume.connect(lambda folder: self._continue_from_card(folder, 0))
+        self.summary_card.sig_extend.connect(self._continue_from_card)
         buttons = QHBoxLayout()
         for widget in (self.start_button, self.pause_button, self.stop_button, self.state_label):
             buttons.addWidget(widget)
@@ -164,6 +202,7 @@ class RunPanel(QWidget):
         layout = QVBoxLayout(self)
         layout.addLayout(buttons)
         layout.addWidget(self.stats_label)
+        layout.addWidget(self.summary_card)
         layout.addWidget(body, 1)
 
     # -- slots -------------------------------------------------------------------------------------
@@ -175,6 +214,8 @@ class RunPanel(QWidget):
         self.pause_button.setText("Resume" if state == PAUSED else "Pause")
         text = {IDLE: "Ready", PAUSED: "Paused", STOPPING: "Stopping…"}.get(state, "Training…")
         self.state_label.setText(text)
+        if self._last_step is not None and state in (PAUSED, "running"):
+            self.stats_label.setText(step_stats(self._last_step, paused=state == PAUSED))  # no ETA while paused
         self._update_buttons()
 
     def _update_buttons(self) -> None:
@@ -185,22 +226,44 @@ class RunPanel(QWidget):
         self.stop_button.setEnabled(state not in (IDLE, STOPPING))
 
     def _on_started(self, config: RunConfig) -> None:
+        self.summary_card.hide()
+        self._last_step = None
         self.plots.clear()
         self.plots.start()
         full = config.training.mode == "full"
         self.norms_view.clear("Full fine-tuning: no adapters" if full else "")
         self.progress.setRange(0, config.training.max_steps)
         self.progress.setValue(0)
-        self.stats_label.setText("Preparing the model and data…")
         setup = "full fine-tuning" if full else f"{config.lora.variant} r={config.lora.r} alpha={config.lora.alpha:g}"
-        self._log(f"▶ run started in {config.output.dir} ({setup}, {config.training.max_steps} steps)")
+        if self.controller.continuing:
+            self.stats_label.setText("Loading the checkpoint, the model and data…")
+            self._log(f"▶ run continued in {config.output.dir} ({setup}, to step {config.training.max_steps})")
+        else:
+            self.stats_label.setText("Preparing the model and data…")
+            self._log(f"▶ run started in {config.output.dir} ({setup}, {config.training.max_steps} steps)")
         self.sig_run_started.emit(config)
+
+    def _on_earlier_events(self, events: list) -> None:
+        """A continued run's curves so far: drawn first, so the new points extend them."""
+        last_eval = None
+        for event in events:
+            self.plots.add_event(event)
+            if isinstance(event, StepMetrics):
+                self.progress.setValue(event.step)
+            elif isinstance(event, EvalMetrics):
+                last_eval = event
+        if last_eval is not None and last_eval.layer_update_norms:
+            self.norms_view.add_event(last_eval)
+        self.plots.refresh()
+        if events:
+            self._log(f"continuing from step {max(e.step for e in events)} ({len(events)} earlier points drawn)")
 
     def _on_event(self, event: object) -> None:
         self.plots.add_event(event)
         if isinstance(event, StepMetrics):
+            self._last_step = event
             self.progress.setValue(event.step)
-            self.stats_label.setText(_step_stats(event))
+            self.stats_label.setText(step_stats(event, paused=self.controller.state == PAUSED))
         elif isinstance(event, EvalMetrics):
             self.norms_view.add_event(event)
             self._log(_eval_line(event))
@@ -216,9 +279,15 @@ class RunPanel(QWidget):
 
     def _on_finished(self, result: TrainResult) -> None:
         self.plots.stop()
+        summary = self.controller.last_summary() or _summary_of(result)
+        self.summary_card.show_summary(summary, can_export=self.trained_model() is not None)
+        if result.status != "failed":  # a failure keeps its message in the stats line
+            self.stats_label.setText(_end_stats(result, self._last_step))
+        self._notify(summary)
         self.sig_run_finished.emit(result)
 
     def _on_error(self, message: str, details: str) -> None:
+        self.stats_label.setText(f"✖ Failed: {message}")  # never leave "Preparing the model and data…"
         self._log(f"✖ {message}")
         self.sig_error.emit(message, details)
         if self.show_dialogs:
@@ -240,6 +309,28 @@ class RunPanel(QWidget):
     def _forget_dialog(self) -> None:
         self.error_dialog = None
 
+    def _continue_from_card(self, folder: str, extra_steps: int) -> None:
+        try:
+            self.continue_run(folder, extra_steps)
+        except (RuntimeError, OSError, ValueError) as exc:
+            self._on_error(f"could not continue {folder}: {exc}", "")
+
+    def _open_folder(self, folder: str) -> None:
+        QDesktopServices.openUrl(QUrl.fromLocalFile(folder))
+
+    def _notify(self, summary: RunSummary) -> None:
+        """A desktop notification of the run's end while the user looks elsewhere (the tray's balloon
+        where the platform has a system tray; nothing otherwise)."""
+        if self.window().isActiveWindow():
+            return
+        self.last_notice = ("LoRA Studio: " + summary.status.replace("-", " "), notice_text(summary))
+        if not QSystemTrayIcon.isSystemTrayAvailable():
+            return
+        if self._tray is None:
+            self._tray = QSystemTrayIcon(self.window().windowIcon() or QApplication.windowIcon(), self)
+        self._tray.show()
+        self._tray.showMessage(*self.last_notice, QSystemTrayIcon.MessageIcon.Information, 8_000)
+
     def _short_path(self, path: str) -> str:
         """``path`` relative to the run folder (logged once at the start) when it lies inside it."""
         config = self.controller.config
@@ -253,13 +344,13 @@ class RunPanel(QWidget):
 
 
 # -- text helpers ------------------------------------------------------------------------------------
-def _step_stats(event: StepMetrics) -> str:
-    """One line of run statistics for a StepMetrics event."""
+def step_stats(event: StepMetrics, *, paused: bool = False) -> str:
+    """One line of run statistics for a StepMetrics event (no ETA while paused: it would be a lie)."""
     parts = [f"step {event.step}/{event.total_steps}", f"epoch {event.epoch:.2f}", f"loss {event.loss:.4f}",
              f"{event.samples_per_second:,.0f} samples/s"]
     if event.tokens_per_second is not None:
         parts.append(f"{event.tokens_per_second:,.0f} tokens/s")
-    parts.append(f"ETA {format_duration(event.eta_seconds)}")
+    parts.append("paused" if paused else f"ETA {format_duration(event.eta_seconds)}")
     if event.memory_bytes is not None:
         parts.append(f"memory {format_bytes(event.memory_bytes)}")
     return "  ·  ".join(parts)
@@ -285,19 +376,28 @@ def _finished_line(result: TrainResult) -> str:
     return line
 
 
-def format_duration(seconds: float) -> str:
-    """``h:mm:ss`` (or ``m:ss`` under an hour)."""
-    seconds = max(0, int(round(seconds)))
-    hours, rest = divmod(seconds, 3600)
-    minutes, secs = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{secs:02d}" if hours else f"{minutes}:{secs:02d}"
+def notice_text(summary: RunSummary) -> str:
+    """The desktop notification's text: steps, the metric after, the folder's name."""
+    text = f"{summary.steps}/{summary.total_steps} steps in {format_duration(summary.seconds)}"
+    if summary.after is not None:
+        name = summary.after.metric_name
+        value = f"{summary.after.metric:.1%}" if name == "accuracy" else f"{summary.after.metric:.4g}"
+        text += f"; validation {name} {value}"
+    if summary.error:
+        text += f"; {summary.error}"
+    return f"{summary.run_dir.name}: {text}"
 
 
-def format_bytes(count: int) -> str:
-    """Bytes in the largest unit that keeps the number at or above 1 (KiB, MiB, GiB)."""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:,.0f} {unit}" if unit == "B" else f"{value:,.1f} {unit}"
-        value /= 1024
-    return f"{value:,.1f} GiB"
+def _end_stats(result: TrainResult, last: StepMetrics | None) -> str:
+    """The stats line once a run ended: its last numbers, without an ETA."""
+    loss = f"  ·  loss {result.final_loss:.4f}" if result.final_loss is not None else ""
+    speed = f"  ·  {last.samples_per_second:,.0f} samples/s" if last is not None else ""
+    return f"{result.status.replace('-', ' ')} at step {result.steps}/{result.total_steps}{loss}{speed}"
+
+
+def _summary_of(result: TrainResult) -> RunSummary:
+    """A summary from the result alone (the worker crashed before it could read the folder)."""
+    return RunSummary(status=result.status, steps=result.steps, total_steps=result.total_steps,
+                      run_dir=Path(result.run_dir), before=None, after=None, best_step=result.best_step,
+                      best_loss=result.best_eval_loss, seconds=result.seconds, adapter_dir=None, adapter_bytes=None,
+                      checkpoint_dir=None, error=result.error)

@@ -9,12 +9,20 @@ the run folder, so :meth:`RunController.trained_model` costs the UI nothing.
 There is one controller per session (:meth:`RunController.for_session`): the run
 panel shows whatever it runs, and the history's queue feeds it, so a queued study
 never trains beside a run the user started.
+
+:meth:`RunController.continue_run` resumes a run folder from its newest checkpoint (or
+extends a finished run by N steps) with the engine call the CLI's ``resume`` makes
+(``resume_run``); its worker first hands back the curves the run logged so far
+(``sig_earlier_events``), so the plots continue where they stopped.  When a run ends the
+worker also summarises it from its folder (:class:`~.run_summary.RunSummary`), for the card.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QEventLoop, QObject, QTimer, Signal
@@ -26,10 +34,13 @@ from lora_studio.core import (
     RunConfig,
     TrainingWarning,
     TrainResult,
+    load_run_config,
     load_trained_run,
+    resume_run,
     train,
 )
 
+from .run_summary import RunSummary, earlier_events, summarize_run
 from .workers import FunctionWorker
 
 IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
@@ -37,10 +48,20 @@ IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
 
 @dataclass(frozen=True)
 class RunOutcome:
-    """What the worker hands back: the engine's result and the trained model (None if it failed)."""
+    """What the worker hands back: the engine's result, the trained model (None if it failed) and
+    the run's summary (None when the folder could not be read)."""
 
     result: TrainResult
     model: LoadedModel | None
+    summary: RunSummary | None = None
+
+
+@dataclass(frozen=True)
+class EarlierEvents:
+    """The worker's first message when it continues a run: the events logged before (not an engine
+    event; the controller turns it into ``sig_earlier_events``)."""
+
+    events: list[Any]
 
 
 class RunController(QObject):
@@ -56,6 +77,11 @@ class RunController(QObject):
     """The run ended, however it ended (payload: its TrainResult; status 'failed' on failure)."""
     sig_error = Signal(str, str)
     """The run failed: (message for people, details such as a traceback; may be empty)."""
+    sig_earlier_events = Signal(list)
+    """A continued run's curves so far (StepMetrics and EvalMetrics up to its checkpoint), sent
+    after ``sig_run_started`` and before its first new event."""
+    sig_run_continued = Signal(str)
+    """A run folder is being resumed or extended (payload: the folder), after ``sig_run_started``."""
 
     def __init__(self, session: QObject | None = None, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -67,6 +93,8 @@ class RunController(QObject):
         self._error_sent = False
         self._model: LoadedModel | None = None
         self._result: TrainResult | None = None
+        self._summary: RunSummary | None = None
+        self._continuing = False
 
     @classmethod
     def for_session(cls, session: QObject) -> RunController:
@@ -95,20 +123,55 @@ class RunController(QObject):
         """True from :meth:`start` until ``sig_run_finished`` (paused and stopping included)."""
         return self._state != IDLE
 
+    @property
+    def continuing(self) -> bool:
+        """True when the current (or last) run continues an earlier one (resume or extend)."""
+        return self._continuing
+
     def start(self, config: RunConfig) -> None:
         """Train ``config`` on a worker thread; raises RuntimeError while another run is going."""
+        cancel = self._begin(config, continuing=False)
+        self._launch(_run_and_load(lambda on_event: train(config, on_event, cancel)))
+
+    def continue_run(self, run_dir: str | Path, extra_steps: int = 0) -> RunConfig:
+        """Resume the run in ``run_dir`` from its newest checkpoint, ``extra_steps`` past its end
+        when given (the CLI's ``lora-studio resume RUN_DIR --extra-steps N``); returns the config it
+        trains.  Raises RuntimeError while another run is going, FileNotFoundError or ValueError
+        when ``run_dir`` is not a run folder (nothing starts then)."""
+        if extra_steps < 0:
+            raise ValueError(f"extra steps must be >= 0, got {extra_steps}")
+        config = load_run_config(run_dir)  # one small TOML file: the progress bar needs the new length
+        if extra_steps:
+            config = config.replace(training=dataclasses.replace(
+                config.training, max_steps=config.training.max_steps + extra_steps))
+        cancel = self._begin(config, continuing=True)
+        folder = str(run_dir)
+
+        def work(on_event: Callable[[Any], None]) -> TrainResult:
+            on_event(EarlierEvents(earlier_events(folder)))
+            return resume_run(folder, on_event, cancel, extra_steps=extra_steps)
+
+        self.sig_run_continued.emit(folder)
+        self._launch(_run_and_load(work))
+        return config
+
+    def _begin(self, config: RunConfig, *, continuing: bool) -> CancelToken:
         if self.is_running():
             raise RuntimeError("a run is already going; stop it or queue the next one")
         if self._worker is not None:
             self._worker.wait(5_000)  # the previous thread only has its event loop left to quit
-        self._config, self._error_sent = config, False
-        cancel = self._cancel = CancelToken()
-        self._worker = FunctionWorker(_run_and_load(config, cancel), parent=self)
+        self._config, self._error_sent, self._continuing = config, False, continuing
+        self._summary = None
+        self._cancel = CancelToken()
+        return self._cancel
+
+    def _launch(self, work: Callable[[Callable[[Any], None]], RunOutcome]) -> None:
+        self._worker = FunctionWorker(work, parent=self)
         self._worker.sig_event.connect(self._on_event)
         self._worker.sig_finished.connect(self._on_finished)
         self._worker.sig_failed.connect(self._on_crashed)
         self._set_state(RUNNING)
-        self.sig_run_started.emit(config)
+        self.sig_run_started.emit(self._config)
         self._worker.start()
 
     def pause(self) -> None:
@@ -157,12 +220,20 @@ class RunController(QObject):
         """The result of the last run that ended."""
         return self._result
 
+    def last_summary(self) -> RunSummary | None:
+        """The summary of the last run that ended (None when its worker crashed or its folder could
+        not be read); set before ``sig_run_finished``."""
+        return self._summary
+
     # -- private -----------------------------------------------------------------------------------
     def _set_state(self, state: str) -> None:
         self._state = state
         self.sig_state_changed.emit(state)
 
     def _on_event(self, event: Any) -> None:
+        if isinstance(event, EarlierEvents):
+            self.sig_earlier_events.emit(event.events)
+            return
         if isinstance(event, Failed):
             self._send_error(event.message, event.details)
         self.sig_event.emit(event)
@@ -173,6 +244,7 @@ class RunController(QObject):
     def _on_finished(self, outcome: RunOutcome) -> None:
         if outcome.model is not None:
             self._model = outcome.model
+        self._summary = outcome.summary
         self._end(outcome.result)
 
     def _on_crashed(self, message: str, details: str) -> None:
@@ -193,17 +265,24 @@ class RunController(QObject):
         self.sig_run_finished.emit(result)
 
 
-def _run_and_load(config: RunConfig, cancel: CancelToken) -> Callable[[Callable[[Any], None]], RunOutcome]:
-    """The worker's function: train, then rebuild the trained model from the run folder."""
+def _run_and_load(
+    run: Callable[[Callable[[Any], None]], TrainResult],
+) -> Callable[[Callable[[Any], None]], RunOutcome]:
+    """The worker's function: ``run`` (train or resume), then rebuild the trained model from the
+    run folder and summarise the run, all off the UI thread."""
 
     def work(on_event: Callable[[Any], None]) -> RunOutcome:
-        result = train(config, on_event, cancel)
+        result = run(on_event)
         model = None
         if result.status != "failed" and result.checkpoint_dir:
             try:
                 model = load_trained_run(result.run_dir)
             except (OSError, ValueError, RuntimeError) as exc:  # the run stands; only the export is lost
                 on_event(TrainingWarning(f"could not reload the trained model: {exc}", result.steps))
-        return RunOutcome(result, model)
+        try:
+            summary = summarize_run(result)
+        except (OSError, ValueError, KeyError, TypeError):  # an unreadable folder: the card shows the result only
+            summary = None
+        return RunOutcome(result, model, summary)
 
     return work

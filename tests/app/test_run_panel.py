@@ -45,7 +45,9 @@ def test_a_run_draws_curves_evaluations_and_layer_updates(panel, qtbot, tmp_path
     assert counts["val_loss"] == counts["metric"] == 3  # at the start, step 10, step 20
     assert sorted(panel.norms_view.norms) == ["conv1", "conv2", "fc1"] and panel.norms_view.step == 20
     assert all(v > 0 for v in panel.norms_view.norms.values())
-    assert "samples/s" in panel.stats_label.text() and "ETA" in panel.stats_label.text()
+    # Once it ended the line keeps the last numbers and drops the ETA (nothing is left to wait for).
+    assert "finished at step 20/20" in panel.stats_label.text() and "samples/s" in panel.stats_label.text()
+    assert "ETA" not in panel.stats_label.text()
     assert "evaluation at step 20" in panel.log_text()
     assert panel.trained_model() is not None and panel.start_button.isEnabled()
     SCREENSHOTS.mkdir(exist_ok=True)
