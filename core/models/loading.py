@@ -3,11 +3,14 @@
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 from ..run_config import MODEL_SOURCES, ModelConfig
-from .demo_models import load_demo_model
+from .demo_models import DEMO_NAMES, load_demo_model
 from .loaded_model import LoadedModel
 from .python_factory import load_python_model
-from .torchvision_models import load_torchvision
+from .torchvision_models import load_torchvision, torchvision_names
 from .transformers_models import load_config, load_transformers
 
 
@@ -54,14 +57,64 @@ def load_model(
 
 
 def parse_model_spec(spec: str, *, task: str | None = None) -> ModelConfig:
-    """``torchvision:NAME``, ``transformers:ID_OR_FOLDER``, ``python:FILE.py:FUNCTION`` or ``demo:NAME``."""
+    """``torchvision:NAME``, ``transformers:ID_OR_FOLDER``, ``python:FILE.py:FUNCTION`` or ``demo:NAME``.
+
+    Anything else is refused with the spec :func:`suggest_model_spec` guesses was meant, if any.
+    """
     source, sep, name = spec.partition(":")
     if not sep or not name or source not in MODEL_SOURCES:
+        suggestion = suggest_model_spec(spec)
         raise ValueError(
             f"model must be torchvision:NAME, transformers:ID_OR_FOLDER, python:FILE.py:FUNCTION or demo:NAME; "
-            f"got {spec!r}"
+            f"got {spec!r}" + (f" — did you mean {suggestion}?" if suggestion else "")
         )
     return ModelConfig(source=source, name=name, task=task, weights="random")
+
+
+def suggest_model_spec(spec: str) -> str | None:
+    """The full spec a bare or mistyped one most likely means, or None when nothing fits.
+
+    In order: a demo name (``demo:text``), a torchvision model, exactly or but for case and
+    punctuation (``ResNet-18`` -> ``torchvision:resnet18``), a Python file with a factory
+    (``python:net.py:build``), a local folder or a hub-style id ``org/name``
+    (``transformers:...``).  Only an unknown ``source:`` prefix is looked past (``tv:resnet18``).
+    """
+    text = spec.strip()
+    source, sep, rest = text.partition(":")
+    if sep and source not in MODEL_SOURCES and rest and not _is_drive(source) and not source.endswith(".py"):
+        text = rest  # "tv:resnet18", "hf:org/name": the name after an unknown source
+    if not text:
+        return None
+    if text.lower() in DEMO_NAMES:
+        return f"demo:{text.lower()}"
+    torchvision_name = _torchvision_name(text)
+    if torchvision_name:
+        return f"torchvision:{torchvision_name}"
+    file, sep, factory = text.rpartition(":")
+    if sep and file.endswith(".py") and factory:
+        return f"python:{text}"
+    if Path(text).expanduser().is_dir() or _HUB_ID.fullmatch(text):
+        return f"transformers:{text}"
+    return None
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")  # "org/name", as the Hugging Face hub spells ids
+
+
+def _is_drive(source: str) -> bool:
+    return len(source) == 1 and source.isalpha()  # "C:\\models\\bert": a Windows path, not a source
+
+
+def _torchvision_name(text: str) -> str | None:
+    def squash(name: str) -> str:
+        return re.sub(r"[^a-z0-9]", "", name.lower())
+
+    try:
+        names = torchvision_names()
+    except ImportError:  # torchvision is a dependency, but a suggestion must never be what fails
+        return None
+    by_squashed = {squash(n): n for n in names}
+    return text if text in names else by_squashed.get(squash(text))
 
 
 def build_on_meta(spec: str, *, task: str | None = None):
