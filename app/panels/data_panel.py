@@ -160,6 +160,11 @@ class DataPanel(QWidget):
         """Why the kind picker disables ``kind`` for the current model (None: it is offered)."""
         return self._kind_problems.get(kind)
 
+    def check_again(self) -> None:
+        """Re-read the preview and check every file again (the files may have changed on disk)."""
+        self._checked_key = None
+        self._refresh_timer.start()
+
     def wait_idle(self, msecs: int = 30_000) -> None:
         """Stop the file check and let running reads end (the window calls it before closing)."""
         self.checker.stop(msecs)
@@ -211,9 +216,13 @@ class DataPanel(QWidget):
         self.summary_label.setProperty("role", "note")
         self.check_label = QLabel(wordWrap=True)
         self.check_label.setProperty("role", "note")
+        self.recheck_button = QPushButton("Check again")
+        self.recheck_button.setToolTip("Read every file again (after fixing or removing bad ones on disk)")
+        self.recheck_button.clicked.connect(self.check_again)
+        self.check_row = row(self.check_label, self.recheck_button)
+        self.check_row.layout().setStretch(0, 1)
         self.bad_list = QListWidget()
         self.bad_list.setToolTip("Files (or table rows) training cannot use, and why")
-        self.bad_list.setMaximumHeight(120)  # a long list scrolls; the samples keep the room
         self.bad_list.setVisible(False)
 
         self.sample_preview = SamplePreview()
@@ -229,7 +238,7 @@ class DataPanel(QWidget):
         layout.addLayout(form)
         layout.addWidget(self.error_label)
         layout.addWidget(self.summary_label)
-        layout.addWidget(self.check_label)
+        layout.addWidget(self.check_row)
         layout.addWidget(self.bad_list)
         layout.addWidget(split, 1)
 
@@ -396,7 +405,8 @@ class DataPanel(QWidget):
         self.summary_label.setText("reading…")
         if check_key(data) != self._checked_key:
             self._checked_key = check_key(data)
-            self.check_label.setText("checking the files…" if data.kind == "image-folder" else "")
+            self.check_label.setText("checking the files…")
+            self.check_row.setVisible(data.kind in ("image-folder", "text-classification", "causal-lm"))
             self.checker.check(data)
         worker = FunctionWorker(lambda _on_event: _read(generation, data))
         # A bound method of this widget, not a lambda: Qt then queues the call to the UI thread
@@ -465,6 +475,13 @@ class DataPanel(QWidget):
         self.check_result = result
         self._show_check()
 
+    def _current_check(self) -> Any:
+        """The newest check's DataCheck when it is for the data shown, else None."""
+        result = self.check_result
+        if result is None or check_key(result.data) != check_key(self.session.config.data):
+            return None
+        return result.check
+
     def _show_check(self) -> None:
         """The check's counts, the bad files and what training will do with them."""
         result, data = self.check_result, self.session.config.data
@@ -474,7 +491,7 @@ class DataPanel(QWidget):
         self.bad_list.clear()
         if check is None or not check.checked:
             self.check_label.setText("")  # nothing to check, or the data could not be read (the error says why)
-            self.check_label.setVisible(False)
+            self.check_row.setVisible(False)
             self.bad_list.setVisible(False)
             return
         images = check.kind == "image-folder"
@@ -494,7 +511,7 @@ class DataPanel(QWidget):
         self.check_label.setText(text)
         self.check_label.setProperty("role", "error" if refuses else "note")
         self.check_label.setStyleSheet("color: #b91c1c;" if refuses else "")
-        self.check_label.setVisible(True)
+        self.check_row.setVisible(True)
         root = Path(data.train or "")
         for item in check.bad[:MAX_LISTED]:
             shown = _relative(item.path, root) if images else Path(item.path).name
@@ -504,11 +521,16 @@ class DataPanel(QWidget):
             self.bad_list.addItem(line)
         if bad > MAX_LISTED:
             self.bad_list.addItem(f"… and {bad - MAX_LISTED:,} more")
+        # As tall as its lines, up to six (then it scrolls): the samples keep the room.
+        rows = min(self.bad_list.count(), 6)
+        self.bad_list.setFixedHeight(self.bad_list.sizeHintForRow(0) * rows + 2 * self.bad_list.frameWidth() + 4
+                                     if rows else 0)
         self.bad_list.setVisible(bool(bad))
         if images:
             self.sample_preview.mark_bad({b.path: b.reason for b in check.bad})
             if self.preview is not None and check.good_counts:
                 self.balance_chart.set_counts(check.good_counts)  # what training reads: the readable images
+                self._show_summary()
 
     # -- messages ----------------------------------------------------------------------------------------------
     def _show_error(self, message: str) -> None:
@@ -520,10 +542,17 @@ class DataPanel(QWidget):
         if preview is None:
             self.summary_label.setText("")
             return
-        parts = [f"{preview.total:,} samples"]
-        if preview.label_counts:
-            counts = preview.label_counts.values()
-            parts.append(f"{len(preview.label_counts)} classes (smallest {min(counts):,}, largest {max(counts):,})")
+        check = self._current_check()
+        label_counts = preview.label_counts
+        if check is not None and check.good_counts:
+            # An image folder once checked: count what training reads, the readable images.
+            label_counts = check.good_counts
+            parts = [f"{sum(label_counts.values()):,} readable images of {preview.total:,}"]
+        else:
+            parts = [f"{preview.total:,} samples"]
+        if label_counts:
+            counts = label_counts.values()
+            parts.append(f"{len(label_counts)} classes (smallest {min(counts):,}, largest {max(counts):,})")
         if preview.note:
             parts.append(preview.note)
         self.summary_label.setText(" · ".join(parts))

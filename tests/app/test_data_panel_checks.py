@@ -113,6 +113,21 @@ def test_the_bad_images_control_is_bound_to_the_config(qtbot, panel: DataPanel, 
     assert not combo.isVisibleTo(panel) and not panel.bad_list.isVisibleTo(panel)  # only image folders have files
 
 
+def test_check_again_after_fixing_the_files(qtbot, panel: DataPanel, tmp_path) -> None:
+    root = make_messy_folder(tmp_path / "pets")
+    panel.choose_path(str(root))
+    _settle(qtbot, panel)
+    assert len(panel.bad_items()) == 3
+    for line in BAD:  # the user removes the bad files on disk, then asks for a new check
+        (root / line.split(":")[0]).unlink()
+    with qtbot.waitSignal(panel.checker.sig_checked, timeout=20_000):
+        qtbot.mouseClick(panel.recheck_button, Qt.MouseButton.LeftButton)
+    _settle(qtbot, panel)
+    assert panel.bad_items() == [] and not panel.bad_list.isVisible()
+    assert "Checked 6 images: 6 good, none bad." in panel.check_label.text()
+    assert "6 readable images of 6" in panel.summary_label.text()
+
+
 def test_table_rows_with_an_empty_text_or_label_are_named(qtbot, tmp_path) -> None:
     panel = _panel(qtbot, RunConfig(model=ModelConfig(source="demo", name="text")))
     path = tmp_path / "reviews.csv"
