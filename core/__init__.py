@@ -12,6 +12,7 @@ __version__ = "0.1.0"
 from .adapter import (
     INIT_CHOICES,
     AdapterState,
+    BatchShape,
     LoraConfig,
     MemoryEstimate,
     ModuleInfo,
@@ -194,6 +195,7 @@ __all__ = [
     "AdapterLayer",
     "AdapterState",
     "LoraConfig",
+    "BatchShape",
     "MemoryEstimate",
     "MergeNotSupportedError",
     "MissingVariantInputError",

@@ -8,11 +8,13 @@ into one), ``describe`` (the layer tree) and ``counting`` (parameters and memory
 from .combination import add_weighted_adapter
 from .config import ALL_LINEAR, BIAS_CHOICES, INIT_CHOICES, LoraConfig, pattern_matches
 from .counting import (
+    BatchShape,
     MemoryEstimate,
     ParameterCounts,
     adapter_parameter_count,
     count_parameters,
     estimate_training_memory,
+    nf4_bytes,
 )
 from .describe import ModuleInfo, ParameterInfo, describe
 from .lifecycle import (
@@ -40,6 +42,7 @@ __all__ = [
     "INIT_CHOICES",
     "AdapterState",
     "LoraConfig",
+    "BatchShape",
     "MemoryEstimate",
     "ModuleInfo",
     "ParameterCounts",
@@ -56,6 +59,7 @@ __all__ = [
     "describe",
     "disable_adapters",
     "estimate_training_memory",
+    "nf4_bytes",
     "get_adapter_config",
     "in_modules_to_save",
     "list_adapters",

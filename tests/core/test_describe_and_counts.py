@@ -81,9 +81,10 @@ def test_memory_estimate_before_attach_matches_after() -> None:
     assert planned == actual
     counts = count_parameters(model)
     assert actual.gradients == counts.trainable * 4
-    full_precision = estimate_training_memory(model, precision="float32")
-    assert full_precision.weights - actual.weights == counts.base * 2, "bf16 halves the base weights"
-    assert full_precision.activations == 0, "no token count: no activation term"
+    full_precision = estimate_training_memory(model, precision="float32", tokens_per_step=16 * 128)
+    assert full_precision.weights == actual.weights, "weights are counted as stored; precision is the compute's"
+    assert full_precision.activations == 2 * actual.activations, "bf16 halves the activations"
+    assert estimate_training_memory(model).activations == 0, "no token count: no activation term"
     with pytest.raises(ValueError, match="precision"):
         estimate_training_memory(model, precision="float8")
 
