@@ -15,13 +15,16 @@ from __future__ import annotations
 
 from importlib import resources
 from importlib.resources.abc import Traversable
+from pathlib import Path
 
+from PySide6.QtCore import QDir
 from PySide6.QtGui import QIcon, QImage, QPixmap
 
 from .state.project_files import THEMES
 
 RESOURCES_PACKAGE = "lora_studio.resources"
 APP_ICON = "lora-studio"  # icons/lora-studio.svg and its rendered icons/lora-studio.png
+STYLE_IMAGES_PREFIX = "studio-styles"  # style sheets name their images url(studio-styles:check-dark.svg)
 
 
 def resource(relative: str) -> Traversable:
@@ -59,3 +62,17 @@ def style_sheet(theme: str = THEMES[0]) -> str:
     if theme not in THEMES:
         raise ValueError(f"theme must be one of {', '.join(THEMES)}; got {theme!r}")
     return resource(f"styles/{theme}.qss").read_text(encoding="utf-8")
+
+
+def register_style_images() -> bool:
+    """Let style sheets find their images (check marks) as ``url(studio-styles:NAME)``: Qt reads a
+    style sheet's images from files, so the search path is the resources' ``styles`` folder.  False
+    where that folder is not on the file system (resources inside a zip): the sheet then draws its
+    boxes without the images, which still shows every box's edge."""
+    folder = resources.files(RESOURCES_PACKAGE).joinpath("styles")
+    path = Path(str(folder))
+    if not path.is_dir():
+        return False
+    if str(path) not in QDir.searchPaths(STYLE_IMAGES_PREFIX):
+        QDir.addSearchPath(STYLE_IMAGES_PREFIX, str(path))
+    return True

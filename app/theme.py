@@ -51,9 +51,10 @@ def apply_theme(app: QApplication | None, theme: str) -> None:
     app.setStyle("Fusion")
     app.setPalette(palette_for(theme))
     try:
-        from .resources import style_sheet  # the palette alone is enough without the style sheets
+        from .resources import register_style_images, style_sheet  # the palette alone is enough without them
     except ImportError:
         return
+    register_style_images()
     try:
         app.setStyleSheet(style_sheet(theme))
     except (FileNotFoundError, ValueError):

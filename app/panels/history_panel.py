@@ -9,16 +9,20 @@ entry with its trainable-parameter count — the rank study of the LoRA papers.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pyqtgraph as pg
 from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtGui import QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
-    QHBoxLayout,
+    QHeaderView,
     QInputDialog,
     QLabel,
+    QListWidget,
+    QListWidgetItem,
     QMenu,
     QPlainTextEdit,
     QPushButton,
@@ -33,14 +37,18 @@ from lora_studio.core import EvalMetrics, RunConfig
 
 from ..dialogs.rank_study_dialog import RankStudyDialog
 from ..state.run_controller import RunController
-from ..state.run_history import RunRecord, read_run, study_configs
+from ..state.run_history import RunRecord, read_run, study_configs, study_points
 from ..state.run_queue import RunQueue
 from ..state.run_summary import run_continuation
 from ..state.session import StudioSession
+from ..widgets.flow_layout import flow_bar
 
 SETTINGS_KEY = "history/run_folders"
 COLUMNS = ("Run", "Setup", "Trainable", "Steps", "Val loss", "Val acc / ppl", "Status")
-METRICS = ("Validation loss", "Training loss", "Validation accuracy (%) / perplexity")
+METRICS = ("Validation loss", "Training loss", "Validation accuracy (%) / perplexity",
+           "Rank study: final result vs rank")
+RANK_CHART = 3  # the index in METRICS of the rank-study summary (one point per run, not curves)
+LEGEND_ROWS = 4  # the legend list shows this many runs before it scrolls
 
 
 class HistoryPanel(QWidget):
@@ -66,6 +74,7 @@ class HistoryPanel(QWidget):
         self.controller.sig_event.connect(self._on_run_event)
         self.controller.sig_run_finished.connect(self._on_run_finished)
         self.queue.sig_changed.connect(self._on_queue_changed)
+        self.queue.sig_batch_finished.connect(self._on_batch_finished)
         for folder in self.settings.value(SETTINGS_KEY, [], type=list) or []:
             self.add_run_folder(folder, remember=False)
 
@@ -122,8 +131,12 @@ class HistoryPanel(QWidget):
         return [self._records[p] for p, item in self._items.items() if item.checkState(0) == Qt.CheckState.Checked]
 
     def comparison_legend(self) -> list[str]:
-        """The comparison plot's legend entries, one per drawn curve."""
-        return [label.text for _, label in self.legend.items]
+        """The comparison plot's legend entries, one per drawn run."""
+        return [self.legend_list.item(i).text() for i in range(self.legend_list.count())]
+
+    def plot_title_text(self) -> str:
+        """The comparison plot's title."""
+        return self.plot_title.text()
 
     def open_rank_study(self, include_full: bool = False) -> RankStudyDialog:
         """Open the "Rank study…" dialog (non-blocking); accepting it queues the runs."""
@@ -207,16 +220,21 @@ class HistoryPanel(QWidget):
         self.clear_queue_button = QPushButton("Clear queue")
         self.clear_queue_button.setEnabled(False)
         self.clear_queue_button.clicked.connect(self.queue.clear)
-        bar = QHBoxLayout()
-        for widget in (self.study_button, self.versus_button, self.add_button, self.remove_button):
-            bar.addWidget(widget)
-        bar.addStretch(1)
-        bar.addWidget(self.queue_label)
-        bar.addWidget(self.clear_queue_button)
+        # A bar that wraps: six controls side by side made the window 645 px wider than its other tabs.
+        bar = flow_bar(self.study_button, self.versus_button, self.add_button, self.remove_button,
+                       self.queue_label, self.clear_queue_button)
 
         self.table = QTreeWidget()
         self.table.setHeaderLabels(list(COLUMNS))
         self.table.setRootIsDecorated(False)
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # "demo-study/r8": both ends tell
+        header = self.table.header()
+        header.setStretchLastSection(False)
+        header.setMinimumSectionSize(36)
+        # The run's name takes what is left; every other column is as wide as its values, so
+        # accuracy and status show without scrolling sideways (their full text is in the tooltip).
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         self.table.setSelectionMode(QTreeWidget.SelectionMode.ExtendedSelection)
         self.table.itemChanged.connect(lambda item, column: self._redraw() if column == 0 else None)
         self.table.currentItemChanged.connect(self._show_config)
@@ -224,33 +242,54 @@ class HistoryPanel(QWidget):
         self.table.customContextMenuRequested.connect(self._show_run_menu)
         self.metric_box = QComboBox()
         self.metric_box.addItems(METRICS)
+        self.metric_box.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.metric_box.setMinimumContentsLength(16)
         self.metric_box.currentIndexChanged.connect(self._redraw)
-        self.plot_widget = pg.PlotWidget(title="Tick runs to compare them")
+        self.plot_title = QLabel("Tick runs to compare them")  # a label wraps where a plot title is clipped
+        self.plot_title.setWordWrap(True)
+        self.plot_title.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self.plot_widget = pg.PlotWidget()
+        self.plot_widget.setMinimumSize(160, 120)
         self.plot = self.plot_widget.getPlotItem()
         self.plot.setDownsampling(auto=True, mode="peak")
         self.plot.setClipToView(True)
         self.plot.showGrid(x=True, y=True, alpha=0.2)
         self.plot.setLabel("bottom", "step")
         self.plot.getAxis("left").enableAutoSIPrefix(False)
-        self.legend = self.plot.addLegend(offset=(-10, 10))
+        # The legend is a list beside the plot, not an item on it: it never covers a curve, and each
+        # entry has its curve's colour as a swatch.
+        self.legend_list = QListWidget()
+        self.legend_list.setObjectName("history_legend")
+        self.legend_list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
+        self.legend_list.setSelectionMode(QListWidget.SelectionMode.NoSelection)
+        self.legend_list.setMaximumHeight(LEGEND_ROWS * (self.legend_list.fontMetrics().height() + 6) + 6)
+        self.legend_list.hide()
         self.config_view = QPlainTextEdit()
         self.config_view.setReadOnly(True)
         self.config_view.setPlaceholderText("The selected run's config (run.toml)")
 
-        right = QWidget()
-        right_layout = QVBoxLayout(right)
-        right_layout.setContentsMargins(0, 0, 0, 0)
-        right_layout.addWidget(self.metric_box)
-        right_layout.addWidget(self.plot_widget, 1)
-        left = QSplitter(Qt.Orientation.Vertical)
-        left.addWidget(self.table)
-        left.addWidget(self.config_view)
-        body = QSplitter(Qt.Orientation.Horizontal)
-        body.addWidget(left)
-        body.addWidget(right)
-        body.setSizes([560, 540])  # proportions: the table's seven columns need about half the width
+        chart = QWidget()
+        chart_layout = QVBoxLayout(chart)
+        chart_layout.setContentsMargins(0, 0, 0, 0)
+        chart_layout.addWidget(self.metric_box)
+        chart_layout.addWidget(self.plot_title)
+        chart_layout.addWidget(self.plot_widget, 1)
+        chart_layout.addWidget(self.legend_list)
+        lower = QSplitter(Qt.Orientation.Horizontal)
+        lower.addWidget(chart)
+        lower.addWidget(self.config_view)
+        lower.setStretchFactor(0, 3)
+        lower.setStretchFactor(1, 2)
+        lower.setSizes([600, 400])
+        # The table spans the tab's width (its seven columns fit), the chart and the config share the rest.
+        body = QSplitter(Qt.Orientation.Vertical)
+        body.addWidget(self.table)
+        body.addWidget(lower)
+        body.setStretchFactor(0, 2)
+        body.setStretchFactor(1, 3)
+        body.setSizes([200, 400])
         layout = QVBoxLayout(self)
-        layout.addLayout(bar)
+        layout.addWidget(bar)
         layout.addWidget(body, 1)
 
     # -- slots and helpers -------------------------------------------------------------------------
@@ -277,6 +316,13 @@ class HistoryPanel(QWidget):
         if self.add_run_folder(path) is not None and path in self._to_compare:
             self._items[path].setCheckState(0, Qt.CheckState.Checked)
 
+    def _on_batch_finished(self, folders: list) -> None:
+        # A study's point is its summary: once its runs are done, show final result against rank.
+        study = {Path(f).resolve() for f in folders} & self._to_compare
+        ranked = [p for p in study_points([self._records[f] for f in study if f in self._records]) if p.rank]
+        if len(ranked) >= 2:
+            self.metric_box.setCurrentIndex(RANK_CHART)
+
     def _on_queue_changed(self, waiting: int) -> None:
         self.queue_label.setText(f"Queue: {waiting} waiting" if waiting else "Queue: empty")
         self.clear_queue_button.setEnabled(waiting > 0)
@@ -288,15 +334,17 @@ class HistoryPanel(QWidget):
         elif record.eval_perplexity and record.eval_perplexity[-1] is not None:
             last_metric = f"{record.eval_perplexity[-1]:.2f}"
         values = (record.name, record.setup, f"{record.trainable:,}" if record.trainable is not None else "",
-                  str(record.train_steps[-1] if record.train_steps else 0),
-                  f"{record.eval_loss[-1]:.4f}" if record.eval_loss else "", last_metric, record.status)
+                  str(record.steps), f"{record.eval_loss[-1]:.4f}" if record.eval_loss else "", last_metric,
+                  record.status)
         self.table.blockSignals(True)
         for column, text in enumerate(values):
             item.setText(column, text)
+            item.setToolTip(column, f"{COLUMNS[column]}: {text}")
+            if column > 0:
+                item.setTextAlignment(column, Qt.AlignmentFlag.AlignRight if column in (2, 3, 4, 5)
+                                      else Qt.AlignmentFlag.AlignLeft)
         item.setToolTip(0, str(record.run_dir))
         self.table.blockSignals(False)
-        for column in range(len(COLUMNS)):
-            self.table.resizeColumnToContents(column)
 
     def _show_config(self, item: QTreeWidgetItem | None) -> None:
         record = self._records.get(Path(item.data(0, Qt.ItemDataRole.UserRole))) if item else None
@@ -305,18 +353,112 @@ class HistoryPanel(QWidget):
     def _redraw(self) -> None:
         """Curves are rebuilt here (not streamed): this runs when ticks, metric or a run change."""
         self.plot.clear()
-        self.legend.clear()
+        self.legend_list.clear()
         runs = self.compared()
         metric = self.metric_box.currentIndex()
-        self.plot.setTitle(f"{METRICS[metric]} of {len(runs)} runs" if runs else "Tick runs to compare them")
-        for index, record in enumerate(runs):
+        colours = [pg.intColor(index, hues=max(len(runs), 6)) for index in range(len(runs))]
+        if metric == RANK_CHART:
+            self._draw_rank_study(runs, colours)
+        else:
+            self._draw_curves(runs, metric, colours)
+        for record, colour in zip(runs, colours, strict=True):
+            entry = QListWidgetItem(_swatch(colour), record.legend)
+            entry.setToolTip(f"{record.legend}\n{record.run_dir}")
+            self.legend_list.addItem(entry)
+        self.legend_list.setVisible(bool(runs))
+
+    def _draw_curves(self, runs: list[RunRecord], metric: int, colours: list[QColor]) -> None:
+        self.plot_title.setText(f"{METRICS[metric]} of {plural(len(runs), 'run')}" if runs
+                                else "Tick runs to compare them")
+        self.plot.setLabel("bottom", "step")
+        self.plot.setLabel("left", "")
+        self.plot.getAxis("bottom").setTicks(None)
+        xs_all: list[float] = []
+        ys_all: list[float] = []
+        for record, colour in zip(runs, colours, strict=True):
             xs, ys = _series(record, metric)
-            pen = pg.mkPen(pg.intColor(index, hues=max(len(runs), 6)), width=2)
-            symbol = "o" if metric != 1 else None  # evaluations are few: show each point
-            self.plot.plot(xs, ys, pen=pen, symbol=symbol, symbolSize=5, symbolBrush=pen.color(), name=record.legend)
+            pen = pg.mkPen(colour, width=2)
+            symbol = "o" if metric != 1 or len(xs) < 3 else None  # evaluations are few: show each point
+            self.plot.plot(xs, ys, pen=pen, symbol=symbol, symbolSize=6, symbolBrush=colour, name=record.legend)
+            xs_all += xs
+            ys_all += ys
+        self._frame(xs_all, ys_all, x_floor=0.0)
+
+    def _draw_rank_study(self, runs: list[RunRecord], colours: list[QColor]) -> None:
+        """Final metric against rank (log2 axis), each point labelled with its trainable parameters;
+        full fine-tuning is a dashed line across (it has no rank)."""
+        colour_of = {record.name: colour for record, colour in zip(runs, colours, strict=True)}
+        points = study_points(runs)
+        lora = [p for p in points if p.rank is not None]
+        full = [p for p in points if p.rank is None]
+        if not points:
+            self.plot_title.setText("Tick the runs of a rank study (evaluated runs) to compare their final results")
+            return
+        metric = points[0].metric
+        self.plot_title.setText(f"Final {metric} against rank, {plural(len(points), 'run')}")
+        self.plot.setLabel("bottom", "rank (log scale)")
+        self.plot.setLabel("left", metric)
+        xs = [math.log2(p.rank) for p in lora]
+        ys = [p.value for p in lora]
+        if lora:
+            self.plot.plot(xs, ys, pen=pg.mkPen((150, 150, 150), width=1))
+            brushes = [colour_of.get(p.name, QColor(70, 130, 200)) for p in lora]
+            self.plot.plot(xs, ys, pen=None, symbol="o", symbolSize=9, symbolBrush=brushes)
+            self.plot.getAxis("bottom").setTicks([[(x, str(p.rank)) for x, p in zip(xs, lora, strict=True)]])
+            for x, p in zip(xs, lora, strict=True):
+                label = pg.TextItem(_trainable_label(p.trainable), anchor=(0.5, 1.3), color=(120, 120, 120))
+                label.setPos(x, p.value)
+                self.plot.addItem(label)
+        for p in full:
+            line = pg.InfiniteLine(pos=p.value, angle=0, pen=pg.mkPen(colour_of.get(p.name, (200, 80, 80)), width=2,
+                                                                   style=Qt.PenStyle.DashLine),
+                                   label=f"full fine-tuning ({_trainable_label(p.trainable)})",
+                                   labelOpts={"position": 0.15, "color": (120, 120, 120)})
+            self.plot.addItem(line)
+        self._frame(xs or [0.0], ys + [p.value for p in full])
+
+    def _frame(self, xs: list[float], ys: list[float], x_floor: float | None = None) -> None:
+        """Frame the points explicitly: pyqtgraph's auto range gives -150..150 around a single point."""
+        x_range, y_range = padded_range(xs, floor=x_floor), padded_range(ys)
+        if x_range is not None and y_range is not None:
+            self.plot.setRange(xRange=x_range, yRange=y_range, padding=0)
 
     def _save_list(self) -> None:
         self.settings.setValue(SETTINGS_KEY, [str(path) for path in self._items])
+
+
+def padded_range(values: list[float], *, floor: float | None = None, pad: float = 0.06) -> tuple[float, float] | None:
+    """(low, high) that shows every value with a margin; a single value (or equal ones) gets a span
+    of 10% of its size (at least 1 for values near zero), never pyqtgraph's -150..150.  ``floor``:
+    the low end never goes below it (steps start at 0).  None for no values."""
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return None
+    low, high = min(finite), max(finite)
+    if high - low < 1e-12 * max(1.0, abs(high)):
+        half = max(abs(high) * 0.05, 0.5 if abs(high) >= 1 else max(abs(high) * 0.05, 1e-3))
+        low, high = low - half, high + half
+    margin = (high - low) * pad
+    low, high = low - margin, high + margin
+    if floor is not None and low < floor <= min(finite):
+        low = floor
+    return low, high
+
+
+def plural(count: int, noun: str) -> str:
+    """``1 run``, ``2 runs``."""
+    return f"{count} {noun}{'' if count == 1 else 's'}"
+
+
+def _trainable_label(trainable: int | None) -> str:
+    return f"{trainable:,} trainable" if trainable is not None else "trainable: ?"
+
+
+def _swatch(colour: QColor, size: int = 12) -> QIcon:
+    """A filled square of ``colour``: the legend entry's sample of its curve."""
+    pixmap = QPixmap(size, size)
+    pixmap.fill(colour)
+    return QIcon(pixmap)
 
 
 def _series(record: RunRecord, metric: int) -> tuple[list[float], list[float]]:

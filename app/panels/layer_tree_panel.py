@@ -36,6 +36,7 @@ from lora_studio.core import ModuleInfo, preview_targets
 
 from ..state.session import StudioSession
 from ..state.target_selection import quick_selection, targets_for, with_layer_values
+from ..widgets.flow_layout import FlowLayout
 from ..widgets.layer_tree_model import NAME_ROLE, LayerFilterProxy, LayerTreeModel
 
 QUICK_SELECTIONS = (("All linear", "all-linear"), ("Attention", "attention"), ("MLP", "mlp"), ("None", "none"))
@@ -94,14 +95,14 @@ class LayerTreePanel(QWidget):
         self.apply_layer_button = QPushButton("Set for highlighted")
         self.reset_layer_button = QPushButton("Use global")
         self.layer_label = QLabel("Highlight layers to give them their own rank and alpha")
-        per_layer = QHBoxLayout()
+        self.layer_label.setWordWrap(True)
+        per_layer = FlowLayout()  # wraps in a narrow column instead of widening the window
         per_layer.addWidget(QLabel("Rank"))
         per_layer.addWidget(self.rank_spin)
         per_layer.addWidget(QLabel("Alpha"))
         per_layer.addWidget(self.alpha_spin)
         per_layer.addWidget(self.apply_layer_button)
         per_layer.addWidget(self.reset_layer_button)
-        per_layer.addStretch(1)
 
         filter_row = QHBoxLayout()
         filter_row.addWidget(self.filter_edit, 1)

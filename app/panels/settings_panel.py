@@ -90,7 +90,9 @@ class SettingsPanel(QWidget):
         content_layout.addWidget(self.variant_form_box)
         content_layout.addWidget(training_box)
         content_layout.addStretch(1)
-        scroll = QScrollArea()
+        # The form scrolls inside the dock: on a 720-pixel-high screen the training fields sit below
+        # the fold, and a row with its message beside it may be wider than a narrow dock.
+        self.scroll = scroll = QScrollArea()
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QScrollArea.Shape.NoFrame)
         scroll.setWidget(content)
@@ -107,6 +109,12 @@ class SettingsPanel(QWidget):
     def row(self, key: str) -> FieldRow:
         """The form row editing ``key`` ('lora.r', 'training.lr', 'lora.variant_settings.<name>'...)."""
         return self.rows[key]
+
+    def reveal(self, key: str) -> FieldRow:
+        """Scroll the form until the row editing ``key`` is in view; returns the row."""
+        row = self.rows[key]
+        self.scroll.ensureWidgetVisible(row, 8, 8)
+        return row
 
     def set_variant(self, name: str) -> None:
         """Choose variant ``name`` (as picking it in the list does)."""

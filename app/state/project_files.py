@@ -85,6 +85,13 @@ class StudioSettings:
         self._q.setValue("window/geometry", geometry)
         self._q.setValue("window/state", state)
 
+    def splitter_state(self, name: str) -> QByteArray | None:
+        """The saved sizes of the window's splitter ``name`` (QSplitter.saveState), or None."""
+        return self._q.value(f"window/splitter/{name}")
+
+    def set_splitter_state(self, name: str, state: QByteArray) -> None:
+        self._q.setValue(f"window/splitter/{name}", state)
+
     def sync(self) -> None:
         """Write to disk now (tests, and before the process exits)."""
         self._q.sync()

@@ -29,6 +29,7 @@ class RunRecord:
     eval_perplexity: list[float | None] = field(default_factory=list)
     result: dict[str, Any] | None = None  # the Finished event's TrainResult, as a dict
     failure: str | None = None  # the Failed event's message
+    last_step: int = 0  # the highest step any record of the log names (metrics come every log_every steps)
 
     @property
     def name(self) -> str:
@@ -42,6 +43,25 @@ class RunRecord:
         if self.failure is not None:
             return "failed"
         return str(self.result["status"]) if self.result else "incomplete"
+
+    @property
+    def steps(self) -> int:
+        """Steps the run trained: its result's count once it ended (a run cancelled at step 16 with
+        metrics every 10 steps trained 16, not 10), else the last step its log names."""
+        if self.result and self.result.get("steps") is not None:
+            return int(self.result["steps"])
+        return self.last_step
+
+    @property
+    def final_metric(self) -> tuple[str, float] | None:
+        """(name, value) of the run's last evaluation, the number a study compares: accuracy (%),
+        else perplexity, else validation loss; None before any evaluation."""
+        candidates = (("accuracy (%)", self.eval_accuracy, 100.0), ("perplexity", self.eval_perplexity, 1.0),
+                      ("validation loss", self.eval_loss, 1.0))
+        for name, values, scale in candidates:
+            if values and values[-1] is not None:
+                return name, scale * float(values[-1])
+        return None
 
     @property
     def trainable(self) -> int | None:
@@ -67,23 +87,61 @@ def read_run(run_dir: str | Path) -> RunRecord:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     curves: dict[str, list] = {k: [] for k in ("ts", "tl", "es", "el", "ea", "ep")}
-    result, failure = None, None
+    result, failure, last_step = None, None, 0
     for record in read_metrics(run_dir):
         kind = record.get("event")  # the event's class name: core's log writes type(event).__name__
+        step = record.get("step")
+        if isinstance(step, int):
+            last_step = max(last_step, step)
         if kind == StepMetrics.__name__:
-            curves["ts"].append(record["step"])
-            curves["tl"].append(record["loss"])
+            _append_point(curves, ("ts", "tl"), step, record["loss"])
         elif kind == EvalMetrics.__name__:
-            curves["es"].append(record["step"])
-            curves["el"].append(record["loss"])
-            curves["ea"].append(record.get("accuracy"))
-            curves["ep"].append(record.get("perplexity"))
+            _append_point(curves, ("es", "el", "ea", "ep"), step, record["loss"], record.get("accuracy"),
+                          record.get("perplexity"))
         elif kind == Finished.__name__:
             result, failure = record["result"], None  # a resumed run can fail, then finish
         elif kind == Failed.__name__:
             failure = record["message"]
     return RunRecord(run_dir, config, curves["ts"], curves["tl"], curves["es"], curves["el"], curves["ea"],
-                     curves["ep"], result, failure)
+                     curves["ep"], result, failure, last_step)
+
+
+def _append_point(curves: dict[str, list], keys: tuple[str, ...], step: int, *values: Any) -> None:
+    """Add one point to the curves ``keys`` (steps first).  A resumed run logs again from its
+    checkpoint's step: the points it repeats replace the old ones, so each curve runs forward once."""
+    steps = curves[keys[0]]
+    if steps and step <= steps[-1]:
+        keep = next((i for i, s in enumerate(steps) if s >= step), len(steps))
+        for key in keys:
+            del curves[key][keep:]
+    for key, value in zip(keys, (step, *values), strict=True):
+        curves[key].append(value)
+
+
+@dataclass(frozen=True)
+class StudyPoint:
+    """One run of a rank study on the summary chart: its rank (None: full fine-tuning), its
+    trainable-parameter count and the final metric it reached."""
+
+    name: str
+    rank: int | None
+    trainable: int | None
+    metric: str
+    value: float
+
+
+def study_points(records: list[RunRecord]) -> list[StudyPoint]:
+    """The rank-study summary of ``records``: one point per run that has evaluated, LoRA runs sorted
+    by rank and full fine-tuning last.  Runs whose final metric is of another kind than the first
+    run's (accuracy beside perplexity) are left out: one chart has one y axis."""
+    points = []
+    for record in records:
+        final = record.final_metric
+        if final is None or (points and final[0] != points[0].metric):
+            continue
+        rank = None if record.config.training.mode == "full" else record.config.lora.r
+        points.append(StudyPoint(record.name, rank, record.trainable, final[0], final[1]))
+    return sorted(points, key=lambda p: (p.rank is None, p.rank or 0))
 
 
 def is_run_folder(path: str | Path) -> bool:

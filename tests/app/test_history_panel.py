@@ -8,7 +8,7 @@ import pytest
 from PySide6.QtCore import QSettings
 from short_runs import short_digits
 
-from lora_studio.app.panels.history_panel import HistoryPanel
+from lora_studio.app.panels.history_panel import RANK_CHART, HistoryPanel
 from lora_studio.app.state.run_controller import RunController
 from lora_studio.app.state.session import StudioSession
 
@@ -72,8 +72,13 @@ def test_a_rank_study_queued_by_clicking_compares_its_runs(qtbot, tmp_path, sett
     trainable = [run.trainable for run in compared]
     assert trainable[0] < trainable[1] < trainable[2] == compared[2].result["total_parameters"]
     legend = panel.comparison_legend()
-    assert len(legend) == len(panel.plot.listDataItems()) == 3
+    assert len(legend) == 3
     assert [f"{n:,} trainable" in entry for n, entry in zip(trainable, legend, strict=True)] == [True] * 3
+    # A finished study shows its summary: final result against rank (the two LoRA runs as points,
+    # full fine-tuning as a line across), then the curves are one choice away.
+    assert panel.metric_box.currentIndex() == RANK_CHART and "against rank, 3 runs" in panel.plot_title_text()
+    panel.metric_box.setCurrentIndex(0)
+    assert len(panel.plot.listDataItems()) == 3 and panel.plot_title_text() == "Validation loss of 3 runs"
     assert panel.queue_label.text() == "Queue: empty" and not panel.queue.is_busy()
     SCREENSHOTS.mkdir(exist_ok=True)
     panel.grab().save(str(SCREENSHOTS / "history_panel.png"))
