@@ -211,7 +211,7 @@ class DataPanel(QWidget):
 
         self.error_label = QLabel(wordWrap=True, textInteractionFlags=Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.setProperty("role", "error")
-        self.error_label.setStyleSheet("color: #b91c1c;")  # readable without the app's style sheet too
+        # The colour comes from the theme's QLabel[role="error"] (an inline colour would ignore the dark theme).
         self.summary_label = QLabel(wordWrap=True)
         self.summary_label.setProperty("role", "note")
         self.check_label = QLabel(wordWrap=True)
@@ -510,7 +510,8 @@ class DataPanel(QWidget):
         refuses = bad and not (images and data.bad_images == "skip")
         self.check_label.setText(text)
         self.check_label.setProperty("role", "error" if refuses else "note")
-        self.check_label.setStyleSheet("color: #b91c1c;" if refuses else "")
+        self.check_label.style().unpolish(self.check_label)  # the theme's colour for the new role
+        self.check_label.style().polish(self.check_label)
         self.check_row.setVisible(True)
         root = Path(data.train or "")
         for item in check.bad[:MAX_LISTED]:
