@@ -436,7 +436,8 @@ def padded_range(values: list[float], *, floor: float | None = None, pad: float 
         return None
     low, high = min(finite), max(finite)
     if high - low < 1e-12 * max(1.0, abs(high)):
-        half = max(abs(high) * 0.05, 0.5 if abs(high) >= 1 else max(abs(high) * 0.05, 1e-3))
+        size = abs(high)
+        half = max(size * 0.05, 0.5) if size >= 1 else (size * 0.05 if size > 0 else 0.5)
         low, high = low - half, high + half
     margin = (high - low) * pad
     low, high = low - margin, high + margin
