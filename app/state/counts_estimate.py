@@ -1,23 +1,31 @@
 """What the current config would train, before anything is attached: parameter counts, the adapter's
-file size and a training-memory estimate against the device's memory.  No Qt (the panel shows it).
+file size and a training-memory estimate against the device's memory.  QtCore only (the panel shows it).
 
-Everything is read from shapes (``describe`` and ``estimate_training_memory``), so it works on a
-meta-device model and never touches the loaded weights.
+Everything is read from shapes (``describe`` and ``estimate_training_memory``, whose activation term
+traces a meta-device copy of the model), so it works on a meta-device model and never touches the
+loaded weights.  It takes tens of milliseconds on a real transformer, so :class:`CountsEstimator`
+computes it off the UI thread, debounced: a keystroke only restarts a timer, and a result that a
+newer request has overtaken is dropped by its generation number.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
 
 from lora_studio.core import (
+    BatchShape,
     DataConfig,
     LoraConfig,
     MemoryEstimate,
+    ModelConfig,
     ModuleInfo,
     TrainingConfig,
     adapter_parameter_count,
     count_parameters,
+    data_kind_problem,
     device_description,
     device_total_memory,
     estimate_training_memory,
@@ -28,8 +36,10 @@ if TYPE_CHECKING:
     from torch import nn
 
 ADAPTER_BYTES_PER_PARAMETER = 4  # adapters are saved in float32 (safetensors), whatever the base's precision
-IMAGE_POSITIONS = {"digits": 8 * 8}  # pixels per sample the demo feeds; other images default to 224×224
+IMAGE_SHAPES = {"digits": (1, 8, 8)}  # what the digits demo feeds; other images are RGB at data.image_size
 DEFAULT_IMAGE_SIDE = 224
+TEXT_KINDS = ("text-classification", "causal-lm")
+DEBOUNCE_MS = 150  # typing "128" computes once, 150 ms after the last key
 
 
 @dataclass(frozen=True)
@@ -39,9 +49,10 @@ class CountsEstimate:
     total: int  # base + adapter factors + trained copies of modules_to_save
     trainable: int
     adapter: int  # parameters the adapter file holds
-    memory: MemoryEstimate
+    memory: MemoryEstimate | None  # None when the data does not fit the model (``data_problem`` says why)
     device_name: str
     device_bytes: int | None  # None when the device's memory is unknown
+    data_problem: str | None = None
 
     @property
     def trainable_percent(self) -> float:
@@ -53,16 +64,22 @@ class CountsEstimate:
 
     @property
     def exceeds_device(self) -> bool:
-        return self.device_bytes is not None and self.memory.total > self.device_bytes
+        return self.memory is not None and self.device_bytes is not None and self.memory.total > self.device_bytes
+
+
+def micro_batch_shape(training: TrainingConfig, data: DataConfig) -> BatchShape:
+    """What one micro-batch feeds the model: ``data.max_length`` tokens per sample for text, the
+    image size (the digits demo's 8×8 grey, else RGB at ``data.image_size`` or 224) for images."""
+    micro_batch = max(1, training.batch_size // training.grad_accumulation)
+    if data.kind in TEXT_KINDS:
+        return BatchShape(micro_batch, length=data.max_length)
+    side = data.image_size or DEFAULT_IMAGE_SIDE
+    return BatchShape(micro_batch, image=IMAGE_SHAPES.get(data.kind, (3, side, side)))
 
 
 def tokens_per_micro_batch(training: TrainingConfig, data: DataConfig) -> int:
-    """Positions one micro-batch holds: the activation term of the memory estimate scales with it."""
-    micro_batch = training.batch_size // training.grad_accumulation
-    if data.kind in ("text-classification", "causal-lm"):
-        return micro_batch * data.max_length
-    side = data.image_size or DEFAULT_IMAGE_SIDE
-    return micro_batch * IMAGE_POSITIONS.get(data.kind, side * side)
+    """Positions one micro-batch holds (tokens or pixels)."""
+    return micro_batch_shape(training, data).positions
 
 
 def device_memory(device: str) -> tuple[str, int | None]:
@@ -76,17 +93,100 @@ def device_memory(device: str) -> tuple[str, int | None]:
 
 
 def estimate_counts(
-    model: nn.Module, tree: ModuleInfo, lora: LoraConfig, training: TrainingConfig, data: DataConfig
+    model: nn.Module, tree: ModuleInfo, lora: LoraConfig, training: TrainingConfig, data: DataConfig,
+    model_config: ModelConfig | None = None, task: str | None = None,
 ) -> CountsEstimate:
-    """Counts for ``model`` with ``lora`` attached (``tree`` is ``describe(model, lora)``)."""
+    """Counts for ``model`` with ``lora`` attached (``tree`` is ``describe(model, lora)``).
+
+    With ``model_config`` (and the loaded model's ``task``), data of a kind that cannot train the
+    model gives no memory figure but ``data_problem``: an image batch through a text model would
+    be an absurd estimate, not a useful one."""
     base = count_parameters(model)
-    memory = estimate_training_memory(
-        model, lora, precision=training.precision, tokens_per_step=tokens_per_micro_batch(training, data)
-    )
+    problem = data_kind_problem(data.kind, model_config, task) if model_config is not None else None
+    memory = None
+    if problem is None:
+        memory = estimate_training_memory(
+            model, lora, precision=training.precision, batch=micro_batch_shape(training, data), tree=tree
+        )
     name, total_bytes = device_memory(training.device)
+    adapter = adapter_parameter_count(tree, lora)
     if training.mode == "full":
         trainable, adapter = base.total, 0
+    elif memory is not None:
+        trainable = memory.gradients // 4  # the estimate keeps float32 gradients of what trains
     else:
-        # The estimate keeps float32 gradients; the adapter file holds the factors and the saved copies.
-        trainable, adapter = memory.gradients // 4, adapter_parameter_count(tree, lora)
-    return CountsEstimate(base.total + adapter, trainable, adapter, memory, name, total_bytes)
+        trainable = adapter  # the factors and the trained copies (biases aside): no memory figure to read it from
+    return CountsEstimate(base.total + adapter, trainable, adapter, memory, name, total_bytes, problem)
+
+
+class _Relay(QObject):
+    """Carries a worker's result back to the UI thread (it lives there: the signal is queued)."""
+
+    sig_done = Signal(int, object)
+
+
+class _Job(QRunnable):
+    def __init__(self, relay: _Relay, generation: int, args: tuple[Any, ...], latest) -> None:
+        super().__init__()
+        self._relay, self._generation, self._args, self._latest = relay, generation, args, latest
+
+    def run(self) -> None:
+        if self._generation != self._latest():
+            return  # overtaken while it waited: the newer request computes instead
+        try:
+            result: object = estimate_counts(*self._args)
+        except Exception as exc:  # noqa: BLE001 - the panel shows the message, the window carries on
+            result = exc
+        self._relay.sig_done.emit(self._generation, result)
+
+
+class CountsEstimator(QObject):
+    """Debounced, off-thread :func:`estimate_counts`: :meth:`request` after every change, and
+    ``sig_estimate`` delivers the figures of the newest request only."""
+
+    sig_estimate = Signal(object)
+    """A CountsEstimate for the latest request (or the Exception that computing it raised)."""
+
+    def __init__(self, parent: QObject | None = None, debounce_ms: int = DEBOUNCE_MS) -> None:
+        super().__init__(parent)
+        self.generation = 0  # of the newest request; a result of an older one is dropped
+        self.delivered = 0  # generation of the last result delivered
+        self._args: tuple[Any, ...] | None = None
+        self._pool = QThreadPool(self)
+        self._pool.setMaxThreadCount(1)  # one estimate at a time; queued stale ones are skipped
+        self._timer = QTimer(self, singleShot=True, interval=debounce_ms)
+        self._timer.timeout.connect(self._submit)
+        self._relay = _Relay(self)
+        self._relay.sig_done.connect(self._done)
+
+    def request(self, *args: Any) -> None:
+        """Estimate :func:`estimate_counts` ``(*args)`` once typing pauses (restarts the timer)."""
+        self.generation += 1
+        self._args = args
+        self._timer.start()
+
+    def is_current(self) -> bool:
+        """True when the last result delivered answers the newest request."""
+        return self.delivered == self.generation
+
+    def flush(self) -> None:
+        """Submit a pending request now instead of after the debounce delay."""
+        if self._timer.isActive():
+            self._timer.stop()
+            self._submit()
+
+    def wait_done(self, msecs: int = 30_000) -> None:
+        """Block until the worker is idle (tests, shutdown); results still arrive through the event loop."""
+        self.flush()
+        self._pool.waitForDone(msecs)
+
+    def _submit(self) -> None:
+        if self._args is None:
+            return
+        self._pool.start(_Job(self._relay, self.generation, self._args, lambda: self.generation))
+
+    def _done(self, generation: int, result: object) -> None:
+        if generation != self.generation:
+            return  # stale: the config changed while it was computed
+        self.delivered = generation
+        self.sig_estimate.emit(result)

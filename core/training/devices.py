@@ -78,6 +78,60 @@ def memory_in_use(device: torch.device) -> int | None:
     return int(peak if sys.platform == "darwin" else peak * 1024)  # bytes on macOS, KiB on Linux
 
 
+def _rss_now() -> int | None:
+    """The process's resident memory now (Linux /proc), or None."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
+def _rss_high_water() -> int | None:
+    """The process's peak resident memory since the last reset (Linux VmHWM), else since it started."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        pass
+    return memory_in_use(torch.device("cpu"))
+
+
+class PeakMemory:
+    """The peak memory one run takes, from its start: what the window shows beside the estimate.
+
+    CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak at the start (tensor bytes,
+    what the estimate counts).  CPU: the growth of the process's peak resident memory over the run
+    (Linux resets the high-water mark through ``/proc/self/clear_refs``; elsewhere the lifetime peak
+    is used, so an earlier, larger peak hides this run's).  It holds the model, data, optimizer and
+    activations, plus the allocator's and libraries' share.  MPS: the memory allocated now.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.baseline = 0
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        elif device.type == "cpu":
+            try:
+                with open("/proc/self/clear_refs", "w") as f:
+                    f.write("5")  # reset the high-water mark of the resident set (Linux >= 4.0)
+            except OSError:
+                pass
+            self.baseline = _rss_now() or 0
+
+    def peak(self) -> int | None:
+        """Bytes at the run's peak so far, or None when this machine cannot tell."""
+        if self.device.type == "cuda":
+            return int(torch.cuda.max_memory_allocated(self.device))
+        if self.device.type == "mps":
+            return memory_in_use(self.device)
+        high = _rss_high_water()
+        return None if high is None else max(0, high - self.baseline)
+
+
 def free_device_memory(device: torch.device) -> None:
     """Give cached blocks back after an out-of-memory error, so a new run can start."""
     import gc

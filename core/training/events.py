@@ -23,7 +23,7 @@ class StepMetrics:
     grad_norm: float  # before clipping
     samples_per_second: float
     tokens_per_second: float | None  # text tasks only
-    memory_bytes: int | None  # device memory in use (CUDA/MPS), peak process memory on a CPU
+    memory_bytes: int | None  # the run's peak so far (devices.PeakMemory): CUDA max allocated, CPU RSS growth
     eta_seconds: float
 
 

@@ -39,7 +39,7 @@ from .checkpoint import (
     prune_checkpoints,
     save_checkpoint,
 )
-from .devices import free_device_memory, memory_in_use, resolve_device
+from .devices import PeakMemory, free_device_memory, resolve_device
 from .distributed import DistContext, all_sum, barrier, close_distributed, init_distributed
 from .evaluation import EvalResult, evaluate
 from .events import (
@@ -107,6 +107,7 @@ def train(
     try:
         device = resolve_device(run_config.training.device, _local_rank())
         dist = init_distributed(device)
+        meter = PeakMemory(device)  # from before the model is built: its weights count too
         config = _prepare_folder(run_config, out, resume, extra_steps, dist)
         if dist.is_main:
             log = MetricsLog(out, config.output.tensorboard)
@@ -120,7 +121,7 @@ def train(
                 raise FileNotFoundError(f"{out} holds no checkpoint to resume from")
             state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
             state.total_steps = config.training.max_steps
-        return _loop(setup, state, emit, cancel, out, started)
+        return _loop(setup, state, emit, cancel, out, started, meter)
     except _NonFinite as exc:
         return failed(str(exc), "nonfinite")
     except torch.OutOfMemoryError:
@@ -186,7 +187,8 @@ def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int
     return config
 
 
-def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: Path, started: float) -> TrainResult:
+def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: Path, started: float,
+          meter: PeakMemory) -> TrainResult:
     cfg, plan, dist = setup.config.training, setup.plan, setup.dist
     params = trainable_parameters(setup.model)
     total = state.total_steps
@@ -246,7 +248,7 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
                 learning_rate=setup.optimizer.param_groups[0]["lr"], grad_norm=grad_norm,
                 samples_per_second=cfg.batch_size / max(elapsed, 1e-9),
                 tokens_per_second=None if tokens is None else tokens * dist.world_size / max(elapsed, 1e-9),
-                memory_bytes=memory_in_use(setup.device), eta_seconds=step_seconds * (total - state.step),
+                memory_bytes=meter.peak(), eta_seconds=step_seconds * (total - state.step),
             ))
         if _due(state.step, cfg.eval_every, total) and setup.data.validation is not None:
             last_eval = _evaluate(setup, state, emit, out)

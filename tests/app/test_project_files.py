@@ -28,6 +28,8 @@ def test_save_and_reopen_gives_the_same_selection(qtbot, tmp_path) -> None:
     assert other.layer_tree.ticked_layers() == ["conv2", "fc1"]
     assert other.session.tree.find("conv2").rank == 8
     assert other.settings_panel.row("training.max_steps").editor.text() == "40"
+    window.counts_panel.wait_until_current()
+    other.counts_panel.wait_until_current()
     assert other.counts_panel.estimate == window.counts_panel.estimate
     assert StudioSettings().recent_projects()[0] == str(saved.resolve())
     assert [a.text() for a in other.recent_menu.actions()][0] == "digits-project.toml"

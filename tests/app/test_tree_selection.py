@@ -23,6 +23,7 @@ def _attached_counts(window):
 
 
 def _assert_counts_match(window) -> None:
+    window.counts_panel.wait_until_current()
     estimate = window.counts_panel.estimate
     real = _attached_counts(window)
     assert (estimate.total, estimate.trainable, estimate.adapter) == (real.total, real.trainable, real.adapter)
@@ -70,13 +71,16 @@ def test_regex_filter_counts_and_shows_matches(qtbot, tmp_path) -> None:
 
 def test_ticking_writes_targets_and_moves_the_counts(qtbot, tmp_path) -> None:
     window = open_digits_window(qtbot, tmp_path)
+    window.counts_panel.wait_until_current()
     before = window.counts_panel.estimate.trainable
     _click_check(window, "conv2")  # untick
     assert window.session.config.lora.targets == ["conv1", "fc1"]
+    window.counts_panel.wait_until_current()
     assert window.counts_panel.estimate.trainable < before
     _assert_counts_match(window)
     _click_check(window, "conv2")  # tick again
     assert window.session.config.lora.targets == ["conv1", "conv2", "fc1"]
+    window.counts_panel.wait_until_current()
     assert window.counts_panel.estimate.trainable == before
     _assert_counts_match(window)
 
@@ -102,6 +106,7 @@ def test_quick_selections_and_none_blocks_start(qtbot, tmp_path) -> None:
 def test_per_layer_rank_goes_to_rank_pattern_and_counts(qtbot, tmp_path) -> None:
     window = open_digits_window(qtbot, tmp_path)
     tree = window.layer_tree
+    window.counts_panel.wait_until_current()
     before = window.counts_panel.estimate.trainable
     tree.highlight(["fc1"])
     assert tree.highlighted_layers() == ["fc1"]
@@ -112,6 +117,7 @@ def test_per_layer_rank_goes_to_rank_pattern_and_counts(qtbot, tmp_path) -> None
     assert lora.rank_pattern == {"fc1": 16} and lora.alpha_pattern == {"fc1": 32.0}
     node = window.session.tree.find("fc1")
     assert (node.rank, node.alpha) == (16, 32.0)
+    window.counts_panel.wait_until_current()
     assert window.counts_panel.estimate.trainable == before + (16 - 4) * (512 + 32)
     _assert_counts_match(window)
     qtbot.mouseClick(tree.reset_layer_button, Qt.MouseButton.LeftButton)
