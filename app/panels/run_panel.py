@@ -216,12 +216,17 @@ class RunPanel(QWidget):
         self.state_label.setText(text)
         if self._last_step is not None and state in (PAUSED, "running"):
             self.stats_label.setText(step_stats(self._last_step, paused=state == PAUSED))  # no ETA while paused
+        elif state == PAUSED:
+            self.stats_label.setText("Paused before the first step")
+        elif state == "running" and self.stats_label.text() == "Paused before the first step":
+            self.stats_label.setText("Training the first steps…")
         self._update_buttons()
 
     def _update_buttons(self) -> None:
         state = self.controller.state
         self.start_button.setEnabled(self._valid and state == IDLE)
-        self.start_button.setToolTip(self._invalid_reason if not self._valid else "Train the current config (Ctrl+Enter)")
+        self.start_button.setToolTip(self._invalid_reason if not self._valid
+                                     else "Train the current config (Ctrl+Enter)")
         self.pause_button.setEnabled(state in (PAUSED, "running"))
         self.stop_button.setEnabled(state not in (IDLE, STOPPING))
 
@@ -243,20 +248,18 @@ class RunPanel(QWidget):
             self._log(f"▶ run started in {config.output.dir} ({setup}, {config.training.max_steps} steps)")
         self.sig_run_started.emit(config)
 
-    def _on_earlier_events(self, events: list) -> None:
+    def _on_earlier_events(self, events: list, from_step: int) -> None:
         """A continued run's curves so far: drawn first, so the new points extend them."""
         last_eval = None
         for event in events:
             self.plots.add_event(event)
-            if isinstance(event, StepMetrics):
-                self.progress.setValue(event.step)
-            elif isinstance(event, EvalMetrics):
+            if isinstance(event, EvalMetrics):
                 last_eval = event
         if last_eval is not None and last_eval.layer_update_norms:
             self.norms_view.add_event(last_eval)
         self.plots.refresh()
-        if events:
-            self._log(f"continuing from step {max(e.step for e in events)} ({len(events)} earlier points drawn)")
+        self.progress.setValue(from_step)
+        self._log(f"continuing from the checkpoint at step {from_step} ({len(events)} earlier points drawn)")
 
     def _on_event(self, event: object) -> None:
         self.plots.add_event(event)
@@ -267,6 +270,8 @@ class RunPanel(QWidget):
         elif isinstance(event, EvalMetrics):
             self.norms_view.add_event(event)
             self._log(_eval_line(event))
+            if self._last_step is None and event.step == 0 and self.controller.state != PAUSED:
+                self.stats_label.setText(f"Base model: {_eval_numbers(event)}; training the first steps…")
         elif isinstance(event, TrainingWarning):
             self._log(f"⚠ warning{f' (step {event.step})' if event.step else ''}: {event.message}")
         elif isinstance(event, CheckpointSaved):
@@ -279,6 +284,8 @@ class RunPanel(QWidget):
 
     def _on_finished(self, result: TrainResult) -> None:
         self.plots.stop()
+        if result.steps:
+            self.progress.setValue(result.steps)  # steps between two logged ones (a Stop at 12 of log_every 5)
         summary = self.controller.last_summary() or _summary_of(result)
         self.summary_card.show_summary(summary, can_export=self.trained_model() is not None)
         if result.status != "failed":  # a failure keeps its message in the stats line
@@ -340,7 +347,11 @@ class RunPanel(QWidget):
             return path
 
     def _log(self, line: str) -> None:
+        bar = self.log.verticalScrollBar()
+        following = bar.value() >= bar.maximum() - 2  # the user did not scroll up to read: keep the newest in view
         self.log.appendPlainText(line)
+        if following:
+            bar.setValue(bar.maximum())
 
 
 # -- text helpers ------------------------------------------------------------------------------------
@@ -356,14 +367,19 @@ def step_stats(event: StepMetrics, *, paused: bool = False) -> str:
     return "  ·  ".join(parts)
 
 
-def _eval_line(event: EvalMetrics) -> str:
-    """The log line of an evaluation."""
+def _eval_numbers(event: EvalMetrics) -> str:
+    """An evaluation's loss and accuracy or perplexity."""
     metric = ""
     if event.accuracy is not None:
         metric = f", accuracy {event.accuracy:.1%}"
     elif event.perplexity is not None:
         metric = f", perplexity {event.perplexity:.2f}"
-    return f"evaluation at step {event.step}: loss {event.loss:.4f}{metric}{' (best so far)' if event.is_best else ''}"
+    return f"loss {event.loss:.4f}{metric}"
+
+
+def _eval_line(event: EvalMetrics) -> str:
+    """The log line of an evaluation."""
+    return f"evaluation at step {event.step}: {_eval_numbers(event)}{' (best so far)' if event.is_best else ''}"
 
 
 def _finished_line(result: TrainResult) -> str:

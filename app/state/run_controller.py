@@ -62,6 +62,7 @@ class EarlierEvents:
     event; the controller turns it into ``sig_earlier_events``)."""
 
     events: list[Any]
+    from_step: int  # the step of the checkpoint the run continues from
 
 
 class RunController(QObject):
@@ -77,9 +78,9 @@ class RunController(QObject):
     """The run ended, however it ended (payload: its TrainResult; status 'failed' on failure)."""
     sig_error = Signal(str, str)
     """The run failed: (message for people, details such as a traceback; may be empty)."""
-    sig_earlier_events = Signal(list)
-    """A continued run's curves so far (StepMetrics and EvalMetrics up to its checkpoint), sent
-    after ``sig_run_started`` and before its first new event."""
+    sig_earlier_events = Signal(list, int)
+    """A continued run's curves so far (StepMetrics and EvalMetrics up to its checkpoint) and the
+    checkpoint's step, sent after ``sig_run_started`` and before its first new event."""
     sig_run_continued = Signal(str)
     """A run folder is being resumed or extended (payload: the folder), after ``sig_run_started``."""
 
@@ -148,7 +149,9 @@ class RunController(QObject):
         folder = str(run_dir)
 
         def work(on_event: Callable[[Any], None]) -> TrainResult:
-            on_event(EarlierEvents(earlier_events(folder)))
+            events, from_step = earlier_events(folder)
+            steps = [e.step for e in events]
+            on_event(EarlierEvents(events, from_step if from_step is not None else max(steps, default=0)))
             return resume_run(folder, on_event, cancel, extra_steps=extra_steps)
 
         self.sig_run_continued.emit(folder)
@@ -232,7 +235,7 @@ class RunController(QObject):
 
     def _on_event(self, event: Any) -> None:
         if isinstance(event, EarlierEvents):
-            self.sig_earlier_events.emit(event.events)
+            self.sig_earlier_events.emit(event.events, event.from_step)
             return
         if isinstance(event, Failed):
             self._send_error(event.message, event.details)

@@ -119,10 +119,11 @@ def summarize_run(result: TrainResult) -> RunSummary:
     )
 
 
-def earlier_events(run_dir: str | Path) -> list[StepMetrics | EvalMetrics]:
-    """The step and evaluation events a run logged up to its newest checkpoint, in order: the
-    curves a resumed run continues (later records, from a part killed after that checkpoint,
-    are trained again and would be drawn twice)."""
+def earlier_events(run_dir: str | Path) -> tuple[list[StepMetrics | EvalMetrics], int | None]:
+    """The step and evaluation events a run logged up to its newest checkpoint, in order, and that
+    checkpoint's step (None: no checkpoint in the log): the curves a resumed run continues, and
+    where.  Later records, from a part killed after that checkpoint, are trained again by the
+    resume and would be drawn twice, so they are left out."""
     records = read_metrics(run_dir)
     checkpoint = latest_checkpoint(run_dir)
     up_to = None
@@ -137,7 +138,7 @@ def earlier_events(run_dir: str | Path) -> list[StepMetrics | EvalMetrics]:
             continue
         fields = {k: v for k, v in record.items() if k != "event"}
         events.append(StepMetrics(**fields) if kind == StepMetrics.__name__ else EvalMetrics(**fields))
-    return events
+    return events, up_to
 
 
 def folder_bytes(path: Path) -> int | None:

@@ -110,7 +110,7 @@ def test_resume_from_the_window_equals_the_cli_resume_and_an_uninterrupted_run(p
     # The curve continued: every step once, the stopped part's points drawn before the new ones.
     assert _plot_steps(panel, "raw") == [float(s) for s in range(1, steps + 1)]
     assert _plot_steps(panel, "val_loss") == [0.0, 10.0, 20.0, 30.0]
-    assert "continuing from step" in panel.log_text()
+    assert f"continuing from the checkpoint at step {stopped.steps}" in panel.log_text()
 
 
 def test_extend_adds_exactly_n_steps_and_the_curve_continues(panel, qtbot, tmp_path) -> None:
@@ -240,8 +240,8 @@ def test_a_resume_draws_only_the_points_up_to_its_checkpoint(tmp_path) -> None:
             log.write(json.dumps({"event": "StepMetrics", "step": step, "total_steps": 20, "epoch": 0.1,
                                   "loss": 1.0, "learning_rate": 0.01, "grad_norm": 1.0, "samples_per_second": 1.0,
                                   "tokens_per_second": None, "memory_bytes": None, "eta_seconds": 1.0}) + "\n")
-    drawn = [e.step for e in earlier_events(run)]
-    assert drawn == [0, 1, 2, 3], drawn  # the evaluation at step 0, then steps 1-3
+    events, from_step = earlier_events(run)
+    assert [e.step for e in events] == [0, 1, 2, 3] and from_step == 3  # the evaluation at step 0, steps 1-3
     assert folder_bytes(run / "adapter") > 0 and folder_bytes(run / "nothing") is None
 
 
