@@ -288,8 +288,8 @@ class RunPanel(QWidget):
             self.progress.setValue(result.steps)  # steps between two logged ones (a Stop at 12 of log_every 5)
         summary = self.controller.last_summary() or _summary_of(result)
         self.summary_card.show_summary(summary, can_export=self.trained_model() is not None)
-        if result.status != "failed":  # a failure keeps its message in the stats line
-            self.stats_label.setText(_end_stats(result, self._last_step))
+        # The card below holds a failure's message: the line only says how the run ended.
+        self.stats_label.setText(_end_stats(result, self._last_step))
         self._notify(summary)
         self.sig_run_finished.emit(result)
 
@@ -406,6 +406,8 @@ def notice_text(summary: RunSummary) -> str:
 
 def _end_stats(result: TrainResult, last: StepMetrics | None) -> str:
     """The stats line once a run ended: its last numbers, without an ETA."""
+    if result.status == "failed":
+        return f"✖ Failed at step {result.steps}/{result.total_steps}"
     loss = f"  ·  loss {result.final_loss:.4f}" if result.final_loss is not None else ""
     speed = f"  ·  {last.samples_per_second:,.0f} samples/s" if last is not None else ""
     return f"{result.status.replace('-', ' ')} at step {result.steps}/{result.total_steps}{loss}{speed}"

@@ -177,15 +177,19 @@ def test_eta_is_hidden_while_paused(panel, qtbot, tmp_path) -> None:
 
 
 def test_a_failure_replaces_the_preparing_line_with_its_message(panel, qtbot, tmp_path) -> None:
+    seen = []  # the line when the failure is reported, before the run's end
+    panel.sig_error.connect(lambda message, details: seen.append(panel.stats_label.text()))
     with qtbot.waitSignal(panel.sig_run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         panel.start_run(missing_data(tmp_path / "run"))
         assert panel.stats_label.text() == "Preparing the model and data…"
+    assert len(seen) == 1 and seen[0].startswith("✖ Failed:") and "missing.csv" in seen[0], seen
     result = finished.args[0]
     assert result.status == "failed"
     text = panel.stats_label.text()
-    assert "Preparing" not in text and text.startswith("✖ Failed:") and "missing.csv" in text, text
-    card = panel.summary_card
+    assert "Preparing" not in text and text == "✖ Failed at step 0/5", text
+    card = panel.summary_card  # the message, once, where the run's summary is
     assert card.isVisible() and card.headline.text().startswith("✖ Run failed")
+    assert "missing.csv" in card.headline.text()
     assert not card.resume_button.isVisible() and not card.extend_button.isVisible()  # no checkpoint to go on from
     assert not card.export_button.isEnabled()
 
