@@ -12,20 +12,26 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from PySide6.QtCore import QEventLoop, Qt
+from PySide6.QtCore import QEventLoop, Qt, QUrl
 from PySide6.QtGui import QAction, QActionGroup, QCloseEvent, QDragEnterEvent, QDropEvent, QKeySequence
 from PySide6.QtWidgets import (
+    QAbstractButton,
     QApplication,
+    QComboBox,
     QDockWidget,
     QFileDialog,
+    QFrame,
     QMainWindow,
     QMessageBox,
+    QScrollArea,
+    QSizePolicy,
     QSplitter,
     QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
+import lora_studio.core
 from lora_studio.core import DEMOS, ModelConfig, RunConfig
 
 from .dialogs.export_dialog import ExportDialog
@@ -48,9 +54,9 @@ class MainWindow(QMainWindow):
         super().__init__(parent)
         self.session = session or StudioSession(parent=self)
         self.settings = StudioSettings()
-        self.setWindowTitle("LoRA Studio")
+        self.setWindowTitle(window_title(None))
         self.setAcceptDrops(True)
-        self.resize(1500, 920)
+        self._resize_to_screen()
 
         self.model_panel = ModelPanel(self.session)
         self.layer_tree = LayerTreePanel(self.session)
@@ -59,7 +65,10 @@ class MainWindow(QMainWindow):
         left_layout.setContentsMargins(0, 0, 0, 0)
         left_layout.addWidget(self.model_panel)
         left_layout.addWidget(self.layer_tree, 1)
-        left.setMinimumWidth(590)  # the tree's columns (name to added parameters) fit without scrolling
+        # The column scrolls rather than widening the window: its own minimum (the widest row of the
+        # model and tree panels) never adds to the window's minimum width (1280x720 screens).
+        self.left_scroll = _scroll_area(left, "left_scroll")
+        self.left_scroll.setMinimumWidth(PANE_MIN_WIDTH)
 
         self.data_panel = DataPanel(self.session)
         self.run_panel = RunPanel(self.session)
@@ -75,24 +84,35 @@ class MainWindow(QMainWindow):
 
         central = QSplitter(Qt.Orientation.Horizontal)
         central.setObjectName("central_splitter")
-        central.addWidget(left)
+        central.addWidget(self.left_scroll)
         central.addWidget(self.tabs)
         central.setStretchFactor(0, 2)
         central.setStretchFactor(1, 3)
-        central.setSizes([640, 860])
+        central.setSizes([560, 700])
+        self.central_splitter = central
         self.setCentralWidget(central)
 
         self.settings_panel = SettingsPanel(self.session)
         self.counts_panel = CountsPanel(self.session)
-        side = QWidget()
-        side_layout = QVBoxLayout(side)
-        side_layout.addWidget(self.counts_panel)
-        side_layout.addWidget(self.settings_panel, 1)
+        # Counts above, settings below, each scrolling on its own: every field stays reachable on a
+        # 720-pixel-high screen, and the splitter lets the user give either one more room.
+        self.counts_scroll = _scroll_area(self.counts_panel, "counts_scroll")
+        side = QSplitter(Qt.Orientation.Vertical)
+        side.setObjectName("side_splitter")
+        side.addWidget(self.counts_scroll)
+        side.addWidget(self.settings_panel)
+        side.setStretchFactor(0, 0)
+        side.setStretchFactor(1, 1)
+        side.setSizes([self.counts_panel.sizeHint().height(), 10_000])
+        self.side_splitter = side
         self.settings_dock = dock = QDockWidget("Settings", self)
         dock.setObjectName("settings_dock")
         dock.setWidget(side)
-        dock.setMinimumWidth(380)
+        dock.setMinimumWidth(PANE_MIN_WIDTH)
         self.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+        self.resizeDocks([dock], [DOCK_WIDTH], Qt.Orientation.Horizontal)
+        for region in (left, self.tabs):
+            let_combo_boxes_shrink(region)
 
         self._build_menus()
         self.session.sig_project_changed.connect(lambda _path: self._update_title())
@@ -195,8 +215,7 @@ class MainWindow(QMainWindow):
             if hasattr(self.run_panel, "stop_and_wait"):
                 self.run_panel.stop_and_wait()
         self._finish_background_work()
-        self.settings.set_window_state(self.saveGeometry(), self.saveState())
-        self.settings.sync()
+        self.save_layout()
         super().closeEvent(event)
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
@@ -243,6 +262,11 @@ class MainWindow(QMainWindow):
             action.triggered.connect(lambda _=False, t=theme: self.set_theme(t))
             self._theme_actions.addAction(action)
             theme_menu.addAction(action)
+
+        help_menu = self.menuBar().addMenu("&Help")
+        self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents)
+        self.about_action = self._action(help_menu, "&About LoRA Studio", self.show_about)
+
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
         action = QAction(text, self)
@@ -294,13 +318,146 @@ class MainWindow(QMainWindow):
         if callable(wait_idle):
             wait_idle()
 
+    def _splitters(self) -> dict[str, QSplitter]:
+        return {"central": self.central_splitter, "side": self.side_splitter}
+
+    def save_layout(self) -> None:
+        """Remember the window's geometry, the dock's place and the splitters' sizes (QSettings);
+        the next window opens as this one closes."""
+        self.settings.set_window_state(self.saveGeometry(), self.saveState())
+        for name, splitter in self._splitters().items():
+            self.settings.set_splitter_state(name, splitter.saveState())
+        self.settings.sync()
+
     def _restore_layout(self) -> None:
         geometry, state = self.settings.window_state()
         if geometry is not None:
-            self.restoreGeometry(geometry)
+            self.restoreGeometry(geometry)  # Qt moves it onto a screen that is still there
         if state is not None:
             self.restoreState(state)
+        for name, splitter in self._splitters().items():
+            saved = self.settings.splitter_state(name)
+            if saved is not None:
+                splitter.restoreState(saved)
 
-    def _update_title(self) -> None:
+    def _resize_to_screen(self) -> None:
+        # The first window (no saved geometry yet) is 1500x920, or maximized on a screen smaller
+        # than that plus a title bar (1366x768, 1280x720): a window a frame taller than the screen
+        # hides its status bar.
+        self.resize(*DEFAULT_SIZE)
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        if screen is not None and (screen.width() < DEFAULT_SIZE[0] + 40 or screen.height() < DEFAULT_SIZE[1] + 60):
+            self.resize(min(DEFAULT_SIZE[0], screen.width()), min(DEFAULT_SIZE[1], screen.height()))
+            self.setWindowState(self.windowState() | Qt.WindowState.WindowMaximized)
+
+    def _update_title(self, modified: bool = False) -> None:
+        """The one place the title is built: from the project's name and whether it has unsaved changes."""
         path = self.session.project_path
-        self.setWindowTitle(f"LoRA Studio — {path.name}" if path else "LoRA Studio")
+        self.setWindowTitle(window_title(path.name if path else None, modified))
+
+    def show_about(self) -> QMessageBox:
+        """Help → About: version, the libraries underneath, where the documentation is."""
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "About LoRA Studio", about_text(), parent=self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        icon = QApplication.windowIcon()
+        if not icon.isNull():
+            box.setIconPixmap(icon.pixmap(64, 64))
+        box.open()  # not exec(): the window stays responsive (and tests are never blocked)
+        return box
+
+    def keyboard_shortcuts(self) -> list[tuple[str, str]]:
+        """(what, keys) of every shortcut the window has: its menus' actions and its buttons'."""
+        found: dict[str, str] = {}
+        for action in self.findChildren(QAction):
+            keys = action.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+            if keys and action.text():
+                found.setdefault(action.text().replace("&", "").rstrip("…"), keys)
+        for button in self.findChildren(QAbstractButton):
+            keys = button.shortcut().toString(QKeySequence.SequenceFormat.NativeText)
+            if keys and button.text():
+                found.setdefault(button.text().replace("&", ""), keys)
+        return sorted(found.items(), key=lambda item: item[1])
+
+    def show_shortcuts(self) -> QMessageBox:
+        """Help → Keyboard shortcuts: a table of :meth:`keyboard_shortcuts`."""
+        rows = "".join(f"<tr><td><b>{keys}</b>&nbsp;&nbsp;</td><td>{what}</td></tr>"
+                       for what, keys in self.keyboard_shortcuts())
+        box = QMessageBox(QMessageBox.Icon.NoIcon, "Keyboard shortcuts", f"<table>{rows}</table>", parent=self)
+        box.setTextFormat(Qt.TextFormat.RichText)
+        box.open()
+        return box
+
+
+DEFAULT_SIZE = (1500, 920)  # the first window's size on a large screen (smaller screens: see _resize_to_screen)
+PANE_MIN_WIDTH = 240  # the model column and the settings dock: narrower, and they scroll sideways
+DOCK_WIDTH = 340  # the settings dock's first width: rank, alpha and every training field fit without scrolling
+APP_NAME = "LoRA Studio"
+DOCS = (("README.md", "set-up, the window, the command line"), ("ARCHITECTURE.md", "how the code is laid out"))
+
+
+def window_title(project_name: str | None, modified: bool = False) -> str:
+    """``project1.toml — LoRA Studio`` (``*`` first while it has unsaved changes; ``Untitled`` before
+    the first save).  The application's name comes last: Qt appends its display name to any title
+    that does not already end with it, which doubled the name ("LoRA Studio — x.toml — LoRA Studio")."""
+    return f"{'*' if modified else ''}{project_name or 'Untitled'} — {APP_NAME}"
+
+
+def about_text() -> str:
+    """The About box's rich text: version, Python, Qt, PySide6, torch (and transformers when installed)."""
+    import platform
+    from importlib import metadata
+
+    import PySide6
+    from PySide6.QtCore import qVersion
+
+    def version(package: str) -> str:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    libraries = [("Python", platform.python_version()), ("Qt", qVersion()), ("PySide6", PySide6.__version__),
+                 ("PyTorch", version("torch")), ("transformers", version("transformers")),
+                 ("pyqtgraph", version("pyqtgraph"))]
+    rows = "".join(f"<tr><td>{name}&nbsp;&nbsp;</td><td>{value}</td></tr>" for name, value in libraries)
+    return (f"<h3>{APP_NAME} {lora_studio.core.__version__}</h3>"
+            "<p>Choose layers, train a LoRA adapter, watch it learn and export it, "
+            "from the window or with <code>lora-studio</code> on the command line.</p>"
+            f"<table>{rows}</table>"
+            f"<p>{' · '.join(doc_links())}<br><code>lora-studio --help</code> lists the commands.</p>")
+
+
+def doc_links() -> list[str]:
+    """README and ARCHITECTURE as links to the files of this checkout, or their names where the
+    installed copy has no source tree beside it (a wheel, a bundle)."""
+    root = Path(lora_studio.core.__file__).resolve().parent.parent  # core/ sits at the checkout's root
+    links = []
+    for name, what in DOCS:
+        path = root / name
+        shown = f"<a href='{QUrl.fromLocalFile(str(path)).toString()}'>{name}</a>" if path.is_file() else name
+        links.append(f"{shown} ({what})")
+    return links
+
+
+def _scroll_area(widget: QWidget, name: str) -> QScrollArea:
+    """``widget`` in a frameless scroll area that resizes it: it scrolls only below its own minimum size."""
+    area = QScrollArea()
+    area.setObjectName(name)
+    area.setWidgetResizable(True)
+    area.setFrameShape(QFrame.Shape.NoFrame)
+    area.setWidget(widget)
+    return area
+
+
+def let_combo_boxes_shrink(root: QWidget, characters: int = 16) -> None:
+    """No combo box under ``root`` sets the window's minimum width: each keeps room for at least
+    ``characters`` characters (or its own minimum), grows with its column, and elides longer items
+    (the popup lists them in full).  A combo box sized to its longest item ("Digits — a small CNN
+    meets rotated digits (CPU, seconds)") made the window 1586 px wide."""
+    for combo in root.findChildren(QComboBox):
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        combo.setMinimumContentsLength(combo.minimumContentsLength() or characters)
+        policy = combo.sizePolicy()
+        policy.setHorizontalPolicy(QSizePolicy.Policy.Expanding)
+        combo.setSizePolicy(policy)
