@@ -46,7 +46,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         pass  # an icon is nice to have; the window works without it
     window = MainWindow()
     window.show()
-    if args.project:
+    if window.offer_restore():  # the last session ended with unsaved changes: they come first
+        pass
+    elif args.project:
         error = window.open_project_file(args.project)
         if error:
             print(f"lora-studio studio: {error}", file=sys.stderr)

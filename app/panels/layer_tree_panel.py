@@ -53,6 +53,7 @@ class LayerTreePanel(QWidget):
         self.proxy = LayerFilterProxy(self)
         self.proxy.setSourceModel(self.model)
         self.matches: list[str] = []  # module paths the filter matches (all, when the filter is empty)
+        self._shown_model: object = None  # the model the tree shows: a new one re-checks the filter
 
         self.filter_edit = QLineEdit(placeholderText="Filter layers (text, or a regex)")
         self.filter_edit.setClearButtonEnabled(True)
@@ -186,7 +187,11 @@ class LayerTreePanel(QWidget):
     # -- reacting to the session -----------------------------------------------------------------
     def _show_tree(self, tree: ModuleInfo | None) -> None:
         first = self.model.rowCount() == 0
+        new_model = self.session.browse_model is not self._shown_model
+        self._shown_model = self.session.browse_model
         self.model.set_tree(tree, self.session.training_lora().modules_to_save)
+        if new_model and tree is not None:
+            self._forget_stale_filter()
         if first and tree is not None:
             self.view.expandToDepth(1)
         self._update_matches()
@@ -222,6 +227,14 @@ class LayerTreePanel(QWidget):
         self.layer_label.setText(f"{len(names)} highlighted: {shown}")
 
     # -- the filter ----------------------------------------------------------------------------
+    def _forget_stale_filter(self) -> None:
+        """A new model: a filter that matches none of its layers (``layer4`` after resnet18, on
+        MiniLM) would show an empty tree, so it is cleared; one that still matches stays."""
+        pattern = self._compiled_filter()
+        if pattern is None:
+            return
+        if isinstance(pattern, str) or not any(pattern.search(n) for n in self.model.all_names()):
+            self.filter_edit.clear()
     def _compiled_filter(self) -> re.Pattern[str] | None | str:
         text = self.filter_edit.text()
         if not text:

@@ -1,12 +1,16 @@
 """The model picker: a built-in demo, a torchvision model by name (a searchable list), a
 transformers hub id or local folder, a Python file with a factory function, or a checkpoint file.
 
-"Load" writes the choice into ``config.model`` and loads it on a worker thread: the
-meta-device build arrives first (the layer tree appears at once), then the weights; a busy
-bar and a stage line show progress, and a failure is shown in place with its message.
+"Load" loads the choice on a worker thread: the meta-device build arrives first (the layer
+tree appears at once, and the session makes the config for the new model by its carry-over
+rule), then the weights; a busy bar and a stage line show progress, and a failure is shown in
+place with its message.  What the user set that could not carry over is named in a notice bar
+with Undo (which loads the previous model again with the previous config).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from PySide6.QtCore import Qt
 from PySide6.QtWidgets import (
@@ -29,15 +33,15 @@ from lora_studio.core import (
     TASKS,
     LoadedModel,
     ModelConfig,
-    demo_config,
+    RunConfig,
     parse_model_spec,
     torchvision_names,
 )
 
 from ..state.model_loading import LoadingStage, MetaModelBuilt, load_meta_then_weights
-from ..state.project_files import default_run_dir
 from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
+from ..widgets.notice_bar import NoticeBar
 from ..widgets.page_stack import PageStack
 from ..widgets.path_edit import PathEdit
 
@@ -65,6 +69,9 @@ class ModelPanel(QWidget):
         super().__init__(parent)
         self.session = session
         self._worker: FunctionWorker | None = None
+        self.confirm_change: Callable[[], bool] | None = None
+        """Asked before the user loads another model (the window asks about unsaved changes);
+        False cancels the load."""
 
         self.source_combo = QComboBox()
         for key, title in SOURCES:
@@ -116,6 +123,8 @@ class ModelPanel(QWidget):
         self.status_label = QLabel("No model loaded.")
         self.status_label.setWordWrap(True)
         self.status_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.notice_bar = NoticeBar("Undo")
+        self.notice_bar.action_button.setToolTip("Load the previous model again, with the settings it had")
 
         box = QGroupBox("Model")
         box_layout = QVBoxLayout(box)
@@ -126,6 +135,7 @@ class ModelPanel(QWidget):
         row.addWidget(self.progress, 1)
         box_layout.addLayout(row)
         box_layout.addWidget(self.status_label)
+        box_layout.addWidget(self.notice_bar)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(box)
@@ -134,6 +144,8 @@ class ModelPanel(QWidget):
         self.tv_search.textChanged.connect(self._filter_torchvision)
         self.load_button.clicked.connect(self.load_from_page)
         session.sig_model_failed.connect(self._failed)
+        session.sig_model_notice.connect(self._show_notice)
+        self.notice_bar.sig_action.connect(self.undo_model_change)
         self._source_changed(0)
 
     # -- public API ----------------------------------------------------------------------------
@@ -147,10 +159,10 @@ class ModelPanel(QWidget):
         return self._worker.wait(msecs) if self._worker is not None else True
 
     def open_demo(self, name: str) -> None:
-        """Open demo ``name``: its whole run config (model, data, targets, training), then load it."""
-        self.session.set_config(demo_config(name, output_dir=default_run_dir(name)))
-        self.session.clear_field_errors()
-        self.load(self.session.config.model)
+        """Open demo ``name``: in a fresh window its whole run config (model, data, targets,
+        training); after another model, what the user set by hand carries over (the session's rule)."""
+        if self._confirmed():
+            self.load(ModelConfig(source="demo", name=name))
 
     def load_from_page(self) -> None:
         """Load what the current page describes (the Load button)."""
@@ -163,7 +175,17 @@ class ModelPanel(QWidget):
         except ValueError as exc:
             self._failed(str(exc))
             return
-        self.load(config)
+        if self._confirmed():
+            self.load(config)
+
+    def undo_model_change(self) -> bool:
+        """Go back to the model and config from before the last model change (the notice's Undo);
+        False when there is nothing to undo."""
+        config = self.session.undo_model_change()
+        if config is None:
+            return False
+        self.load(config.model, exact=config)
+        return True
 
     def model_config_from_page(self) -> ModelConfig:
         """The ``[model]`` section the current page describes; a missing entry raises with a message."""
@@ -227,13 +249,14 @@ class ModelPanel(QWidget):
             self.py_file.edit.setText(file)
             self.py_factory.setText(factory)
 
-    def load(self, config: ModelConfig) -> None:
-        """Write ``config`` into the session's ``[model]`` and load it off the UI thread."""
+    def load(self, config: ModelConfig, *, exact: RunConfig | None = None) -> None:
+        """Load ``config`` off the UI thread; when its build arrives the session's config becomes
+        ``exact`` (an opened project) or what the carry-over rule makes of the current one."""
         if self.is_loading():
             self.status_label.setText("Still loading the previous model; wait for it to finish.")
             return
-        if config != self.session.config.model:
-            self.session.set_config(self.session.config.replace(model=config))
+        self.notice_bar.show_notice("")
+        self.session.begin_model_change(config, exact=exact)
         self.show_model_config(config)
         description = f"{config.source}:{config.name}"
         data_kind = self.session.config.data.kind
@@ -252,7 +275,7 @@ class ModelPanel(QWidget):
     # -- worker events ---------------------------------------------------------------------------
     def _event(self, event: object) -> None:
         if isinstance(event, MetaModelBuilt):
-            self.session.set_meta_model(event.model, event.head)
+            self.session.set_meta_model(event.model, event.head, event.task)
         elif isinstance(event, LoadingStage):
             self.status_label.setText(event.text)
 
@@ -261,6 +284,12 @@ class ModelPanel(QWidget):
         self.session.set_loaded(loaded)
         notes = "; ".join(loaded.notes)
         self.status_label.setText(f"Loaded {loaded.name_or_path} ({loaded.task})" + (f" — {notes}" if notes else ""))
+
+    def _show_notice(self, text: str) -> None:
+        self.notice_bar.show_notice(f"Model changed — {text}" if text else "")
+
+    def _confirmed(self) -> bool:
+        return self.confirm_change is None or self.confirm_change()
 
     def _worker_failed(self, message: str, _details: str) -> None:
         self.session.sig_model_failed.emit(message)

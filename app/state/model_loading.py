@@ -18,6 +18,7 @@ class MetaModelBuilt:
 
     model: Any  # nn.Module on the meta device
     head: str | None
+    task: str | None = None  # image-classification, sequence-classification or causal-lm
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,6 @@ def load_meta_then_weights(
     """Build ``config``'s model on the meta device and report it, then load it with its weights."""
     on_event(LoadingStage(f"Building {config.source}:{config.name} on the meta device…"))
     meta = load_model(config, data_kind=data_kind, meta=True)
-    on_event(MetaModelBuilt(meta.model, meta.head))
+    on_event(MetaModelBuilt(meta.model, meta.head, meta.task))
     on_event(LoadingStage("Loading weights…"))
     return load_model(config, data_kind=data_kind)

@@ -12,7 +12,7 @@ from short_runs import missing_data, short_digits
 from lora_studio.app.panels.run_panel import RunPanel, format_bytes, format_duration
 from lora_studio.app.state.run_controller import STOPPING
 from lora_studio.app.state.session import StudioSession
-from lora_studio.core import StepMetrics, load_trained_run
+from lora_studio.core import StepMetrics, load_model, load_trained_run
 
 SCREENSHOTS = Path("/tmp/w2")
 RUN_TIMEOUT_MS = 60_000  # two shared CPU cores: generous, the runs take seconds
@@ -21,6 +21,7 @@ RUN_TIMEOUT_MS = 60_000  # two shared CPU cores: generous, the runs take seconds
 @pytest.fixture
 def panel(qtbot):
     session = StudioSession()
+    session.set_loaded(load_model(session.config.model))  # Start stays disabled with no model loaded
     widget = RunPanel(session)
     qtbot.addWidget(widget)
     widget.resize(1100, 800)
@@ -111,6 +112,7 @@ def test_a_failing_run_shows_its_message_and_the_panel_starts_again(panel, qtbot
 
 def test_start_button_trains_the_session_config_in_a_fresh_folder(qtbot, tmp_path) -> None:
     session = StudioSession(short_digits(tmp_path / "run", steps=3, eval_every=0))
+    session.set_loaded(load_model(session.config.model))
     panel = RunPanel(session)
     qtbot.addWidget(panel)
     folders = []
