@@ -90,6 +90,7 @@ class DataChecker(QObject):
     def stop(self, msecs: int = 30_000) -> bool:
         """Cancel whatever runs and block until every worker thread has ended (shutdown, tests)."""
         self._generation += 1  # whatever runs is stale now: it stops at its next file
+        self._answered = self._generation  # and nothing is awaited any more
         return all(worker.wait(msecs) for worker in list(self._workers))
 
     def _forget_finished(self) -> None:
