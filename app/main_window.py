@@ -3,8 +3,10 @@ counts and settings in a dock on the right.
 
 Every panel takes the one :class:`~.state.session.StudioSession` and subscribes to its signals.  The
 window adds what belongs to no panel: the menus (projects, recent projects, export, demos,
-theme), keyboard shortcuts, drag and drop, the persisted layout (QSettings), and a clean close
-while a run trains (ask, then stop and wait).
+theme), keyboard shortcuts, drag and drop, the persisted layout (QSettings), a clean close
+while a run trains (ask, then stop and wait), and unsaved work: the title's ``*``, one Save /
+Discard / Cancel question before quitting, New, Open or Load model replaces changes, and the
+autosave (``state/autosave.py``) offered back at the next start.
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ from PySide6.QtWidgets import (
 )
 
 import lora_studio.core
-from lora_studio.core import DEMOS, ModelConfig, RunConfig
+from lora_studio.core import DEMOS, ModelConfig
 
 from .dialogs.export_dialog import ExportDialog
 from .panels.counts_panel import CountsPanel
@@ -42,6 +44,7 @@ from .panels.layer_tree_panel import LayerTreePanel
 from .panels.model_panel import ModelPanel
 from .panels.run_panel import RunPanel
 from .panels.settings_panel import SettingsPanel
+from .state.autosave import Autosaver, pending_restore
 from .state.project_files import PROJECT_FILTER, THEMES, StudioSettings, open_project, save_project
 from .state.session import StudioSession
 from .theme import apply_theme
@@ -116,34 +119,77 @@ class MainWindow(QMainWindow):
 
         self._build_menus()
         self.session.sig_project_changed.connect(lambda _path: self._update_title())
+        # Unsaved work: the title's marker, a question before it is dropped, an autosave meanwhile.
+        self.session.sig_modified_changed.connect(lambda modified: self._update_title(modified))
+        self.model_panel.confirm_change = lambda: self.confirm_unsaved(
+            "loading another model", "What fits the new model carries over either way; the rest is named, with Undo.")
+        self.autosaver = Autosaver(self.session, parent=self)
         self.session.sig_model_failed.connect(self._model_failed)
         self._restore_layout()
         self.set_theme(self.settings.theme())
         self._update_title()
 
     # -- projects ------------------------------------------------------------------------------
-    def new_project(self) -> None:
-        """A fresh config for the model on screen (its ``[model]`` kept), with no project file."""
-        self.session.set_config(RunConfig(model=self.session.config.model))
-        self.session.clear_field_errors()
-        self.session.set_project_path(None)
+    def new_project(self) -> bool:
+        """A fresh config for the model on screen (what it comes with: its demo's settings, or the
+        defaults with targets for it), with no project file.  Asks first about unsaved changes;
+        False when the user cancelled."""
+        if not self.confirm_unsaved("starting a new project"):
+            return False
+        self.session.open_config(self.session.fresh_config(), None)
+        return True
 
-    def open_project_file(self, path: str | Path) -> str | None:
-        """Open project ``path``: its config, then its model.  Returns the error message, or None."""
+    def open_project_file(self, path: str | Path, *, ask: bool = True) -> str | None:
+        """Open project ``path``: its config, then its model.  Returns the error message, or None
+        (also when the user cancelled the question about unsaved changes; ``ask=False`` skips it)."""
         try:
             config = open_project(path)
         except (ValueError, OSError) as exc:
             return str(exc)
-        same_model = config.model == self.session.config.model and self.session.browse_model is not None
-        self.session.set_config(config)
-        self.session.clear_field_errors()
-        self.session.set_project_path(Path(path))
+        if ask and not self.confirm_unsaved(f"opening {Path(path).name}"):
+            return None
+        load = self.session.open_config(config, Path(path))
         self.settings.add_recent_project(path)
         self._rebuild_recent_menu()
         self.model_panel.show_model_config(config.model)
-        if not same_model:
-            self.model_panel.load(config.model)
+        if load:
+            self.model_panel.load(config.model, exact=config)
         return None
+
+    def confirm_unsaved(self, doing: str, note: str = "") -> bool:
+        """Before ``doing`` something that replaces the config: with unsaved changes, ask Save /
+        Discard / Cancel (``note``: a second line).  True to go on (saved, or discarded), False to stay."""
+        if not self.session.is_modified():
+            return True
+        name = self.session.project_path.name if self.session.project_path else "the untitled project"
+        buttons = QMessageBox.StandardButton
+        text = f"Save the changes to {name} before {doing}?" + (f"\n{note}" if note else "")
+        answer = QMessageBox.question(self, "Unsaved changes", text,
+                                      buttons.Save | buttons.Discard | buttons.Cancel, buttons.Save)
+        if answer == buttons.Save:
+            return self.save_project_file() is not None
+        return answer == buttons.Discard
+
+    def offer_restore(self) -> bool:
+        """At start: when an autosave newer than its project's last save exists (the last session
+        ended without saving), offer to restore it.  True when restored."""
+        found = pending_restore(self.autosaver.folder)
+        if found is None:
+            return False
+        when = time.strftime("%Y-%m-%d %H:%M", time.localtime(found.written_at))
+        name = found.project.name if found.project else "an untitled project"
+        buttons = QMessageBox.StandardButton
+        answer = QMessageBox.question(
+            self, "Restore unsaved work?", f"LoRA Studio closed with unsaved changes to {name} ({when}).\n"
+            "Restore them? (Discard deletes the autosaved copy.)", buttons.Yes | buttons.Discard, buttons.Yes)
+        if answer != buttons.Yes:
+            self.autosaver.discard()
+            return False
+        self.session.open_config(found.config, found.project, saved=False)
+        self.model_panel.show_model_config(found.config.model)
+        self.model_panel.load(found.config.model, exact=found.config)
+        self.statusBar().showMessage(f"Restored the unsaved changes of {when}", 6000)
+        return True
 
     def save_project_file(self, path: str | Path | None = None) -> Path | None:
         """Save to ``path`` (or the current project file; asks for one when there is none)."""
@@ -152,6 +198,7 @@ class MainWindow(QMainWindow):
             return None
         saved = save_project(self.session.config, path)
         self.session.set_project_path(saved)
+        self.session.mark_saved()
         self.settings.add_recent_project(saved)
         self._rebuild_recent_menu()
         self.statusBar().showMessage(f"Saved {saved}", 4000)
@@ -203,17 +250,34 @@ class MainWindow(QMainWindow):
 
     # -- Qt events --------------------------------------------------------------------------------
     def closeEvent(self, event: QCloseEvent) -> None:
+        # One question covers both reasons to stay: a training run, and unsaved changes.
         running = hasattr(self.run_panel, "is_running") and self.run_panel.is_running()
-        if running:
+        modified = self.session.is_modified()
+        buttons = QMessageBox.StandardButton
+        answer = buttons.Yes
+        stop_note = "The last checkpoint stays in the run folder; Resume continues from it."
+        if running and modified:
             answer = QMessageBox.question(
-                self, "A run is training", "Stop the run and close LoRA Studio?\n"
-                "The last checkpoint stays in the run folder; Resume continues from it.",
-            )  # fmt: skip
-            if answer != QMessageBox.StandardButton.Yes:
-                event.ignore()
-                return
-            if hasattr(self.run_panel, "stop_and_wait"):
-                self.run_panel.stop_and_wait()
+                self, "A run is training", "Closing stops the run. " + stop_note + "\n"
+                "The project also has unsaved changes: save them before closing?",
+                buttons.Save | buttons.Discard | buttons.Cancel, buttons.Save)
+        elif running:
+            answer = QMessageBox.question(self, "A run is training",
+                                          "Stop the run and close LoRA Studio?\n" + stop_note)
+        elif modified:
+            name = self.session.project_path.name if self.session.project_path else "the untitled project"
+            answer = QMessageBox.question(self, "Unsaved changes", f"Save the changes to {name} before closing?",
+                                          buttons.Save | buttons.Discard | buttons.Cancel, buttons.Save)
+        if answer in (buttons.Cancel, buttons.No, buttons.NoButton, buttons.Escape) or (
+            answer == buttons.Save and self.save_project_file() is None
+        ):
+            event.ignore()
+            return
+        if answer == buttons.Discard:
+            self.autosaver.discard()
+        self.autosaver.timer.stop()
+        if running and hasattr(self.run_panel, "stop_and_wait"):
+            self.run_panel.stop_and_wait()
         self._finish_background_work()
         self.save_layout()
         super().closeEvent(event)
@@ -266,7 +330,6 @@ class MainWindow(QMainWindow):
         help_menu = self.menuBar().addMenu("&Help")
         self._action(help_menu, "&Keyboard shortcuts", self.show_shortcuts, QKeySequence.StandardKey.HelpContents)
         self.about_action = self._action(help_menu, "&About LoRA Studio", self.show_about)
-
 
     def _action(self, menu, text: str, slot, shortcut=None) -> QAction:
         action = QAction(text, self)
@@ -350,8 +413,9 @@ class MainWindow(QMainWindow):
             self.resize(min(DEFAULT_SIZE[0], screen.width()), min(DEFAULT_SIZE[1], screen.height()))
             self.setWindowState(self.windowState() | Qt.WindowState.WindowMaximized)
 
-    def _update_title(self, modified: bool = False) -> None:
+    def _update_title(self, modified: bool | None = None) -> None:
         """The one place the title is built: from the project's name and whether it has unsaved changes."""
+        modified = self.session.is_modified() if modified is None else modified
         path = self.session.project_path
         self.setWindowTitle(window_title(path.name if path else None, modified))
 

@@ -286,7 +286,7 @@ class ModelPanel(QWidget):
         self.status_label.setText(f"Loaded {loaded.name_or_path} ({loaded.task})" + (f" — {notes}" if notes else ""))
 
     def _show_notice(self, text: str) -> None:
-        self.notice_bar.show_notice(f"Model changed — {text}" if text else "")
+        self.notice_bar.show_notice(f"Model changed: {text}." if text else "")
 
     def _confirmed(self) -> bool:
         return self.confirm_change is None or self.confirm_change()

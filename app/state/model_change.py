@@ -145,12 +145,13 @@ def data_problem(data: DataConfig, model: ModelConfig, task: str) -> str | None:
     """Why ``data`` cannot train ``model`` (a ``task`` model), naming the fix; None when it fits.
     Which kinds fit is core's rule (``data_kind_problem``: the task, and the digits demo's 8×8
     grey images only for the digits model or a user's own factory); this adds what to do."""
-    problem = data_kind_problem(data.kind, model, task)
-    if problem is None:
+    if data_kind_problem(data.kind, model, task) is None:
         return None
     wanted = [k for k in fitting_data_kinds(model, task) if k != "digits"] or DATA_FOR_TASK.get(task, ())
     choices = " or ".join(DATA_TITLES.get(k, k) for k in wanted) or "training data"
-    return f"No training data for {run_name_for(model)}: {problem}. Choose {choices} in the Data tab"
+    have = DATA_TITLES.get(data.kind, data.kind)
+    return (f"No training data for {run_name_for(model)} yet: {have} does not fit a {task} model. "
+            f"Choose {choices} in the Data tab")
 
 
 def carry_over(
@@ -200,7 +201,8 @@ def carry_over(
         data = old.data
     elif data_problem(data, model, facts.task) is not None:
         data = old.data  # nothing fits yet: the Data tab asks for a file (the session says so)
-        notices.append(data_problem(data, model, facts.task) or "")
+        problem = data_problem(data, model, facts.task) or ""
+        notices.append(problem[:1].lower() + problem[1:])
     elif old.data != old_defaults.data and old.data.train:
         notices.append(f"data {Path(old.data.train).name} ({old.data.kind}) does not fit {title}")
     config = RunConfig(model=model, data=data, lora=lora, training=training, output=output)
