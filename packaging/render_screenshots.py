@@ -1,8 +1,22 @@
 """Render the studio's main states to PNG for the README: ``python packaging/render_screenshots.py``.
 
-Offscreen, on the digits demo: the model loaded (tree, settings, counts), the Data tab,
-a run training (live curves), and the export dialog after a merged export with its
-verification figure.  The PNGs go to ``resources/screenshots/`` (``--out`` to change).
+At 1366x768 (a common laptop screen; ``--size`` to change), in the light and the dark theme: the
+Digits demo loaded (tree, settings, counts), its Data tab, a run training (live curves) and
+trained, the History tab comparing runs, the export dialog after a merged export with its
+verification figure; and the Text demo (MiniLM, a real transformers model) while it trains.
+The PNGs go to ``resources/screenshots/`` (``--out`` to change): ``NAME.png`` in the light
+theme, ``NAME_dark.png`` in the dark one.
+
+Two ways to run it:
+
+* offscreen (the default when no display is set): each state is the window's own rendering
+  (``QWidget.grab``), at exactly ``--size``;
+* on a real X display (``--real-window``, e.g. under ``Xvfb :99 -screen 0 1366x768x24`` with a
+  window manager): the window is shown maximized by the window manager and each shot is the
+  screen itself (title bar, frame and all), what a user of that screen sees.
+
+The user's own settings (theme, recent projects, window layout) are not touched: the renderer
+keeps its QSettings in a temporary folder.
 """
 
 from __future__ import annotations
@@ -15,10 +29,9 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
-
 OUT = Path(__file__).resolve().parent.parent / "resources" / "screenshots"
-SIZE = (1400, 860)
+SIZE = (1366, 768)
+THEMES = ("light", "dark")
 
 
 def _wait_until(app, condition, timeout_s: float) -> bool:
@@ -31,72 +44,150 @@ def _wait_until(app, condition, timeout_s: float) -> bool:
     return condition()
 
 
-def render(out: Path, steps: int = 300) -> list[Path]:
-    """Drive the window through its main states and save one PNG per state; returns the paths."""
+class Shooter:
+    """Saves a widget (offscreen) or the screen (a real window) as ``out/NAME[_dark].png``."""
+
+    def __init__(self, app, out: Path, real_window: bool) -> None:
+        self.app, self.out, self.real_window = app, out, real_window
+        self.saved: list[Path] = []
+
+    def __call__(self, widget, name: str, theme: str) -> Path:
+        _wait_until(self.app, lambda: False, 0.4)  # a plot refresh and the window manager's repaint
+        path = self.out / (f"{name}.png" if theme == "light" else f"{name}_{theme}.png")
+        if self.real_window:
+            # The whole screen: the window manager's frame and title are part of what a user sees.
+            image = widget.screen().grabWindow(0)
+        else:
+            image = widget.grab()
+        if not image.save(str(path)):
+            raise OSError(f"could not write {path}")
+        self.saved.append(path)
+        return path
+
+
+def _window(app, size: tuple[int, int], real_window: bool, theme: str):
+    from PySide6.QtCore import Qt
+
+    from lora_studio.app.main_window import MainWindow
+
+    window = MainWindow()
+    window.set_theme(theme)
+    if real_window:
+        window.showMaximized()  # the window manager fits it to the screen (its title bar included)
+    else:
+        window.setWindowState(Qt.WindowState.WindowNoState)
+        window.resize(*size)
+        window.show()
+    _wait_until(app, lambda: window.isVisible(), 10)
+    return window
+
+
+def _open_demo(app, window, demo: str, run_dir: Path) -> None:
+    window.model_panel.open_demo(demo)
+    if not _wait_until(app, lambda: window.session.loaded is not None, 300):
+        raise RuntimeError(f"the {demo} demo did not load")
+    window.session.try_update("output", dir=str(run_dir / demo))
+
+
+def _train(app, window, steps: int | None, shot_at_step: int, on_shot) -> None:
+    """Start a run (as the Start button does) and call ``on_shot()`` once an evaluation at or after
+    ``shot_at_step`` is on screen; returns when the run has ended."""
+    from lora_studio.core import EvalMetrics
+
+    evals: list[EvalMetrics] = []
+    window.session.sig_run_event.connect(lambda e: evals.append(e) if isinstance(e, EvalMetrics) else None)
+    window.tabs.setCurrentWidget(window.run_panel)
+    config = window.session.training_copy()
+    if steps is not None:
+        config = dataclasses.replace(config, training=dataclasses.replace(config.training, max_steps=steps))
+    window.run_panel.start_run(config)
+    _wait_until(app, lambda: any(e.step >= shot_at_step for e in evals), 600)
+    _wait_until(app, lambda: False, 1.0)  # one more plot refresh
+    on_shot()
+    _wait_until(app, lambda: not window.run_panel.is_running(), 900)
+    _wait_until(app, lambda: False, 1.0)
+
+
+def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tuple[str, ...] = THEMES,
+           real_window: bool = False, text_demo: bool = True) -> list[Path]:
+    """Drive the window through its main states in each theme and save one PNG per state; returns the paths."""
     import torch
+    from PySide6.QtCore import QSettings
     from PySide6.QtWidgets import QApplication
 
     torch.set_num_threads(1)  # a shared CPU: one thread trains fastest and leaves the UI room
+    settings_dir = Path(tempfile.mkdtemp(prefix="lora-studio-shots-settings-"))
+    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(settings_dir))
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    app.setApplicationDisplayName("LoRA Studio")
     from lora_studio.app.dialogs.export_dialog import ExportDialog
-    from lora_studio.app.main_window import MainWindow
     from lora_studio.app.resources import app_icon
-    from lora_studio.core import EvalMetrics
 
     app.setWindowIcon(app_icon())
     out.mkdir(parents=True, exist_ok=True)
-    saved: list[Path] = []
-    window = MainWindow()
-    window.resize(*SIZE)
-    window.show()
+    shot = Shooter(app, out, real_window)
+    windows = []  # kept until the end: their worker threads are idle, never destroyed while running
+    for theme in themes:
+        run_dir = Path(tempfile.mkdtemp(prefix="lora-studio-shots-"))
+        window = _window(app, size, real_window, theme)
+        _open_demo(app, window, "digits", run_dir)
+        window.tabs.setCurrentWidget(window.run_panel)
+        shot(window, "model_loaded", theme)
 
-    def shot(widget, name: str) -> None:
-        app.processEvents()
-        path = out / f"{name}.png"
-        if not widget.grab().save(str(path)):
-            raise OSError(f"could not write {path}")
-        saved.append(path)
+        window.tabs.setCurrentWidget(window.data_panel)
+        _wait_until(app, lambda: not window.data_panel.is_reading(), 30)
+        shot(window, "data_tab", theme)
 
-    window.model_panel.open_demo("digits")
-    if not _wait_until(app, lambda: window.session.loaded is not None, 120):
-        raise RuntimeError("the digits demo did not load")
-    run_dir = Path(tempfile.mkdtemp(prefix="lora-studio-shots-"))
-    window.session.try_update("output", dir=str(run_dir / "run"))
-    window.tabs.setCurrentWidget(window.run_panel)
-    shot(window, "model_loaded")
+        # Mid-run: after the evaluation at step 100, so curves and an accuracy point are on screen.
+        _train(app, window, steps, 100, lambda: shot(window, "training", theme))
+        shot(window, "trained", theme)
 
-    window.tabs.setCurrentWidget(window.data_panel)
-    _wait_until(app, lambda: not window.data_panel.is_reading(), 30)
-    shot(window, "data_tab")
+        config = window.session.training_copy()  # a second run at another rank, for the comparison
+        window.session.try_update("lora", r=max(1, config.lora.r * 4))
+        window.session.try_update("output", dir=str(run_dir / "digits-r16"))
+        _train(app, window, steps, 0, lambda: None)
+        window.tabs.setCurrentWidget(window.history_panel)
+        window.history_panel.set_compared([run.run_dir for run in window.history_panel.runs()][-2:])
+        shot(window, "history", theme)
 
-    window.tabs.setCurrentWidget(window.run_panel)
-    evals: list[EvalMetrics] = []
-    window.session.sig_run_event.connect(lambda e: evals.append(e) if isinstance(e, EvalMetrics) else None)
-    config = window.session.training_copy()
-    config = dataclasses.replace(config, training=dataclasses.replace(config.training, max_steps=steps))
-    window.run_panel.start_run(config)
-    # Mid-run: after the evaluation at step 100, so curves and an accuracy point are on screen.
-    _wait_until(app, lambda: any(e.step >= 100 for e in evals), 180)
-    _wait_until(app, lambda: False, 1.0)  # one more plot refresh
-    shot(window, "training")
-    _wait_until(app, lambda: not window.run_panel.is_running(), 300)
-    _wait_until(app, lambda: False, 1.0)
-    shot(window, "trained")
+        if theme == "light":
+            window.tabs.setCurrentWidget(window.run_panel)
+            dialog = ExportDialog(window.session, window.run_panel.trained_model(), window)
+            dialog.show()
+            dialog.export_merged_model()
+            _wait_until(app, lambda: not dialog.is_busy(), 120)
+            if real_window:
+                shot(window, "export_dialog", theme)
+            else:
+                shot(dialog, "export_dialog", theme)
+            dialog.close()
 
-    dialog = ExportDialog(window.session, window.run_panel.trained_model(), window)
-    dialog.show()
-    dialog.export_merged_model()
-    _wait_until(app, lambda: not dialog.is_busy(), 120)
-    shot(dialog, "export_dialog")
-    dialog.close()
-    window.close()
-    return saved
+        if text_demo:  # a real transformers model: long layer names, the top-12 layer chart
+            _open_demo(app, window, "text", run_dir)
+            _train(app, window, None, 20, lambda: shot(window, "training_text", theme))
+        # Hidden, not closed: closing would ask about the unsaved demo project (a modal question).
+        window.hide()
+        windows.append(window)
+        _wait_until(app, lambda: False, 0.5)
+    return shot.saved
+
+
+def _size(text: str) -> tuple[int, int]:
+    width, _, height = text.lower().partition("x")
+    return int(width), int(height)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT, help="folder for the PNG files")
-    parser.add_argument("--steps", type=int, default=300, help="steps of the demo run shown")
+    parser.add_argument("--steps", type=int, default=300, help="steps of the digits runs shown")
+    parser.add_argument("--size", type=_size, default=SIZE, help="window size offscreen, e.g. 1366x768")
+    parser.add_argument("--themes", default=",".join(THEMES), help="themes to render, e.g. light,dark")
+    parser.add_argument("--real-window", action="store_true",
+                        help="show the window on the X display in $DISPLAY and shoot the screen")
+    parser.add_argument("--no-text-demo", action="store_true", help="skip the MiniLM (transformers) run")
     args = parser.parse_args()
-    for path in render(args.out, args.steps):
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb" if args.real_window else "offscreen")
+    for path in render(args.out, args.steps, args.size, tuple(args.themes.split(",")), args.real_window,
+                       not args.no_text_demo):
         print(path)

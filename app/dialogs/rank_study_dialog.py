@@ -57,8 +57,11 @@ class RankStudyDialog(QDialog):
         form.addRow("", self.full_check)
         form.addRow("Full fine-tuning lr", self.full_lr)
         layout = QVBoxLayout(self)
-        layout.addWidget(QLabel("Queue the current config at several LoRA ranks and compare them on one plot\n"
-                                "with their trainable-parameter counts. Alpha stays as set (as in the LoRA paper)."))
+        intro = QLabel("Queue the current config at several LoRA ranks and compare them on one plot with their "
+                       "trainable-parameter counts. Alpha stays as set (as in the LoRA paper). When the runs "
+                       "end, History shows each one's final result against its rank.")
+        intro.setWordWrap(True)  # a dialog as wide as one long line would not fit a small screen
+        layout.addWidget(intro)
         layout.addLayout(form)
         layout.addWidget(self.message)
         layout.addWidget(self.buttons)

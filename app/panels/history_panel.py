@@ -262,7 +262,6 @@ class HistoryPanel(QWidget):
         self.legend_list.setObjectName("history_legend")
         self.legend_list.setTextElideMode(Qt.TextElideMode.ElideMiddle)
         self.legend_list.setSelectionMode(QListWidget.SelectionMode.NoSelection)
-        self.legend_list.setMaximumHeight(LEGEND_ROWS * (self.legend_list.fontMetrics().height() + 6) + 6)
         self.legend_list.hide()
         self.config_view = QPlainTextEdit()
         self.config_view.setReadOnly(True)
@@ -365,6 +364,10 @@ class HistoryPanel(QWidget):
             entry = QListWidgetItem(_swatch(colour), record.legend)
             entry.setToolTip(f"{record.legend}\n{record.run_dir}")
             self.legend_list.addItem(entry)
+        if runs:  # as tall as its entries, up to LEGEND_ROWS, then it scrolls
+            row = max(self.legend_list.sizeHintForRow(0), self.legend_list.fontMetrics().height() + 2)
+            frame = 2 * self.legend_list.frameWidth() + 4
+            self.legend_list.setFixedHeight(min(len(runs), LEGEND_ROWS) * row + frame)
         self.legend_list.setVisible(bool(runs))
 
     def _draw_curves(self, runs: list[RunRecord], metric: int, colours: list[QColor]) -> None:

@@ -22,7 +22,7 @@ from lora_studio.core import EvalMetrics
 BAR_HEIGHT = 0.6
 TITLE = "Layer updates"
 TOP_LAYERS = 12  # bars shown: enough to see which layers learn, few enough to read each name
-NAME_CHARS = 26  # a tick label's longest name; longer ones keep their last dotted parts
+NAME_CHARS = 30  # a tick label's longest name ("…layer.5.attention.self.query"); longer ones keep their last parts
 
 
 def short_layer_name(name: str, max_chars: int = NAME_CHARS) -> str:

@@ -182,4 +182,5 @@ def test_layer_updates_show_the_top_layers_with_short_names_and_tooltips(qtbot) 
     assert view.title.text() == f"Layer updates · top {TOP_LAYERS} of {len(names)} layers · step 40"
     assert view.title.wordWrap() and view.minimumSizeHint().width() <= 340
     assert short_layer_name("fc1") == "fc1" and short_layer_name("x" * 40) == "…" + "x" * (NAME_CHARS - 1)
-    assert short_layer_name("model.layers.11.self_attn.q_proj") == "…11.self_attn.q_proj"
+    assert short_layer_name("model.layers.11.self_attn.q_proj") == "…layers.11.self_attn.q_proj"
+    assert short_layer_name("bert.encoder.layer.5.attention.self.query") == "…layer.5.attention.self.query"
