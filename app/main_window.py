@@ -22,7 +22,9 @@ from PySide6.QtWidgets import (
     QComboBox,
     QDockWidget,
     QFileDialog,
+    QFormLayout,
     QFrame,
+    QLabel,
     QMainWindow,
     QMessageBox,
     QScrollArea,
@@ -106,7 +108,9 @@ class MainWindow(QMainWindow):
         side.addWidget(self.settings_panel)
         side.setStretchFactor(0, 0)
         side.setStretchFactor(1, 1)
-        side.setSizes([self.counts_panel.sizeHint().height(), 10_000])
+        # Room for the counts as they are before a model loads, plus three wrapped lines of readings.
+        counts_height = self.counts_panel.sizeHint().height() + 3 * self.fontMetrics().lineSpacing()
+        side.setSizes([counts_height, 10_000])
         self.side_splitter = side
         self.settings_dock = dock = QDockWidget("Settings", self)
         dock.setObjectName("settings_dock")
@@ -116,6 +120,7 @@ class MainWindow(QMainWindow):
         self.resizeDocks([dock], [DOCK_WIDTH], Qt.Orientation.Horizontal)
         for region in (left, self.tabs):
             let_combo_boxes_shrink(region)
+        let_form_values_wrap(self.counts_panel)
 
         self._build_menus()
         self.session.sig_project_changed.connect(lambda _path: self._update_title())
@@ -457,7 +462,7 @@ DEFAULT_SIZE = (1500, 920)  # the first window's size on a large screen (smaller
 PANE_MIN_WIDTH = 240  # the model column and the settings dock: narrower, and they scroll sideways
 DOCK_WIDTH = 340  # the settings dock's first width: rank, alpha and every training field fit without scrolling
 APP_NAME = "LoRA Studio"
-DOCS = (("README.md", "set-up, the window, the command line"), ("ARCHITECTURE.md", "how the code is laid out"))
+DOCS = (("README", "set-up, the window, the command line"), ("ARCHITECTURE", "how the code is laid out"))  # .md files
 
 
 def window_title(project_name: str | None, modified: bool = False) -> str:
@@ -497,7 +502,8 @@ def doc_links() -> list[str]:
     installed copy has no source tree beside it (a wheel, a bundle)."""
     root = Path(lora_studio.core.__file__).resolve().parent.parent  # core/ sits at the checkout's root
     links = []
-    for name, what in DOCS:
+    for stem, what in DOCS:
+        name = f"{stem}.md"
         path = root / name
         shown = f"<a href='{QUrl.fromLocalFile(str(path)).toString()}'>{name}</a>" if path.is_file() else name
         links.append(f"{shown} ({what})")
@@ -512,6 +518,17 @@ def _scroll_area(widget: QWidget, name: str) -> QScrollArea:
     area.setFrameShape(QFrame.Shape.NoFrame)
     area.setWidget(widget)
     return area
+
+
+def let_form_values_wrap(root: QWidget) -> None:
+    """Every label shown as a value in a form under ``root`` wraps: a long reading ("160 MiB measured
+    so far (process memory…)") gets a second line in a narrow dock instead of widening it."""
+    for form in root.findChildren(QFormLayout):
+        for row in range(form.rowCount()):
+            item = form.itemAt(row, QFormLayout.ItemRole.FieldRole)
+            label = item.widget() if item is not None else None
+            if isinstance(label, QLabel):
+                label.setWordWrap(True)
 
 
 def let_combo_boxes_shrink(root: QWidget, characters: int = 16) -> None:

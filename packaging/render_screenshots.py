@@ -71,6 +71,7 @@ def _window(app, size: tuple[int, int], real_window: bool, theme: str):
     from lora_studio.app.main_window import MainWindow
 
     window = MainWindow()
+    window.confirm_unsaved = lambda doing: True  # its demo projects are throwaway: never ask to save them
     window.set_theme(theme)
     if real_window:
         window.showMaximized()  # the window manager fits it to the screen (its title bar included)
@@ -117,8 +118,13 @@ def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tu
 
     torch.set_num_threads(1)  # a shared CPU: one thread trains fastest and leaves the UI room
     settings_dir = Path(tempfile.mkdtemp(prefix="lora-studio-shots-settings-"))
-    QSettings.setPath(QSettings.Format.IniFormat, QSettings.Scope.UserScope, str(settings_dir))
+    for settings_format in (QSettings.Format.IniFormat, QSettings.Format.NativeFormat):
+        QSettings.setPath(settings_format, QSettings.Scope.UserScope, str(settings_dir))
     app = QApplication.instance() or QApplication(sys.argv[:1])
+    from lora_studio.app.state.project_files import APPLICATION, ORGANIZATION
+
+    app.setOrganizationName(ORGANIZATION)  # as the studio names itself: its QSettings, in the temporary folder
+    app.setApplicationName(APPLICATION)
     app.setApplicationDisplayName("LoRA Studio")
     from lora_studio.app.dialogs.export_dialog import ExportDialog
     from lora_studio.app.resources import app_icon

@@ -36,6 +36,7 @@ from PySide6.QtWidgets import (
 from lora_studio.core import EvalMetrics, RunConfig
 
 from ..dialogs.rank_study_dialog import RankStudyDialog
+from ..state.project_files import APPLICATION, ORGANIZATION
 from ..state.run_controller import RunController
 from ..state.run_history import RunRecord, read_run, study_configs, study_points
 from ..state.run_queue import RunQueue
@@ -49,6 +50,8 @@ METRICS = ("Validation loss", "Training loss", "Validation accuracy (%) / perple
            "Rank study: final result vs rank")
 RANK_CHART = 3  # the index in METRICS of the rank-study summary (one point per run, not curves)
 LEGEND_ROWS = 4  # the legend list shows this many runs before it scrolls
+RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
+               "#bcbd22", "#17becf")  # Tableau 10 (matplotlib's default cycle)
 
 
 class HistoryPanel(QWidget):
@@ -61,7 +64,10 @@ class HistoryPanel(QWidget):
                  settings: QSettings | None = None) -> None:
         super().__init__(parent)
         self.session = session
-        self.settings = settings if settings is not None else QSettings()
+        # The studio's one settings file (StudioSettings' INI file), not Qt's default native one: a
+        # test or a renderer that redirects the studio's settings redirects the history with them.
+        self.settings = settings if settings is not None else QSettings(
+            QSettings.Format.IniFormat, QSettings.Scope.UserScope, ORGANIZATION, APPLICATION)
         self.controller = RunController.for_session(session)
         self.queue = RunQueue(self.controller, parent=self)
         self.study_dialog: RankStudyDialog | None = None
@@ -355,7 +361,7 @@ class HistoryPanel(QWidget):
         self.legend_list.clear()
         runs = self.compared()
         metric = self.metric_box.currentIndex()
-        colours = [pg.intColor(index, hues=max(len(runs), 6)) for index in range(len(runs))]
+        colours = [run_colour(index) for index in range(len(runs))]
         if metric == RANK_CHART:
             self._draw_rank_study(runs, colours)
         else:
@@ -447,6 +453,12 @@ def padded_range(values: list[float], *, floor: float | None = None, pad: float 
     if floor is not None and low < floor <= min(finite):
         low = floor
     return low, high
+
+
+def run_colour(index: int) -> QColor:
+    """The colour of the ``index``-th compared run: Tableau's ten, readable on light and dark plots
+    (pyqtgraph's evenly spread hues put pale yellow second)."""
+    return QColor(RUN_COLOURS[index % len(RUN_COLOURS)])
 
 
 def plural(count: int, noun: str) -> str:
