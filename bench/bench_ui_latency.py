@@ -1,6 +1,17 @@
-"""UI event-loop latency while a run trains in the studio window, against the same window idle.
+"""UI event-loop latency while a run trains in the studio window, against the same window idle;
+and keystroke-to-paint in the Rank field with a transformers model (MiniLM) loaded.
 
     .venv/bin/python bench/bench_ui_latency.py [--seconds 8] [--interval-ms 10] [--threads 0]
+    .venv/bin/python bench/bench_ui_latency.py --keystrokes 30     # MiniLM loaded, Rank field typed into
+
+Keystrokes: the text demo (MiniLM-L6, ``core.models.minilm_folder()``) is opened and loaded,
+then digits are typed into the Rank field with ``QTest.keyClick`` (a real key event: the field
+commits on ``textEdited``, the session rebuilds the tree, the panels react).  Each keystroke is
+timed from the key event to the end of a synchronous ``repaint()`` of the window after the event
+queue is empty: what the user waits for before the character and the tree show.  The counts and
+the memory estimate are computed on a worker 150 ms later; the UI-loop lateness while typing
+(a 10 ms probe timer, as above) shows their delivery does not stall the loop either.
+The issue's bar: keystroke-to-paint under 50 ms.
 
 A precise 10 ms ``QTimer`` on the UI thread records when each tick really arrives; its
 lateness (actual gap minus 10 ms) is what a user feels as a sluggish window.  It is
@@ -59,6 +70,61 @@ def _wait_until(condition, timeout_s: float) -> bool:
     return condition()
 
 
+def keystrokes(window_class, count: int, interval_ms: int) -> int:
+    """Keystroke-to-paint in the Rank field with the text demo's MiniLM loaded (see the module docstring)."""
+    from PySide6.QtTest import QTest
+
+    window = window_class()
+    window.resize(1400, 900)
+    window.show()
+    session = window.session
+    window.model_panel.open_demo("text")
+    if not _wait_until(lambda: session.loaded is not None, 180.0):
+        print("MiniLM did not load within 180 s", file=sys.stderr)
+        return 1
+    counts = getattr(window, "counts_panel", None)
+    _wait_until(lambda: False, 1.0)
+    editor = window.settings_panel.row("lora.r").editor
+    editor.setFocus()
+    modules = sum(1 for _ in session.browse_model.modules())
+    times: list[float] = []
+    typed = "1612824" * (count // 7 + 1)
+    stamps: list[float] = []
+    probe = QTimer(timerType=Qt.TimerType.PreciseTimer, interval=interval_ms)
+    probe.timeout.connect(lambda: stamps.append(time.perf_counter()))
+    probe.start()
+    for i in range(count):
+        if i % 2 == 0:
+            editor.selectAll()  # the next digit replaces the rank: 1, 16, 1, 12, ... never 0
+        key = getattr(Qt.Key, f"Key_{typed[i]}")
+        start = time.perf_counter()
+        QTest.keyClick(editor, key)
+        QApplication.processEvents()
+        window.repaint()
+        times.append((time.perf_counter() - start) * 1000)
+        _wait_until(lambda: False, 0.25)  # a typist's pause: the debounced estimate runs and arrives
+    probe.stop()
+    if counts is not None and hasattr(counts, "wait_until_current"):
+        counts.wait_until_current()
+    late = [max(0.0, (b - a) * 1000 - interval_ms) for a, b in zip(stamps, stamps[1:])]
+    if hasattr(session, "mark_saved"):
+        session.mark_saved()  # the typed ranks are no changes to keep: close without the save question
+    window.close()
+    cut = percentiles(times)
+    lag = percentiles(late)
+    print(f"Keystroke-to-paint in the Rank field, MiniLM-L6 loaded ({modules} modules), {count} keys, "
+          f"torch threads {torch.get_num_threads()}")
+    print(f"{'':<22} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(f"{'key to paint':<22} " + " ".join(f"{cut[k]:>8.2f}" for k in ("p50", "p95", "p99", "max")))
+    print(f"{'UI loop lateness':<22} " + " ".join(f"{lag[k]:>8.2f}" for k in ("p50", "p95", "p99", "max")))
+    final = session.config.lora.r
+    print(f"rank after typing: {final}; estimate shown: "
+          f"{getattr(getattr(counts, 'estimate', None), 'memory', None)}")
+    verdict = "meets" if cut["p95"] < BAR_P99_MS else "MISSES"
+    print(f"key-to-paint p95 {cut['p95']:.2f} ms {verdict} the {BAR_P99_MS:g} ms bar")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=float, default=8.0, help="measuring time of each phase")
@@ -67,12 +133,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="torch CPU threads (1: the benchmarks' setting; 0: torch's default)")
     parser.add_argument("--engine", action="store_true",
                         help="train with the engine on a FunctionWorker even when the window has a run panel")
+    parser.add_argument("--keystrokes", type=int, default=0,
+                        help="measure keystroke-to-paint over this many keys in the Rank field with MiniLM loaded")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
 
     app = QApplication.instance() or QApplication(sys.argv[:1])
     from lora_studio.app.main_window import MainWindow
+
+    if args.keystrokes:
+        return keystrokes(MainWindow, args.keystrokes, args.interval_ms)
 
     window = MainWindow()
     window.resize(1400, 900)
