@@ -2,8 +2,9 @@
 
 At 1366x768 (a common laptop screen; ``--size`` to change), in the light and the dark theme: the
 Digits demo loaded (tree, settings, counts), its Data tab, a run training (live curves) and
-trained, the History tab comparing runs, the export dialog after a merged export with its
-verification figure; and the Text demo (MiniLM, a real transformers model) while it trains.
+trained, the History tab after a rank study (final result against rank), the export dialog
+after a merged export with its verification figure; and the Text demo (MiniLM, a real
+transformers model) while it trains.
 The PNGs go to ``resources/screenshots/`` (``--out`` to change): ``NAME.png`` in the light
 theme, ``NAME_dark.png`` in the dark one.
 
@@ -32,6 +33,7 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent.parent / "resources" / "screenshots"
 SIZE = (1366, 768)
 THEMES = ("light", "dark")
+STUDY_RANKS = (1, 4, 16)  # the History shot's rank study (the digits demo trains each in seconds)
 
 
 def _wait_until(app, condition, timeout_s: float) -> bool:
@@ -71,7 +73,7 @@ def _window(app, size: tuple[int, int], real_window: bool, theme: str):
     from lora_studio.app.main_window import MainWindow
 
     window = MainWindow()
-    window.confirm_unsaved = lambda doing: True  # its demo projects are throwaway: never ask to save them
+    window.confirm_unsaved = lambda *_args: True  # its demo projects are throwaway: never ask to save them
     window.set_theme(theme)
     if real_window:
         window.showMaximized()  # the window manager fits it to the screen (its title bar included)
@@ -84,8 +86,11 @@ def _window(app, size: tuple[int, int], real_window: bool, theme: str):
 
 
 def _open_demo(app, window, demo: str, run_dir: Path) -> None:
+    loaded: list[object] = []
+    window.session.sig_model_loaded.connect(lambda *args: loaded.append(args))
     window.model_panel.open_demo(demo)
-    if not _wait_until(app, lambda: window.session.loaded is not None, 300):
+    # The previous model stays loaded until the new one is there: wait for the new one's signal.
+    if not _wait_until(app, lambda: bool(loaded), 300):
         raise RuntimeError(f"the {demo} demo did not load")
     window.session.try_update("output", dir=str(run_dir / demo))
 
@@ -148,14 +153,6 @@ def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tu
         _train(app, window, steps, 100, lambda: shot(window, "training", theme))
         shot(window, "trained", theme)
 
-        config = window.session.training_copy()  # a second run at another rank, for the comparison
-        window.session.try_update("lora", r=max(1, config.lora.r * 4))
-        window.session.try_update("output", dir=str(run_dir / "digits-r16"))
-        _train(app, window, steps, 0, lambda: None)
-        window.tabs.setCurrentWidget(window.history_panel)
-        window.history_panel.set_compared([run.run_dir for run in window.history_panel.runs()][-2:])
-        shot(window, "history", theme)
-
         if theme == "light":
             window.tabs.setCurrentWidget(window.run_panel)
             dialog = ExportDialog(window.session, window.run_panel.trained_model(), window)
@@ -167,6 +164,16 @@ def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tu
             else:
                 shot(dialog, "export_dialog", theme)
             dialog.close()
+
+        # A rank study from the History tab: when its runs end, History shows final result against rank.
+        history = window.history_panel
+        window.tabs.setCurrentWidget(history)
+        finished: list[object] = []
+        history.queue.sig_batch_finished.connect(finished.append)
+        history.queue_study(list(STUDY_RANKS))
+        if not _wait_until(app, lambda: bool(finished), 900):
+            raise RuntimeError("the rank study did not finish")
+        shot(window, "history", theme)
 
         if text_demo:  # a real transformers model: long layer names, the top-12 layer chart
             _open_demo(app, window, "text", run_dir)

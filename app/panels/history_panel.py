@@ -424,7 +424,12 @@ class HistoryPanel(QWidget):
                                    label=f"full fine-tuning ({_trainable_label(p.trainable)})",
                                    labelOpts={"position": 0.15, "color": (120, 120, 120)})
             self.plot.addItem(line)
-        self._frame(xs or [0.0], ys + [p.value for p in full])
+        # Room around the points for their labels: half a rank step each side, a label's height on top.
+        y_range = padded_range(ys + [p.value for p in full], pad=0.12)
+        if y_range is not None:
+            low, high = y_range
+            self.plot.setRange(xRange=(min(xs or [0.0]) - 0.7, max(xs or [0.0]) + 0.7),
+                               yRange=(low, high + 0.12 * (high - low)), padding=0)
 
     def _frame(self, xs: list[float], ys: list[float], x_floor: float | None = None) -> None:
         """Frame the points explicitly: pyqtgraph's auto range gives -150..150 around a single point."""
