@@ -93,6 +93,8 @@ def _open_demo(app, window, demo: str, run_dir: Path) -> None:
     if not _wait_until(app, lambda: bool(loaded), 300):
         raise RuntimeError(f"the {demo} demo did not load")
     window.session.try_update("output", dir=str(run_dir / demo))
+    # The counts are computed off the UI thread: wait for them (they read "—" until then).
+    _wait_until(app, lambda: window.counts_panel.total_label.text() not in ("—", ""), 30)
 
 
 def _train(app, window, steps: int | None, shot_at_step: int, on_shot) -> None:

@@ -414,8 +414,10 @@ class HistoryPanel(QWidget):
             brushes = [colour_of.get(p.name, QColor(70, 130, 200)) for p in lora]
             self.plot.plot(xs, ys, pen=None, symbol="o", symbolSize=9, symbolBrush=brushes)
             self.plot.getAxis("bottom").setTicks([[(x, str(p.rank)) for x, p in zip(xs, lora, strict=True)]])
-            for x, p in zip(xs, lora, strict=True):
-                label = pg.TextItem(_trainable_label(p.trainable), anchor=(0.5, 1.3), color=(120, 120, 120))
+            for i, (x, p) in enumerate(zip(xs, lora, strict=True)):
+                # The end points' labels lean inwards, so none runs off the plot.
+                side = 0.5 if len(lora) == 1 else (0.0 if i == 0 else 1.0 if i == len(lora) - 1 else 0.5)
+                label = pg.TextItem(_trainable_label(p.trainable), anchor=(side, 1.3), color=(120, 120, 120))
                 label.setPos(x, p.value)
                 self.plot.addItem(label)
         for p in full:
@@ -428,7 +430,7 @@ class HistoryPanel(QWidget):
         y_range = padded_range(ys + [p.value for p in full], pad=0.12)
         if y_range is not None:
             low, high = y_range
-            self.plot.setRange(xRange=(min(xs or [0.0]) - 0.7, max(xs or [0.0]) + 0.7),
+            self.plot.setRange(xRange=(min(xs or [0.0]) - 0.4, max(xs or [0.0]) + 0.4),
                                yRange=(low, high + 0.12 * (high - low)), padding=0)
 
     def _frame(self, xs: list[float], ys: list[float], x_floor: float | None = None) -> None:
