@@ -133,7 +133,8 @@ def test_package_init_files_only_re_export() -> None:
         for node in ast.parse(init.read_text()).body:
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 continue
-            if isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
+            docstring = isinstance(node, ast.Expr) and isinstance(node.value, ast.Constant)
+            if docstring and isinstance(node.value.value, str):
                 continue
             targets = node.targets if isinstance(node, ast.Assign) else [getattr(node, "target", None)]
             if isinstance(node, (ast.Assign, ast.AugAssign)) and all(

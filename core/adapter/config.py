@@ -143,7 +143,8 @@ class LoraConfig:
         return float(_pattern_lookup(self.alpha_pattern, name, self.alpha))
 
     def scaling_for(self, name: str) -> float:
-        """The update's scale for layer ``name``: :func:`~lora_studio.core.layers.lora_scaling` of its alpha and rank."""
+        """The update's scale for layer ``name``: :func:`~lora_studio.core.layers.lora_scaling` of its
+        alpha and rank."""
         return lora_scaling(self.alpha_for(name), self.rank_for(name), self.use_rslora)
 
     # -- plain data, for TOML/JSON ----------------------------------------------------

@@ -65,7 +65,7 @@ class AdaLoraBehaviour(AdapterBehaviour):
         for key in layer.weight_slots():
             for factor in layer.stored_factors(adapter, key):
                 nn.init.normal_(factor, std=INIT_STD)
-        layer.reimpose_constraints(adapter)  # re-impose layer constraints on fresh factors (an embedding's padding column)
+        layer.reimpose_constraints(adapter)  # on fresh factors (an embedding's padding column stays zero)
 
     def singular_values(self, layer: AdapterLayer, adapter: str, key: str) -> tuple[nn.Parameter, torch.Tensor]:
         """(Λ, its boolean mask) of weight ``key``."""

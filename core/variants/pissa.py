@@ -15,9 +15,9 @@ before anything changes and gives weights shared with another module (GPT-2's ti
 output head) their own copy (``rewrites_base_at_init``).  Older configs and PEFT's say
 ``init = "pissa"``; :class:`~lora_studio.core.adapter.config.LoraConfig` reads that as this variant.
 
-**Saving** (:func:`convert_pissa`).  The factors only make sense on top of the residual.  A file that must load into anybody's unmodified base
-(PEFT's ``from_pretrained``, our ``load_adapter``) therefore carries the
-difference to the original weight instead::
+**Saving** (:func:`convert_pissa`).  The factors only make sense on top of the residual.  A file
+that must load into anybody's unmodified base (PEFT's ``from_pretrained``, our ``load_adapter``)
+therefore carries the difference to the original weight instead::
 
     ΔW = (W_res + s·B·A) − W_orig = s·(B·A − B₀·A₀)      (rank ≤ 2r)
 
