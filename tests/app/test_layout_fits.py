@@ -10,9 +10,9 @@ from PySide6.QtCore import QPoint, QRect, Qt
 from PySide6.QtWidgets import QApplication, QCheckBox
 from studio_window import LOAD_TIMEOUT_MS, isolated_settings
 
+import lora_studio.core
 from lora_studio.app.main_window import MainWindow, window_title
 from lora_studio.app.theme import apply_theme
-from lora_studio.core import __version__
 
 SCREEN = (1366, 768)
 SMALLEST = (1280, 720)
@@ -135,7 +135,8 @@ def test_help_about_and_shortcuts(qtbot, tmp_path) -> None:
     assert menus[-1] == "&Help"
     box = window.show_about()
     text = box.text()
-    assert f"LoRA Studio {__version__}" in text and "Qt" in text and "PyTorch" in text and "README" in text
+    assert f"LoRA Studio {lora_studio.core.__version__}" in text
+    assert "Qt" in text and "PyTorch" in text and "README" in text
     box.close()
     shortcuts = dict(window.keyboard_shortcuts())
     assert {"Save project", "Open project", "Start", "Load model"} <= set(shortcuts)
