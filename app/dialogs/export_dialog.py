@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PySide6.QtCore import QSettings, Qt, Signal
+from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QDialog,
@@ -49,6 +49,7 @@ from lora_studio.core import (
     verify_export,
 )
 
+from ..state.project_files import StudioSettings
 from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
 from ..widgets.form_rows import row
@@ -248,14 +249,15 @@ class ExportDialog(QDialog):
         button = QPushButton("Browse…")
 
         def browse() -> None:
-            settings = QSettings()
-            start = str(settings.value("export/last_folder", str(Path(edit.text()).parent)))
+            settings = StudioSettings()  # the studio's own file, which tests and the renderer redirect
+            start = (settings.last_folder("export") if settings.has_last_folder("export")
+                     else str(Path(edit.text()).parent))  # fmt: skip
             if folder:
                 path = QFileDialog.getExistingDirectory(self, "Export to folder", start)
             else:
                 path, _ = QFileDialog.getSaveFileName(self, "Export to file", start, "safetensors (*.safetensors)")
             if path:
-                settings.setValue("export/last_folder", str(Path(path).parent))
+                settings.set_last_folder("export", str(Path(path).parent))
                 edit.setText(path)
 
         button.clicked.connect(browse)

@@ -19,7 +19,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtCore import Qt, QTimer, Signal
 from PySide6.QtWidgets import (
     QComboBox,
     QFileDialog,
@@ -45,6 +45,7 @@ from lora_studio.core import (
 )
 
 from ..state.data_check import DataChecker, DataCheckResult, check_key
+from ..state.project_files import StudioSettings
 from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
 from ..widgets.class_balance_chart import ClassBalanceChart
@@ -283,8 +284,8 @@ class DataPanel(QWidget):
             self._update(**{field: text})
 
     def _browse(self, field: str, folder: bool | None) -> None:
-        settings = QSettings()
-        start = str(settings.value("data/last_folder", str(Path.home())))
+        settings = StudioSettings()  # the studio's own file, which tests and the renderer redirect
+        start = settings.last_folder("data")
         if folder is None:
             folder = self.session.config.data.kind == "image-folder"
         if folder:
@@ -294,7 +295,7 @@ class DataPanel(QWidget):
                                                   "Data files (*.csv *.jsonl *.json *.txt);;All files (*)")
         if not path:
             return
-        settings.setValue("data/last_folder", str(Path(path).parent if Path(path).is_file() else path))
+        settings.set_last_folder("data", str(Path(path).parent if Path(path).is_file() else path))
         if field == "train":
             self.choose_path(path)
         else:

@@ -65,6 +65,10 @@ class StudioSettings:
         """The folder a file dialog for ``purpose`` last used (the home folder at first)."""
         return str(self._q.value(f"folders/{purpose}", str(Path.home())))
 
+    def has_last_folder(self, purpose: str) -> bool:
+        """True once a file dialog for ``purpose`` has chosen a folder."""
+        return self._q.contains(f"folders/{purpose}")
+
     def set_last_folder(self, purpose: str, folder: str) -> None:
         self._q.setValue(f"folders/{purpose}", folder)
 
