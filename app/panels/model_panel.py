@@ -261,7 +261,7 @@ class ModelPanel(QWidget):
         description = f"{config.source}:{config.name}"
         data_kind = self.session.config.data.kind
         self._worker = worker = FunctionWorker(lambda on_event: load_meta_then_weights(config, on_event,
-                                                                                        data_kind=data_kind))
+                                                                                        data_kind=data_kind), self)
         worker.sig_event.connect(self._event)
         worker.sig_finished.connect(self._finished)
         worker.sig_failed.connect(self._worker_failed)  # a bound method: queued to the UI thread

@@ -10,10 +10,12 @@ newer request has overtaken is dropped by its generation number.
 
 from __future__ import annotations
 
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from PySide6.QtCore import QObject, QRunnable, QThreadPool, QTimer, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from lora_studio.core import (
     BatchShape,
@@ -125,19 +127,18 @@ class _Relay(QObject):
     sig_done = Signal(int, object)
 
 
-class _Job(QRunnable):
-    def __init__(self, relay: _Relay, generation: int, args: tuple[Any, ...], latest) -> None:
-        super().__init__()
-        self._relay, self._generation, self._args, self._latest = relay, generation, args, latest
-
-    def run(self) -> None:
-        if self._generation != self._latest():
-            return  # overtaken while it waited: the newer request computes instead
-        try:
-            result: object = estimate_counts(*self._args)
-        except Exception as exc:  # noqa: BLE001 - the panel shows the message, the window carries on
-            result = exc
-        self._relay.sig_done.emit(self._generation, result)
+def _estimate_job(relay: _Relay, generation: int, args: tuple[Any, ...], latest) -> None:
+    """One estimate on the worker thread; skipped when a newer request overtook it while it waited."""
+    if generation != latest():
+        return
+    try:
+        result: object = estimate_counts(*args)
+    except Exception as exc:  # noqa: BLE001 - the panel shows the message, the window carries on
+        result = exc
+    try:
+        relay.sig_done.emit(generation, result)
+    except RuntimeError:
+        pass  # the panel (and its relay) closed meanwhile: nobody is waiting for the figures
 
 
 class CountsEstimator(QObject):
@@ -152,8 +153,11 @@ class CountsEstimator(QObject):
         self.generation = 0  # of the newest request; a result of an older one is dropped
         self.delivered = 0  # generation of the last result delivered
         self._args: tuple[Any, ...] | None = None
-        self._pool = QThreadPool(self)
-        self._pool.setMaxThreadCount(1)  # one estimate at a time; queued stale ones are skipped
+        # A plain Python thread, not a QThreadPool of Python QRunnables: with those the UI thread once hung
+        # for good inside QThreadPool.start() (py-spy: blocked there, the pool's thread waiting for the GIL)
+        # during the app tests.  One estimate at a time; stale ones are skipped.
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="counts-estimate")
+        self._last: Future | None = None
         self._timer = QTimer(self, singleShot=True, interval=debounce_ms)
         self._timer.timeout.connect(self._submit)
         self._relay = _Relay(self)
@@ -178,12 +182,14 @@ class CountsEstimator(QObject):
     def wait_done(self, msecs: int = 30_000) -> None:
         """Block until the worker is idle (tests, shutdown); results still arrive through the event loop."""
         self.flush()
-        self._pool.waitForDone(msecs)
+        if self._last is not None:
+            wait_for_futures([self._last], timeout=msecs / 1000)
 
     def _submit(self) -> None:
         if self._args is None:
             return
-        self._pool.start(_Job(self._relay, self.generation, self._args, lambda: self.generation))
+        self._last = self._pool.submit(_estimate_job, self._relay, self.generation, self._args,
+                                       lambda: self.generation)
 
     def _done(self, generation: int, result: object) -> None:
         if generation != self.generation:

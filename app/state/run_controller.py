@@ -169,7 +169,7 @@ class RunController(QObject):
         return self._cancel
 
     def _launch(self, work: Callable[[Callable[[Any], None]], RunOutcome]) -> None:
-        self._worker = FunctionWorker(work)
+        self._worker = FunctionWorker(work, parent=self)
         self._worker.sig_event.connect(self._on_event)
         self._worker.sig_finished.connect(self._on_finished)
         self._worker.sig_failed.connect(self._on_crashed)

@@ -15,31 +15,6 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, Signal
 
 
-class _RunningWorkers(QObject):
-    """Every started worker, held until its thread has finished.
-
-    Dropping the last Python reference to a worker whose thread still runs (a widget closed, a newer
-    request replacing an older one) would delete a QObject and a QThread in use, which kills the
-    process ("QThread: Destroyed while thread is still running").  Held here, a worker goes only after
-    its thread ends.  Lives in the thread that started the first worker (the UI thread), so
-    :meth:`release` runs there, queued after the worker thread's ``finished``.
-    """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._workers: set[FunctionWorker] = set()
-
-    def keep(self, worker: FunctionWorker) -> None:
-        self._workers.add(worker)
-        worker._thread.finished.connect(self.release)
-
-    def release(self) -> None:
-        self._workers = {w for w in self._workers if not w._thread.isFinished()}
-
-
-_RUNNING: _RunningWorkers | None = None
-
-
 class FunctionWorker(QObject):
     """Runs ``fn(on_event)`` on its own thread; call :meth:`start`."""
 
@@ -50,12 +25,10 @@ class FunctionWorker(QObject):
     sig_failed = Signal(str, str)
     """The function raised: (one-line message, full traceback text)."""
 
-    def __init__(self, fn: Callable[[Callable[[Any], None]], Any]) -> None:
+    def __init__(self, fn: Callable[[Callable[[Any], None]], Any], parent: QObject | None = None) -> None:
         super().__init__()
         self._fn = fn
-        # No Qt parent for the thread: a parent deleted while the thread runs would take it along;
-        # _RunningWorkers keeps it until it ends.
-        self._thread = QThread()
+        self._thread = QThread(parent)
         self.moveToThread(self._thread)
         self._thread.started.connect(self._run)
         self.sig_finished.connect(self._thread.quit)
@@ -63,10 +36,6 @@ class FunctionWorker(QObject):
 
     def start(self) -> None:
         """Start the work on the worker thread."""
-        global _RUNNING
-        if _RUNNING is None:
-            _RUNNING = _RunningWorkers()
-        _RUNNING.keep(self)
         self._thread.start()
 
     def is_running(self) -> bool:
