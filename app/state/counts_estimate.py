@@ -4,14 +4,12 @@ file size and a training-memory estimate against the device's memory.  QtCore on
 Everything is read from shapes (``describe`` and ``estimate_training_memory``, whose activation term
 traces a meta-device copy of the model), so it works on a meta-device model and never touches the
 loaded weights.  It takes tens of milliseconds on a real transformer, so :class:`CountsEstimator`
-computes it off the UI thread, debounced: a keystroke only restarts a timer, and a result that a
+computes it once typing pauses, debounced: a keystroke only restarts a timer, and a result that a
 newer request has overtaken is dropped by its generation number.
 """
 
 from __future__ import annotations
 
-from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import wait as wait_for_futures
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -128,7 +126,7 @@ class _Relay(QObject):
 
 
 def _estimate_job(relay: _Relay, generation: int, args: tuple[Any, ...], latest) -> None:
-    """One estimate on the worker thread; skipped when a newer request overtook it while it waited."""
+    """One estimate; skipped when a newer request overtook it while it waited."""
     if generation != latest():
         return
     try:
@@ -153,11 +151,7 @@ class CountsEstimator(QObject):
         self.generation = 0  # of the newest request; a result of an older one is dropped
         self.delivered = 0  # generation of the last result delivered
         self._args: tuple[Any, ...] | None = None
-        # A plain Python thread, not a QThreadPool of Python QRunnables: with those the UI thread once hung
-        # for good inside QThreadPool.start() (py-spy: blocked there, the pool's thread waiting for the GIL)
-        # during the app tests.  One estimate at a time; stale ones are skipped.
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="counts-estimate")
-        self._last: Future | None = None
+
         self._timer = QTimer(self, singleShot=True, interval=debounce_ms)
         self._timer.timeout.connect(self._submit)
         self._relay = _Relay(self)
@@ -182,14 +176,15 @@ class CountsEstimator(QObject):
     def wait_done(self, msecs: int = 30_000) -> None:
         """Block until the worker is idle (tests, shutdown); results still arrive through the event loop."""
         self.flush()
-        if self._last is not None:
-            wait_for_futures([self._last], timeout=msecs / 1000)
 
     def _submit(self) -> None:
         if self._args is None:
             return
-        self._last = self._pool.submit(_estimate_job, self._relay, self.generation, self._args,
-                                       lambda: self.generation)
+        # On the UI thread, once typing pauses: tracing a model on the meta device in a second Python
+        # thread imports torch modules lazily through PySide's import hook, which deadlocked against the
+        # UI thread (py-spy: the worker in shiboken's feature_import, the UI thread idle in a Qt call).
+        # The trace takes tens of milliseconds on MiniLM; the debounce keeps it off every keystroke.
+        _estimate_job(self._relay, self.generation, self._args, lambda: self.generation)
 
     def _done(self, generation: int, result: object) -> None:
         if generation != self.generation:
