@@ -47,14 +47,20 @@ class ParameterCounts:
         )
 
 
-def count_parameters(model: nn.Module) -> ParameterCounts:
-    """Total, trainable and adapter parameter counts of ``model``."""
+def _adapter_parameter_ids(model: nn.Module) -> set[int]:
+    """ids of the adapters' own tensors: every factor, and the trained copies of modules_to_save."""
     adapter_ids: set[int] = set()
     for module in model.modules():
         if isinstance(module, AdapterLayer):
             adapter_ids.update(id(p) for attr in module.factor_attributes for p in getattr(module, attr).parameters())
         elif isinstance(module, ModulesToSave):
             adapter_ids.update(id(p) for p in module.modules_to_save.parameters())
+    return adapter_ids
+
+
+def count_parameters(model: nn.Module) -> ParameterCounts:
+    """Total, trainable and adapter parameter counts of ``model``."""
+    adapter_ids = _adapter_parameter_ids(model)
     total = trainable = adapter = 0
     for p in model.parameters():  # parameters() yields each shared tensor once
         n = p.numel()
@@ -181,12 +187,7 @@ def nf4_bytes(numel: int, block_size: int = 64, double_quant: bool = True, doubl
 
 def _base_weight_bytes(model: nn.Module, tree: ModuleInfo, config: LoraConfig | None) -> int:
     """The base's parameters and buffers in their stored dtype; QLoRA's targeted Linear weights in NF4."""
-    adapter_ids: set[int] = set()
-    for module in model.modules():
-        if isinstance(module, AdapterLayer):
-            adapter_ids.update(id(p) for attr in module.factor_attributes for p in getattr(module, attr).parameters())
-        elif isinstance(module, ModulesToSave):
-            adapter_ids.update(id(p) for p in module.modules_to_save.parameters())
+    adapter_ids = _adapter_parameter_ids(model)
     quantised: dict[int, int] = {}
     if config is not None and config.variant == "qlora":
         settings = config.settings()
