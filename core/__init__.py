@@ -88,6 +88,17 @@ from .layers import (
     NonFiniteDeltaError,
     adapter_layers,
 )
+from .inference import (
+    GeneratedPiece,
+    GenerationSettings,
+    LabelScore,
+    OutputSummary,
+    Prediction,
+    generate_stream,
+    generate_text,
+    label_names_of,
+    predict,
+)
 from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_model_spec, torchvision_names
 from .run_config import (
     DATA_KINDS,
@@ -108,6 +119,10 @@ from .training import (
     Event,
     Failed,
     Finished,
+    LiveModel,
+    LiveParts,
+    SampleResult,
+    Samples,
     StepMetrics,
     TrainingWarning,
     TrainResult,
@@ -165,6 +180,20 @@ __all__ = [
     "torchvision_names",
     "train",
     "training_lora_config",
+    # trying a model: predictions and generations, base and adapted; samples during a run
+    "GeneratedPiece",
+    "GenerationSettings",
+    "LabelScore",
+    "LiveModel",
+    "LiveParts",
+    "OutputSummary",
+    "Prediction",
+    "SampleResult",
+    "Samples",
+    "generate_stream",
+    "generate_text",
+    "label_names_of",
+    "predict",
     # the choices the run config accepts (the window's pickers offer exactly these)
     "DATA_KINDS",
     "DEVICE_CHOICES",

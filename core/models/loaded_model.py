@@ -23,6 +23,7 @@ class LoadedModel:
     forward_style: str  # "pixels" or "transformers"
     head: str | None = None  # the (new) classifier head's module name: trained fully with the adapter
     num_classes: int | None = None
+    label_names: list[str] | None = None  # the classes' names in output order (None: unnamed, or not a classifier)
     tokenizer: Any = None  # transformers tokenizer for text tasks
     image_transform: Callable[[Any], Any] | None = None  # PIL image -> CHW float tensor
     image_mode: str = "RGB"  # PIL mode images are converted to before the transform

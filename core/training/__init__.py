@@ -18,10 +18,13 @@ from .events import (
     Event,
     Failed,
     Finished,
+    SampleResult,
+    Samples,
     StepMetrics,
     TrainingWarning,
     TrainResult,
 )
+from .live_model import LiveModel, LiveParts
 from .metrics_log import event_record, read_metrics
 from .schedule import lr_factor
 from .setup import build_model, build_run, training_lora_config
@@ -41,6 +44,10 @@ __all__ = [
     "Event",
     "Failed",
     "Finished",
+    "LiveModel",
+    "LiveParts",
+    "SampleResult",
+    "Samples",
     "StepMetrics",
     "TrainResult",
     "TrainingWarning",

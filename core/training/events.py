@@ -38,6 +38,29 @@ class EvalMetrics:
     is_best: bool  # the lowest loss so far (its adapter is in the run folder's best/)
     # ‖s · B A‖_F of each adapted layer now (LoRA runs; None in full fine-tuning): which layers learn
     layer_update_norms: dict[str, float] | None = None
+    # classifiers: confusion[true][predicted] counts over the validation set, rows/columns in class_names order
+    confusion: list[list[int]] | None = None
+    class_names: list[str] | None = None
+
+
+@dataclass(frozen=True)
+class SampleResult:
+    """One fixed sample at one evaluation: a prompt and its generation, or a validation example and
+    the label predicted for it."""
+
+    input: str  # the prompt, the example's text, or a description of an image (its path or index)
+    output: str  # the generated text, or the predicted label
+    target: str | None = None  # classifiers: the true label
+    correct: bool | None = None  # classifiers: output == target
+    probability: float | None = None  # classifiers: the predicted label's probability
+
+
+@dataclass(frozen=True)
+class Samples:
+    """The run's fixed samples (``[samples]`` in the run config) evaluated at one evaluation step."""
+
+    step: int
+    items: list[SampleResult]
 
 
 @dataclass(frozen=True)
@@ -95,7 +118,7 @@ class Failed:
     details: str = ""  # a stack trace for unexpected errors
 
 
-Event = StepMetrics | EvalMetrics | CheckpointSaved | TrainingWarning | Finished | Failed
+Event = StepMetrics | EvalMetrics | Samples | CheckpointSaved | TrainingWarning | Finished | Failed
 
 
 class CancelToken:
