@@ -110,6 +110,7 @@ from .run_config import (
     ModelConfig,
     OutputConfig,
     RunConfig,
+    SamplesConfig,
     TrainingConfig,
 )
 from .training import (
@@ -161,6 +162,7 @@ __all__ = [
     "ModelConfig",
     "OutputConfig",
     "RunConfig",
+    "SamplesConfig",
     "StepMetrics",
     "TrainingConfig",
     "TrainingWarning",

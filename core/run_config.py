@@ -324,6 +324,38 @@ class OutputConfig:
         _bool("output", self, "overwrite")
 
 
+@dataclass
+class SamplesConfig:
+    """Fixed samples evaluated at every evaluation step, so the user sees what the model does as it
+    trains: prompts a causal LM continues, or a handful of validation examples a classifier labels."""
+
+    prompts: list[str] = field(
+        default_factory=list, metadata=_help("Causal LM: prompts generated from at every evaluation (empty: none).")
+    )
+    count: int = field(
+        default=8, metadata=_help("Classifiers: validation examples labelled at every evaluation, drawn once "
+                                  "with the run's seed (0: none).")
+    )
+    max_new_tokens: int = field(default=32, metadata=_help("Causal LM: tokens generated per prompt."))
+    temperature: float = field(
+        default=0.0, metadata=_help("Causal LM: sampling temperature; 0 is greedy, so steps compare like with like.")
+    )
+    seed: int | None = field(default=None, metadata=_help("The samples' seed (default: training.seed)."))
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field."""
+        if not isinstance(self.prompts, list) or not all(isinstance(p, str) and p.strip() for p in self.prompts):
+            raise _fail("samples", "prompts", "must be a list of non-empty strings", self.prompts)
+        _int("samples", self, "count", 0)
+        _int("samples", self, "max_new_tokens", 1)
+        _number("samples", self, "temperature", 0.0)
+        if self.seed is not None:
+            _int("samples", self, "seed", 0)
+
+
 def _without_none(value: Any) -> Any:
     """``value`` with every None dropped from its dicts and lists, at any depth (TOML has no null)."""
     if isinstance(value, dict):
@@ -339,18 +371,20 @@ _SECTIONS: dict[str, type] = {
     "lora": LoraConfig,
     "training": TrainingConfig,
     "output": OutputConfig,
+    "samples": SamplesConfig,
 }
 
 
 @dataclass
 class RunConfig:
-    """One training run: model, data, adapter, training and output."""
+    """One training run: model, data, adapter, training, output, and the samples shown while it trains."""
 
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     training: TrainingConfig = field(default_factory=TrainingConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    samples: SamplesConfig = field(default_factory=SamplesConfig)
 
     def __post_init__(self) -> None:
         self.validate()

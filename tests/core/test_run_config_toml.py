@@ -51,7 +51,7 @@ def test_layout_has_one_table_per_section_in_order() -> None:
     text = config.to_toml()
     headers = [line for line in text.splitlines() if line.startswith("[")]
     assert headers[:3] == ["[model]", "[data]", "[lora]"]
-    assert headers[-2:] == ["[training]", "[output]"]
+    assert headers[-3:] == ["[training]", "[output]", "[samples]"]
     assert tomllib.loads(text)["lora"]["rank_pattern"] == {"q": 4}
 
 
