@@ -1,8 +1,10 @@
-"""A run folder read back for the history panel, and the configs of a rank study.
+"""A run folder read back for the history panel, two runs' samples side by side, and the configs
+of a rank study.
 
 Qt-free on purpose: the engine already writes everything a history needs into each
 run folder (``run.toml``, ``metrics.jsonl`` with a ``Finished`` record holding the
-result), so the history is only a list of folders read back, never a second store.
+result, the ``Samples`` of each evaluation and its confusion matrix), so the history is
+only a list of folders read back, never a second store.
 """
 
 from __future__ import annotations
@@ -12,7 +14,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from lora_studio.core import EvalMetrics, Failed, Finished, RunConfig, StepMetrics, load_run_config, read_metrics
+from lora_studio.core import (
+    EvalMetrics,
+    Failed,
+    Finished,
+    RunConfig,
+    SampleResult,
+    Samples,
+    StepMetrics,
+    load_run_config,
+    read_metrics,
+)
+
+
+@dataclass(frozen=True)
+class ConfusionAt:
+    """One evaluation's confusion matrix: ``matrix[true][predicted]`` counts, in ``class_names`` order."""
+
+    step: int
+    matrix: list[list[int]]
+    class_names: list[str]
 
 
 @dataclass(frozen=True)
@@ -30,6 +51,18 @@ class RunRecord:
     result: dict[str, Any] | None = None  # the Finished event's TrainResult, as a dict
     failure: str | None = None  # the Failed event's message
     last_step: int = 0  # the highest step any record of the log names (metrics come every log_every steps)
+    samples: list[Samples] = field(default_factory=list)  # the fixed samples of each evaluation, in step order
+    confusions: list[ConfusionAt] = field(default_factory=list)  # classifiers: each evaluation's matrix
+
+    @property
+    def last_samples(self) -> Samples | None:
+        """The samples of the run's last evaluation (None: it logged none)."""
+        return self.samples[-1] if self.samples else None
+
+    @property
+    def last_confusion(self) -> ConfusionAt | None:
+        """The confusion matrix of the run's last evaluation (None: not a classifier, or never evaluated)."""
+        return self.confusions[-1] if self.confusions else None
 
     @property
     def name(self) -> str:
@@ -88,6 +121,8 @@ def read_run(run_dir: str | Path) -> RunRecord:
     config = load_run_config(run_dir)
     curves: dict[str, list] = {k: [] for k in ("ts", "tl", "es", "el", "ea", "ep")}
     result, failure, last_step = None, None, 0
+    samples: list[Samples] = []
+    confusions: list[ConfusionAt] = []
     for record in read_metrics(run_dir):
         kind = record.get("event")  # the event's class name: core's log writes type(event).__name__
         step = record.get("step")
@@ -98,12 +133,32 @@ def read_run(run_dir: str | Path) -> RunRecord:
         elif kind == EvalMetrics.__name__:
             _append_point(curves, ("es", "el", "ea", "ep"), step, record["loss"], record.get("accuracy"),
                           record.get("perplexity"))
+            if record.get("confusion"):
+                names = record.get("class_names") or [str(i) for i in range(len(record["confusion"]))]
+                _append_at(confusions, ConfusionAt(step, record["confusion"], list(names)))
+        elif kind == Samples.__name__:
+            _append_at(samples, samples_of(record))
         elif kind == Finished.__name__:
             result, failure = record["result"], None  # a resumed run can fail, then finish
         elif kind == Failed.__name__:
             failure = record["message"]
     return RunRecord(run_dir, config, curves["ts"], curves["tl"], curves["es"], curves["el"], curves["ea"],
-                     curves["ep"], result, failure, last_step)
+                     curves["ep"], result, failure, last_step, samples, confusions)
+
+
+def samples_of(record: dict[str, Any]) -> Samples:
+    """A ``Samples`` event back from its ``metrics.jsonl`` record."""
+    fields = {f.name for f in dataclasses.fields(SampleResult)}
+    items = [SampleResult(**{k: v for k, v in item.items() if k in fields}) for item in record.get("items", [])]
+    return Samples(int(record["step"]), items)
+
+
+def _append_at(entries: list, entry: Any) -> None:
+    """Add a per-evaluation entry (it has a ``step``); a resumed run's repeated steps replace the old ones,
+    as :func:`_append_point` does for the curves."""
+    while entries and entries[-1].step >= entry.step:
+        entries.pop()
+    entries.append(entry)
 
 
 def _append_point(curves: dict[str, list], keys: tuple[str, ...], step: int, *values: Any) -> None:
@@ -116,6 +171,44 @@ def _append_point(curves: dict[str, list], keys: tuple[str, ...], step: int, *va
             del curves[key][keep:]
     for key, value in zip(keys, (step, *values), strict=True):
         curves[key].append(value)
+
+
+@dataclass(frozen=True)
+class ComparedSample:
+    """One prompt or validation example across compared runs: each run's result for it, in the runs'
+    order (None: that run has no sample with this input)."""
+
+    input: str
+    target: str | None  # classifiers: the true label
+    results: tuple[SampleResult | None, ...]
+
+    @property
+    def differs(self) -> bool:
+        """True when the runs' outputs are not all the same (a missing one counts as different)."""
+        return len({r.output if r is not None else None for r in self.results}) > 1
+
+
+def compare_samples(runs: list[Samples | None]) -> list[ComparedSample]:
+    """Line up the samples of several runs by their input: the first run's order, then inputs only
+    later runs have.  An input given twice (the same prompt twice) pairs occurrence by occurrence, so
+    nothing is matched to the wrong row.  A run without samples (None) has None in every row."""
+    keyed: list[dict[tuple[str, int], SampleResult]] = []
+    order: dict[tuple[str, int], None] = {}  # an ordered set
+    for samples in runs:
+        seen: dict[str, int] = {}
+        by_key: dict[tuple[str, int], SampleResult] = {}
+        for item in samples.items if samples is not None else []:
+            key = (item.input, seen.get(item.input, 0))
+            seen[item.input] = key[1] + 1
+            by_key[key] = item
+            order.setdefault(key)
+        keyed.append(by_key)
+    rows = []
+    for key in order:
+        results = tuple(by_key.get(key) for by_key in keyed)
+        target = next((r.target for r in results if r is not None and r.target is not None), None)
+        rows.append(ComparedSample(key[0], target, results))
+    return rows
 
 
 @dataclass(frozen=True)
