@@ -40,6 +40,7 @@ class TextClassificationDataset(Dataset):
         # An empty label would train as a class of its own, an empty text as noise: refuse by row.
         refuse_empty_cells(rows, [text_column, label_column], path)
         index = {name: i for i, name in enumerate(label_names)}
+        self.texts = [str(t) for t in texts]  # as written: the run's samples show them (token ids lose case)
         self.examples: list[dict[str, Any]] = []
         encoded = tokenizer([str(t) for t in texts], truncation=True, max_length=max_length)["input_ids"]
         for number, (ids, label) in enumerate(zip(encoded, labels, strict=True), start=1):

@@ -9,6 +9,7 @@ Under ``torchrun`` the same call trains with DistributedDataParallel; see ``lora
 from __future__ import annotations
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from .class_changes import ClassChange, class_changes
 from .devices import device_description, device_total_memory, resolve_device
 from .evaluation import EvalResult, evaluate
 from .events import (
@@ -39,6 +40,7 @@ __all__ = [
     "RUN_CONFIG_FILE",
     "CancelToken",
     "CheckpointSaved",
+    "ClassChange",
     "EvalMetrics",
     "EvalResult",
     "Event",
@@ -54,6 +56,7 @@ __all__ = [
     "after_optimizer_step",
     "build_model",
     "build_run",
+    "class_changes",
     "device_description",
     "device_total_memory",
     "evaluate",

@@ -9,7 +9,9 @@ dataclasses from :mod:`.events`) and checks ``cancel`` between steps.  One step:
         (+ the variant's regularisation once per step), backward (DDP syncs on the last)
     stop or skip on a non-finite loss or gradient  -> no checkpoint from a poisoned state
     clip, set each group's lr from the schedule, AdamW step, variant hook
-    every N steps: metrics, evaluation (keep the best), checkpoint (atomic)
+    every N steps: metrics, evaluation (keep the best) and the fixed samples, checkpoint (atomic)
+
+With a :class:`LiveModel` the run lends its model to readers between steps (and while paused).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import shutil
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import torch
@@ -41,7 +44,7 @@ from .checkpoint import (
 )
 from .devices import PeakMemory, free_device_memory, resolve_device
 from .distributed import DistContext, all_sum, barrier, close_distributed, init_distributed
-from .evaluation import EvalResult, evaluate
+from .evaluation import EvalResult, evaluate, output_names
 from .events import (
     CancelToken,
     CheckpointSaved,
@@ -53,7 +56,9 @@ from .events import (
     TrainingWarning,
     TrainResult,
 )
+from .live_model import LiveModel
 from .metrics_log import MetricsLog
+from .samples import SamplePlan, evaluate_samples, plan_samples
 from .schedule import lr_factor
 from .setup import RunSetup, build_run, trainable_parameters
 from .task_loss import batch_variant_inputs, count_targets, score_batch, to_device
@@ -75,12 +80,14 @@ class _NonFinite(Exception):
 
 def train(
     run_config: RunConfig, on_event: OnEvent | None = None, cancel: CancelToken | None = None, *,
-    resume: bool = False, extra_steps: int = 0,
+    resume: bool = False, extra_steps: int = 0, live: LiveModel | None = None,
 ) -> TrainResult:
     """Run (or, with ``resume``, continue) the training ``run_config`` describes; never raises for
     a failed run: the result's status is 'failed' and a :class:`Failed` event says why.
 
-    ``extra_steps`` extends a resumed run past its old end ("train N more steps").
+    ``extra_steps`` extends a resumed run past its old end ("train N more steps").  ``live``
+    lends the model to other threads between steps (published once the run is built, withdrawn
+    when it ends); the run trains the same with or without it.
     """
     cancel = cancel or CancelToken()
     out = Path(run_config.output.dir)
@@ -121,7 +128,12 @@ def train(
                 raise FileNotFoundError(f"{out} holds no checkpoint to resume from")
             state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
             state.total_steps = config.training.max_steps
-        return _loop(setup, state, emit, cancel, out, started, meter)
+        plan, notes = plan_samples(config, setup.loaded.task, setup.data.validation)
+        for note in notes:
+            emit(TrainingWarning(note))
+        if live is not None:
+            live.publish(setup.loaded, setup.device, setup.autocast, state.step)
+        return _loop(setup, state, emit, cancel, out, started, meter, _Run(live, plan if dist.is_main else None))
     except _NonFinite as exc:
         return failed(str(exc), "nonfinite")
     except torch.OutOfMemoryError:
@@ -137,16 +149,30 @@ def train(
     except Exception as exc:  # a bug or an unexpected library error: report it, keep the caller alive
         return failed(f"training failed: {type(exc).__name__}: {exc}", "error", traceback.format_exc())
     finally:
+        if live is not None:
+            live.withdraw()
         if log is not None:
             log.close()
         close_distributed(dist)
 
 
 def resume_run(run_dir: str | Path, on_event: OnEvent | None = None, cancel: CancelToken | None = None, *,
-               extra_steps: int = 0) -> TrainResult:
+               extra_steps: int = 0, live: LiveModel | None = None) -> TrainResult:
     """Continue the run in ``run_dir`` from its newest checkpoint (``extra_steps`` past its end if given)."""
     config = load_run_config(run_dir)
-    return train(config, on_event, cancel, resume=True, extra_steps=extra_steps)
+    return train(config, on_event, cancel, resume=True, extra_steps=extra_steps, live=live)
+
+
+@dataclasses.dataclass
+class _Run:
+    """What the loop carries besides the built run: the lent model and the sample plan."""
+
+    live: LiveModel | None
+    samples: SamplePlan | None  # None: no samples (not the main process, or they failed once)
+
+    def hold(self, step: int, *, after: int | None = None) -> AbstractContextManager:
+        """Keep readers of the live model out while the weights change (or are saved)."""
+        return nullcontext() if self.live is None else self.live.training(step, after=after)
 
 
 def load_run_config(run_dir: str | Path) -> RunConfig:
@@ -188,7 +214,7 @@ def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int
 
 
 def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: Path, started: float,
-          meter: PeakMemory) -> TrainResult:
+          meter: PeakMemory, run: _Run) -> TrainResult:
     cfg, plan, dist = setup.config.training, setup.plan, setup.dist
     params = trainable_parameters(setup.model)
     total = state.total_steps
@@ -196,7 +222,7 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
     order_epoch, order = -1, None
     step_seconds = None
     if cfg.eval_at_start and state.step == 0 and setup.data.validation is not None:
-        last_eval = _evaluate(setup, state, emit, out)
+        last_eval = _evaluate(setup, state, emit, out, run)
     while state.step < total:
         cancel.wait_while_paused()
         step = state.step
@@ -210,36 +236,40 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
             status = "cancelled"
             break
         tick = time.perf_counter()
-        torch.manual_seed(cfg.seed * 1_000_003 + step * 64 + dist.rank)  # dropout depends on (seed, step, rank) only
-        loss_sum, tokens = _forward_backward(setup, batches, global_targets)
-        loss_total, bad_loss = all_sum([loss_sum, float(not math.isfinite(loss_sum))], dist, setup.device)
-        loss = loss_total / max(global_targets, 1.0)
-        if setup.scaler.is_enabled():
-            setup.scaler.unscale_(setup.optimizer)
-        grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
-        poisoned = bad_loss or (not math.isfinite(grad_norm) and not setup.scaler.is_enabled())
-        if poisoned:
-            what = "loss" if bad_loss else "gradient norm"
-            if cfg.nonfinite == "stop":
-                previous = latest_checkpoint(out)
-                raise _NonFinite(
-                    f"the {what} became NaN/Inf at step {step + 1}; stopped without saving this state. "
-                    + (f"The last good checkpoint is {previous}. " if previous else "")
-                    + "Try a lower training.lr, gradient clipping (training.max_grad_norm), or "
-                    "training.nonfinite = 'skip'."
-                )
-            setup.optimizer.zero_grad(set_to_none=True)
-            emit(TrainingWarning(f"skipped step {step + 1}: the {what} was NaN/Inf", step + 1))
-        else:
-            factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
-            for group in setup.optimizer.param_groups:
-                group["lr"] = group["initial_lr"] * factor
-            setup.scaler.step(setup.optimizer)
-            setup.scaler.update()
-            setup.optimizer.zero_grad(set_to_none=True)
-            after_optimizer_step(setup.model, step, total) if cfg.mode == "lora" else None
-        state.step = step + 1
-        state.last_loss = loss
+        with run.hold(step):
+            if not setup.model.training:  # a reader of the live model switched it to eval mode
+                setup.model.train()
+            # dropout depends on (seed, step, rank) only
+            torch.manual_seed(cfg.seed * 1_000_003 + step * 64 + dist.rank)
+            loss_sum, tokens = _forward_backward(setup, batches, global_targets)
+            loss_total, bad_loss = all_sum([loss_sum, float(not math.isfinite(loss_sum))], dist, setup.device)
+            loss = loss_total / max(global_targets, 1.0)
+            if setup.scaler.is_enabled():
+                setup.scaler.unscale_(setup.optimizer)
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or float("inf")))
+            poisoned = bad_loss or (not math.isfinite(grad_norm) and not setup.scaler.is_enabled())
+            if poisoned:
+                what = "loss" if bad_loss else "gradient norm"
+                if cfg.nonfinite == "stop":
+                    previous = latest_checkpoint(out)
+                    raise _NonFinite(
+                        f"the {what} became NaN/Inf at step {step + 1}; stopped without saving this state. "
+                        + (f"The last good checkpoint is {previous}. " if previous else "")
+                        + "Try a lower training.lr, gradient clipping (training.max_grad_norm), or "
+                        "training.nonfinite = 'skip'."
+                    )
+                setup.optimizer.zero_grad(set_to_none=True)
+                emit(TrainingWarning(f"skipped step {step + 1}: the {what} was NaN/Inf", step + 1))
+            else:
+                factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
+                for group in setup.optimizer.param_groups:
+                    group["lr"] = group["initial_lr"] * factor
+                setup.scaler.step(setup.optimizer)
+                setup.scaler.update()
+                setup.optimizer.zero_grad(set_to_none=True)
+                after_optimizer_step(setup.model, step, total) if cfg.mode == "lora" else None
+            state.step = step + 1
+            state.last_loss = loss
         elapsed = time.perf_counter() - tick
         step_seconds = elapsed if step_seconds is None else 0.9 * step_seconds + 0.1 * elapsed
         if state.step % cfg.log_every == 0 or state.step == total:
@@ -251,16 +281,18 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
                 memory_bytes=meter.peak(), eta_seconds=step_seconds * (total - state.step),
             ))
         if _due(state.step, cfg.eval_every, total) and setup.data.validation is not None:
-            last_eval = _evaluate(setup, state, emit, out)
+            last_eval = _evaluate(setup, state, emit, out, run)
             if cfg.early_stopping_patience and state.evals_since_best >= cfg.early_stopping_patience:
                 status = "stopped-early"
                 break
         if cfg.checkpoint_every and state.step % cfg.checkpoint_every == 0 and state.step < total:
-            _checkpoint(setup, state, emit, out, "step")
+            with run.hold(state.step, after=state.step):
+                _checkpoint(setup, state, emit, out, "step")
             last_saved = state.step
-    if state.step != last_saved or not latest_checkpoint(out):
-        _checkpoint(setup, state, emit, out, "final" if status != "cancelled" else "step")
-    result = _finish(setup, state, status, last_eval, out, started)
+    with run.hold(state.step, after=state.step):
+        if state.step != last_saved or not latest_checkpoint(out):
+            _checkpoint(setup, state, emit, out, "final" if status != "cancelled" else "step")
+        result = _finish(setup, state, status, last_eval, out, started)
     emit(Finished(result))
     return result
 
@@ -299,7 +331,12 @@ def _due(step: int, every: int, total: int) -> bool:
     return step == total or (every > 0 and step % every == 0)
 
 
-def _evaluate(setup: RunSetup, state: TrainerState, emit, out: Path) -> EvalResult:
+def _evaluate(setup: RunSetup, state: TrainerState, emit, out: Path, run: _Run) -> EvalResult:
+    with run.hold(state.step, after=state.step):
+        return _evaluate_held(setup, state, emit, out, run)
+
+
+def _evaluate_held(setup: RunSetup, state: TrainerState, emit, out: Path, run: _Run) -> EvalResult:
     # Every process evaluates the whole validation set (identical weights, so identical
     # results and one early-stopping decision, with no extra communication).
     result = evaluate(setup.model, setup.data.validation, setup.data.collate, task=setup.loaded.task,
@@ -311,12 +348,33 @@ def _evaluate(setup: RunSetup, state: TrainerState, emit, out: Path) -> EvalResu
     else:
         state.evals_since_best += 1
     norms = layer_update_norms(setup.model) if setup.config.training.mode == "lora" else None
-    emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best, norms))
+    names = None if result.confusion is None else output_names(setup.data.label_names, len(result.confusion))
+    emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best, norms,
+                     confusion=result.confusion, class_names=names))
+    if run.samples is not None:  # the main process only (None elsewhere): no collective inside
+        _emit_samples(setup, run, state.step, emit)
     if best and setup.dist.is_main:
         path = _save_trained(setup, out / BEST_DIR, state, emit)
         if path is not None:
             emit(CheckpointSaved(state.step, str(path), "best"))
     return result
+
+
+def _emit_samples(setup: RunSetup, run: _Run, step: int, emit) -> None:
+    """The fixed samples at this evaluation; a failure among them is told once and ends the samples, not the run."""
+    assert run.samples is not None
+    try:
+        samples = evaluate_samples(run.samples, setup.loaded, setup.data.validation, setup.data.collate,
+                                   setup.data.label_names, step=step, device=setup.device, autocast=setup.autocast,
+                                   batch_size=setup.config.training.eval_batch_size)
+    except Exception as exc:  # noqa: BLE001 - the samples only show progress; the training goes on without them
+        run.samples = None
+        if isinstance(exc, torch.OutOfMemoryError):
+            free_device_memory(setup.device)
+        emit(TrainingWarning(f"the run's samples could not be evaluated ({type(exc).__name__}: {exc}); "
+                             "training goes on without them", step))
+        return
+    emit(samples)
 
 
 def _checkpoint(setup: RunSetup, state: TrainerState, emit, out: Path, kind: str) -> None:
