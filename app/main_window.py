@@ -1,4 +1,4 @@
-"""The studio window: model and layer tree on the left, training, data and history in the middle,
+"""The studio window: model and layer tree on the left, training, trying, data and history in the middle,
 counts and settings in a dock on the right.
 
 Every panel takes the one :class:`~.state.session.StudioSession` and subscribes to its signals.  The
@@ -46,6 +46,7 @@ from .panels.layer_tree_panel import LayerTreePanel
 from .panels.model_panel import ModelPanel
 from .panels.run_panel import RunPanel
 from .panels.settings_panel import SettingsPanel
+from .panels.try_panel import TryPanel
 from .state.autosave import Autosaver, pending_restore
 from .state.project_files import PROJECT_FILTER, THEMES, StudioSettings, open_project, save_project
 from .state.session import StudioSession
@@ -78,10 +79,14 @@ class MainWindow(QMainWindow):
         self.data_panel = DataPanel(self.session)
         self.run_panel = RunPanel(self.session)
         self.history_panel = HistoryPanel(self.session)
+        self.try_panel = TryPanel(self.session)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.run_panel, "Train")
         self.tabs.addTab(self.data_panel, "Data")
         self.tabs.addTab(self.history_panel, "History")
+        self.tabs.addTab(self.try_panel, "Try")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.try_panel),
+                                "Try the model with its adapter beside the base model, on your own inputs")
         # The run summary card's Export and Compare; a run resumed from History shows in Train.
         self.run_panel.sig_export_requested.connect(self.open_export_dialog)
         self.run_panel.sig_compare_requested.connect(self.show_run_in_history)
@@ -378,6 +383,7 @@ class MainWindow(QMainWindow):
         # Qt aborts the whole process when a QThread is destroyed while it runs, so the window
         # lets a model load and the data preview's reads end before it goes away.
         self.model_panel.wait_idle()
+        self.try_panel.wait_idle(int(timeout_s * 1000))  # a prediction or generation ends within a batch or a token
         reading = getattr(self.data_panel, "is_reading", None)
         deadline = time.monotonic() + timeout_s
         while callable(reading) and reading() and time.monotonic() < deadline:

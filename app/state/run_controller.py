@@ -15,11 +15,15 @@ extends a finished run by N steps) with the engine call the CLI's ``resume`` mak
 (``resume_run``); its worker first hands back the curves the run logged so far
 (``sig_earlier_events``), so the plots continue where they stopped.  When a run ends the
 worker also summarises it from its folder (:class:`~.run_summary.RunSummary`), for the card.
+
+Each run gets a :class:`~lora_studio.core.LiveModel` (:attr:`RunController.live_model`): the
+trainer lends its model through it between steps, and the Try tab borrows it during a pause.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +34,7 @@ from PySide6.QtCore import QEventLoop, QObject, QTimer, Signal
 from lora_studio.core import (
     CancelToken,
     Failed,
+    LiveModel,
     LoadedModel,
     RunConfig,
     TrainingWarning,
@@ -96,6 +101,7 @@ class RunController(QObject):
         self._result: TrainResult | None = None
         self._summary: RunSummary | None = None
         self._continuing = False
+        self._live: LiveModel | None = None
 
     @classmethod
     def for_session(cls, session: QObject) -> RunController:
@@ -120,6 +126,12 @@ class RunController(QObject):
         see events on the engine's thread, as they are emitted, not as the UI catches up."""
         return self._worker
 
+    @property
+    def live_model(self) -> LiveModel | None:
+        """The current run's :class:`~lora_studio.core.LiveModel` (its model lent between steps;
+        ``borrow()`` gives None before the model is built and after the run); None before any run."""
+        return self._live
+
     def is_running(self) -> bool:
         """True from :meth:`start` until ``sig_run_finished`` (paused and stopping included)."""
         return self._state != IDLE
@@ -132,7 +144,8 @@ class RunController(QObject):
     def start(self, config: RunConfig) -> None:
         """Train ``config`` on a worker thread; raises RuntimeError while another run is going."""
         cancel = self._begin(config, continuing=False)
-        self._launch(_run_and_load(lambda on_event: train(config, on_event, cancel)))
+        live = self._live
+        self._launch(_run_and_load(lambda on_event: train(config, on_event, cancel, **_lending(train, live))))
 
     def continue_run(self, run_dir: str | Path, extra_steps: int = 0) -> RunConfig:
         """Resume the run in ``run_dir`` from its newest checkpoint, ``extra_steps`` past its end
@@ -147,12 +160,13 @@ class RunController(QObject):
                 config.training, max_steps=config.training.max_steps + extra_steps))
         cancel = self._begin(config, continuing=True)
         folder = str(run_dir)
+        live = self._live
 
         def work(on_event: Callable[[Any], None]) -> TrainResult:
             events, from_step = earlier_events(folder)
             steps = [e.step for e in events]
             on_event(EarlierEvents(events, from_step if from_step is not None else max(steps, default=0)))
-            return resume_run(folder, on_event, cancel, extra_steps=extra_steps)
+            return resume_run(folder, on_event, cancel, extra_steps=extra_steps, **_lending(resume_run, live))
 
         self.sig_run_continued.emit(folder)
         self._launch(_run_and_load(work))
@@ -166,6 +180,7 @@ class RunController(QObject):
         self._config, self._error_sent, self._continuing = config, False, continuing
         self._summary = None
         self._cancel = CancelToken()
+        self._live = LiveModel()
         return self._cancel
 
     def _launch(self, work: Callable[[Callable[[Any], None]], RunOutcome]) -> None:
@@ -266,6 +281,16 @@ class RunController(QObject):
         self._cancel = None
         self._set_state(IDLE)
         self.sig_run_finished.emit(result)
+
+
+def _lending(engine: Callable[..., TrainResult], live: LiveModel | None) -> dict[str, LiveModel]:
+    """``{"live": live}`` when the engine call lends its model through a LiveModel (``train(...,
+    live=)``), else nothing: an engine without it still trains, only the Try tab has no live source."""
+    try:
+        accepts = "live" in inspect.signature(engine).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    return {"live": live} if accepts and live is not None else {}
 
 
 def _run_and_load(
