@@ -19,6 +19,7 @@ from torch import nn
 
 from ..disk.resource_files import demo_file
 from ..disk.safe_loading import load_safetensors
+from .digits_input import digits_image_transform
 from .loaded_model import LoadedModel
 
 DIGITS_CHECKPOINT = "digits_cnn.safetensors"
@@ -75,7 +76,8 @@ def load_demo_model(name: str, *, num_classes: int | None = None, label_names: l
         if num_classes not in (None, 10):
             raise ValueError(f"the digits demo has 10 classes; the data asks for {num_classes}")
         return LoadedModel(model=model, task="image-classification", forward_style="pixels", head="fc2",
-                           num_classes=10, image_mode="L", name_or_path="demo:digits")
+                           num_classes=10, image_mode="L", name_or_path="demo:digits",
+                           label_names=[str(i) for i in range(10)], image_transform=digits_image_transform)
     if name == "text":
         from .transformers_models import load_transformers
 

@@ -3,6 +3,24 @@
 The file is imported as a module and the factory called with no arguments (or with
 ``num_classes=`` when it takes that parameter).  Only the user's own file runs; the
 checkpoint is read with the safe loader, never unpickled.
+
+What the studio reads from the model the factory returns (all optional):
+
+* ``image_mode`` — the PIL mode images are converted to (default ``"RGB"``).
+* ``label_names`` — the names of its outputs, in order (``predict`` and the Try tab show them;
+  without them outputs are ``class 0``, ``class 1``, ...).
+* ``studio_preprocess(inputs: list) -> batch`` — turns the user's inputs (what they typed or
+  picked in the Try tab, or ``lora-studio predict``'s INPUTs: strings, paths, PIL images) into
+  one batch the model takes: a tensor (``model(batch)``) or a dict (``model(**batch)``).
+  Without it, inputs are images, converted to ``image_mode``, as ``[0, 1]`` CHW tensors.
+* ``studio_postprocess(logits) -> list[list[LabelScore]] | None`` — names the model's output
+  for each input (best first; ``LabelScore(label, probability)`` from ``lora_studio.core``).
+  Returning None shows the raw output instead (its shape, argmax and largest values), as for a
+  model that has neither this hook nor ``label_names``.
+
+One ``studio_preprocess`` batch feeds both sides: the adapted model, then the base (adapters
+disabled), each in eval mode without gradients; ``studio_postprocess`` gets each side's output
+(float32) in turn.
 """
 
 from __future__ import annotations
@@ -68,5 +86,13 @@ def load_python_model(
     return LoadedModel(
         model=model, task="image-classification", forward_style="pixels", head=head_name,
         num_classes=head_classes(model, head_name), image_mode=getattr(model, "image_mode", "RGB"),
+        label_names=_label_names(model),
         name_or_path=spec, notes=[f"weights from {checkpoint}"] if checkpoint else [],
     )
+
+
+def _label_names(model: nn.Module) -> list[str] | None:
+    names = getattr(model, "label_names", None)
+    if isinstance(names, (list, tuple)) and names:
+        return [str(n) for n in names]
+    return None

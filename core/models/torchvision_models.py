@@ -50,16 +50,21 @@ def load_torchvision(
         _load_file(model, Path(weights))
         notes.append(f"weights from {weights}")
     head_name = head or find_head(model)
+    new_head = False
     if num_classes is not None:
         with torch.device("meta") if meta else torch.device("cpu"):
             if replace_head(model, head_name, num_classes):
+                new_head = True
                 notes.append(f"new head {head_name!r} with {num_classes} classes (trained with the adapter)")
+    # The pretrained head's outputs are the weights' categories (ImageNet's, ...); a new head's are the data's.
+    categories = pretrained.meta.get("categories") if weights == "default" and not new_head else None
     return LoadedModel(
         model=model,
         task="image-classification",
         forward_style="pixels",
         head=head_name,
         num_classes=num_classes or model.get_submodule(head_name).out_features,
+        label_names=list(categories) if categories else None,
         image_transform=pretrained.transforms(),
         name_or_path=f"torchvision:{name}",
         notes=notes,

@@ -82,6 +82,7 @@ def load_transformers(
     loaded = LoadedModel(
         model=model, task=task, forward_style="transformers", head=head,
         num_classes=num_classes if task != "causal-lm" else None, name_or_path=name,
+        label_names=list(label_names) if label_names and task != "causal-lm" else None,
     )
     if task == "image-classification":
         loaded.image_transform = _image_processor(name, trust_remote_code)
