@@ -1,8 +1,11 @@
-"""The History tab: every run with its config and curves, runs overlaid, and the run queue.
+"""The History tab: every run with its config, curves, samples and confusion matrix, runs overlaid
+(their samples side by side), and the run queue.
 
 The history is a list of run folders (kept in ``QSettings``); everything shown is read
 back from each folder (``run.toml``, ``metrics.jsonl``), so runs from the command line
-can be added too.  "Rank study…" queues the current config at several ranks (and, if
+can be added too, and a run's samples are there after a restart.  Ticking runs overlays
+their curves and, in the Samples tab, lines up their latest samples by prompt or example
+with the differences marked.  "Rank study…" queues the current config at several ranks (and, if
 asked, full fine-tuning); the study's runs are then overlaid on one plot, each legend
 entry with its trainable-parameter count — the rank study of the LoRA papers.
 """
@@ -27,13 +30,15 @@ from PySide6.QtWidgets import (
     QPlainTextEdit,
     QPushButton,
     QSplitter,
+    QStackedWidget,
+    QTabWidget,
     QTreeWidget,
     QTreeWidgetItem,
     QVBoxLayout,
     QWidget,
 )
 
-from lora_studio.core import EvalMetrics, RunConfig
+from lora_studio.core import EvalMetrics, RunConfig, Samples
 
 from ..dialogs.rank_study_dialog import RankStudyDialog
 from ..state.project_files import APPLICATION, ORGANIZATION
@@ -42,7 +47,9 @@ from ..state.run_history import RunRecord, read_run, study_configs, study_points
 from ..state.run_queue import RunQueue
 from ..state.run_summary import run_continuation
 from ..state.session import StudioSession
+from ..widgets.confusion_heatmap import ConfusionHeatmap
 from ..widgets.flow_layout import flow_bar
+from ..widgets.samples_view import SamplesCompareView, SamplesView
 
 SETTINGS_KEY = "history/run_folders"
 COLUMNS = ("Run", "Setup", "Trainable", "Steps", "Val loss", "Val acc / ppl", "Status")
@@ -50,6 +57,8 @@ METRICS = ("Validation loss", "Training loss", "Validation accuracy (%) / perple
            "Rank study: final result vs rank")
 RANK_CHART = 3  # the index in METRICS of the rank-study summary (one point per run, not curves)
 LEGEND_ROWS = 4  # the legend list shows this many runs before it scrolls
+SAMPLES_MODES = ("The selected run's samples", "Ticked runs side by side")
+SAMPLES_SELECTED, SAMPLES_COMPARED = 0, 1
 RUN_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f",
                "#bcbd22", "#17becf")  # Tableau 10 (matplotlib's default cycle)
 
@@ -75,6 +84,7 @@ class HistoryPanel(QWidget):
         self._items: dict[Path, QTreeWidgetItem] = {}
         self._to_compare: set[Path] = set()  # runs of a queued study: ticked as they start
         self._current_listed = True  # whether the running run's row exists yet
+        self._comparable = 0  # ticked runs with samples, at the last redraw
         self._build()
         self.controller.sig_run_started.connect(self._on_run_started)
         self.controller.sig_event.connect(self._on_run_event)
@@ -108,6 +118,8 @@ class HistoryPanel(QWidget):
         self._fill_row(self._items[path], record)
         if self.table.currentItem() is None:
             self.table.setCurrentItem(self._items[path])  # show a config rather than an empty pane
+        elif self.table.currentItem() is self._items[path]:
+            self._show_details(record)  # the selected run evaluated again: its newest samples
         self._redraw()
         self.sig_runs_changed.emit()
         return record
@@ -272,6 +284,29 @@ class HistoryPanel(QWidget):
         self.config_view = QPlainTextEdit()
         self.config_view.setReadOnly(True)
         self.config_view.setPlaceholderText("The selected run's config (run.toml)")
+        self.samples_view = SamplesView(empty_text="The selected run logged no samples ([samples] in its config).")
+        self.compare_samples_view = SamplesCompareView()
+        self.samples_mode = QComboBox()
+        self.samples_mode.setObjectName("history_samples_mode")
+        self.samples_mode.addItems(SAMPLES_MODES)
+        self.samples_mode.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToMinimumContentsLengthWithIcon)
+        self.samples_mode.setMinimumContentsLength(12)
+        self.samples_stack = QStackedWidget()
+        self.samples_stack.addWidget(self.samples_view)
+        self.samples_stack.addWidget(self.compare_samples_view)
+        self.samples_mode.currentIndexChanged.connect(self.samples_stack.setCurrentIndex)
+        samples_page = QWidget()
+        samples_layout = QVBoxLayout(samples_page)
+        samples_layout.setContentsMargins(2, 2, 2, 2)
+        samples_layout.addWidget(self.samples_mode)
+        samples_layout.addWidget(self.samples_stack, 1)
+        self.confusion_view = ConfusionHeatmap()
+        self.detail_tabs = QTabWidget()
+        self.detail_tabs.setObjectName("history_detail_tabs")
+        self.detail_tabs.setDocumentMode(True)
+        self.config_tab = self.detail_tabs.addTab(self.config_view, "Config")
+        self.samples_tab = self.detail_tabs.addTab(samples_page, "Samples")
+        self.confusion_tab = self.detail_tabs.addTab(self.confusion_view, "Confusion matrix")
 
         chart = QWidget()
         chart_layout = QVBoxLayout(chart)
@@ -282,7 +317,7 @@ class HistoryPanel(QWidget):
         chart_layout.addWidget(self.legend_list)
         lower = QSplitter(Qt.Orientation.Horizontal)
         lower.addWidget(chart)
-        lower.addWidget(self.config_view)
+        lower.addWidget(self.detail_tabs)
         lower.setStretchFactor(0, 3)
         lower.setStretchFactor(1, 2)
         lower.setSizes([600, 400])
@@ -309,7 +344,7 @@ class HistoryPanel(QWidget):
 
     def _on_run_event(self, event: object) -> None:
         config = self.controller.config
-        if config is not None and (isinstance(event, EvalMetrics) or not self._current_listed):
+        if config is not None and (isinstance(event, (EvalMetrics, Samples)) or not self._current_listed):
             self._current_listed = True
             self._reread(Path(config.output.dir))
 
@@ -354,12 +389,39 @@ class HistoryPanel(QWidget):
     def _show_config(self, item: QTreeWidgetItem | None) -> None:
         record = self._records.get(Path(item.data(0, Qt.ItemDataRole.UserRole))) if item else None
         self.config_view.setPlainText(record.config.to_toml() if record else "")
+        self._show_details(record)
+
+    def _show_details(self, record: RunRecord | None) -> None:
+        """The selected run's samples (every evaluation's, the latest shown) and its last confusion matrix."""
+        if record is None:
+            self.samples_view.clear()
+            self.confusion_view.clear()
+            return
+        self.samples_view.set_history(record.samples)
+        last = record.last_confusion
+        if last is not None:
+            self.confusion_view.show_matrix(last.matrix, last.class_names, last.step)
+        else:
+            self.confusion_view.clear("The selected run logged no confusion matrix (a classifier's evaluations do).")
+        self.detail_tabs.setTabVisible(self.confusion_tab, record.config.data.kind != "causal-lm")
+
+    def _update_samples_comparison(self, runs: list[RunRecord]) -> None:
+        """The ticked runs' latest samples side by side; the Samples tab turns to them when a second run
+        with samples is ticked, and back to the selected run's when fewer than two are left."""
+        self.compare_samples_view.show_runs([r.name for r in runs], [r.last_samples for r in runs])
+        comparable = sum(1 for r in runs if r.last_samples is not None and r.last_samples.items)
+        if comparable >= 2 > self._comparable:
+            self.samples_mode.setCurrentIndex(SAMPLES_COMPARED)
+        elif comparable < 2 <= self._comparable:
+            self.samples_mode.setCurrentIndex(SAMPLES_SELECTED)
+        self._comparable = comparable
 
     def _redraw(self) -> None:
         """Curves are rebuilt here (not streamed): this runs when ticks, metric or a run change."""
         self.plot.clear()
         self.legend_list.clear()
         runs = self.compared()
+        self._update_samples_comparison(runs)
         metric = self.metric_box.currentIndex()
         colours = [run_colour(index) for index in range(len(runs))]
         if metric == RANK_CHART:

@@ -1,4 +1,5 @@
-"""The Train tab: Start, Pause/Resume, Stop, live curves, run statistics, a log and per-layer updates.
+"""The Train tab: Start, Pause/Resume, Stop, live curves, run statistics, per-layer updates, the run's
+samples at each evaluation, a classifier's confusion matrix, and a log.
 
 The panel is a view of the session's run controller
 (:class:`~lora_studio.app.state.run_controller.RunController`): it shows whatever run the
@@ -12,6 +13,10 @@ rest of the window:
 * ``sig_run_started`` / ``sig_run_finished`` / ``sig_error`` — for benchmarks and tests;
 * ``sig_export_requested`` / ``sig_compare_requested`` — the summary card's Export and Compare,
   which the main window answers (export dialog; History tab with the run selected).
+
+Beside the layer updates, tabs show the run's fixed samples (:class:`~lora_studio.app.widgets.samples_view.
+SamplesView`: each prompt's generation, or each example's predicted label, at the latest evaluation or an
+earlier one), the latest confusion matrix (classifiers only) and the log.
 
 When a run ends the panel shows a :class:`~lora_studio.app.widgets.run_summary_card.RunSummaryCard`
 (before → after, best step, time, adapter size, the folder, Resume or Extend) and, when the window
@@ -35,6 +40,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QSystemTrayIcon,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
@@ -46,17 +52,20 @@ from lora_studio.core import (
     Finished,
     LoadedModel,
     RunConfig,
+    Samples,
     StepMetrics,
     TrainingWarning,
     TrainResult,
 )
 
 from ..state.run_controller import IDLE, PAUSED, STOPPING, RunController
-from ..state.run_history import next_free_run_dir
+from ..state.run_history import earlier_samples, next_free_run_dir
 from ..state.run_summary import RunSummary
 from ..state.session import StudioSession
+from ..widgets.confusion_heatmap import ConfusionHeatmap
 from ..widgets.live_plots import LivePlots
 from ..widgets.run_summary_card import RunSummaryCard, format_bytes, format_duration
+from ..widgets.samples_view import SamplesView, is_classifier_samples, right_wrong
 from ..widgets.update_norms_plot import UpdateNormsView
 
 LOG_LINES = 2_000  # the log pane keeps the newest lines only: a long run must not grow it forever
@@ -189,9 +198,23 @@ class RunPanel(QWidget):
         self.log.setReadOnly(True)
         self.log.setMaximumBlockCount(LOG_LINES)
         self.log.setPlaceholderText("Warnings, evaluations and checkpoints of the run appear here.")
+        self.samples_view = SamplesView()
+        self.confusion_view = ConfusionHeatmap()
+        # Tabs, not three panes side by side: the window must fit 1280x720 with the model column and
+        # the settings dock open, and each of these needs the pane's whole width to be readable.
+        self.side_tabs = QTabWidget()
+        self.side_tabs.setObjectName("run_side_tabs")
+        self.side_tabs.setDocumentMode(True)
+        self.samples_tab = self.side_tabs.addTab(self.samples_view, "Samples")
+        self.confusion_tab = self.side_tabs.addTab(self.confusion_view, "Confusion matrix")
+        self.log_tab = self.side_tabs.addTab(self.log, "Log")
+        self.side_tabs.setTabToolTip(self.samples_tab, "What the model does with the run's fixed samples "
+                                                       "at each evaluation ([samples] in the config)")
+        self.side_tabs.setTabToolTip(self.confusion_tab, "Which classes the model confuses, at the latest evaluation")
+        self._show_confusion_tab(getattr(getattr(self.session, "config", None), "data", None))
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.norms_view)
-        bottom.addWidget(self.log)
+        bottom.addWidget(self.side_tabs)
         bottom.setSizes([1, 1])
         body = QSplitter(Qt.Orientation.Vertical)
         body.addWidget(self.plots)
@@ -237,6 +260,9 @@ class RunPanel(QWidget):
         self.plots.start()
         full = config.training.mode == "full"
         self.norms_view.clear("Full fine-tuning: no adapters" if full else "")
+        self.samples_view.clear(samples_note(config))
+        self.confusion_view.clear()
+        self._show_confusion_tab(config.data)
         self.progress.setRange(0, config.training.max_steps)
         self.progress.setValue(0)
         setup = "full fine-tuning" if full else f"{config.lora.variant} r={config.lora.r} alpha={config.lora.alpha:g}"
@@ -257,6 +283,12 @@ class RunPanel(QWidget):
                 last_eval = event
         if last_eval is not None and last_eval.layer_update_norms:
             self.norms_view.add_event(last_eval)
+        if last_eval is not None:
+            self.confusion_view.add_event(last_eval)
+        config = self.controller.config
+        if config is not None:
+            for samples in earlier_samples(config.output.dir, from_step):
+                self.samples_view.add_event(samples)
         self.plots.refresh()
         self.progress.setValue(from_step)
         self._log(f"continuing from the checkpoint at step {from_step} ({len(events)} earlier points drawn)")
@@ -269,9 +301,15 @@ class RunPanel(QWidget):
             self.stats_label.setText(step_stats(event, paused=self.controller.state == PAUSED))
         elif isinstance(event, EvalMetrics):
             self.norms_view.add_event(event)
+            self.confusion_view.add_event(event)
             self._log(_eval_line(event))
             if self._last_step is None and event.step == 0 and self.controller.state != PAUSED:
                 self.stats_label.setText(f"Base model: {_eval_numbers(event)}; training the first steps…")
+        elif isinstance(event, Samples):
+            self.samples_view.add_event(event)
+            if event.items and is_classifier_samples(event):
+                right, wrong = right_wrong(event)
+                self._log(f"samples at step {event.step}: {right} of {right + wrong} right")
         elif isinstance(event, TrainingWarning):
             self._log(f"⚠ warning{f' (step {event.step})' if event.step else ''}: {event.message}")
         elif isinstance(event, CheckpointSaved):
@@ -312,6 +350,10 @@ class RunPanel(QWidget):
         box.finished.connect(self._forget_dialog)
         self.error_dialog = box
         box.open()
+
+    def _show_confusion_tab(self, data: object) -> None:
+        """The confusion matrix is a classifier's: its tab is hidden for a language model."""
+        self.side_tabs.setTabVisible(self.confusion_tab, getattr(data, "kind", None) != "causal-lm")
 
     def _forget_dialog(self) -> None:
         self.error_dialog = None
@@ -365,6 +407,27 @@ def step_stats(event: StepMetrics, *, paused: bool = False) -> str:
     if event.memory_bytes is not None:
         parts.append(f"memory {format_bytes(event.memory_bytes)}")
     return "  ·  ".join(parts)
+
+
+def samples_note(config: RunConfig) -> str:
+    """What the samples pane says until a run's first samples arrive: when they will, or how to ask for them."""
+    samples = config.samples
+    if config.data.kind == "causal-lm":
+        if not samples.prompts:
+            return ("This run generates no samples: set [samples] prompts (e.g. prompts = [\"Once upon a time\"]) "
+                    "to read what the model writes at each evaluation.")
+        what = f"The generations of {len(samples.prompts)} prompt{'s' if len(samples.prompts) != 1 else ''}"
+    else:
+        if samples.count == 0:
+            return "This run labels no samples: set [samples] count above 0 to see predictions at each evaluation."
+        what = f"The predicted labels of {samples.count} validation examples"
+    training = config.training
+    if training.eval_every:
+        when = f"appear at each evaluation (every {training.eval_every} steps)"
+    else:
+        start = "at the start and " if training.eval_at_start else ""
+        when = f"appear when the run evaluates (training.eval_every is 0: {start}at the end)"
+    return f"{what} {when}."
 
 
 def _eval_numbers(event: EvalMetrics) -> str:

@@ -153,6 +153,17 @@ def samples_of(record: dict[str, Any]) -> Samples:
     return Samples(int(record["step"]), items)
 
 
+def earlier_samples(run_dir: str | Path, up_to: int | None) -> list[Samples]:
+    """The samples a run logged up to step ``up_to`` (None: all), oldest first: what a resumed run's
+    samples pane shows before its next evaluation.  Later ones, from a part killed after its last
+    checkpoint, are evaluated again by the resume and left out."""
+    samples: list[Samples] = []
+    for record in read_metrics(run_dir):
+        if record.get("event") == Samples.__name__ and (up_to is None or record["step"] <= up_to):
+            _append_at(samples, samples_of(record))
+    return samples
+
+
 def _append_at(entries: list, entry: Any) -> None:
     """Add a per-evaluation entry (it has a ``step``); a resumed run's repeated steps replace the old ones,
     as :func:`_append_point` does for the curves."""

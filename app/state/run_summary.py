@@ -8,7 +8,9 @@ builds a :class:`RunSummary` on its worker thread (it reads files), the card onl
 The "before" value is the engine's evaluation at step 0 (``training.eval_at_start``): a fresh
 adapter starts as the identity (B = 0), so it scores the base model with the run's head.  It is
 taken with the adapter attached, not disabled, because a PiSSA adapter moves part of the base
-weight into itself: with it disabled the model is not the base.
+weight into itself: with it disabled the model is not the base.  For a classifier the summary also
+holds each class's recall at the first and the last evaluation (core's ``class_changes`` of their
+confusion matrices), largest improvement first: which classes the run taught.
 """
 
 from __future__ import annotations
@@ -19,12 +21,14 @@ from typing import Any
 
 from lora_studio.core import (
     CheckpointSaved,
+    ClassChange,
     EvalMetrics,
     Failed,
     Finished,
     StepMetrics,
     TrainResult,
     latest_checkpoint,
+    class_changes,
     read_metrics,
 )
 
@@ -71,6 +75,8 @@ class RunSummary:
     adapter_bytes: int | None  # the adapter folder on disk (full fine-tuning: the model file)
     checkpoint_dir: Path | None  # what Resume or Extend continues from
     error: str | None = None
+    # classifiers: each class's recall at the first and the last evaluation, largest improvement first
+    class_changes: tuple[ClassChange, ...] = ()
 
     @property
     def continuation(self) -> str | None:
@@ -115,8 +121,23 @@ def summarize_run(result: TrainResult) -> RunSummary:
         status=result.status, steps=result.steps, total_steps=result.total_steps, run_dir=run_dir,
         before=before, after=after, best_step=result.best_step, best_loss=result.best_eval_loss, seconds=seconds,
         adapter_dir=adapter, adapter_bytes=folder_bytes(adapter) if adapter is not None else None,
-        checkpoint_dir=checkpoint, error=result.error,
+        checkpoint_dir=checkpoint, error=result.error, class_changes=tuple(changes_of(records)),
     )
+
+
+def changes_of(records: list[dict[str, Any]]) -> list[ClassChange]:
+    """Per-class recall from the first evaluation with a confusion matrix to the last one (the base at
+    step 0 when the run evaluated there); [] when the run has fewer than two such evaluations or
+    their matrices do not match (a resumed run whose classes changed)."""
+    evaluated = [r for r in records if r.get("event") == EvalMetrics.__name__ and r.get("confusion")]
+    if len(evaluated) < 2 or evaluated[-1]["step"] <= evaluated[0]["step"]:
+        return []
+    first, last = evaluated[0], evaluated[-1]
+    names = last.get("class_names") or [str(i) for i in range(len(last["confusion"]))]
+    try:
+        return class_changes(first["confusion"], last["confusion"], names)
+    except ValueError:
+        return []
 
 
 def earlier_events(run_dir: str | Path) -> tuple[list[StepMetrics | EvalMetrics], int | None]:

@@ -1,5 +1,5 @@
 """The card the Train tab shows when a run ends: how it ended, before → after, best step, time,
-adapter size, where its files are, and what to do next (open the folder, export, compare,
+the classes that improved most (classifiers), adapter size, where its files are, and what to do next (open the folder, export, compare,
 resume or extend).
 
 The card only shows a :class:`~lora_studio.app.state.run_summary.RunSummary` and says what the
@@ -20,9 +20,12 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from lora_studio.core import ClassChange
+
 from ..state.run_summary import EvalPoint, RunSummary
 
 DEFAULT_EXTRA_STEPS = 20
+NAMED_CLASSES = 3  # "Improved most:" names this many classes (the card is one glance, not a table)
 HEADLINES = {
     "finished": "✔ Run finished",
     "stopped-early": "✔ Run stopped early (no better validation loss)",
@@ -56,8 +59,10 @@ class RunSummaryCard(QFrame):
         font.setBold(True)
         self.headline.setFont(font)
         self.metrics_label = QLabel()
+        self.classes_label = QLabel()
+        self.classes_label.setObjectName("run_summary_classes")
         self.files_label = QLabel()
-        for label in (self.headline, self.metrics_label, self.files_label):
+        for label in (self.headline, self.metrics_label, self.classes_label, self.files_label):
             label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
             label.setWordWrap(True)
         self.close_button = QToolButton()
@@ -100,6 +105,7 @@ class RunSummaryCard(QFrame):
         layout.setSpacing(3)
         layout.addLayout(top)
         layout.addWidget(self.metrics_label)
+        layout.addWidget(self.classes_label)
         layout.addWidget(self.files_label)
         layout.addLayout(buttons)
         self.hide()
@@ -110,6 +116,9 @@ class RunSummaryCard(QFrame):
         self.headline.setText(headline(summary))
         self.metrics_label.setText(metrics_line(summary))
         self.metrics_label.setVisible(bool(self.metrics_label.text()))
+        self.classes_label.setText(classes_line(summary.class_changes))
+        self.classes_label.setToolTip(classes_tooltip(summary.class_changes))
+        self.classes_label.setVisible(bool(self.classes_label.text()))
         self.files_label.setText(files_line(summary))
         self.files_label.setToolTip(str(summary.run_dir))
         self.export_button.setEnabled(can_export)
@@ -150,6 +159,33 @@ def metrics_line(summary: RunSummary) -> str:
     if summary.best_step is not None and summary.best_loss is not None:
         parts.append(f"best step {summary.best_step} (validation loss {summary.best_loss:.4f})")
     return "  ·  ".join(parts)
+
+
+def classes_line(changes: tuple[ClassChange, ...] | list[ClassChange], count: int = NAMED_CLASSES) -> str:
+    """``Improved most: 7 (40% → 95%), 1 (62% → 90%)`` from a classifier's per-class recall changes
+    (largest first), and the class that got worst when one did; '' without changes (not a classifier,
+    or one evaluation only)."""
+    if not changes:
+        return ""
+    improved = [c for c in changes if c.improvement > 0][:count]
+    worse = [c for c in changes if c.improvement < 0]
+    parts = [("Improved most: " + ", ".join(_change_text(c) for c in improved)) if improved
+             else "No class improved its recall"]
+    if worse:
+        parts.append(f"worse: {_change_text(worse[-1])}")  # the list is largest improvement first
+    return "  ·  ".join(parts)
+
+
+def classes_tooltip(changes: tuple[ClassChange, ...] | list[ClassChange]) -> str:
+    """Every class's recall before → after, one per line (the card names only a few)."""
+    if not changes:
+        return ""
+    lines = ["Recall per class (validation examples of the class predicted right), first → last evaluation:"]
+    return "\n".join(lines + [_change_text(c) for c in changes])
+
+
+def _change_text(change: ClassChange) -> str:
+    return f"{change.name} ({change.recall_before:.0%} → {change.recall_after:.0%})"
 
 
 def files_line(summary: RunSummary) -> str:

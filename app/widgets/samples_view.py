@@ -138,10 +138,13 @@ class SamplesView(QWidget):
 
     def set_history(self, history: list[Samples], note: str = "") -> None:
         """Show a whole run's samples (History: read from its folder), the latest evaluation first."""
+        kept = None if self._follow else self.shown_step()  # the user looked back: stay there if it is still there
         self.clear(note)
         for samples in history:
             _append_replacing(self.history, samples)
-        self._index = len(self.history) - 1 if self.history else None
+        steps = self.steps()
+        self._index = steps.index(kept) if kept in steps else len(steps) - 1 if steps else None
+        self._follow = self._index is None or self._index == len(steps) - 1
         self._redraw()
 
     def steps(self) -> list[int]:
