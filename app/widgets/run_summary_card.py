@@ -1,6 +1,6 @@
 """The card the Train tab shows when a run ends: how it ended, before → after, best step, time,
-the classes that improved most (classifiers), adapter size, where its files are, and what to do next (open the folder, export, compare,
-resume or extend).
+the classes that improved most (classifiers), adapter size, where its files are, and what to do
+next (open the folder, export, compare, resume or extend).
 
 The card only shows a :class:`~lora_studio.app.state.run_summary.RunSummary` and says what the
 user asked for through its signals; the run panel acts on them.
