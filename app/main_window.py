@@ -82,9 +82,9 @@ class MainWindow(QMainWindow):
         self.try_panel = TryPanel(self.session)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.run_panel, "Train")
+        self.tabs.addTab(self.try_panel, "Try")  # beside Train: pause a run, then try it
         self.tabs.addTab(self.data_panel, "Data")
         self.tabs.addTab(self.history_panel, "History")
-        self.tabs.addTab(self.try_panel, "Try")
         self.tabs.setTabToolTip(self.tabs.indexOf(self.try_panel),
                                 "Try the model with its adapter beside the base model, on your own inputs")
         # The run summary card's Export and Compare; a run resumed from History shows in Train.

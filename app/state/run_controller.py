@@ -214,6 +214,8 @@ class RunController(QObject):
         """Stop the run and wait (the UI keeps processing events) until it ended or ``timeout_ms``
         passed; True when no run is going any more.  For closing the window during a run."""
         if not self.is_running():
+            if self._worker is not None:
+                self._worker.wait(5_000)  # a run that just ended: its thread only has its event loop left to quit
             return True
         self.stop()
         loop = QEventLoop()

@@ -408,7 +408,8 @@ class TryRunner(QObject):
         source = self._sources[LIVE]
         name = Path(source.folder).name or "the run"
         state = self.controller.state if self.controller is not None else ""
-        step = self._last_step or 0
+        live = self._live_model()
+        step = max(self._last_step or 0, live.step if live is not None and hasattr(live, "step") else 0)
         where = (f"paused at step {step}" if state == PAUSED
                  else f"training, step {step}: each try waits for the step in progress")
         title = f"Live run {name}: {where}"
