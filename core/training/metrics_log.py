@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .events import EvalMetrics, Event, Finished, StepMetrics
+from .events import EvalMetrics, Event, Finished, Samples, StepMetrics
 
 
 def event_record(event: Event) -> dict[str, Any]:
@@ -44,6 +44,8 @@ class MetricsLog:
             for key in ("loss", "accuracy", "perplexity"):
                 if getattr(event, key) is not None:
                     self._board.add_scalar(f"eval/{key}", getattr(event, key), event.step)
+        elif isinstance(event, Samples):
+            self._board.add_text("samples", samples_markdown(event), event.step)
         elif isinstance(event, Finished):
             self._board.flush()
 
@@ -52,6 +54,16 @@ class MetricsLog:
         self._file.close()
         if self._board is not None:
             self._board.close()
+
+
+def samples_markdown(samples: Samples) -> str:
+    """One evaluation's samples as a Markdown table (TensorBoard's text tab renders it)."""
+    rows = ["| input | output | target |", "| --- | --- | --- |"]
+    for item in samples.items:
+        mark = "" if item.correct is None else (" ✓" if item.correct else " ✗")
+        cells = [item.input, item.output + mark, item.target or ""]
+        rows.append("| " + " | ".join(c.replace("|", "\\|").replace("\n", " ") for c in cells) + " |")
+    return "\n".join(rows)
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:

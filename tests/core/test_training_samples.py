@@ -201,3 +201,37 @@ def test_prompts_for_a_classifier_are_named_and_the_examples_still_shown(tmp_pat
     warnings = [e.message for e in events if isinstance(e, TrainingWarning) and "samples.prompts" in e.message]
     assert len(warnings) == 1 and "classifier" in warnings[0]
     assert [len(e.items) for e in events if isinstance(e, Samples)] == [2]
+
+
+def test_image_folder_samples_name_their_files(tmp_path) -> None:
+    from PIL import Image
+
+    images, labels = load_digits_tensors()
+    root = tmp_path / "images"
+    names = [f"digit {d}" for d in range(10)]  # the digits head has ten outputs; two folders hold images
+    for name, digit in ((names[0], 0), (names[1], 1)):
+        (root / name).mkdir(parents=True)
+        picks = (labels == digit).nonzero().flatten()[:12].tolist()
+        for k in picks:
+            Image.fromarray((images[k, 0].numpy() * 255).astype("uint8"), mode="L").save(root / name / f"{k}.png")
+    config = digits_run(tmp_path / "run", max_steps=2, batch_size=4).replace(
+        data=DataConfig(kind="image-folder", train=str(root), validation_split=0.5, label_names=names),
+        samples=SamplesConfig(count=4),
+    )
+    result = train(config)
+    assert result.status == "finished", result.error
+    (samples,) = _records(tmp_path / "run", "Samples")
+    assert len(samples["items"]) == 4
+    for item in samples["items"]:
+        path = root / item["target"]
+        assert item["input"].startswith(str(path)) and item["input"].endswith(".png")  # its class's folder
+
+
+def test_samples_as_markdown_for_tensorboard() -> None:
+    from lora_studio.core.training import SampleResult
+    from lora_studio.core.training.metrics_log import samples_markdown
+
+    text = samples_markdown(Samples(3, [SampleResult("a|b\nc", "7", target="1", correct=False, probability=0.9),
+                                        SampleResult("once", " upon")]))
+    lines = text.splitlines()
+    assert len(lines) == 4 and lines[2] == "| a\\|b c | 7 ✗ | 1 |" and lines[3] == "| once |  upon |  |"
