@@ -96,6 +96,7 @@ from .inference import (
     Prediction,
     generate_stream,
     generate_text,
+    inputs_from_table,
     label_names_of,
     predict,
 )
@@ -135,6 +136,7 @@ from .training import (
     latest_checkpoint,
     layer_update_norms,
     load_run_config,
+    load_for_inference,
     load_trained_run,
     optimizer_param_groups,
     read_metrics,
@@ -198,7 +200,9 @@ __all__ = [
     "Samples",
     "generate_stream",
     "generate_text",
+    "inputs_from_table",
     "label_names_of",
+    "load_for_inference",
     "predict",
     # the choices the run config accepts (the window's pickers offer exactly these)
     "DATA_KINDS",

@@ -4,7 +4,10 @@
 * ``inspect MODEL`` — a model's layer tree with counts (built on the meta device);
   ``describe`` is the same command under its first name.
 * ``export RUN_DIR --adapter OUT | --merged OUT`` — the trained adapter (PEFT format) or a merged model.
-* ``demo digits|text`` — the built-in offline demos.
+* ``predict PATH INPUT...`` — a trained classifier on texts or images (a run folder, an adapter
+  folder, ours or PEFT's, or a merged export), ``--base`` beside its base model.
+* ``generate PATH PROMPT`` — a trained language model continues a prompt, streamed; ``--base`` too.
+* ``demo digits|text|story`` — the built-in offline demos.
 
 Exit codes scripts can trust: 0 done, 1 the run failed (NaN, out of memory, an
 error), 2 a bad config, data or argument, 130 cancelled with Ctrl-C (a checkpoint
@@ -24,6 +27,9 @@ from pathlib import Path
 
 from . import __version__
 from .adapter.config import ALL_LINEAR, LoraConfig
+from .inference.generation import GenerationSettings
+
+GENERATION_DEFAULTS = GenerationSettings()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
 
@@ -103,10 +109,47 @@ def _build_parser() -> argparse.ArgumentParser:
                              "costs about 2.5x the write itself)")
     export.set_defaults(run=_run_export)
 
-    demo = sub.add_parser("demo", help="run a built-in demo offline on a CPU (digits: seconds; text: about a minute)",
+    trained_help = ("a run folder (run.toml), an adapter folder (adapter_config.json, ours or PEFT's) or a merged "
+                    "export (a transformers folder, or a .safetensors file with its .export.json)")
+    predict = sub.add_parser("predict", help="classify texts or images with a trained model (and its base)",
+                             description="Run a trained classifier on INPUTs: text lines, image paths, or one "
+                             ".csv/.jsonl file (its text or image column). PATH is " + trained_help + ".")
+    predict.add_argument("path", help="the trained model: run folder, adapter folder or merged export")
+    predict.add_argument("inputs", nargs="+", metavar="INPUT", help="a text, an image path, or one .csv/.jsonl file")
+    predict.add_argument("--base", action="store_true", help="add the base model's prediction (adapters disabled)")
+    predict.add_argument("--top-k", type=int, default=1, help="labels shown per input (default 1)")
+    predict.add_argument("--column", help="the .csv/.jsonl column holding the inputs (default: text, image, ...)")
+    predict.add_argument("--json", action="store_true", help="print JSON (one object per input, in a list)")
+    _trained_model_arguments(predict)
+    predict.set_defaults(run=_run_predict)
+
+    generate = sub.add_parser("generate", help="continue a prompt with a trained language model (and its base)",
+                              description="Stream a trained causal language model's continuation of PROMPT. "
+                              "PATH is " + trained_help + ".")
+    generate.add_argument("path", help="the trained model: run folder, adapter folder or merged export")
+    generate.add_argument("prompt", help="the text to continue")
+    defaults = GENERATION_DEFAULTS
+    generate.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+                          help=f"tokens to generate at most (default {defaults.max_new_tokens})")
+    generate.add_argument("--temperature", type=float, default=defaults.temperature,
+                          help=f"sampling temperature, 0 = greedy (default {defaults.temperature})")
+    generate.add_argument("--top-p", type=float, default=defaults.top_p,
+                          help=f"nucleus sampling mass (default {defaults.top_p})")
+    generate.add_argument("--seed", type=int, default=defaults.seed, help=f"sampling seed (default {defaults.seed})")
+    generate.add_argument("--no-chat-template", action="store_true",
+                          help="feed the prompt as it is, even when the tokenizer has a chat template")
+    generate.add_argument("--base", action="store_true", help="also generate with the base model (after the adapted)")
+    generate.add_argument("--json", action="store_true", help="print the generations as one JSON object")
+    _trained_model_arguments(generate)
+    generate.set_defaults(run=_run_generate)
+
+    demo = sub.add_parser("demo", help="run a built-in demo offline on a CPU (digits: seconds; text, story: about "
+                          "a minute)",
                           description="digits: recover a rotated-digit domain with LoRA; text: topic classification "
-                          "with the pretrained MiniLM encoder.")
-    demo.add_argument("name", nargs="?", default="digits", choices=("digits", "text"), help="which demo (default digits)")
+                          "with the pretrained MiniLM encoder; story: a small story-telling GPT-2 learns a pirate's "
+                          "voice.")
+    demo.add_argument("name", nargs="?", default="digits", choices=("digits", "text", "story"),
+                      help="which demo (default digits)")
     demo.add_argument("--steps", type=int, help="training steps (default: the demo's own)")
     demo.add_argument("--output", help="run folder (default: a temporary folder)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -156,6 +199,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         if args.name == "digits":
             print(f"accuracy on rotated digits: base model {before['accuracy']:.1%} -> with LoRA "
                   f"{after['accuracy']:.1%}")
+        elif args.name == "story":
+            print(f"validation perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}")
         else:
             print(f"validation loss {before['loss']:.3f} -> {after['loss']:.3f}; accuracy "
                   f"{before['accuracy']:.1%} -> {after['accuracy']:.1%}")
@@ -269,4 +314,142 @@ def _run_export(args: argparse.Namespace) -> int:
     result = export_merged(loaded.model, args.merged, precision=args.precision, tokenizer=loaded.tokenizer,
                            checksum=args.checksum)
     print(f"merged model ({result.kind}, {result.precision}) written to {result.path}")
+    return EXIT_OK
+
+
+# -- predict / generate ----------------------------------------------------------------------------
+def _trained_model_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--which", choices=("final", "best"), default="final",
+                        help="run folders: the final weights or the best evaluation's adapter (default final)")
+    parser.add_argument("--base-model", metavar="SPEC",
+                        help="the base model when PATH does not say it (demo:NAME, transformers:ID_OR_FOLDER, "
+                             "torchvision:NAME, python:FILE.py:FN)")
+    parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
+
+
+def _open_trained(args: argparse.Namespace):
+    """The model PATH holds, on the device asked for (the same opening the window's Try tab uses)."""
+    from .training.devices import resolve_device
+    from .training.trained_run import load_for_inference
+
+    device = resolve_device(args.device)
+    loaded = load_for_inference(args.path, which=args.which, base_model=args.base_model)
+    loaded.model.to(device)
+    return loaded, device
+
+
+def _cancel_on_ctrl_c():
+    """A cancel token that the first Ctrl-C sets (the work ends cleanly); the second aborts at once.
+    Returns (token, restore)."""
+    from .training import CancelToken
+
+    cancel = CancelToken()
+
+    def on_interrupt(signum, frame):
+        if cancel.cancelled:
+            raise KeyboardInterrupt
+        cancel.cancel()
+
+    previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None
+    return cancel, (lambda: signal.signal(signal.SIGINT, previous) if previous is not None else None)
+
+
+def _run_predict(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from .inference import predict
+    from .inference.inputs import TABLE_SUFFIXES, inputs_from_table
+
+    if args.top_k < 1:
+        raise ValueError(f"--top-k must be at least 1, got {args.top_k}")
+    loaded, device = _open_trained(args)
+    inputs: list[str] = list(args.inputs)
+    if len(inputs) == 1 and Path(inputs[0]).suffix.lower() in TABLE_SUFFIXES and Path(inputs[0]).is_file():
+        inputs = inputs_from_table(inputs[0], column=args.column, images=loaded.task == "image-classification")
+    cancel, restore = _cancel_on_ctrl_c()
+    try:
+        predictions = predict(loaded, inputs, top_k=args.top_k, compare_base=args.base, device=device,
+                              cancel=cancel)
+    finally:
+        restore()
+    if args.json:
+        records = [dataclasses.asdict(p) | {"changed": p.changed} for p in predictions]
+        print(json.dumps(records, indent=2))
+    else:
+        _print_prediction_table(predictions, args.base)
+    if cancel.cancelled:
+        print(f"lora-studio predict: cancelled after {len(predictions)} of {len(inputs)} inputs", file=sys.stderr)
+        return EXIT_CANCELLED
+    return EXIT_OK
+
+
+def _print_prediction_table(predictions, with_base: bool) -> None:
+    """Input | adapted | base, the top labels with their probabilities; '*' marks a changed prediction."""
+    def cell(scores, raw) -> str:
+        if scores:
+            return ", ".join(f"{s.label} {s.probability:.1%}" for s in scores)
+        if raw is not None:
+            return f"argmax {raw.argmax} of {list(raw.shape)} (max {raw.top[0][1]:.4g})"
+        return "-"
+
+    def short(text: str, width: int = 48) -> str:
+        text = " ".join(text.split())
+        if len(text) <= width:
+            return text
+        if Path(text).exists():  # a path: its end (the file's name) says most
+            return "…" + text[-(width - 1):]
+        return text[:width - 1] + "…"
+
+    has_base = with_base and any(p.base is not None for p in predictions)
+    rows = [[short(p.input), cell(p.adapted, p.adapted_raw)]
+            + ([cell(p.base or [], p.base_raw), "*" if p.changed else ""] if has_base else [])
+            for p in predictions]
+    header = ["input", "adapted"] + (["base", "changed"] if has_base else [])
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    if with_base and not has_base:
+        print("(the model carries no adapter: its base is the model itself)")
+    elif has_base:
+        changed = sum(p.changed for p in predictions)
+        print(f"{changed} of {len(predictions)} predictions changed by the adapter (marked *)")
+
+
+def _run_generate(args: argparse.Namespace) -> int:
+    import json
+
+    from .inference import generate_stream, generate_text
+
+    settings = GenerationSettings(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                  top_p=args.top_p, seed=args.seed, chat_template=not args.no_chat_template)
+    problem = settings.problem()
+    if problem:
+        raise ValueError(problem)
+    loaded, device = _open_trained(args)
+    sides = ("adapted", "base") if args.base else ("adapted",)
+    cancel, restore = _cancel_on_ctrl_c()
+    try:
+        if args.json:
+            texts = generate_text(loaded, args.prompt, settings, sides=sides, device=device, cancel=cancel)
+            print(json.dumps({"prompt": args.prompt, **texts, "settings": {
+                "max_new_tokens": settings.max_new_tokens, "temperature": settings.temperature,
+                "top_p": settings.top_p, "seed": settings.seed}}, indent=2, ensure_ascii=False))
+        else:
+            # The terminal shows one stream at a time: the adapted live, then the base (the window interleaves).
+            for which in sides:
+                if cancel.cancelled:
+                    break
+                stream = generate_stream(loaded, args.prompt, settings, sides=(which,), device=device, cancel=cancel)
+                if args.base:
+                    print(f"--- {which} ---", flush=True)
+                print(args.prompt, end="", flush=True)
+                for piece in stream:
+                    print(piece.text, end="", flush=True)
+                print(flush=True)
+    finally:
+        restore()
+    if cancel.cancelled:
+        print("lora-studio generate: stopped (Ctrl-C)", file=sys.stderr)
+        return EXIT_CANCELLED
     return EXIT_OK

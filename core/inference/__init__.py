@@ -2,6 +2,7 @@
 ``generate``, and the samples a run evaluates while it trains)."""
 
 from .generation import GeneratedPiece, GenerationSettings, generate_stream, generate_text
+from .inputs import inputs_from_table
 from .predictions import LabelScore, OutputSummary, Prediction, label_names_of, predict
 
 __all__ = [
@@ -12,6 +13,7 @@ __all__ = [
     "Prediction",
     "generate_stream",
     "generate_text",
+    "inputs_from_table",
     "label_names_of",
     "predict",
 ]

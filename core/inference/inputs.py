@@ -99,3 +99,35 @@ def _transformed(loaded: LoadedModel, image) -> torch.Tensor:
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"the model's image transform returned a {type(out).__name__}, not a tensor")
     return out
+
+
+TABLE_SUFFIXES = (".csv", ".jsonl", ".json")
+INPUT_COLUMNS = ("text", "sentence", "image", "path", "file", "input", "prompt")  # looked for in this order
+
+
+def inputs_from_table(path: str | Path, *, column: str | None = None, images: bool = False) -> list[str]:
+    """The inputs listed in a ``.csv`` or ``.jsonl`` file: the ``column`` given, else the first of
+    text/sentence/image/path/file/input/prompt it has, else its only column.  ``images``: the
+    values are image paths, relative ones to the file's own folder."""
+    from ..data.table_files import read_rows
+
+    path = Path(path)
+    rows = read_rows(path)
+    names = list(rows[0])
+    if column is None:
+        column = next((c for c in INPUT_COLUMNS if c in names), names[0] if len(names) == 1 else None)
+        if column is None:
+            raise ValueError(f"{path} has the columns {', '.join(names)}; say which holds the inputs "
+                             f"(a column named {' or '.join(INPUT_COLUMNS[:3])}, or --column NAME)")
+    elif column not in names:
+        raise ValueError(f"{path} has no column {column!r}; its columns: {', '.join(names)}")
+    values = []
+    for number, row in enumerate(rows, start=1):
+        value = row.get(column)
+        if value is None or not str(value).strip():
+            raise ValueError(f"{path}, row {number}: the {column!r} column is empty")
+        value = str(value)
+        if images and not Path(value).expanduser().is_absolute():
+            value = str(path.parent / value)
+        values.append(value)
+    return values

@@ -29,7 +29,7 @@ from .live_model import LiveModel, LiveParts
 from .metrics_log import event_record, read_metrics
 from .schedule import lr_factor
 from .setup import build_model, build_run, training_lora_config
-from .trained_run import load_trained_run
+from .trained_run import load_for_inference, load_trained_run
 from .trainer import ADAPTER_DIR, BEST_DIR, RUN_CONFIG_FILE, load_run_config, resume_run, train
 from .update_norms import layer_update_norms
 from .variant_hooks import after_optimizer_step, optimizer_param_groups, regularization_loss, variant_summary
@@ -66,6 +66,7 @@ __all__ = [
     "list_checkpoints",
     "load_checkpoint",
     "load_run_config",
+    "load_for_inference",
     "load_trained_run",
     "lr_factor",
     "optimizer_param_groups",
