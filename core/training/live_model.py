@@ -91,12 +91,15 @@ class LiveModel:
             self._cond.wait_for(lambda: not self._reading and (self._waiting == 0 or self._lent))
             self._wants = self._lent = False
             self._trainer, self._step = me, step
+        done = False
         try:
             yield
+            done = True
         finally:
             with self._cond:
                 self._trainer = None
-                self._step = step + 1 if after is None else after
+                if done:  # a step that raised did not happen: readers see the steps done before it
+                    self._step = step + 1 if after is None else after
                 self._cond.notify_all()
 
     @contextmanager
