@@ -4,7 +4,7 @@ Rows are the true classes, columns the predicted ones (the engine's ``EvalMetric
 the colour of a cell is its share of the row (the fraction of that class's examples predicted as
 the column's class), so a rare class reads as clearly as a common one and the diagonal is each
 class's recall.  The counts are written in the cells while there is room for them (two classes or
-forty: the cells shrink, the labels go, the tooltip still tells).  A pyqtgraph image rather than a
+forty: the cells shrink, the numbers go, the tooltip still tells).  A pyqtgraph image rather than a
 table of coloured cells: forty classes fit the pane without scrolling, and it matches the other plots.
 """
 
@@ -15,14 +15,13 @@ import math
 import numpy as np
 import pyqtgraph as pg
 from PySide6.QtCore import QPointF, QRectF, Qt
-from PySide6.QtGui import QCursor, QFontMetrics
+from PySide6.QtGui import QColor, QCursor, QFontMetrics, QPainter
 from PySide6.QtWidgets import QLabel, QToolTip, QVBoxLayout, QWidget
 
 from lora_studio.core import EvalMetrics
 
 TITLE = "Confusion matrix"
 EMPTY_TEXT = "The confusion matrix of a classifier appears at each evaluation (rows: true class, columns: predicted)."
-LABELLED_CLASSES = 20  # up to this many classes the cells get count labels (shown when they fit)
 TICKED_CLASSES = 20  # more classes than this: every k-th class is named on the axes (the rest in the tooltip)
 NAME_CHARS = 12  # a class name on an axis; longer ones end in "…"
 COLOUR_MAP = "viridis"  # perceptually even, readable in grey and by most colour-blind readers
@@ -38,6 +37,51 @@ def row_shares(matrix: np.ndarray) -> np.ndarray:
 def short_class_name(name: str, max_chars: int = NAME_CHARS) -> str:
     """``name`` in at most ``max_chars`` characters (``…`` at the end when cut)."""
     return name if len(name) <= max_chars else name[: max_chars - 1] + "…"
+
+
+class CountLabels(pg.GraphicsObject):
+    """Every cell's count, drawn by one item in one paint (a hundred pyqtgraph TextItems took 170 ms
+    to replace at each evaluation, on the UI thread), and only when the widest count fits its cell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.counts: np.ndarray | None = None
+        self.shares: np.ndarray | None = None
+
+    def set_counts(self, counts: np.ndarray | None, shares: np.ndarray | None) -> None:
+        """Draw these counts (None: none), each coloured for contrast with its cell's share."""
+        self.prepareGeometryChange()
+        self.counts, self.shares = counts, shares
+        self.update()
+
+    def boundingRect(self) -> QRectF:  # noqa: N802 - Qt's name
+        n = 0 if self.counts is None else len(self.counts)
+        return QRectF(-0.5, -0.5, n, n)
+
+    def paint(self, painter: QPainter, *args: object) -> None:
+        if self.counts is None:
+            return
+        to_device = painter.transform()
+        origin, one = to_device.map(QPointF(0.0, 0.0)), to_device.map(QPointF(1.0, 1.0))
+        width, height = abs(one.x() - origin.x()), abs(one.y() - origin.y())
+        if not counts_fit(self.counts, width, height, painter.fontMetrics()):
+            return
+        painter.save()
+        painter.resetTransform()  # text in pixels, not stretched (and flipped) with the data
+        light, dark = QColor(255, 255, 255), QColor(0, 0, 0)
+        for r, row in enumerate(self.counts):
+            for c, count in enumerate(row):
+                centre = to_device.map(QPointF(float(c), float(r)))
+                painter.setPen(light if self.shares[r, c] < DARK_BELOW else dark)
+                painter.drawText(QRectF(centre.x() - width / 2, centre.y() - height / 2, width, height),
+                                 Qt.AlignmentFlag.AlignCenter, str(int(count)))
+        painter.restore()
+
+
+def counts_fit(counts: np.ndarray, cell_width: float, cell_height: float, metrics: QFontMetrics) -> bool:
+    """True when the widest count fits a cell of this many pixels."""
+    return (cell_width >= metrics.horizontalAdvance(str(int(counts.max()))) + 4
+            and cell_height >= metrics.height())
 
 
 class ConfusionHeatmap(QWidget):
@@ -62,6 +106,8 @@ class ConfusionHeatmap(QWidget):
         self.image = pg.ImageItem(axisOrder="row-major")
         self.image.setColorMap(pg.colormap.get(COLOUR_MAP))
         self.plot.addItem(self.image)
+        self.count_labels = CountLabels()
+        self.plot.addItem(self.count_labels)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(2)
@@ -70,16 +116,14 @@ class ConfusionHeatmap(QWidget):
         self.counts: np.ndarray | None = None  # the matrix shown, counts
         self.class_names: list[str] = []
         self.step: int | None = None
-        self._labels: list[list[pg.TextItem]] = []
         self._tick_names: list[str] = []
-        self.plot.vb.sigResized.connect(self._fit_labels)
         self.plot.scene().sigMouseMoved.connect(self._hover)
 
     # -- public API --------------------------------------------------------------------------------
     def clear(self, note: str = "") -> None:
         """Empty the map (a new run); ``note`` replaces the empty-state text."""
         self.counts, self.class_names, self.step = None, [], None
-        self._remove_labels()
+        self.count_labels.set_counts(None, None)
         self._tick_names = []
         self.image.clear()
         self.plot.getAxis("left").setTicks([[]])
@@ -99,7 +143,8 @@ class ConfusionHeatmap(QWidget):
         n = counts.shape[0]
         names = list(class_names) if class_names and len(class_names) == n else [str(i) for i in range(n)]
         self.counts, self.class_names, self.step = counts, names, step
-        self.image.setImage(row_shares(counts), levels=(0.0, 1.0), autoLevels=False)
+        shares = row_shares(counts)
+        self.image.setImage(shares, levels=(0.0, 1.0), autoLevels=False)
         self.image.setRect(QRectF(-0.5, -0.5, n, n))  # cell (r, c) centred on (c, r)
         every = max(1, math.ceil(n / TICKED_CLASSES))
         ticks = [[(i, short_class_name(name)) for i, name in enumerate(names) if i % every == 0]]
@@ -107,7 +152,7 @@ class ConfusionHeatmap(QWidget):
         self.plot.getAxis("left").setTicks(ticks)
         self.plot.getAxis("bottom").setTicks(ticks)
         self.plot.setRange(xRange=(-0.5, n - 0.5), yRange=(-0.5, n - 0.5), padding=0)
-        self._make_labels()
+        self.count_labels.set_counts(counts, shares)
         right, total = int(np.trace(counts)), int(counts.sum())
         share = f"{right / total:.1%}" if total else "no examples"
         at = f" · step {step}" if step is not None else ""
@@ -119,12 +164,16 @@ class ConfusionHeatmap(QWidget):
         return None if self.image.image is None else np.asarray(self.image.image)
 
     def cell_labels(self) -> list[list[str]]:
-        """The count written in each cell (empty when the map has too many classes for labels)."""
-        return [[label.toPlainText() for label in row] for row in self._labels]
+        """The count written in each cell; [] while the cells are too small for their counts."""
+        return [[str(int(v)) for v in row] for row in self.counts] if self.labels_shown() else []
 
     def labels_shown(self) -> bool:
-        """True while the cells' count labels are drawn (they hide when the cells are too small)."""
-        return bool(self._labels) and self._labels[0][0].isVisible()
+        """True when the cells' counts are drawn: the widest fits a cell at the view's present size."""
+        if self.counts is None:
+            return False
+        n = len(self.counts)
+        rect = self.plot.vb.rect()  # the view shows exactly the matrix (no padding)
+        return counts_fit(self.counts, rect.width() / n, rect.height() / n, QFontMetrics(self.plot_widget.font()))
 
     def axis_names(self) -> list[str]:
         """The class names on the axes (shortened; with many classes only every k-th)."""
@@ -141,42 +190,6 @@ class ConfusionHeatmap(QWidget):
                 f"{what}")
 
     # -- private -----------------------------------------------------------------------------------
-    def _remove_labels(self) -> None:
-        for row in self._labels:
-            for label in row:
-                self.plot.removeItem(label)
-        self._labels = []
-
-    def _make_labels(self) -> None:
-        self._remove_labels()
-        if self.counts is None or len(self.counts) > LABELLED_CLASSES:
-            return
-        shares = row_shares(self.counts)
-        for r, row in enumerate(self.counts):
-            labels = []
-            for c, count in enumerate(row):
-                colour = (255, 255, 255) if shares[r, c] < DARK_BELOW else (0, 0, 0)
-                label = pg.TextItem(str(int(count)), color=colour, anchor=(0.5, 0.5))
-                label.setPos(c, r)
-                self.plot.addItem(label)
-                labels.append(label)
-            self._labels.append(labels)
-        self._fit_labels()
-
-    def _fit_labels(self) -> None:
-        """Show the counts only when the widest one fits its cell."""
-        if not self._labels or self.counts is None:
-            return
-        n = len(self.counts)
-        metrics = QFontMetrics(self._labels[0][0].textItem.font())
-        need_w = metrics.horizontalAdvance(str(int(self.counts.max()))) + 4
-        need_h = metrics.height()
-        rect = self.plot.vb.rect()
-        fits = rect.width() / n >= need_w and rect.height() / n >= need_h
-        for row in self._labels:
-            for label in row:
-                label.setVisible(fits)
-
     def _hover(self, position: QPointF) -> None:
         if self.counts is None or not self.plot.vb.sceneBoundingRect().contains(position):
             return
