@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import sys
 
-from .events import CheckpointSaved, EvalMetrics, Event, Failed, StepMetrics, TrainingWarning, TrainResult
+from .events import CheckpointSaved, EvalMetrics, Event, Failed, Samples, StepMetrics, TrainingWarning, TrainResult
+
+SAMPLE_WIDTH = 100  # a sample's line is cut here: the terminal shows what it is, metrics.jsonl keeps it whole
 
 
 class ProgressPrinter:
@@ -31,6 +33,9 @@ class ProgressPrinter:
             extra = (f", accuracy {event.accuracy:.1%}" if event.accuracy is not None else "") + (
                 f", perplexity {event.perplexity:.2f}" if event.perplexity is not None else "")
             self._write(f"step {event.step}: validation loss {event.loss:.4f}{extra}{' (best)' if event.is_best else ''}")
+        elif isinstance(event, Samples):
+            for item in event.items:
+                self._write(f"  sample: {sample_line(item.input, item.output, item.correct)}")
         elif isinstance(event, CheckpointSaved) and event.kind != "best":
             self._write(f"step {event.step}: checkpoint {event.path}")
         elif isinstance(event, TrainingWarning):
@@ -59,3 +64,10 @@ class ProgressPrinter:
         if self._bar is not None:
             self._bar.close()
             self._bar = None
+
+
+def sample_line(given: str, output: str, correct: bool | None) -> str:
+    """One sample on one line: ``input -> output`` (classifiers: with a right/wrong mark), cut to fit."""
+    mark = "" if correct is None else (" [right]" if correct else " [wrong]")
+    text = f"{' '.join(given.split())!r} -> {' '.join(output.split())!r}{mark}"
+    return text if len(text) <= SAMPLE_WIDTH else text[:SAMPLE_WIDTH - 1] + "…"
