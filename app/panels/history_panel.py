@@ -43,7 +43,7 @@ from lora_studio.core import EvalMetrics, RunConfig, Samples
 from ..dialogs.rank_study_dialog import RankStudyDialog
 from ..state.project_files import APPLICATION, ORGANIZATION
 from ..state.run_controller import RunController
-from ..state.run_history import RunRecord, read_run, study_configs, study_points
+from ..state.run_history import RunRecord, read_run, study_configs, study_points, with_samples
 from ..state.run_queue import RunQueue
 from ..state.run_summary import run_continuation
 from ..state.session import StudioSession
@@ -344,9 +344,21 @@ class HistoryPanel(QWidget):
 
     def _on_run_event(self, event: object) -> None:
         config = self.controller.config
-        if config is not None and (isinstance(event, (EvalMetrics, Samples)) or not self._current_listed):
+        if config is None:
+            return
+        path = Path(config.output.dir).resolve()
+        if isinstance(event, Samples) and self._current_listed and path in self._records:
+            self._add_samples(path, event)  # right after its evaluation's re-read: no second read of the log
+        elif isinstance(event, EvalMetrics) or not self._current_listed:
             self._current_listed = True
-            self._reread(Path(config.output.dir))
+            self._reread(path)
+
+    def _add_samples(self, path: Path, samples: Samples) -> None:
+        self._records[path] = record = with_samples(self._records[path], samples)
+        if self.table.currentItem() is self._items.get(path):
+            self._show_details(record)
+        if self._items[path].checkState(0) == Qt.CheckState.Checked:
+            self._update_samples_comparison(self.compared())
 
     def _on_run_finished(self, result: object) -> None:
         self._reread(Path(result.run_dir))

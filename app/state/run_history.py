@@ -164,6 +164,14 @@ def earlier_samples(run_dir: str | Path, up_to: int | None) -> list[Samples]:
     return samples
 
 
+def with_samples(record: RunRecord, samples: Samples) -> RunRecord:
+    """``record`` with one more evaluation's samples (a running run's newest, without reading its log
+    again); samples of a step it holds already replace those."""
+    entries = list(record.samples)
+    _append_at(entries, samples)
+    return dataclasses.replace(record, samples=entries)
+
+
 def _append_at(entries: list, entry: Any) -> None:
     """Add a per-evaluation entry (it has a ``step``); a resumed run's repeated steps replace the old ones,
     as :func:`_append_point` does for the curves."""
