@@ -227,6 +227,7 @@ class TryPanel(QWidget):
         top_layout.addWidget(self.image_bar)
         top_layout.addWidget(controls)
         splitter = QSplitter(Qt.Orientation.Vertical)
+        self.classify_splitter, self._classify_top = splitter, top
         splitter.addWidget(top)
         splitter.addWidget(self.table)
         splitter.setStretchFactor(0, 1)
@@ -352,7 +353,8 @@ class TryPanel(QWidget):
             return
         what = {"causal-lm": "a causal language model", "image-classification": "an image classifier",
                 "sequence-classification": "a text classifier"}.get(task or "", task or "a model")
-        line = f"{source.title}: {what}, adapted beside its base (adapters off)"
+        line = (f"{source.title}: {what}, adapted beside its base (adapters off)" if source.has_adapter else
+                f"{source.title}: {what} without an adapter (merged, or fully fine-tuned): no base to compare")
         self.source_label.setText(line + (f". Note: {source.note}" if source.note else ""))
         self.source_label.setToolTip(source.folder)
         if task == "causal-lm":
@@ -363,6 +365,9 @@ class TryPanel(QWidget):
             self.inputs_edit.setVisible(not images)
             self.image_bar.setVisible(images)
             self.pages.setCurrentIndex(CLASSIFY_PAGE)
+            # Images need only their button bar above the table; texts get a box of a few lines.
+            top = self._classify_top.sizeHint().height() if images else 6 * self.fontMetrics().lineSpacing()
+            self.classify_splitter.setSizes([top, max(self.classify_splitter.height() - top, top)])
 
     def _on_busy(self, busy: bool) -> None:
         for button in (self.classify_stop, self.generate_stop):

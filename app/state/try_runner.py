@@ -35,7 +35,6 @@ from typing import Any
 import torch
 from PySide6.QtCore import QObject, Signal
 
-import lora_studio.core as core
 from lora_studio.core import (
     CancelToken,
     GeneratedPiece,
@@ -46,8 +45,9 @@ from lora_studio.core import (
     StepMetrics,
     TrainResult,
     generate_stream,
+    list_adapters,
+    load_for_inference,
     load_run_config,
-    load_trained_run,
     predict,
 )
 
@@ -59,7 +59,8 @@ LIVE, TRAINED, OPENED = "live", "trained", "opened"
 KINDS = (LIVE, TRAINED, OPENED)
 BATCH_SECONDS = 1 / 30  # streamed pieces reach the UI at most ~30 times a second
 NOTHING_TO_TRY = "Nothing to try yet: train a run, pause it, or open an adapter folder (Open adapter…)."
-RUN_FILE = "run.toml"
+RUN_FILE = "run.toml"  # a run folder's config (core's RUN_CONFIG_FILE)
+ADAPTER_CONFIG = "adapter_config.json"  # an adapter folder's (ours and PEFT's)
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,7 @@ class TrySource:
     has_chat_template: bool = False  # a causal LM whose tokenizer has a chat template
     folder: str = ""  # the run (or adapter) folder it came from
     note: str = ""  # something to know (a device fallback)
+    has_adapter: bool = True  # False for a merged export or a fully fine-tuned model: no base to compare
 
 
 @dataclass(frozen=True)
@@ -136,33 +138,34 @@ class NoModelError(RuntimeError):
     """The source went away (the run ended) before the request could borrow its model."""
 
 
+def carries_adapter(loaded: LoadedModel) -> bool:
+    """True when ``loaded`` carries an adapter to switch off (the base column needs one)."""
+    return bool(list_adapters(loaded.model))
+
+
 def has_chat_template(loaded: LoadedModel) -> bool:
     """True when ``loaded`` is a causal LM whose tokenizer carries a chat template."""
     return loaded.task == "causal-lm" and bool(getattr(loaded.tokenizer, "chat_template", None))
 
 
 def open_for_trying(path: str | Path) -> tuple[LoadedModel, RunConfig | None, str]:
-    """The model in ``path`` with its adapter, the run config it trained with (None when the folder
-    has none) and what was opened ("run folder", "adapter folder", ...).
-
-    Uses core's opener for run folders, adapter folders and merged exports when it has one
-    (``open_trained``); otherwise a run folder, or a folder inside one (``adapter/``, ``best/``)."""
-    path = Path(path)
-    opener = getattr(core, "open_trained", None)
-    if callable(opener):
-        opened = opener(path)
-        loaded = getattr(opened, "loaded", opened)
-        config = getattr(opened, "config", None)
-        return loaded, config, str(getattr(opened, "kind", "folder"))
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; choose a run folder or the adapter folder inside one")
+    """The model at ``path`` (a run folder, an adapter folder, or a merged export: core's
+    ``load_for_inference``), the run config it trained with (the folder's, or the run folder's
+    around an ``adapter/`` or ``best/`` folder; None when there is none) and what was opened."""
+    path = Path(path).expanduser()
+    loaded = load_for_inference(path)
+    config = None
+    for folder in (path, path.parent):
+        if (folder / RUN_FILE).is_file():
+            config = load_run_config(folder)
+            break
     if (path / RUN_FILE).is_file():
-        return load_trained_run(path), load_run_config(path), "run folder"
-    if (path.parent / RUN_FILE).is_file():  # adapter/ or best/ of a run
-        which = "best" if path.name == "best" else "final"
-        return load_trained_run(path.parent, which), load_run_config(path.parent), f"{path.name}/ of a run folder"
-    raise ValueError(f"{path} is not a run folder (no {RUN_FILE}) nor an adapter folder inside one; "
-                     "choose the run's folder (it holds run.toml)")
+        what = "run folder"
+    elif (path / ADAPTER_CONFIG).is_file():
+        what = "adapter folder"
+    else:
+        what = "merged export"
+    return loaded, config, what
 
 
 def readable(exc: BaseException) -> str:
@@ -248,7 +251,7 @@ class TryRunner(QObject):
             name = Path(folder).name or folder
             title = f"Opened {what} {name} ({device.describe()})"
             return _Opened(request, TrySource(OPENED, title, loaded.task, loaded, device, has_chat_template(loaded),
-                                              folder, device.note))
+                                              folder, device.note, carries_adapter(loaded)))
 
         self.sig_opening.emit(folder)
         self._launch(work, self._on_opened)
@@ -259,7 +262,7 @@ class TryRunner(QObject):
         run's, else ``auto``); for a model opened elsewhere, and for tests."""
         device = try_device_for(config)
         source = TrySource(OPENED, f"{title} ({device.describe()})", loaded.task, loaded, device,
-                           has_chat_template(loaded), folder, device.note)
+                           has_chat_template(loaded), folder, device.note, carries_adapter(loaded))
         self._sources[OPENED] = source
         self._announce(OPENED)
         return source
@@ -427,7 +430,8 @@ class TryRunner(QObject):
         ended = f", {result.status.replace('-', ' ')} at step {result.steps}" if result is not None else ""
         title = f"Finished run {name}{ended} ({device.describe()})"
         self._sources[TRAINED] = TrySource(TRAINED, title, model.task, model, device, has_chat_template(model),
-                                           config.output.dir if config is not None else "", device.note)
+                                           config.output.dir if config is not None else "", device.note,
+                                           carries_adapter(model))
         self._announce(TRAINED)
 
     def _announce(self, kind: str) -> None:

@@ -170,9 +170,18 @@ def test_a_run_folder_opens_on_its_training_device(qtbot, runner, tmp_path) -> N
         runner.open_folder(result.run_dir)
     source = changed.args[0]
     assert source.kind == OPENED and source.task == "image-classification" and "cpu" in source.title
+    assert source.title.startswith("Opened run folder run (") and source.has_adapter
     images = digit_images(tmp_path / "digits", "17")
     outcome = _predicted(qtbot, runner, images)
     _same(outcome.predictions, predict(source.loaded, images, top_k=3))
+    # The adapter folder inside it: the adapter on its base, on the device of the run around it.
+    with qtbot.waitSignal(runner.sig_source_changed, timeout=TIMEOUT_MS) as changed:
+        runner.open_folder(Path(result.run_dir) / "adapter")
+    adapter = changed.args[0]
+    assert adapter.title.startswith("Opened adapter folder adapter (cpu") and adapter.loaded is not source.loaded
+    outcome = _predicted(qtbot, runner, images)
+    _same(outcome.predictions, predict(adapter.loaded, images, top_k=3))
+    _base_is_adapters_off(adapter.loaded, images, outcome.predictions)
 
 
 def test_the_device_follows_the_run_config() -> None:
