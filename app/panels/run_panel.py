@@ -102,11 +102,15 @@ class RunPanel(QWidget):
         self.controller.sig_run_finished.connect(self._on_finished)
         self.controller.sig_error.connect(self._on_error)
         self.controller.sig_earlier_events.connect(self._on_earlier_events)
+        config_changed = getattr(session, "sig_config_changed", None)
+        if config_changed is not None:  # a demo or model of another kind loaded: before its first run
+            config_changed.connect(self._on_config_changed)
         validity = getattr(session, "sig_validity_changed", None)
         if validity is not None:  # a stand-in session without validation: every config counts as valid
             validity.connect(self._on_validity)
         reason = getattr(session, "config_error", "") or ""  # e.g. "No model loaded": the tooltip says why
         self._on_validity(bool(getattr(session, "is_valid", lambda: True)()), reason)
+        self._on_config_changed(getattr(session, "config", None))
         self._on_state(self.controller.state)
 
     # -- public API --------------------------------------------------------------------------------
@@ -211,7 +215,6 @@ class RunPanel(QWidget):
         self.side_tabs.setTabToolTip(self.samples_tab, "What the model does with the run's fixed samples "
                                                        "at each evaluation ([samples] in the config)")
         self.side_tabs.setTabToolTip(self.confusion_tab, "Which classes the model confuses, at the latest evaluation")
-        self._show_confusion_tab(getattr(getattr(self.session, "config", None), "data", None))
         bottom = QSplitter(Qt.Orientation.Horizontal)
         bottom.addWidget(self.norms_view)
         bottom.addWidget(self.side_tabs)
@@ -350,6 +353,13 @@ class RunPanel(QWidget):
         box.finished.connect(self._forget_dialog)
         self.error_dialog = box
         box.open()
+
+    def _on_config_changed(self, config: object) -> None:
+        """While nothing runs, the panes match the config the next run will train."""
+        if self.controller.state == IDLE and isinstance(config, RunConfig):
+            self._show_confusion_tab(config.data)
+            if self.samples_view.is_empty() and not self.samples_view.history:
+                self.samples_view.clear(samples_note(config))
 
     def _show_confusion_tab(self, data: object) -> None:
         """The confusion matrix is a classifier's: its tab is hidden for a language model."""

@@ -111,6 +111,10 @@ def test_the_confusion_tab_is_a_classifiers(qtbot, tmp_path) -> None:
         qtbot.addWidget(panel)
         shown.append(panel.side_tabs.isTabVisible(panel.confusion_tab))
     assert shown == [True, False]
+    assert panel.samples_view.empty_label.text() == samples_note(language)
+    panel.session.set_config(digits)  # another kind of model before the next run: the panes follow
+    assert panel.side_tabs.isTabVisible(panel.confusion_tab)
+    assert panel.samples_view.empty_label.text() == samples_note(digits)
 
 
 def test_two_runs_samples_line_up_by_input_with_differences_marked(qtbot) -> None:
