@@ -451,8 +451,12 @@ class TryPanel(QWidget):
 
     # -- drag and drop ------------------------------------------------------------------------------
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:  # noqa: N802 (Qt's name)
-        if event.mimeData().hasUrls():
+        # Images and folders are the tab's; anything else (a project file) is left to the window.
+        paths = [Path(url.toLocalFile()) for url in event.mimeData().urls() if url.isLocalFile()]
+        if any(p.is_dir() or p.suffix.lower() in IMAGE_SUFFIXES for p in paths):
             event.acceptProposedAction()
+        else:
+            event.ignore()
 
     def dropEvent(self, event: QDropEvent) -> None:  # noqa: N802
         paths = [url.toLocalFile() for url in event.mimeData().urls() if url.isLocalFile()]

@@ -5,19 +5,30 @@ empty tab says what to do, errors are readable lines, and the window offers ever
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 from pathlib import Path
 
 import pytest
+import torch
 from PySide6.QtCore import Qt
 from short_runs import short_digits
 from studio_window import open_digits_window
-from test_try_models import TEXTS, digit_images, digits_model, story_model, text_model
+from test_try_models import TEXTS, digit_images, digits_model, nudged, story_model, text_model
 
 from lora_studio.app.panels.try_panel import CLASSIFY_PAGE, EMPTY_PAGE, GENERATE_PAGE, TryPanel
 from lora_studio.app.state.session import StudioSession
 from lora_studio.app.state.try_runner import LIVE
-from lora_studio.app.widgets.prediction_table import ADAPTED, BASE, CHANGED, CHANGED_MARK, INPUT, format_scores
-from lora_studio.core import DEMOS, GenerationSettings, generate_text, predict
+from lora_studio.app.widgets.prediction_table import (
+    ADAPTED,
+    BASE,
+    CHANGED,
+    CHANGED_MARK,
+    INPUT,
+    format_scores,
+    format_side,
+)
+from lora_studio.core import DEMOS, GenerationSettings, LoadedModel, generate_text, predict
 
 TIMEOUT_MS = 60_000
 
@@ -191,3 +202,50 @@ def test_the_window_still_fits_1280x720_with_each_try_page(qtbot, tmp_path) -> N
         assert hint.width() <= 1280 and hint.height() <= 720, (page, hint)
         assert (window.width(), window.height()) == (1280, 720)
     window.try_panel.grab().save(str(tmp_path / "try.png"))
+
+
+class _Custom(torch.nn.Module):
+    """A custom factory model: its own preprocess (a text's letter counts), four unnamed outputs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.body = torch.nn.Linear(26, 4)
+
+    def studio_preprocess(self, items: list) -> torch.Tensor:
+        return torch.stack([torch.bincount(torch.tensor([ord(c) - 97 for c in s.lower() if c.isalpha() and
+                                                         c.isascii()] or [0]), minlength=26)[:26].float()
+                            for s in items])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.body(x)
+
+
+def test_a_custom_model_without_labels_shows_its_raw_outputs(qtbot, panel) -> None:
+    loaded = nudged(LoadedModel(model=_Custom(), task="sequence-classification", forward_style="pixels"), ["body"],
+                    scale=2.0)
+    panel.runner.try_model(loaded, "A factory model")
+    panel.inputs_edit.setPlainText("\n".join(TEXTS))
+    _run_and_wait_for_table(qtbot, panel)
+    expected = predict(loaded, TEXTS, top_k=3)
+    assert all(p.adapted_raw is not None and p.base_raw is not None for p in expected)
+    table = panel.table
+    for row, want in enumerate(expected):
+        assert table.cell_text(row, ADAPTED) == format_side(want.adapted, want.adapted_raw)
+        assert table.cell_text(row, BASE) == format_side(want.base, want.base_raw)
+        if not want.adapted:
+            assert table.cell_text(row, ADAPTED).startswith(f"shape 4 · argmax {want.adapted_raw.argmax}")
+            assert (table.cell_text(row, CHANGED) == CHANGED_MARK) == (want.adapted_raw.argmax != want.base_raw.argmax)
+
+
+def test_the_chat_template_box_shows_only_for_a_tokenizer_with_one(qtbot, panel) -> None:
+    plain = story_model()
+    tokenizer = copy.deepcopy(plain.tokenizer)
+    tokenizer.chat_template = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    chat = dataclasses.replace(plain, tokenizer=tokenizer)
+    panel.runner.try_model(chat, "Story demo with a chat template")
+    assert not panel.chat_template.isHidden() and panel.chat_template.isChecked()
+    panel.chat_template.setChecked(False)
+    assert panel.generation_settings().chat_template is False
+    panel.runner.try_model(plain, "Story demo")
+    assert panel.chat_template.isHidden() and panel.generation_settings().chat_template is True
