@@ -271,7 +271,8 @@ class TryPanel(QWidget):
         self.generate_stop = QPushButton("Stop")
         self.generate_stop.setToolTip("Stop generating (within one token); the text so far stays")
         self.generate_stop.clicked.connect(self.stop)
-        controls = flow_bar(_labelled("Max new tokens", self.max_new_tokens), _labelled("Temperature", self.temperature),
+        controls = flow_bar(_labelled("Max new tokens", self.max_new_tokens),
+                            _labelled("Temperature", self.temperature),
                             _labelled("Top-p", self.top_p), _labelled("Seed", self.seed), self.chat_template,
                             self.generate_run, self.generate_stop)
         self.generation = GenerationView()

@@ -19,6 +19,10 @@ Each request (:meth:`TryRunner.predict`, :meth:`TryRunner.generate`) runs core's
 are dropped), :meth:`TryRunner.stop` ends a generation within one token.  One lock lets one
 request at a time touch a model (eval mode and disabled adapters are the model's state, not the
 call's).  Streamed pieces come in batches of at most ~1/30 s, so a fast model cannot flood the UI.
+
+What the workers need is imported at the top (PIL for images included): a worker thread that
+imports a module for the first time through PySide's import hook deadlocked against the UI thread
+before.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image  # noqa: F401 - imported here, not first by a worker (see below)
 from PySide6.QtCore import QObject, Signal
 
 from lora_studio.core import (
@@ -310,7 +315,7 @@ class TryRunner(QObject):
             texts: dict[str, list[str]] = {"adapted": [], "base": []}
             try:
                 with self._model_of(source) as (loaded, device, step):
-                    for batch in _batched(generate_stream(loaded, prompt, settings, device=device.device,
+                    for batch in batched_pieces(generate_stream(loaded, prompt, settings, device=device.device,
                                                           autocast=device.autocast, cancel=request.cancel),
                                           request.cancel):
                         for piece in batch:
@@ -549,11 +554,13 @@ def _move_to(loaded: LoadedModel, device: torch.device) -> None:
         loaded.model.to(device)
 
 
-def _batched(pieces: Iterator[GeneratedPiece], cancel: CancelToken) -> Iterator[tuple[GeneratedPiece, ...]]:
-    """``pieces`` in batches at most :data:`BATCH_SECONDS` apart (and the rest at the end).  After a
-    cancel, one more piece per side at most (each side's ``done`` marker), then the stream is left."""
+def batched_pieces(pieces: Iterator[GeneratedPiece], cancel: CancelToken, *,
+                   clock: Callable[[], float] = time.monotonic) -> Iterator[tuple[GeneratedPiece, ...]]:
+    """``pieces`` in batches: a batch goes out once :data:`BATCH_SECONDS` passed since the last one
+    (a slow model's every piece at once), the rest at the end.  After a cancel, two more pieces at
+    most (each side's ``done`` marker), then the stream is left."""
     batch: list[GeneratedPiece] = []
-    last = time.monotonic()
+    last = clock()
     after_cancel = 0
     for piece in pieces:
         if cancel.cancelled:
@@ -561,7 +568,7 @@ def _batched(pieces: Iterator[GeneratedPiece], cancel: CancelToken) -> Iterator[
             if after_cancel > 2:
                 break
         batch.append(piece)
-        now = time.monotonic()
+        now = clock()
         if now - last >= BATCH_SECONDS:
             yield tuple(batch)
             batch, last = [], now

@@ -78,7 +78,8 @@ def test_a_text_classifier_shows_core_predictions_for_both_sides(qtbot, panel) -
     loaded = text_model()
     panel.runner.try_model(loaded, "MiniLM with a nudged adapter")
     assert _page(panel) == CLASSIFY_PAGE and panel.inputs_edit.isVisible() and not panel.image_bar.isVisible()
-    assert "MiniLM with a nudged adapter" in panel.source_label.text() and "text classifier" in panel.source_label.text()
+    line = panel.source_label.text()
+    assert "MiniLM with a nudged adapter" in line and "text classifier" in line
     assert panel.source_combo.currentText().startswith("MiniLM with a nudged adapter")
     panel.inputs_edit.setPlainText("\n".join(TEXTS[:2]) + "\n\n   \n" + "\n".join(TEXTS[2:]))  # blank lines skipped
     panel.top_k.setValue(2)
@@ -194,7 +195,8 @@ def test_the_window_still_fits_1280x720_with_each_try_page(qtbot, tmp_path) -> N
     window.resize(1280, 720)
     window.tabs.setCurrentWidget(window.try_panel)
     runner = window.try_panel.runner
-    for loaded, page in ((story_model(), GENERATE_PAGE), (digits_model(), CLASSIFY_PAGE), (text_model(), CLASSIFY_PAGE)):
+    pages = ((story_model(), GENERATE_PAGE), (digits_model(), CLASSIFY_PAGE), (text_model(), CLASSIFY_PAGE))
+    for loaded, page in pages:
         runner.try_model(loaded, "a model")
         qtbot.wait(20)
         assert _page(window.try_panel) == page

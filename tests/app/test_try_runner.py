@@ -15,9 +15,18 @@ from test_try_models import TEXTS, digit_images, digits_model, story_model, text
 
 import lora_studio.app.state.try_runner as try_runner_module
 from lora_studio.app.state.run_controller import IDLE, PAUSED, RunController
-from lora_studio.app.state.try_runner import LIVE, NOTHING_TO_TRY, OPENED, TRAINED, TryRunner
 from lora_studio.app.state.try_device import autocast_for, try_device_for
-from lora_studio.core import GenerationSettings, RunConfig, disable_adapters, generate_text, predict, train
+from lora_studio.app.state.try_runner import LIVE, NOTHING_TO_TRY, OPENED, TRAINED, TryRunner, batched_pieces
+from lora_studio.core import (
+    CancelToken,
+    GeneratedPiece,
+    GenerationSettings,
+    RunConfig,
+    disable_adapters,
+    generate_text,
+    predict,
+    train,
+)
 
 TIMEOUT_MS = 60_000
 TOLERANCE = 1e-6
@@ -235,3 +244,29 @@ def test_a_short_run_ends_with_its_trained_model_as_the_only_source(qtbot, runne
     finally:
         controller.stop_and_wait(TIMEOUT_MS)
         assert tried.wait_idle(TIMEOUT_MS)
+
+
+def test_pieces_reach_the_ui_at_most_thirty_times_a_second_and_end_after_a_cancel() -> None:
+    now = [0.0]
+
+    def pieces(count: int, step_s: float):
+        for i in range(count):
+            now[0] += step_s
+            yield GeneratedPiece("adapted" if i % 2 == 0 else "base", f"t{i}", i // 2)
+
+    fast = list(batched_pieces(pieces(300, 0.001), CancelToken(), clock=lambda: now[0]))  # 1000 pieces a second
+    assert [p.text for batch in fast for p in batch] == [f"t{i}" for i in range(300)]  # all, in order
+    assert len(fast) <= 0.3 * 30 + 1  # 0.3 s of pieces: at most ~30 batches a second
+    now[0] = 0.0
+    slow = list(batched_pieces(pieces(5, 0.5), CancelToken(), clock=lambda: now[0]))  # two a second: each at once
+    assert [len(batch) for batch in slow] == [1] * 5
+    cancel = CancelToken()
+
+    def cancelled_after(count: int):
+        for i, piece in enumerate(pieces(100, 0.001)):
+            if i == count:
+                cancel.cancel()
+            yield piece
+
+    kept = [p for batch in batched_pieces(cancelled_after(10), cancel, clock=lambda: now[0]) for p in batch]
+    assert 10 <= len(kept) <= 12
