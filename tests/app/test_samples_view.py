@@ -185,3 +185,20 @@ def test_the_summary_names_the_classes_that_improved_most() -> None:
     assert classes_line(worse) == "Improved most: 7 (40% → 95%), 1 (62% → 90%)  ·  worse: 4 (90% → 80%)"
     assert classes_line([ClassChange("0", 0.5, 0.5)]) == "No class improved its recall"
     assert classes_line(()) == ""  # not a classifier, or a single evaluation
+
+
+def test_an_extended_run_keeps_its_earlier_samples(panel, qtbot, tmp_path) -> None:
+    run = tmp_path / "run"
+    events: list = []
+    panel.controller.sig_event.connect(events.append)
+    with qtbot.waitSignal(panel.sig_run_finished, timeout=RUN_TIMEOUT_MS):
+        panel.start_run(short_digits(run, steps=4, eval_every=2))
+    first = [e for e in events if isinstance(e, Samples)]
+    assert [s.step for s in first] == [0, 2, 4]
+    with qtbot.waitSignal(panel.sig_run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+        panel.continue_run(run, extra_steps=2)
+    assert finished.args[0].status == "finished"
+    view = panel.samples_view
+    assert view.history[:3] == first  # read back from the folder when the run continued
+    assert view.steps()[-1] == 6 and view.shown_step() == 6
+    assert view.history[-1] == [e for e in events if isinstance(e, Samples)][-1]
