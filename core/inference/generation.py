@@ -47,6 +47,7 @@ class GenerationSettings:
     top_p: float = 0.95
     seed: int = 0
     chat_template: bool = True  # wrap the prompt in the tokenizer's chat template when it has one
+    stop_at_end_of_text: bool = True  # False: always max_new_tokens tokens (benchmarks, fixed-length samples)
 
     def problem(self) -> str | None:
         """What is wrong with these settings, naming the field, or None."""
@@ -114,8 +115,10 @@ def generate_stream(
 def _stream(loaded: LoadedModel, prompt_ids: torch.Tensor, settings: GenerationSettings, sides: list[str],
             device: torch.device, autocast, cancel: Any, limit: int | None) -> Iterator[GeneratedPiece]:
     model, tokenizer = loaded.model, loaded.tokenizer
-    stop_ids = eos_token_ids(loaded)
-    cache_name = cache_argument(model)
+    stop_ids = eos_token_ids(loaded) if settings.stop_at_end_of_text else set()
+    parameters = forward_parameters(model)
+    cache_name = cache_argument(parameters)
+    options = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}  # the last position's only
     most = settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - prompt_ids.shape[1])
     states = [_Side(which, prompt_ids, settings.seed) for which in sides]
     while True:
@@ -129,7 +132,7 @@ def _stream(loaded: LoadedModel, prompt_ids: torch.Tensor, settings: GenerationS
                         s.done = True
                         yield GeneratedPiece(s.which, s.flush(tokenizer), len(s.ids), done=True)
                 return
-            token = _next_token(model, side, settings, autocast, cache_name)
+            token = _next_token(model, side, settings, autocast, cache_name, options)
             index = len(side.ids)
             if token in stop_ids:
                 side.done = True
@@ -224,20 +227,25 @@ class _Side:
         return new
 
 
-def cache_argument(model: torch.nn.Module) -> str:
+def forward_parameters(model: torch.nn.Module) -> set[str]:
+    """The names the model's forward takes (empty when its signature cannot be read)."""
+    try:
+        return set(inspect.signature(model.forward).parameters)
+    except (TypeError, ValueError):
+        return set()
+
+
+def cache_argument(parameters: set[str]) -> str:
     """The name the model's forward takes its KV cache by: ``cache`` (transformers 5.x) or
     ``past_key_values`` (earlier, and most remote-code models); outputs carry it by the same name."""
-    try:
-        parameters = inspect.signature(model.forward).parameters
-    except (TypeError, ValueError):
-        return "past_key_values"
     return "cache" if "cache" in parameters else "past_key_values"
 
 
-def _next_token(model: torch.nn.Module, side: _Side, settings: GenerationSettings, autocast, cache_name: str) -> int:
+def _next_token(model: torch.nn.Module, side: _Side, settings: GenerationSettings, autocast, cache_name: str,
+                options: dict[str, Any]) -> int:
     """One forward of ``side`` (its adapters toggled for it) with its cache, and the token it picks."""
     with inference_mode(model), side_context(model, side.which), autocast_or_nothing(autocast):
-        out = model(input_ids=side.next_input, use_cache=True, **{cache_name: side.past})
+        out = model(input_ids=side.next_input, use_cache=True, **{cache_name: side.past}, **options)
     side.past = getattr(out, cache_name)
     return pick_token(out.logits[0, -1].float(), settings, side.generator)
 

@@ -35,16 +35,18 @@ def inference_mode(model: nn.Module) -> Iterator[None]:
     Plain ``torch.no_grad`` rather than ``inference_mode``: a live training model is borrowed
     between steps, and tensors a module caches under inference mode could not be saved for
     backward afterwards.  Modes are restored module by module, so a frozen sub-module the user
-    keeps in eval mode stays so.
+    keeps in eval mode stays so.  The flags are set directly (what ``Module.eval`` does, without its
+    per-module call): this runs around every generated token.
     """
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
+    training = [module for module in model.modules() if module.training]
+    for module in training:  # only the ones in training mode: a model already in eval costs one walk
+        module.training = False
     try:
         with torch.no_grad():
             yield
     finally:
-        for module, training in modes:
-            module.training = training
+        for module in training:
+            module.training = True
 
 
 def side_context(model: nn.Module, which: str) -> AbstractContextManager:
