@@ -22,6 +22,7 @@ from lora_studio.core import (
     GeneratedPiece,
     GenerationSettings,
     RunConfig,
+    demo_config,
     disable_adapters,
     generate_text,
     predict,
@@ -270,3 +271,35 @@ def test_pieces_reach_the_ui_at_most_thirty_times_a_second_and_end_after_a_cance
 
     kept = [p for batch in batched_pieces(cancelled_after(10), cancel, clock=lambda: now[0]) for p in batch]
     assert 10 <= len(kept) <= 12
+
+
+def test_a_paused_story_run_generates_with_its_own_model(qtbot, tmp_path) -> None:
+    story_model()  # skips without the story demo
+    config = demo_config("story", output_dir=tmp_path / "story", steps=200)
+    config = config.replace(training=dataclasses.replace(config.training, eval_every=0, eval_at_start=False,
+                                                          log_every=1, device="cpu", batch_size=4),
+                            data=dataclasses.replace(config.data, max_length=64))
+    controller = RunController()
+    tried = TryRunner(controller)
+    settings = GenerationSettings(max_new_tokens=8, temperature=0.0)
+    try:
+        controller.start(config)
+        qtbot.waitUntil(lambda: controller.live_model is not None and controller.live_model.step >= 2,
+                        timeout=TIMEOUT_MS)
+        controller.pause()
+        qtbot.waitUntil(lambda: tried.current() is not None and tried.current().kind == LIVE, timeout=TIMEOUT_MS)
+        assert tried.current().task == "causal-lm"
+        with qtbot.waitSignal(tried.sig_generation_finished, timeout=TIMEOUT_MS) as finished:
+            tried.generate("Once upon a time", settings)
+        with controller.live_model.borrow() as parts:  # paused: the weights it generated with
+            assert parts.step == finished.args[0].step
+            expected = generate_text(parts.loaded, "Once upon a time", settings, device=parts.device,
+                                     autocast=parts.autocast)
+            training = parts.loaded.model.training
+        assert finished.args[0].texts == expected
+        assert training, "trying the model must give it back in training mode"
+    finally:
+        if controller.state == PAUSED:
+            controller.resume()
+        controller.stop_and_wait(TIMEOUT_MS)
+        assert tried.wait_idle(TIMEOUT_MS)
