@@ -23,7 +23,6 @@ trainer lends its model through it between steps, and the Try tab borrows it dur
 from __future__ import annotations
 
 import dataclasses
-import inspect
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -145,7 +144,7 @@ class RunController(QObject):
         """Train ``config`` on a worker thread; raises RuntimeError while another run is going."""
         cancel = self._begin(config, continuing=False)
         live = self._live
-        self._launch(_run_and_load(lambda on_event: train(config, on_event, cancel, **_lending(train, live))))
+        self._launch(_run_and_load(lambda on_event: train(config, on_event, cancel, live=live)))
 
     def continue_run(self, run_dir: str | Path, extra_steps: int = 0) -> RunConfig:
         """Resume the run in ``run_dir`` from its newest checkpoint, ``extra_steps`` past its end
@@ -166,7 +165,7 @@ class RunController(QObject):
             events, from_step = earlier_events(folder)
             steps = [e.step for e in events]
             on_event(EarlierEvents(events, from_step if from_step is not None else max(steps, default=0)))
-            return resume_run(folder, on_event, cancel, extra_steps=extra_steps, **_lending(resume_run, live))
+            return resume_run(folder, on_event, cancel, extra_steps=extra_steps, live=live)
 
         self.sig_run_continued.emit(folder)
         self._launch(_run_and_load(work))
@@ -283,16 +282,6 @@ class RunController(QObject):
         self._cancel = None
         self._set_state(IDLE)
         self.sig_run_finished.emit(result)
-
-
-def _lending(engine: Callable[..., TrainResult], live: LiveModel | None) -> dict[str, LiveModel]:
-    """``{"live": live}`` when the engine call lends its model through a LiveModel (``train(...,
-    live=)``), else nothing: an engine without it still trains, only the Try tab has no live source."""
-    try:
-        accepts = "live" in inspect.signature(engine).parameters
-    except (TypeError, ValueError):
-        accepts = False
-    return {"live": live} if accepts and live is not None else {}
 
 
 def _run_and_load(

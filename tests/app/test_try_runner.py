@@ -303,3 +303,27 @@ def test_a_paused_story_run_generates_with_its_own_model(qtbot, tmp_path) -> Non
             controller.resume()
         controller.stop_and_wait(TIMEOUT_MS)
         assert tried.wait_idle(TIMEOUT_MS)
+
+
+def test_an_extended_run_lends_its_model_too(qtbot, tmp_path) -> None:
+    result = train(short_digits(tmp_path / "run", steps=3, checkpoint_every=3))
+    assert result.status == "finished"
+    controller = RunController()
+    tried = TryRunner(controller)
+    try:
+        controller.continue_run(result.run_dir, extra_steps=400)
+        qtbot.waitUntil(lambda: controller.live_model is not None and controller.live_model.step >= 5,
+                        timeout=TIMEOUT_MS)
+        controller.pause()
+        qtbot.waitUntil(lambda: tried.current() is not None and tried.current().kind == LIVE, timeout=TIMEOUT_MS)
+        images = digit_images(tmp_path / "digits", "19")
+        outcome = _predicted(qtbot, tried, images)
+        assert outcome.step >= 5
+        with controller.live_model.borrow() as parts:
+            expected = predict(parts.loaded, images, top_k=3, device=parts.device, autocast=parts.autocast)
+        _same(outcome.predictions, expected)
+    finally:
+        if controller.state == PAUSED:
+            controller.resume()
+        controller.stop_and_wait(TIMEOUT_MS)
+        assert tried.wait_idle(TIMEOUT_MS)
