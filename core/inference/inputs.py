@@ -9,8 +9,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from PIL import Image
 
 from ..data.image_folder import check_image_file
+from ..data.table_files import read_rows
 from ..models import LoadedModel
 
 MODEL_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -76,8 +78,6 @@ def image_tensor(loaded: LoadedModel, item: Any) -> torch.Tensor:
 
 
 def _open_image(path: Path):
-    from PIL import Image
-
     if not path.is_file():
         raise ValueError(f"image {path} does not exist" if not path.exists() else f"image {path} is not a file")
     reason = check_image_file(path)  # the data's own image check: the same words as the data panel
@@ -88,14 +88,24 @@ def _open_image(path: Path):
         return image.copy()
 
 
+def pixels_of(image) -> torch.Tensor:
+    """A PIL image's pixels as a float CHW tensor in [0, 1] (8-bit modes; others via RGB).
+
+    Written here rather than torchvision's ``to_tensor``: nothing is imported lazily on the
+    window's worker thread (imports there have deadlocked against PySide's import hook)."""
+    if image.mode not in ("L", "RGB", "RGBA", "LA", "CMYK"):
+        image = image.convert("RGB")
+    data = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+    width, height = image.size
+    return data.view(height, width, len(image.getbands())).permute(2, 0, 1).float().div(255.0).contiguous()
+
+
 def _transformed(loaded: LoadedModel, image) -> torch.Tensor:
     image = image.convert(loaded.image_mode)
     if loaded.image_transform is not None:
         out = loaded.image_transform(image)
     else:  # a custom model without preprocessing: the pixels in [0, 1], CHW
-        from torchvision.transforms.functional import to_tensor
-
-        out = to_tensor(image)
+        out = pixels_of(image)
     if not isinstance(out, torch.Tensor):
         raise ValueError(f"the model's image transform returned a {type(out).__name__}, not a tensor")
     return out
@@ -109,8 +119,6 @@ def inputs_from_table(path: str | Path, *, column: str | None = None, images: bo
     """The inputs listed in a ``.csv`` or ``.jsonl`` file: the ``column`` given, else the first of
     text/sentence/image/path/file/input/prompt it has, else its only column.  ``images``: the
     values are image paths, relative ones to the file's own folder."""
-    from ..data.table_files import read_rows
-
     path = Path(path)
     rows = read_rows(path)
     names = list(rows[0])

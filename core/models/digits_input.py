@@ -19,9 +19,9 @@ _INK_THRESHOLD = 0.5  # a pixel with at least half the strongest ink belongs to 
 
 def digits_image_transform(image) -> torch.Tensor:
     """A PIL image (any mode, any size) as the digits model's ``[1, 8, 8]`` float input in [0, 1]."""
-    from torchvision.transforms.functional import pil_to_tensor
-
-    gray = pil_to_tensor(image.convert("L"))[0].float() / 255.0
+    width, height = image.size
+    gray = torch.frombuffer(bytearray(image.convert("L").tobytes()), dtype=torch.uint8).view(height, width)
+    gray = gray.float() / 255.0  # no torchvision: nothing imported lazily on the window's worker thread
     border = torch.cat([gray[0], gray[-1], gray[:, 0], gray[:, -1]])
     ink = 1.0 - gray if float(border.median()) > 0.5 else gray  # the data's ink is light on dark
     if tuple(ink.shape) != (DIGITS_SIZE, DIGITS_SIZE):

@@ -19,7 +19,8 @@ import torch
 from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, load_adapter, read_adapter_folder
 from ..disk.merged_export import sidecar_path_for
 from ..disk.safe_loading import load_safetensors
-from ..models import LoadedModel, load_model
+from ..models import LoadedModel, load_model, load_transformers
+from ..models.transformers_models import load_config
 from ..run_config import MODEL_SOURCES, ModelConfig
 from .checkpoint import latest_checkpoint
 from .setup import build_model
@@ -129,8 +130,6 @@ def _base_spec(spec: str, *, task: str | None, field: str) -> ModelConfig:
 
 
 def _task_of_transformers(name: str, field: str) -> str:
-    from ..models.transformers_models import load_config
-
     try:
         config = load_config(name)
     except (OSError, ValueError) as exc:
@@ -164,8 +163,6 @@ def _saved_head_width(loaded: LoadedModel, tensors: dict[str, torch.Tensor]) -> 
 
 # -- merged exports ----------------------------------------------------------------------------
 def _transformers_folder(folder: Path) -> LoadedModel:
-    from ..models.transformers_models import load_transformers
-
     task = _task_of_transformers(str(folder), str(folder / "config.json"))
     return load_transformers(str(folder), task=task)
 
