@@ -32,7 +32,14 @@ from typing import Any
 import torch
 
 from ..models import LoadedModel
-from .running import autocast_or_nothing, inference_mode, is_cancelled, model_device, side_context
+from .running import (
+    autocast_or_nothing,
+    has_merged_adapter,
+    inference_mode,
+    is_cancelled,
+    model_device,
+    side_context,
+)
 
 WHICH = ("adapted", "base")
 
@@ -103,6 +110,11 @@ def generate_stream(
         raise ValueError(f"generate needs a causal language model with a tokenizer; this model's task is "
                          f"{loaded.task} (use predict for classifiers)")
     model = loaded.model
+    if "base" in sides and has_merged_adapter(model):
+        # disable_adapters would take the update out of the weights and put it back around every base
+        # token: slow, and each round trip rounds the base weights once more.
+        raise ValueError("the model's adapter is merged into its weights; unmerge it to compare with the base, "
+                         "or generate the adapted side only")
     device = device or model_device(model)
     limit = position_limit(model)
     prompt_ids = prompt_token_ids(loaded, prompt, settings)

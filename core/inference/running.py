@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ..adapter.lifecycle import adapted_root, disable_adapters
+from ..layers import adapter_layers
 
 SIDES = ("adapted", "base")
 
@@ -26,6 +27,11 @@ def model_device(model: nn.Module) -> torch.device:
 def has_adapter(model: nn.Module) -> bool:
     """True when adapters are attached to ``model`` (or to the one sub-module they were attached to)."""
     return adapted_root(model) is not None
+
+
+def has_merged_adapter(model: nn.Module) -> bool:
+    """True when some adapted layer has an adapter merged into its base weights."""
+    return any(layer.merged for _, layer in adapter_layers(model))
 
 
 @contextmanager

@@ -184,3 +184,15 @@ def test_long_prompt_keeps_its_end_and_stops_at_the_position_limit(tokenizer):
     assert len(tokenizer(prompt)["input_ids"]) > 64
     pieces = list(generate_stream(loaded, prompt, GenerationSettings(max_new_tokens=30, temperature=0)))
     assert len(_ids(pieces, "adapted")) == 1 and pieces[-1].done
+
+
+def test_a_merged_adapter_generates_the_adapted_side_only(tokenizer):
+    from lora_studio.core import merge
+
+    loaded = _gpt2(tokenizer, eos=299)
+    settings = GenerationSettings(max_new_tokens=6, temperature=0)
+    before = _ids(list(generate_stream(loaded, PROMPT, settings, sides=("adapted",))), "adapted")
+    merge(loaded.model)
+    with pytest.raises(ValueError, match="merged"):
+        generate_stream(loaded, PROMPT, settings)
+    assert _ids(list(generate_stream(loaded, PROMPT, settings, sides=("adapted",))), "adapted") == before
