@@ -250,3 +250,44 @@ def test_predict_and_generate_have_help(capsys):
             main([command, "--help"])
         assert exit_info.value.code == 0
         assert "--base-model" in capsys.readouterr().out
+
+
+# -- the story demo: a causal-LM run folder ------------------------------------------------------------
+@pytest.fixture(scope="module")
+def story_run(tmp_path_factory) -> Path:
+    import dataclasses
+
+    from lora_studio.core.demo import demo_config
+    from lora_studio.core.run_config import SamplesConfig
+
+    out = tmp_path_factory.mktemp("story") / "run"
+    try:
+        config = demo_config("story", output_dir=out, steps=3)
+    except (ValueError, FileNotFoundError):
+        pytest.skip("the story demo is not in this checkout")
+    config = config.replace(
+        data=dataclasses.replace(config.data, max_length=48),
+        training=dataclasses.replace(config.training, batch_size=4, eval_every=0, eval_at_start=False, lr=5e-2,
+                                     device="cpu"),
+        samples=SamplesConfig())
+    assert train(config, lambda event: None, CancelToken()).status == "finished"
+    return out
+
+
+def test_generate_on_a_story_run_is_the_trained_model_and_its_pretrained_base(capsys, story_run):
+    from lora_studio.core.inference import GenerationSettings, generate_text
+    from lora_studio.core.models import load_demo_model
+
+    n, prompt = 12, "Once upon a time"
+    result = _json(capsys, "generate", story_run, prompt, "--temperature", "0", "--max-new-tokens", n, "--base")
+    trained = load_for_inference(story_run)
+    assert trained.label_names is None and trained.task == "causal-lm"
+    greedy = GenerationSettings(max_new_tokens=n, temperature=0)
+    assert result["adapted"] == generate_text(trained, prompt, greedy, sides=("adapted",))["adapted"]
+    pretrained = load_demo_model("story")  # the base: the demo model as shipped, no adapter
+    tokenizer = pretrained.tokenizer
+    ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        out = pretrained.model.eval().generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
+                                               max_new_tokens=n, pad_token_id=tokenizer.pad_token_id)
+    assert result["base"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
