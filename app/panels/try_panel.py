@@ -87,6 +87,7 @@ class TryPanel(QWidget):
         self.runner = runner or TryRunner(RunController.for_session(session), parent=self)
         self.images: list[str] = []
         self._task: str | None = None
+        self._source_key: tuple | None = None  # which model the results shown belong to
         self.setAcceptDrops(True)
         self._build()
         self.runner.sig_sources_changed.connect(self._on_sources)
@@ -344,10 +345,16 @@ class TryPanel(QWidget):
                 self.source_combo.setCurrentIndex(index)
                 self.source_combo.blockSignals(False)
         task = source.task if source is not None else None
-        if task != self._task:  # another kind of model: the old results do not belong to it
-            self.table.clear_rows()
+        key = (source.kind, id(source.loaded), source.folder) if source is not None else None
+        if key != self._source_key:  # another model: the results shown are not its
+            if self.images and task == "image-classification":
+                self.table.show_inputs(self.images, images=True)
+            else:
+                self.table.clear_rows()
             self.generation.clear()
-        self._task = task
+            if self.status_label.text() and not self.status_label.text().startswith("Opening"):
+                self.status_label.setText("")
+        self._task, self._source_key = task, key
         if source is None:
             self.source_label.setText(NOTHING_TO_TRY)
             self.pages.setCurrentIndex(EMPTY_PAGE)

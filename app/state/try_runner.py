@@ -3,9 +3,10 @@
 Three sources of a model (:class:`TrySource`), offered as they appear:
 
 * ``live`` — the model the session's run is training, lent by the run's
-  :class:`~lora_studio.core.LiveModel` (``RunController.live_model``); each request borrows it
-  between two steps (``with live.borrow() as parts``), on the run's device under its autocast,
-  so a paused run is tried as it stands and a running one waits one request;
+  :class:`~lora_studio.core.LiveModel` (``RunController.live_model``); offered from the run's
+  first pause until it ends; each request borrows it between two steps (``with live.borrow() as
+  parts``), on the run's device under its autocast, so a paused run is tried as it stands and a
+  resumed one lets the request go before its next step;
 * ``trained`` — the last finished run's model (``RunController.trained_model()``);
 * ``opened`` — a run folder, adapter folder or merged export opened from disk (:func:`open_for_trying`).
 
@@ -38,7 +39,7 @@ from typing import Any
 
 import torch
 from PIL import Image  # noqa: F401 - imported here, not first by a worker (see below)
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
 from lora_studio.core import (
     CancelToken,
@@ -62,6 +63,7 @@ from .workers import FunctionWorker
 
 LIVE, TRAINED, OPENED = "live", "trained", "opened"
 KINDS = (LIVE, TRAINED, OPENED)
+LIVE_RETRY_MS = 500  # a run paused before its model was lent: how soon to look again
 BATCH_SECONDS = 1 / 30  # streamed pieces reach the UI at most ~30 times a second
 NOTHING_TO_TRY = "Nothing to try yet: train a run, pause it, or open an adapter folder (Open adapter…)."
 RUN_FILE = "run.toml"  # a run folder's config (core's RUN_CONFIG_FILE)
@@ -238,6 +240,7 @@ class TryRunner(QObject):
         """Try the source of ``kind`` ('live', 'trained' or 'opened'); unknown kinds are ignored."""
         if kind in self._sources and kind != self._current:
             self._current = kind
+            self._drop_request()
             self.sig_source_changed.emit(self.current())
 
     def open_folder(self, path: str | Path) -> None:
@@ -366,8 +369,8 @@ class TryRunner(QObject):
     def _on_run_event(self, event: object) -> None:
         if isinstance(event, StepMetrics):
             self._last_step = event.step
-        if LIVE not in self._sources and not self._live_probing:
-            self._probe_live()  # the run lends its model once it is built: its first events say so
+        if self.controller is not None and self.controller.state == PAUSED and LIVE not in self._sources:
+            self._probe_live()  # paused before the model was built: it is lent now
 
     def _on_run_finished(self, result: TrainResult) -> None:
         self._live_probing = False
@@ -383,7 +386,11 @@ class TryRunner(QObject):
     def _probe_live(self) -> None:
         """Learn the live model's task on a worker (borrowing waits for the step in progress)."""
         live = self._live_model()
-        if live is None or not live.available or self._live_probing or LIVE in self._sources:
+        if live is None or self._live_probing or LIVE in self._sources:
+            return
+        if not live.available:  # paused while the model is still being built: look again shortly
+            if self.controller is not None and self.controller.state == PAUSED:
+                QTimer.singleShot(LIVE_RETRY_MS, self, self._probe_if_paused)
             return
         self._live_probing = True
         run = self._run
@@ -398,6 +405,10 @@ class TryRunner(QObject):
                 return None
 
         self._launch(work, self._on_live_probed)
+
+    def _probe_if_paused(self) -> None:
+        if self.controller is not None and self.controller.state == PAUSED:
+            self._probe_live()
 
     def _on_live_probed(self, facts: _LiveFacts | None) -> None:
         self._live_probing = False
@@ -442,6 +453,7 @@ class TryRunner(QObject):
     def _announce(self, kind: str) -> None:
         """A new source: offered, and tried (the newest source is the one the user wants to see)."""
         self._current = kind
+        self._drop_request()  # its answer would belong to the model tried before
         self.sig_sources_changed.emit(self.sources())
         self.sig_source_changed.emit(self.current())
 
@@ -451,10 +463,16 @@ class TryRunner(QObject):
         if self._current == kind:
             remaining = self.sources()
             self._current = remaining[0].kind if remaining else None
-            if self._request is not None:
-                self._request.cancel.cancel()
+            self._drop_request()
         self.sig_sources_changed.emit(self.sources())
         self.sig_source_changed.emit(self.current())
+
+    def _drop_request(self) -> None:
+        """Cancel the request in progress and forget it: its late answer is not shown."""
+        if self._request is not None:
+            self._request.cancel.cancel()
+            self._request = None
+            self.sig_busy_changed.emit(False)
 
     # -- workers -----------------------------------------------------------------------------------
     def _ready(self) -> TrySource | None:

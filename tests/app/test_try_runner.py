@@ -327,3 +327,20 @@ def test_an_extended_run_lends_its_model_too(qtbot, tmp_path) -> None:
             controller.resume()
         controller.stop_and_wait(TIMEOUT_MS)
         assert tried.wait_idle(TIMEOUT_MS)
+
+
+def test_a_run_paused_before_its_model_is_built_is_tried_once_it_is(qtbot, tmp_path) -> None:
+    controller = RunController()
+    tried = TryRunner(controller)
+    try:
+        controller.start(short_digits(tmp_path / "run", steps=400, eval_every=0))
+        controller.pause()  # at once: the model is still being built
+        qtbot.waitUntil(lambda: tried.current() is not None and tried.current().kind == LIVE, timeout=TIMEOUT_MS)
+        assert tried.current().title.startswith("Live run run: paused at step")
+        outcome = _predicted(qtbot, tried, digit_images(tmp_path / "digits", "5"))
+        assert outcome.step is not None and len(outcome.predictions) == 1
+    finally:
+        if controller.state == PAUSED:
+            controller.resume()
+        controller.stop_and_wait(TIMEOUT_MS)
+        assert tried.wait_idle(TIMEOUT_MS)
