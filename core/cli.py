@@ -333,9 +333,19 @@ def _open_trained(args: argparse.Namespace):
     from .training.trained_run import load_for_inference
 
     device = resolve_device(args.device)
+    _quiet_transformers()
     loaded = load_for_inference(args.path, which=args.which, base_model=args.base_model)
     loaded.model.to(device)
     return loaded, device
+
+
+def _quiet_transformers() -> None:
+    """No "Loading weights" progress bar between the command and its answer."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:  # a dependency, but the command must not fail for want of silence
+        return
+    transformers_logging.disable_progress_bar()
 
 
 def _cancel_on_ctrl_c():

@@ -291,3 +291,26 @@ def test_generate_on_a_story_run_is_the_trained_model_and_its_pretrained_base(ca
         out = pretrained.model.eval().generate(ids, attention_mask=torch.ones_like(ids), do_sample=False,
                                                max_new_tokens=n, pad_token_id=tokenizer.pad_token_id)
     assert result["base"] == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def test_ctrl_c_stops_a_generation_cleanly_with_exit_130(capsys, monkeypatch, peft_adapter):
+    import signal
+
+    import lora_studio.core.inference as inference
+
+    real = inference.generate_stream
+    seen = []
+
+    def interrupted(*args, **kwargs):
+        for piece in real(*args, **kwargs):
+            seen.append(piece)
+            if len(seen) == 3:
+                os.kill(os.getpid(), signal.SIGINT)  # what Ctrl-C sends; the CLI's handler sets its cancel token
+            yield piece
+
+    monkeypatch.setattr(inference, "generate_stream", interrupted)
+    code, out, err = _cli(capsys, "generate", peft_adapter, PROMPT, "--max-new-tokens", "40", "--base")
+    assert code == 130 and "stopped" in err and "Traceback" not in err
+    assert len(seen) <= 4 and seen[-1].done  # one more (empty, done) piece after the Ctrl-C, then the end
+    assert "--- base ---" not in out  # the base is not started after a stop
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
