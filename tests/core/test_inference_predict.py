@@ -263,3 +263,12 @@ def test_unnamed_classifier_gets_class_names():
     (p,) = predict(loaded, [torch.zeros(1, 8, 8)], top_k=4)
     assert sorted(s.label for s in p.adapted) == ["class 0", "class 1", "class 2", "class 3"]
     assert p.adapted_raw is not None  # no names: the raw output is there too
+
+
+def test_torchvision_pretrained_head_is_named_by_its_weights_categories():
+    from lora_studio.core.models import load_torchvision
+
+    pretrained = load_torchvision("resnet18", meta=True)  # the default (pretrained) weights' head
+    assert len(pretrained.label_names) == 1000 and pretrained.label_names[0] == "tench"
+    assert load_torchvision("resnet18", meta=True, num_classes=5).label_names is None  # a new head: the data's
+    assert load_torchvision("resnet18", meta=True, weights="random").label_names is None
