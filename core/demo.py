@@ -1,4 +1,4 @@
-"""The built-in demos, offline on a CPU: ``lora-studio demo digits|text``.
+"""The built-in demos, offline on a CPU: ``lora-studio demo digits|text|story``.
 
 * ``digits`` — a small CNN pretrained on upright 8×8 digits meets the same digits
   turned a quarter turn, where it is barely better than guessing; a rank-4 LoRA
@@ -6,6 +6,10 @@
   recovers the accuracy in a few seconds.
 * ``text`` — the pretrained all-MiniLM-L6-v2 encoder learns to sort short sentences
   into four topics (``resources/demo/sentences.csv``) with LoRA on its attention.
+* ``story`` — a small GPT-2 pretrained on short simple stories learns to tell them in a
+  pirate's voice ("th'", "ye", "matey", "arr!"; ``resources/demo/story/pirate.txt``) with LoRA on
+  its attention and MLP projections; the samples' continuations of "Once upon a time" show the
+  new voice appear while it trains (perplexity on the pirate stories falls several-fold).
 
 Each demo is an ordinary run config handed to :func:`train`, so what a demo does,
 a user's ``RUN.toml`` can do too (``demo_config`` shows it).
@@ -19,10 +23,14 @@ from pathlib import Path
 
 from .adapter.config import LoraConfig
 from .data import demo_sentences_path
-from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
+from .disk.resource_files import demo_file
+from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, SamplesConfig, TrainingConfig
 from .training import CancelToken, EvalMetrics, Event, TrainResult, train
 
-DEMOS = ("digits", "text")
+DEMOS = ("digits", "text", "story")
+STORY_TASK_DATA = "story/pirate.txt"  # the story demo's LoRA task, one story per paragraph
+STORY_PROMPTS = ["Once upon a time", "One day, Tom went to the", "Lily had a"]
+"""Prompts the story demo's samples continue: plain story openings, so the pirate voice is what changes."""
 
 
 def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) -> RunConfig:
@@ -45,6 +53,17 @@ def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) 
             lora=LoraConfig(r=8, alpha=16, targets=["query", "value"]),
             training=TrainingConfig(max_steps=steps or 60, batch_size=16, lr=5e-3, eval_every=20, checkpoint_every=0,
                                     eval_at_start=True, eval_batch_size=48, log_every=5),
+            output=output,
+        )
+    if name == "story":
+        return RunConfig(
+            model=ModelConfig(source="demo", name="story"),
+            data=DataConfig(kind="causal-lm", train=str(demo_file(STORY_TASK_DATA)), validation_split=0.1,
+                            max_length=192),
+            lora=LoraConfig(r=8, alpha=16, targets=["c_attn", "c_proj", "c_fc"]),
+            training=TrainingConfig(max_steps=steps or 150, batch_size=16, lr=5e-3, warmup_steps=10, eval_every=25,
+                                    checkpoint_every=0, eval_at_start=True, eval_batch_size=32, log_every=5),
+            samples=SamplesConfig(prompts=list(STORY_PROMPTS), max_new_tokens=32),
             output=output,
         )
     raise ValueError(f"unknown demo {name!r}; the demos are: {', '.join(DEMOS)}")

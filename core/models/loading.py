@@ -20,6 +20,8 @@ def infer_task(config: ModelConfig, data_kind: str | None = None) -> str:
         return config.task
     if config.source in ("torchvision", "python") or (config.source == "demo" and config.name == "digits"):
         return "image-classification"
+    if config.source == "demo" and config.name == "story":
+        return "causal-lm"
     if config.source == "demo":
         return "sequence-classification"
     by_data = {"text-classification": "sequence-classification", "causal-lm": "causal-lm",
