@@ -68,6 +68,14 @@ def _base_is_adapters_off(loaded, inputs, found, top_k: int = 3) -> None:
             assert a.probability == pytest.approx(b.probability, abs=TOLERANCE)
 
 
+def _wait_for_steps(qtbot, controller: RunController, steps: int) -> None:
+    """Until the run has trained ``steps`` steps; a run that ends first fails the test with its error."""
+    qtbot.waitUntil(lambda: not controller.is_running() or controller.live_model.step >= steps, timeout=TIMEOUT_MS)
+    result = controller.last_result()
+    assert controller.is_running(), f"the run ended before step {steps}: {result.status if result else ''} " \
+        f"{result.error if result else ''}"
+
+
 def test_nothing_to_try_says_what_to_do(qtbot, runner) -> None:
     assert runner.sources() == [] and runner.current() is None
     with qtbot.waitSignal(runner.sig_error) as error:
@@ -207,8 +215,7 @@ def test_a_paused_run_lends_its_model_and_the_finished_run_follows(qtbot, runner
     tried = TryRunner(controller)
     try:
         controller.start(short_digits(tmp_path / "run", steps=400, eval_every=0))
-        qtbot.waitUntil(lambda: controller.live_model is not None and controller.live_model.step >= 3,
-                        timeout=TIMEOUT_MS)
+        _wait_for_steps(qtbot, controller, 3)
         controller.pause()
         qtbot.waitUntil(lambda: tried.current() is not None and tried.current().kind == LIVE, timeout=TIMEOUT_MS)
         assert "paused at step" in tried.current().title
@@ -284,8 +291,7 @@ def test_a_paused_story_run_generates_with_its_own_model(qtbot, tmp_path) -> Non
     settings = GenerationSettings(max_new_tokens=8, temperature=0.0)
     try:
         controller.start(config)
-        qtbot.waitUntil(lambda: controller.live_model is not None and controller.live_model.step >= 2,
-                        timeout=TIMEOUT_MS)
+        _wait_for_steps(qtbot, controller, 2)
         controller.pause()
         qtbot.waitUntil(lambda: tried.current() is not None and tried.current().kind == LIVE, timeout=TIMEOUT_MS)
         assert tried.current().task == "causal-lm"
@@ -312,8 +318,7 @@ def test_an_extended_run_lends_its_model_too(qtbot, tmp_path) -> None:
     tried = TryRunner(controller)
     try:
         controller.continue_run(result.run_dir, extra_steps=400)
-        qtbot.waitUntil(lambda: controller.live_model is not None and controller.live_model.step >= 5,
-                        timeout=TIMEOUT_MS)
+        _wait_for_steps(qtbot, controller, 5)
         controller.pause()
         qtbot.waitUntil(lambda: tried.current() is not None and tried.current().kind == LIVE, timeout=TIMEOUT_MS)
         images = digit_images(tmp_path / "digits", "19")
