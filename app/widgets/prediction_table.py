@@ -1,7 +1,8 @@
 """The Try tab's results: one row per input, the adapted model's top-k beside the base model's.
 
 Rows whose top label changed are tinted *and* marked "changed" in their own column, so the
-difference reads without colour too.  Image inputs show a thumbnail.  A model without label
+difference reads without colour too.  Image inputs show a thumbnail (the first
+:data:`MAX_THUMBNAILS`; each is decoded at its shown size).  A model without label
 names (a custom factory model without ``studio_postprocess``) shows its raw output summary:
 shape, argmax and the largest values.
 """
@@ -20,6 +21,7 @@ from lora_studio.core import LabelScore, OutputSummary, Prediction
 COLUMNS = ("Input", "Adapted", "Base", "Changed")
 INPUT, ADAPTED, BASE, CHANGED = range(4)
 THUMBNAIL = 64  # pixels: a digit or a photo's subject stays recognisable, rows stay short
+MAX_THUMBNAILS = 200  # decoded on the UI thread: past this many rows, names only (a folder of photos stays quick)
 CHANGED_COLOUR = "#fff4cc"  # the notice bar's soft yellow: readable with dark text in both themes
 CHANGED_TEXT = "#3a3000"
 CHANGED_MARK = "✱ changed"
@@ -134,7 +136,7 @@ class PredictionTable(QTableWidget):
         item = QTableWidgetItem(text)
         item.setData(Qt.ItemDataRole.UserRole, value)
         item.setToolTip(value)
-        if self._images:
+        if self._images and row < MAX_THUMBNAILS:
             pixmap = thumbnail(value)
             if not pixmap.isNull():
                 item.setIcon(QIcon(pixmap))
