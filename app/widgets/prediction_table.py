@@ -77,11 +77,10 @@ class PredictionTable(QTableWidget):
         self.setAlternatingRowColors(False)  # the changed rows' tint is the only row colour
         self.verticalHeader().setVisible(False)
         header = self.horizontalHeader()
+        # The scores are short ("cat  91.2%"): their columns fit them, the input takes the rest.
         header.setSectionResizeMode(INPUT, QHeaderView.ResizeMode.Stretch)
-        for column in (ADAPTED, BASE):
-            header.setSectionResizeMode(column, QHeaderView.ResizeMode.Interactive)
-            self.setColumnWidth(column, 150)
-        header.setSectionResizeMode(CHANGED, QHeaderView.ResizeMode.ResizeToContents)
+        for column in (ADAPTED, BASE, CHANGED):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.setIconSize(QSize(THUMBNAIL, THUMBNAIL))
         self.setMinimumSize(200, 80)  # small: the tab scrolls, the window keeps its 1280x720 minimum
         self.predictions: list[Prediction] = []
