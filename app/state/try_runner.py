@@ -125,6 +125,7 @@ class _LiveFacts:
     run: int  # which run the facts are of (a late answer about an earlier run is dropped)
     task: str
     has_chat_template: bool
+    has_adapter: bool  # False in full fine-tuning: nothing to switch off
 
 
 @dataclass(frozen=True)
@@ -400,7 +401,8 @@ class TryRunner(QObject):
                 with live.borrow() as parts:
                     if parts is None:
                         return None
-                    return _LiveFacts(run, parts.loaded.task, has_chat_template(parts.loaded))
+                    return _LiveFacts(run, parts.loaded.task, has_chat_template(parts.loaded),
+                                      carries_adapter(parts.loaded))
             except Exception:  # noqa: BLE001 - no live source then; the run's own errors reach the Train tab
                 return None
 
@@ -419,7 +421,7 @@ class TryRunner(QObject):
         config = self.controller.config
         folder = config.output.dir if config is not None else ""
         self._sources[LIVE] = TrySource(LIVE, "", facts.task, has_chat_template=facts.has_chat_template,
-                                        folder=folder)
+                                        folder=folder, has_adapter=facts.has_adapter)
         self._update_live_title(announce=False)
         self._announce(LIVE)
 
