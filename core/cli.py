@@ -308,7 +308,9 @@ def _run_export(args: argparse.Namespace) -> int:
         raise ValueError(f"{run_dir} is a full fine-tuning run: it has no adapter; use --merged")
     loaded = load_trained_run(run_dir, args.which)
     if args.adapter:
-        path = save_adapter(loaded.model, args.adapter, base_model_name_or_path=loaded.name_or_path)
+        summary = {"label_names": loaded.label_names} if loaded.label_names else None  # predict names its classes
+        path = save_adapter(loaded.model, args.adapter, base_model_name_or_path=loaded.name_or_path,
+                            run_summary=summary)
         print(f"adapter written to {path}")
         return EXIT_OK
     result = export_merged(loaded.model, args.merged, precision=args.precision, tokenizer=loaded.tokenizer,
@@ -340,12 +342,17 @@ def _open_trained(args: argparse.Namespace):
 
 
 def _quiet_transformers() -> None:
-    """No "Loading weights" progress bar between the command and its answer."""
+    """No "Loading weights" progress bar or load report between the command and its answer (a new
+    head's missing keys are expected), and warnings as one line each."""
+    import warnings
+
+    warnings.formatwarning = lambda message, category, *rest, **kw: f"lora-studio: warning: {message}\n"
     try:
         from transformers.utils import logging as transformers_logging
     except ImportError:  # a dependency, but the command must not fail for want of silence
         return
     transformers_logging.disable_progress_bar()
+    transformers_logging.set_verbosity_error()
 
 
 def _cancel_on_ctrl_c():

@@ -19,6 +19,7 @@ import torch
 from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, load_adapter, read_adapter_folder
 from ..disk.merged_export import sidecar_path_for
 from ..disk.safe_loading import load_safetensors
+from ..data import read_label_names
 from ..models import LoadedModel, load_model, load_transformers
 from ..models.transformers_models import load_config
 from ..run_config import MODEL_SOURCES, ModelConfig
@@ -34,6 +35,7 @@ _PEFT_TASKS = {"CAUSAL_LM": "causal-lm", "SEQ_CLS": "sequence-classification"}
 _CLASS_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
                 ("ForSequenceClassification", "sequence-classification"),
                 ("ForImageClassification", "image-classification"))
+BASE_SEED = 0  # the runs' default seed (training.seed): a new head starts as such a run's did
 _DIGITS_CLASS = "DigitsNet"  # a plain merged export of the digits demo names this class in its sidecar
 
 
@@ -101,7 +103,7 @@ def load_for_inference(path: str | Path, *, which: str = "final", base_model: st
 
 # -- adapter folders ---------------------------------------------------------------------------
 def _adapter_on_base(folder: Path, base_model: str | None) -> LoadedModel:
-    peft_config, _, tensors = read_adapter_folder(folder)
+    peft_config, studio, tensors = read_adapter_folder(folder)
     spec = base_model or peft_config.get("base_model_name_or_path")
     field = "--base-model" if base_model else f"{folder / ADAPTER_CONFIG_NAME}: base_model_name_or_path"
     if not spec:
@@ -113,7 +115,26 @@ def _adapter_on_base(folder: Path, base_model: str | None) -> LoadedModel:
     if width is not None and width != loaded.num_classes:  # the adapter's trained head has its own size
         loaded = _load_base(config, field, num_classes=width)
     load_adapter(loaded.model, folder)
+    labels = adapter_label_names(folder, studio)
+    if labels and loaded.task != "causal-lm" and (loaded.num_classes is None or len(labels) == loaded.num_classes):
+        loaded.label_names = labels
     return loaded
+
+
+def adapter_label_names(folder: str | Path, studio: dict | None = None) -> list[str] | None:
+    """The class names of the head an adapter folder trained: the ``label_names`` its studio metadata's
+    run summary records (``lora-studio export --adapter`` writes them), else the data's labels of the
+    run folder it sits in (a run's ``adapter/`` or ``best/``); None when neither says."""
+    folder = Path(folder)
+    names = ((studio or {}).get("run_summary") or {}).get("label_names")
+    if isinstance(names, list) and names:
+        return [str(n) for n in names]
+    if (folder.parent / RUN_CONFIG_FILE).is_file():
+        try:
+            return read_label_names(load_run_config(folder.parent).data)
+        except (OSError, ValueError):  # the run's data moved: the head's outputs stay unnamed
+            return None
+    return None
 
 
 def _base_spec(spec: str, *, task: str | None, field: str) -> ModelConfig:
@@ -143,8 +164,13 @@ def _task_of_transformers(name: str, field: str) -> str:
 
 
 def _load_base(config: ModelConfig, field: str, num_classes: int | None = None) -> LoadedModel:
+    """The base model ``config`` names.  A head it creates (a classifier's, sized for the data) is
+    random: seeded like a run with the default seed, so the base column is the same every time (and,
+    for such a run, the same as its run folder's), without touching the caller's random state."""
     try:
-        return load_model(config, num_classes=num_classes)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(BASE_SEED)
+            return load_model(config, num_classes=num_classes)
     except (OSError, FileNotFoundError) as exc:
         raise ValueError(f"the base model {config.source}:{config.name} ({field}) cannot be loaded: {exc}; "
                          f"{BASE_MODEL_FIX}") from None

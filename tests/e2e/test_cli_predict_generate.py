@@ -314,3 +314,51 @@ def test_ctrl_c_stops_a_generation_cleanly_with_exit_130(capsys, monkeypatch, pe
     assert len(seen) <= 4 and seen[-1].done  # one more (empty, done) piece after the Ctrl-C, then the end
     assert "--- base ---" not in out  # the base is not started after a stop
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+
+
+# -- a text classifier with a new head: labels from the run's data, the same base everywhere ----------
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory) -> Path:
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from lora_studio.core.models import minilm_folder
+
+    root = tmp_path_factory.mktemp("text")
+    base = root / "tiny-bert"
+    tokenizer = AutoTokenizer.from_pretrained(str(minilm_folder()))
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=37, max_position_embeddings=64)).save_pretrained(base)
+    tokenizer.save_pretrained(base)
+    rows = [("the match ended in a draw", "sport"), ("rain all day tomorrow", "weather"),
+            ("the team won the cup", "sport"), ("sunny and warm", "weather"), ("stocks rose today", "money"),
+            ("the bank raised rates", "money")] * 4
+    data = root / "sentences.csv"
+    data.write_text("text,label\n" + "\n".join(f"{t},{label}" for t, label in rows) + "\n")
+    out = root / "run"
+    config = RunConfig(
+        model=ModelConfig(source="transformers", name=str(base), task="sequence-classification"),
+        data=DataConfig(kind="text-classification", train=str(data), validation_split=0.25, max_length=16),
+        lora=LoraConfig(r=4, alpha=8, targets=["query", "value"]),
+        training=TrainingConfig(max_steps=3, batch_size=8, lr=5e-2, eval_every=0, checkpoint_every=0, device="cpu"),
+        output=OutputConfig(dir=str(out), tensorboard=False),
+    )
+    assert train(config, lambda event: None, CancelToken()).status == "finished"
+    return out
+
+
+def test_text_run_adapter_and_merged_export_agree_and_name_the_data_labels(capsys, text_run, tmp_path):
+    texts = ["the team lost the match", "cold and windy", "the bank cut rates"]
+    assert _cli(capsys, "export", text_run, "--adapter", tmp_path / "adapter")[0] == 0
+    assert _cli(capsys, "export", text_run, "--merged", tmp_path / "merged")[0] == 0
+    run = _json(capsys, "predict", text_run, *texts, "--base", "--top-k", "3")
+    adapter = _json(capsys, "predict", tmp_path / "adapter", *texts, "--base", "--top-k", "3")
+    merged = _json(capsys, "predict", tmp_path / "merged", *texts, "--top-k", "3")
+    for a, b, c in zip(run, adapter, merged):
+        assert {s["label"] for s in a["adapted"]} == {"money", "sport", "weather"}  # the data's labels, sorted set
+        for side, other in (("adapted", b), ("base", b), ("adapted", c)):
+            assert [s["label"] for s in a[side]] == [s["label"] for s in other[side]]
+            assert [s["probability"] for s in a[side]] == pytest.approx([s["probability"] for s in other[side]],
+                                                                        abs=TOL)
+    # a run's own adapter/ folder (written by the trainer) takes its names from the run around it
+    assert load_for_inference(text_run / "adapter").label_names == ["money", "sport", "weather"]
