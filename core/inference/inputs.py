@@ -100,7 +100,21 @@ def pixels_of(image) -> torch.Tensor:
     return data.view(height, width, len(image.getbands())).permute(2, 0, 1).float().div(255.0).contiguous()
 
 
+def on_white(image):
+    """An image with transparency laid on white paper (what a viewer shows); others as they are.
+    Converting straight to ``L`` or ``RGB`` would turn transparent paper black."""
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    if image.mode in ("RGBA", "LA", "PA"):
+        image = image.convert("RGBA")
+        paper = Image.new("RGBA", image.size, (255, 255, 255, 255))
+        return Image.alpha_composite(paper, image).convert("RGB")
+    return image
+
+
 def _transformed(loaded: LoadedModel, image) -> torch.Tensor:
+    if "A" not in loaded.image_mode:
+        image = on_white(image)
     image = image.convert(loaded.image_mode)
     if loaded.image_transform is not None:
         out = loaded.image_transform(image)

@@ -272,3 +272,21 @@ def test_torchvision_pretrained_head_is_named_by_its_weights_categories():
     assert len(pretrained.label_names) == 1000 and pretrained.label_names[0] == "tench"
     assert load_torchvision("resnet18", meta=True, num_classes=5).label_names is None  # a new head: the data's
     assert load_torchvision("resnet18", meta=True, weights="random").label_names is None
+
+
+def test_a_transparent_digit_picture_is_ink_on_white(tmp_path):
+    """A PNG drawn in black on a transparent canvas (what drawing apps save) reads as the same digit."""
+    loaded = load_demo_model("digits")
+    images, labels = load_digits_tensors()
+    i = 7
+    ink = Image.fromarray((images[i, 0].numpy() * 255).round().astype("uint8")).resize((96, 96), Image.BILINEAR)
+    canvas = Image.new("RGBA", (140, 120), (0, 0, 0, 0))
+    canvas.paste(Image.new("RGBA", ink.size, (0, 0, 0, 255)), (22, 12), mask=ink)  # black strokes, alpha = ink
+    path = tmp_path / "transparent.png"
+    canvas.save(path)
+    opaque = tmp_path / "opaque.png"
+    paper = Image.new("L", (140, 120), 255)
+    paper.paste(Image.new("L", ink.size, 0), (22, 12), mask=ink)
+    paper.save(opaque)
+    first, second = predict(loaded, [path, opaque], top_k=1)
+    assert first.adapted[0].label == second.adapted[0].label == str(int(labels[i]))
