@@ -11,7 +11,8 @@
 
 Exit codes scripts can trust: 0 done, 1 the run failed (NaN, out of memory, an
 error), 2 a bad config, data or argument, 130 cancelled with Ctrl-C (a checkpoint
-was written first; ``resume`` continues it).
+was written first; ``resume`` continues it; ``predict`` prints the inputs done so far,
+``generate`` the text so far).
 """
 
 from __future__ import annotations
