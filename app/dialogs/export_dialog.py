@@ -124,11 +124,14 @@ class ExportDialog(QDialog):
         """Write the adapter in PEFT's format to ``folder`` (default: the path field), then check it."""
         folder = folder or self.adapter_path.text().strip()
         model, name = self.model, self.adapter_name
+        labels = self.trained.label_names if self.trained is not None else None
+        summary = {"label_names": labels} if labels else None  # `lora-studio predict` and Try name the classes
+        base = self.trained.name_or_path if self.trained is not None else None  # so the folder opens on its own
 
         def work(on_event: Any) -> ExportCheck:
             inputs = self._check_inputs()
             on_event(f"writing the adapter to {folder}…")
-            written = save_adapter(model, folder, name)
+            written = save_adapter(model, folder, name, run_summary=summary, base_model_name_or_path=base or None)
             on_event("reloading it onto the base and running the check batch…")
             return ExportCheck("adapter", written, "float32", verify_adapter(folder, model, inputs, name),
                                _batch_size(inputs))

@@ -397,7 +397,10 @@ def _save_trained(setup: RunSetup, folder: Path, state: TrainerState, emit) -> P
             save_file(weights, str(tmp))
         return folder
     try:
-        return save_adapter(setup.model, folder, run_summary={"step": state.step, "best_loss": state.best_loss},
+        summary = {"step": state.step, "best_loss": state.best_loss}
+        if setup.data.label_names:  # an adapter copied out of its run folder still names its classes
+            summary["label_names"] = list(setup.data.label_names)
+        return save_adapter(setup.model, folder, run_summary=summary,
                             base_model_name_or_path=setup.loaded.name_or_path)
     except (ValueError, NotImplementedError) as exc:  # e.g. a variant PEFT's format cannot hold
         emit(TrainingWarning(f"could not save the adapter in PEFT format ({exc}); the checkpoint has it", state.step))

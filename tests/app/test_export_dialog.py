@@ -154,3 +154,18 @@ def test_the_run_panels_loaded_model_is_accepted(qtbot, digits, tmp_path: Path) 
     _wait(qtbot, widget)
     assert signal.args[0].difference == verify_export(tmp_path / "m.safetensors", trained.model,
                                                       widget.example_inputs)
+
+
+def test_an_exported_adapter_names_its_classes_wherever_it_is_copied(qtbot, digits, tmp_path: Path) -> None:
+    """The adapter's metadata carries the classes' names, so predict names them outside the run folder."""
+    from lora_studio.core import load_for_inference
+
+    config, loaded = digits
+    names = [f"digit {i}" for i in range(10)]  # not the model's own '0'..'9': these must come from the file
+    trained = dataclasses.replace(loaded, model=_adapted(loaded, config.lora), label_names=names)
+    widget = ExportDialog(StudioSession(config=config), trained)
+    qtbot.addWidget(widget)
+    with qtbot.waitSignal(widget.sig_exported, timeout=30_000):
+        widget.export_adapter(str(tmp_path / "elsewhere"))
+    _wait(qtbot, widget)
+    assert load_for_inference(tmp_path / "elsewhere").label_names == names
