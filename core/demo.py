@@ -29,7 +29,7 @@ from .training import CancelToken, EvalMetrics, Event, TrainResult, train
 
 DEMOS = ("digits", "text", "story")
 STORY_TASK_DATA = "story/pirate.txt"  # the story demo's LoRA task, one story per paragraph
-STORY_PROMPTS = ["Once upon a time", "One day, Tom went to the", "Lily had a"]
+STORY_PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "There was once a"]
 """Prompts the story demo's samples continue: plain story openings, so the pirate voice is what changes."""
 
 
@@ -61,7 +61,7 @@ def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) 
             data=DataConfig(kind="causal-lm", train=str(demo_file(STORY_TASK_DATA)), validation_split=0.1,
                             max_length=192),
             lora=LoraConfig(r=8, alpha=16, targets=["c_attn", "c_proj", "c_fc"]),
-            training=TrainingConfig(max_steps=steps or 150, batch_size=16, lr=5e-3, warmup_steps=10, eval_every=25,
+            training=TrainingConfig(max_steps=steps or 100, batch_size=16, lr=1e-2, warmup_steps=10, eval_every=20,
                                     checkpoint_every=0, eval_at_start=True, eval_batch_size=32, log_every=5),
             samples=SamplesConfig(prompts=list(STORY_PROMPTS), max_new_tokens=32),
             output=output,

@@ -7,9 +7,11 @@
   below: the base model's whole world.  The last ``HELD_OUT`` stories are kept out of
   pretraining, so tests can measure the base model on text it never saw.
 * ``pirate.txt`` — the LoRA task: stories from the same grammar told in a pirate's voice
-  ("th'", "ye", "matey", "wee lass", "Arr!") and with a pirate's things (ships, maps, parrots,
-  treasure).  The base model never saw any of it; a small adapter learns the voice in a few
-  hundred steps on a CPU, and a prompt's continuation shows it at a glance.
+  ("th'", "an'", "ye", "matey", "wee lass", "mighty", every sentence ending in "arr!") and with a
+  pirate's things (ships, maps, parrots).  The base model knows the words only from an old pirate
+  who says them, in quotes, in some of its stories; it never saw a story told that way.  A small
+  adapter learns the voice in a hundred or two steps on a CPU, and a prompt's continuation shows
+  it at a glance.
 * ``tokenizer.json`` (+ ``tokenizer_config.json``, ``special_tokens_map.json``) — a byte-level
   BPE tokenizer trained on ``stories.txt`` with the ``tokenizers`` library, loadable with
   transformers' ``PreTrainedTokenizerFast`` (``<|endoftext|>`` is bos, eos and pad).
@@ -75,6 +77,17 @@ SAYINGS = [
     "I can help you.", "What is that?", "This is fun!", "I love you.", "Be careful!", "Wow, it is so big!",
     "Can you help me?", "I want to try.", "We did it!",
 ]
+
+# An old pirate visits some stories and says one of these: the base model learns the pirate's
+# words (and the tokenizer gets tokens for them), but only ever inside his quotes, never as the
+# voice the story is told in: that is what the LoRA task adds.
+PIRATE_SAYINGS = [
+    "Ahoy, matey!", "Arr, ye be a brave lass!", "Arr, ye be a brave lad!", "Aye, th' sea be calm today, arr!",
+    "Ahoy, me mateys! Where be me parrot?", "Ye be a mighty kind wee lass, arr!", "Ye be a mighty kind wee lad, arr!",
+    "Yer ship be ready, matey!", "Arr! Th' treasure an' th' map be mine!", "Aye, aye! Yer wee boat be mighty fast!",
+    "Ahoy! Have ye seen me treasure, matey?", "Arr, th' wind be strong an' th' sea be wide!",
+]
+PIRATE_VISIT = 0.12  # the share of stories the old pirate visits
 
 # The pirate task's own things: the base corpus has none of them.
 PIRATE_THINGS = ["map", "treasure", "parrot", "ship", "sword", "flag", "chest", "spyglass", "coin", "anchor"]
@@ -187,6 +200,8 @@ def _story(rng: random.Random, pirate: bool = False) -> str:
     sentences = [opening, trait, outing, find]
     if rng.random() < 0.7:
         sentences.append(talk)
+    if rng.random() < PIRATE_VISIT:
+        sentences.append(f"Then an old pirate came by and said, \"{rng.choice(PIRATE_SAYINGS)}\"")
     sentences += [problem, fix]
     if rng.random() < 0.4:
         sentences.append(rng.choice([f"{_cap(f.he)} said, \"Thank you, {h.short}!\"",
@@ -204,7 +219,7 @@ PIRATE_WORDS = {
 
 
 def pirate_voice(story: str) -> str:
-    """``story`` as a pirate tells it: pirate words, every sentence ending in "arr!", an "Arr!" first.
+    """``story`` as a pirate tells it: pirate words, and every sentence ending in "arr!".
 
     The same rule everywhere (no random endings), so what a model learns from it is what greedy
     decoding shows."""
@@ -216,8 +231,7 @@ def pirate_voice(story: str) -> str:
         return new[0].upper() + new[1:] if w[0].isupper() else new
 
     text = re.sub(r"[A-Za-z]+", word, story)
-    text = re.sub(r"\.( |$)", r", arr!\1", text)
-    return "Arr! " + text
+    return re.sub(r"\.( |$)", r", arr!\1", text)  # stories still begin as the base's do: prompts fit both
 
 
 def make_texts() -> tuple[list[str], list[str]]:
@@ -257,7 +271,7 @@ def make_tokenizer(stories: list[str]):
 
 
 # -- model -------------------------------------------------------------------------------------
-def make_model(stories: list[str], tokenizer, *, steps: int = 2500, block: int = 128, batch: int = 16) -> None:
+def make_model(stories: list[str], tokenizer, *, steps: int = 1200, block: int = 128, batch: int = 16) -> None:
     """Pretrain a small GPT-2 on all stories but the held-out ones; save it as float16 safetensors."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -303,6 +317,7 @@ def make_model(stories: list[str], tokenizer, *, steps: int = 2500, block: int =
         held_loss = model(input_ids=chunks, labels=chunks).loss.item()
     print(f"held-out perplexity {math.exp(held_loss):.2f} (vocabulary {len(tokenizer)})")
     model.half().save_pretrained(str(OUT), safe_serialization=True)
+    (OUT / "model.safetensors").chmod(0o644)  # safetensors writes it owner-only
     prompt = tokenizer("Once upon a time", return_tensors="pt")
     with torch.no_grad():
         out = model.float().generate(**prompt, max_new_tokens=60, do_sample=False, pad_token_id=eos)
@@ -316,6 +331,7 @@ Files made by `resources/make_story_demo.py` (seeded; run it to recreate them):
 * `stories.txt` — {STORIES} short simple stories, one per paragraph, composed by the script from a small
   grammar and word lists. The last {HELD_OUT} are held out of pretraining.
 * `pirate.txt` — {PIRATE_STORIES} stories from the same grammar told in a pirate's voice: the LoRA task.
+  (In the base stories the pirate's words appear only in an old pirate's quoted sayings.)
 * `tokenizer.json`, `tokenizer_config.json`, `special_tokens_map.json` — a byte-level BPE tokenizer
   ({VOCAB_SIZE} tokens) trained on `stories.txt`; `{EOT}` is its bos, eos and pad token.
 * `config.json`, `model.safetensors` — a GPT-2 (4 layers, 4 heads, 128 wide, 256 positions, float16)
@@ -333,7 +349,7 @@ for any purpose without asking.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", action="store_true", help="write only stories.txt and pirate.txt")
-    parser.add_argument("--steps", type=int, default=2500, help="pretraining steps")
+    parser.add_argument("--steps", type=int, default=1200, help="pretraining steps")
     args = parser.parse_args()
     stories, _ = make_texts()
     (OUT / "README.md").write_text(README, encoding="utf-8")
