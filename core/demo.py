@@ -9,7 +9,7 @@
 * ``story`` — a small GPT-2 pretrained on short simple stories learns to tell them in a
   pirate's voice ("th'", "ye", "matey", "arr!"; ``resources/demo/story/pirate.txt``) with LoRA on
   its attention and MLP projections; the samples' continuations of "Once upon a time" show the
-  new voice appear while it trains (perplexity on the pirate stories falls several-fold).
+  new voice appear while it trains (perplexity on the pirate stories falls from hundreds to about 2).
 
 Each demo is an ordinary run config handed to :func:`train`, so what a demo does,
 a user's ``RUN.toml`` can do too (``demo_config`` shows it).

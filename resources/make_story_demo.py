@@ -1,7 +1,8 @@
 """Recreate the story demo in resources/demo/story/ (seeded: the same text, tokenizer and model on every run).
 
-    .venv/bin/python resources/make_story_demo.py            # everything (a few minutes on a CPU)
-    .venv/bin/python resources/make_story_demo.py --text     # only the two text files
+    .venv/bin/python resources/make_story_demo.py            # everything (4-10 minutes on a 2-core CPU)
+    .venv/bin/python resources/make_story_demo.py --text     # only the text files
+    .venv/bin/python resources/make_story_demo.py --out DIR  # elsewhere (two runs give the same bytes)
 
 * ``stories.txt`` — short simple stories (one per paragraph) composed from the small grammar
   below: the base model's whole world.  The last ``HELD_OUT`` stories are kept out of
@@ -234,20 +235,20 @@ def pirate_voice(story: str) -> str:
     return re.sub(r"\.( |$)", r", arr!\1", text)  # stories still begin as the base's do: prompts fit both
 
 
-def make_texts() -> tuple[list[str], list[str]]:
+def make_texts(out: Path = OUT) -> tuple[list[str], list[str]]:
     """The base corpus and the pirate task's stories (seeded; distinct seeds, so no story repeats)."""
     rng = random.Random(SEED)
     stories = [_story(rng) for _ in range(STORIES)]
     pirate_rng = random.Random(SEED + 1)
     pirate = [pirate_voice(_story(pirate_rng, pirate=True)) for _ in range(PIRATE_STORIES)]
-    OUT.mkdir(parents=True, exist_ok=True)
-    (OUT / "stories.txt").write_text("\n\n".join(stories) + "\n", encoding="utf-8")
-    (OUT / "pirate.txt").write_text("\n\n".join(pirate) + "\n", encoding="utf-8")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "stories.txt").write_text("\n\n".join(stories) + "\n", encoding="utf-8")
+    (out / "pirate.txt").write_text("\n\n".join(pirate) + "\n", encoding="utf-8")
     return stories, pirate
 
 
 # -- tokenizer ---------------------------------------------------------------------------------
-def make_tokenizer(stories: list[str]):
+def make_tokenizer(stories: list[str], out: Path = OUT):
     """A byte-level BPE tokenizer trained on the stories, saved for PreTrainedTokenizerFast."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
@@ -260,9 +261,9 @@ def make_tokenizer(stories: list[str]):
     tokenizer.train_from_iterator(stories, trainer=trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tokenizer, bos_token=EOT, eos_token=EOT, pad_token=EOT,
                                    unk_token=EOT, model_max_length=256)
-    fast.save_pretrained(str(OUT))
+    fast.save_pretrained(str(out))
     # transformers >= 5 may write a chat template or extra files; keep only what loading needs
-    config_path = OUT / "tokenizer_config.json"
+    config_path = out / "tokenizer_config.json"
     config = json.loads(config_path.read_text(encoding="utf-8"))
     config.pop("chat_template", None)
     config["tokenizer_class"] = "PreTrainedTokenizerFast"
@@ -271,7 +272,8 @@ def make_tokenizer(stories: list[str]):
 
 
 # -- model -------------------------------------------------------------------------------------
-def make_model(stories: list[str], tokenizer, *, steps: int = 1200, block: int = 128, batch: int = 16) -> None:
+def make_model(stories: list[str], tokenizer, out: Path = OUT, *, steps: int = 1200, block: int = 128,
+               batch: int = 16) -> None:
     """Pretrain a small GPT-2 on all stories but the held-out ones; save it as float16 safetensors."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
@@ -316,8 +318,8 @@ def make_model(stories: list[str], tokenizer, *, steps: int = 1200, block: int =
         chunks = held_data[: len(held_data) // block * block].view(-1, block)
         held_loss = model(input_ids=chunks, labels=chunks).loss.item()
     print(f"held-out perplexity {math.exp(held_loss):.2f} (vocabulary {len(tokenizer)})")
-    model.half().save_pretrained(str(OUT), safe_serialization=True)
-    (OUT / "model.safetensors").chmod(0o644)  # safetensors writes it owner-only
+    model.half().save_pretrained(str(out), safe_serialization=True)
+    (out / "model.safetensors").chmod(0o644)  # safetensors writes it owner-only
     prompt = tokenizer("Once upon a time", return_tensors="pt")
     with torch.no_grad():
         out = model.float().generate(**prompt, max_new_tokens=60, do_sample=False, pad_token_id=eos)
@@ -350,13 +352,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--text", action="store_true", help="write only stories.txt and pirate.txt")
     parser.add_argument("--steps", type=int, default=1200, help="pretraining steps")
+    parser.add_argument("--out", type=Path, default=OUT, help="folder to write (default resources/demo/story)")
     args = parser.parse_args()
-    stories, _ = make_texts()
-    (OUT / "README.md").write_text(README, encoding="utf-8")
+    stories, _ = make_texts(args.out)
+    (args.out / "README.md").write_text(README, encoding="utf-8")
     if not args.text:
-        tokenizer = make_tokenizer(stories)
-        make_model(stories, tokenizer, steps=args.steps)
-    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e3:.0f} KB" for p in sorted(OUT.iterdir()))
+        tokenizer = make_tokenizer(stories, args.out)
+        make_model(stories, tokenizer, args.out, steps=args.steps)
+    sizes = ", ".join(f"{p.name} {p.stat().st_size / 1e3:.0f} KB" for p in sorted(args.out.iterdir()))
     print(f"wrote {sizes}")
 
 

@@ -14,6 +14,7 @@ from lora_studio.core import (
     DEMOS,
     GenerationSettings,
     ModelConfig,
+    RunConfig,
     demo_config,
     generate_text,
     load_trained_run,
@@ -56,6 +57,7 @@ def test_story_is_a_demo_of_a_causal_lm() -> None:
     config = demo_config("story", output_dir="unused")
     assert config.data.kind == "causal-lm" and config.samples.prompts
     assert config.training.eval_at_start
+    assert RunConfig.from_toml(config.to_toml()) == config  # the window saves it as a project's RUN.toml
 
 
 def test_story_package_is_small_and_public_domain() -> None:
