@@ -42,7 +42,8 @@ from lora_studio.core import GeneratedPiece, GenerationSettings
 from ..state.project_files import StudioSettings
 from ..state.run_controller import RunController
 from ..state.session import StudioSession
-from ..state.try_runner import NOTHING_TO_TRY, GenerationOutcome, PredictOutcome, TryRunner, TrySource
+from ..state.try_runner import TryRunner
+from ..state.try_sources import NOTHING_TO_TRY, GenerationOutcome, PredictOutcome, TrySource
 from ..widgets.flow_layout import flow_bar
 from ..widgets.generation_view import GenerationView
 from ..widgets.notice_bar import NoticeBar

@@ -1,6 +1,6 @@
 """What the Try tab tries, and its requests: predictions and generations, base and adapted, off the UI thread.
 
-Three sources of a model (:class:`TrySource`), offered as they appear:
+Three sources of a model (:class:`~.try_sources.TrySource`), offered as they appear:
 
 * ``live`` — the model the session's run is training, lent by the run's
   :class:`~lora_studio.core.LiveModel` (``RunController.live_model``); offered from the run's
@@ -8,7 +8,8 @@ Three sources of a model (:class:`TrySource`), offered as they appear:
   parts``), on the run's device under its autocast, so a paused run is tried as it stands and a
   resumed one lets the request go before its next step;
 * ``trained`` — the last finished run's model (``RunController.trained_model()``);
-* ``opened`` — a run folder, adapter folder or merged export opened from disk (:func:`open_for_trying`).
+* ``opened`` — a run folder, adapter folder or merged export opened from disk
+  (:func:`~.try_sources.open_for_trying`).
 
 The newest source to appear becomes the one tried (a pause brings the live model, a run's end the
 trained one, Open… the opened one); :meth:`TryRunner.select` picks another.  Models rebuilt from a
@@ -38,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image  # noqa: F401 - imported here, not first by a worker (see below)
+from PIL import Image  # noqa: F401 - imported here, not first by a worker (see above)
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from lora_studio.core import (
@@ -46,72 +47,35 @@ from lora_studio.core import (
     GeneratedPiece,
     GenerationSettings,
     LoadedModel,
-    Prediction,
     RunConfig,
     StepMetrics,
     TrainResult,
     generate_stream,
-    list_adapters,
-    load_for_inference,
-    load_run_config,
     predict,
 )
 
 from .run_controller import PAUSED, STOPPING, RunController
 from .try_device import TryDevice, try_device_for
+from .try_sources import (
+    KINDS,
+    LIVE,
+    NOTHING_TO_TRY,
+    OPENED,
+    TRAINED,
+    GenerationOutcome,
+    NoModelError,
+    PredictOutcome,
+    TryFailure,
+    TrySource,
+    carries_adapter,
+    has_chat_template,
+    open_for_trying,
+    readable,
+)
 from .workers import FunctionWorker
 
-LIVE, TRAINED, OPENED = "live", "trained", "opened"
-KINDS = (LIVE, TRAINED, OPENED)
 LIVE_RETRY_MS = 500  # a run paused before its model was lent: how soon to look again
 BATCH_SECONDS = 1 / 30  # streamed pieces reach the UI at most ~30 times a second
-NOTHING_TO_TRY = "Nothing to try yet: train a run, pause it, or open an adapter folder (Open adapter…)."
-RUN_FILE = "run.toml"  # a run folder's config (core's RUN_CONFIG_FILE)
-ADAPTER_CONFIG = "adapter_config.json"  # an adapter folder's (ours and PEFT's)
-
-
-@dataclass(frozen=True)
-class TrySource:
-    """A model the tab can try: what it is (``title``, one line) and how to reach it."""
-
-    kind: str  # live, trained or opened
-    title: str  # "Run digits-3, paused at step 120 (cpu)" — always says what is tried
-    task: str | None  # the LoadedModel's task: which inputs the tab asks for
-    loaded: LoadedModel | None = None  # None for the live run: borrowed per request
-    device: TryDevice | None = None  # None for the live run: its own device and autocast
-    has_chat_template: bool = False  # a causal LM whose tokenizer has a chat template
-    folder: str = ""  # the run (or adapter) folder it came from
-    note: str = ""  # something to know (a device fallback)
-    has_adapter: bool = True  # False for a merged export or a fully fine-tuned model: no base to compare
-
-
-@dataclass(frozen=True)
-class PredictOutcome:
-    """A prediction request's answer: one :class:`~lora_studio.core.Prediction` per input."""
-
-    request: int
-    predictions: list[Prediction]
-    top_k: int
-    step: int | None = None  # the live run's steps done when it was tried
-
-
-@dataclass(frozen=True)
-class GenerationOutcome:
-    """A generation's end: each side's whole text, and whether Stop (or a newer request) ended it."""
-
-    request: int
-    texts: dict[str, str]
-    stopped: bool
-    step: int | None = None
-
-
-@dataclass(frozen=True)
-class TryFailure:
-    """A request or an open that failed: a message for people (and the traceback for the curious)."""
-
-    request: int
-    message: str
-    details: str = ""
 
 
 @dataclass(frozen=True)
@@ -140,48 +104,6 @@ class _Request:
     cancel: CancelToken
     kind: str  # "predict" or "generate"
     source: str  # the kind of source it runs (a live request ends when the run stops)
-
-
-class NoModelError(RuntimeError):
-    """The source went away (the run ended) before the request could borrow its model."""
-
-
-def carries_adapter(loaded: LoadedModel) -> bool:
-    """True when ``loaded`` carries an adapter to switch off (the base column needs one)."""
-    return bool(list_adapters(loaded.model))
-
-
-def has_chat_template(loaded: LoadedModel) -> bool:
-    """True when ``loaded`` is a causal LM whose tokenizer carries a chat template."""
-    return loaded.task == "causal-lm" and bool(getattr(loaded.tokenizer, "chat_template", None))
-
-
-def open_for_trying(path: str | Path) -> tuple[LoadedModel, RunConfig | None, str]:
-    """The model at ``path`` (a run folder, an adapter folder, or a merged export: core's
-    ``load_for_inference``), the run config it trained with (the folder's, or the run folder's
-    around an ``adapter/`` or ``best/`` folder; None when there is none) and what was opened."""
-    path = Path(path).expanduser()
-    loaded = load_for_inference(path)
-    config = None
-    for folder in (path, path.parent):
-        if (folder / RUN_FILE).is_file():
-            config = load_run_config(folder)
-            break
-    if (path / RUN_FILE).is_file():
-        what = "run folder"
-    elif (path / ADAPTER_CONFIG).is_file():
-        what = "adapter folder"
-    else:
-        what = "merged export"
-    return loaded, config, what
-
-
-def readable(exc: BaseException) -> str:
-    """One line for people: the message, with the error's type only when the message alone says nothing."""
-    text = str(exc).strip()
-    if isinstance(exc, (ValueError, OSError, NoModelError)) and text:
-        return text
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 class TryRunner(QObject):

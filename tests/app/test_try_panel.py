@@ -18,7 +18,7 @@ from test_try_models import TEXTS, digit_images, digits_model, nudged, story_mod
 
 from lora_studio.app.panels.try_panel import CLASSIFY_PAGE, EMPTY_PAGE, GENERATE_PAGE, TryPanel
 from lora_studio.app.state.session import StudioSession
-from lora_studio.app.state.try_runner import LIVE
+from lora_studio.app.state.try_sources import LIVE
 from lora_studio.app.widgets.prediction_table import (
     ADAPTED,
     BASE,

@@ -16,7 +16,8 @@ from test_try_models import TEXTS, digit_images, digits_model, story_model, text
 import lora_studio.app.state.try_runner as try_runner_module
 from lora_studio.app.state.run_controller import IDLE, PAUSED, RunController
 from lora_studio.app.state.try_device import autocast_for, try_device_for
-from lora_studio.app.state.try_runner import LIVE, NOTHING_TO_TRY, OPENED, TRAINED, TryRunner, batched_pieces
+from lora_studio.app.state.try_runner import TryRunner, batched_pieces
+from lora_studio.app.state.try_sources import LIVE, NOTHING_TO_TRY, OPENED, TRAINED
 from lora_studio.core import (
     CancelToken,
     GeneratedPiece,
