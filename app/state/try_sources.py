@@ -30,7 +30,7 @@ class TrySource:
     """A model the tab can try: what it is (``title``, one line) and how to reach it."""
 
     kind: str  # live, trained or opened
-    title: str  # "Run digits-3, paused at step 120 (cpu)" — always says what is tried
+    title: str  # "Live run digits-3: paused at step 120" — always says what is tried
     task: str | None  # the LoadedModel's task: which inputs the tab asks for
     loaded: LoadedModel | None = None  # None for the live run: borrowed per request
     device: TryDevice | None = None  # None for the live run: its own device and autocast
