@@ -26,6 +26,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             cli_main(args)
         except SystemExit:  # argparse exits after printing the help
             pass
-        print("\nWith no command, or `studio [--demo digits|text] [PROJECT.toml]`, lora-studio opens the window.")
+        print("\nWith no command, or `studio [--demo digits|text|story] [PROJECT.toml]`, lora-studio opens the window.")
         return 0
     return cli_main(args)

@@ -1,4 +1,4 @@
-"""Open the studio window: ``lora-studio``, ``lora-studio studio [--demo digits|text] [PROJECT.toml]``,
+"""Open the studio window: ``lora-studio``, ``lora-studio studio [--demo digits|text|story] [PROJECT.toml]``,
 ``lora-studio-gui`` or ``python -m lora_studio.app``."""
 
 from __future__ import annotations
