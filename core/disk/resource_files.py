@@ -27,5 +27,6 @@ def demo_file(name: str) -> Path:
     """A file of ``resources/demo``, checked to exist (the message names the script that makes it)."""
     path = resources_dir() / "demo" / name
     if not path.is_file():
-        raise FileNotFoundError(f"demo file {path} is missing; run resources/make_demo_files.py to recreate it")
+        script = "make_story_demo.py" if name.startswith("story/") else "make_demo_files.py"
+        raise FileNotFoundError(f"demo file {path} is missing; run resources/{script} to recreate it")
     return path

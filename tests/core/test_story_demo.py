@@ -133,3 +133,14 @@ def test_short_story_demo_teaches_the_pirate_voice(tmp_path) -> None:
         texts = generate_text(trained, prompt, greedy)  # adapted, and the base (adapters disabled)
         assert PIRATE.search(narration(texts["adapted"])), texts
         assert not PIRATE.search(narration(texts["base"])), texts
+
+
+def test_a_missing_story_file_names_the_script_that_makes_it() -> None:
+    import pytest
+
+    from lora_studio.core.disk.resource_files import demo_file
+
+    with pytest.raises(FileNotFoundError, match="make_story_demo.py"):
+        demo_file("story/no-such-file.json")
+    with pytest.raises(FileNotFoundError, match="make_demo_files.py"):
+        demo_file("no-such-file.csv")
