@@ -205,7 +205,13 @@ def carry_over(
         notices.append(problem[:1].lower() + problem[1:])
     elif old.data != old_defaults.data and old.data.train:
         notices.append(f"data {Path(old.data.train).name} ({old.data.kind}) does not fit {title}")
-    config = RunConfig(model=model, data=data, lora=lora, training=training, output=output)
+    # [samples]: the hand-set rule too; prompts are for language models only.
+    samples = _hand_set(old.samples, old_defaults.samples, new_defaults.samples)
+    if samples.prompts and facts.task != "causal-lm":
+        if samples.prompts != new_defaults.samples.prompts:
+            notices.append(f"samples prompts dropped ({title} is not a language model)")
+        samples = dataclasses.replace(samples, prompts=list(new_defaults.samples.prompts))
+    config = RunConfig(model=model, data=data, lora=lora, training=training, output=output, samples=samples)
     return ModelChange(config, [n for n in notices if n])
 
 

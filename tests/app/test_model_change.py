@@ -80,6 +80,22 @@ def test_a_demo_fresh_takes_its_whole_config_and_hand_set_values_carry_over() ->
     assert len(change.notices) == 1 and "conv1" in change.notices[0]  # the hand-picked target is named
 
 
+def test_samples_follow_the_hand_set_rule_and_prompts_only_reach_a_language_model() -> None:
+    story_model = ModelConfig(source="demo", name="story")
+    digits_facts, story_facts = _facts(DIGITS_DEMO), _facts(story_model)
+    digits, story = defaults_for(DIGITS_DEMO, digits_facts), defaults_for(story_model, story_facts)
+    assert story.samples.prompts  # the demo comes with prompts: they must survive the change to it
+    assert carry_over(digits, digits, ["conv1", "conv2", "fc1"], story, story_facts).config.samples == story.samples
+
+    mine = ["Th' ship sailed"]
+    edited = story.replace(samples=dataclasses.replace(story.samples, prompts=mine, max_new_tokens=12))
+    to_digits = carry_over(edited, story, [], digits, digits_facts)
+    assert to_digits.config.samples.prompts == [] and to_digits.config.samples.max_new_tokens == 12
+    assert any("samples prompts dropped" in n for n in to_digits.notices)
+    back = carry_over(edited, story, [], story, story_facts)  # the same kind of model: the prompts stay
+    assert back.config.samples.prompts == mine
+
+
 def test_per_layer_ranks_carry_over_only_for_layers_the_new_model_has() -> None:
     old = defaults_for(RESNET18, _facts(RESNET18))
     edited = old.replace(lora=old.lora.replace(rank_pattern={"layer4.0.conv1": 32, "fc1": 2}))
