@@ -424,12 +424,13 @@ def samples_note(config: RunConfig) -> str:
     samples = config.samples
     if config.data.kind == "causal-lm":
         if not samples.prompts:
-            return ("This run generates no samples: set [samples] prompts (e.g. prompts = [\"Once upon a time\"]) "
-                    "to read what the model writes at each evaluation.")
+            return ("This run generates no samples: type prompts in Settings → Samples at each evaluation (one per "
+                    "line; [samples] prompts in RUN.toml) to read what the model writes at each evaluation.")
         what = f"The generations of {len(samples.prompts)} prompt{'s' if len(samples.prompts) != 1 else ''}"
     else:
         if samples.count == 0:
-            return "This run labels no samples: set [samples] count above 0 to see predictions at each evaluation."
+            return ("This run labels no samples: set Settings → Samples at each evaluation → Examples above 0 "
+                    "([samples] count) to see predictions at each evaluation.")
         what = f"The predicted labels of {samples.count} validation examples"
     training = config.training
     if training.eval_every:

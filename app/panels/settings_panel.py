@@ -1,6 +1,7 @@
 """Settings: the LoRA variant (from the registry, with its description and its own generated form),
-rank, alpha, dropout, init, and the training basics (learning rate, steps, batch size, gradient
-accumulation, precision, device).
+rank, alpha, dropout, init, the training basics (learning rate, steps, batch size, gradient
+accumulation, precision, device), and the samples shown at each evaluation (``[samples]``: prompts
+for a language model, one per line; how many validation examples a classifier labels).
 
 Every field is validated as the user types by the config's own rules (``session.try_update``);
 the message appears beside the field and a refused value blocks Start
@@ -14,7 +15,16 @@ import dataclasses
 from typing import Any
 
 from PySide6.QtCore import Qt
-from PySide6.QtWidgets import QComboBox, QFormLayout, QGroupBox, QLabel, QScrollArea, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QComboBox,
+    QFormLayout,
+    QGroupBox,
+    QLabel,
+    QPlainTextEdit,
+    QScrollArea,
+    QVBoxLayout,
+    QWidget,
+)
 
 from lora_studio.core import (
     DEVICE_CHOICES,
@@ -22,6 +32,7 @@ from lora_studio.core import (
     PRECISIONS,
     LoraConfig,
     RunConfig,
+    SamplesConfig,
     SettingField,
     TrainingConfig,
     available_variants,
@@ -39,6 +50,8 @@ TRAINING_FIELDS = (
     ("batch_size", "Batch size", "int"),
     ("grad_accumulation", "Grad. accumulation", "int"),
 )
+SAMPLES_FIELDS = (("count", "Examples", "int"), ("max_new_tokens", "New tokens", "int"),
+                  ("temperature", "Temperature", "float"))
 
 
 def _help(cls: type, name: str) -> str:
@@ -84,11 +97,24 @@ class SettingsPanel(QWidget):
             "Device", self._row("training", "device", "str", TrainingConfig, choices=DEVICE_CHOICES, editable=True)
         )
 
+        samples_box = QGroupBox("Samples at each evaluation")
+        samples_form = QFormLayout(samples_box)
+        self.prompts_edit = QPlainTextEdit()
+        self.prompts_edit.setObjectName("samples_prompts")
+        self.prompts_edit.setPlaceholderText("Language models: one prompt per line")
+        self.prompts_edit.setToolTip(_help(SamplesConfig, "prompts"))
+        self.prompts_edit.setFixedHeight(3 * self.fontMetrics().lineSpacing() + 12)
+        self.prompts_edit.textChanged.connect(self._prompts_typed)
+        samples_form.addRow("Prompts", self.prompts_edit)
+        for name, label, type_name in SAMPLES_FIELDS:
+            samples_form.addRow(label, self._row("samples", name, type_name, SamplesConfig))
+
         content = QWidget()
         content_layout = QVBoxLayout(content)
         content_layout.addWidget(adapter_box)
         content_layout.addWidget(self.variant_form_box)
         content_layout.addWidget(training_box)
+        content_layout.addWidget(samples_box)
         content_layout.addStretch(1)
         # The form scrolls inside the dock: on a 720-pixel-high screen the training fields sit below
         # the fold, and a row with its message beside it may be wider than a narrow dock.
@@ -165,6 +191,11 @@ class SettingsPanel(QWidget):
         self._shown_variant = variant_name
 
     # -- reacting ---------------------------------------------------------------------------------
+    def _prompts_typed(self) -> None:
+        prompts = prompt_lines(self.prompts_edit.toPlainText())
+        if prompts != self.session.config.samples.prompts:
+            self.session.try_update("samples", prompts=prompts)
+
     def _variant_chosen(self, _index: int) -> None:
         name = self.variant_combo.currentData()
         if name and name != self.session.config.lora.variant:
@@ -179,6 +210,10 @@ class SettingsPanel(QWidget):
             self._rebuild_variant_form(config.lora.variant)
         for row in self.rows.values():
             row.refresh()
+        if prompt_lines(self.prompts_edit.toPlainText()) != config.samples.prompts:  # not while the user types
+            self.prompts_edit.blockSignals(True)
+            self.prompts_edit.setPlainText("\n".join(config.samples.prompts))
+            self.prompts_edit.blockSignals(False)
         self._retry_refused_rows()
 
     def _retry_refused_rows(self) -> None:
@@ -193,3 +228,8 @@ class SettingsPanel(QWidget):
                     row.retry()
         finally:
             self._retrying = False
+
+
+def prompt_lines(text: str) -> list[str]:
+    """The prompts a text box holds: one per non-blank line, as typed (leading spaces matter to a prompt)."""
+    return [line for line in text.splitlines() if line.strip()]

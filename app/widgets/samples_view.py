@@ -35,8 +35,8 @@ from lora_studio.core import SampleResult, Samples
 from ..state.run_history import ComparedSample, compare_samples
 
 TITLE = "Samples"
-EMPTY_TEXT = ("Samples appear at each evaluation; set [samples] prompts for a language model "
-              "(classifiers label [samples] count validation examples).")
+EMPTY_TEXT = ("Samples appear at each evaluation: a language model continues the prompts of Settings → Samples "
+              "([samples] prompts); a classifier labels that many validation examples ([samples] count).")
 COMPARE_EMPTY_TEXT = "Tick two or more runs that logged samples to see their outputs side by side."
 RIGHT, WRONG = "✓", "✗"
 RIGHT_TINT = QColor(46, 160, 67, 70)  # translucent: readable on the light and the dark theme

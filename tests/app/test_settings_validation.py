@@ -78,3 +78,25 @@ def test_precision_and_batch_change_the_memory_estimate(qtbot, tmp_path) -> None
     counts.wait_until_current()
     # Half the bytes at twice the batch: the activations' bf16 tensors halve; the loss's float32 copies do not.
     assert before < counts.estimate.memory.activations < 1.2 * before
+
+
+def test_samples_settings_edit_the_config_and_follow_it(qtbot) -> None:
+    """Prompts one per line (blank lines ignored), the examples count refused when negative."""
+    import dataclasses
+
+    from lora_studio.app.panels.settings_panel import SettingsPanel
+    from lora_studio.app.state.session import StudioSession
+
+    session = StudioSession()
+    panel = SettingsPanel(session)
+    qtbot.addWidget(panel)
+    panel.prompts_edit.setPlainText("Once upon a time\n\n  Th' ship\n")
+    assert session.config.samples.prompts == ["Once upon a time", "  Th' ship"]
+    panel.row("samples.count").set_text("-2")
+    assert session.config.samples.count == 8 and "samples.count" in session.field_errors
+    assert "samples.count" in (panel.row("samples.count").error() or "")
+    panel.row("samples.count").set_text("3")
+    assert session.config.samples.count == 3 and "samples.count" not in session.field_errors
+    config = session.config
+    session.set_config(config.replace(samples=dataclasses.replace(config.samples, prompts=["Q: why?"])))
+    assert panel.prompts_edit.toPlainText() == "Q: why?"
