@@ -2,9 +2,11 @@
 
 At 1366x768 (a common laptop screen; ``--size`` to change), in the light and the dark theme: the
 Digits demo loaded (tree, settings, counts), its Data tab, a run training (live curves) and
-trained, the History tab after a rank study (final result against rank), the export dialog
-after a merged export with its verification figure; and the Text demo (MiniLM, a real
-transformers model) while it trains.
+trained (with its samples and its confusion matrix), the Try tab on rotated digit pictures (base
+against adapted), the History tab after a rank study (final result against rank), the export dialog
+after a merged export with its verification figure; the Text demo (MiniLM, a real transformers
+model) while it trains and its Try tab on typed sentences; and the Story demo (a small GPT-2)
+while it trains, with its samples, and its Try tab generating base and adapted side by side.
 The PNGs go to ``resources/screenshots/`` (``--out`` to change): ``NAME.png`` in the light
 theme, ``NAME_dark.png`` in the dark one.
 
@@ -116,6 +118,46 @@ def _train(app, window, steps: int | None, shot_at_step: int, on_shot) -> None:
     _wait_until(app, lambda: False, 1.0)
 
 
+TRY_SENTENCES = (  # typed into the text demo's Try tab: one per topic of resources/demo/sentences.csv, and a mix
+    "the striker scored twice before half time",
+    "the new phone ships with a faster chip",
+    "a bowl of noodles with garlic and fresh lemon",
+    "heavy rain is expected across the north tonight",
+    "the goalkeeper's app crashed during the vote",
+)
+STORY_PROMPT = "Once upon a time"
+
+
+def _digit_pictures(folder: Path, count: int = 8) -> list[Path]:
+    """PNG pictures of rotated validation digits (the demo's new domain), white ink on black, 64x64."""
+    import torch
+    from PIL import Image
+
+    from lora_studio.core.data.digits import digits_split, load_digits_tensors
+
+    images, labels = load_digits_tensors("rotate")
+    _, validation = digits_split(len(labels))
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for index in validation[:count].tolist():
+        pixels = (images[index, 0] * 255).round().to(torch.uint8).numpy()
+        path = folder / f"digit_{index}_label_{int(labels[index])}.png"
+        Image.fromarray(pixels, mode="L").resize((64, 64), Image.Resampling.NEAREST).save(path)
+        paths.append(path)
+    return paths
+
+
+def _try(app, window, fill) -> None:
+    """Show the Try tab on the newest source (the run just finished), fill its inputs, run, wait."""
+    panel = window.try_panel
+    window.tabs.setCurrentWidget(panel)
+    _wait_until(app, lambda: panel.runner.current() is not None, 120)
+    fill(panel)
+    panel.run()
+    _wait_until(app, lambda: False, 0.3)
+    _wait_until(app, lambda: not panel.runner.is_busy(), 300)
+
+
 def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tuple[str, ...] = THEMES,
            real_window: bool = False, text_demo: bool = True) -> list[Path]:
     """Drive the window through its main states in each theme and save one PNG per state; returns the paths."""
@@ -154,6 +196,15 @@ def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tu
         # Mid-run: after the evaluation at step 100, so curves and an accuracy point are on screen.
         _train(app, window, steps, 100, lambda: shot(window, "training", theme))
         shot(window, "trained", theme)
+        side = window.run_panel.side_tabs
+        side.setCurrentIndex(window.run_panel.confusion_tab)
+        shot(window, "trained_confusion", theme)
+        side.setCurrentIndex(window.run_panel.samples_tab)
+        shot(window, "trained_samples", theme)
+
+        pictures = _digit_pictures(run_dir / "pictures")
+        _try(app, window, lambda panel: (panel.clear_images(), panel.add_images(pictures)))
+        shot(window, "try_digits", theme)
 
         if theme == "light":
             window.tabs.setCurrentWidget(window.run_panel)
@@ -180,6 +231,22 @@ def render(out: Path, steps: int = 300, size: tuple[int, int] = SIZE, themes: tu
         if text_demo:  # a real transformers model: long layer names, the top-12 layer chart
             _open_demo(app, window, "text", run_dir)
             _train(app, window, None, 20, lambda: shot(window, "training_text", theme))
+            _try(app, window, lambda panel: panel.inputs_edit.setPlainText("\n".join(TRY_SENTENCES)))
+            shot(window, "try_text", theme)
+
+        # A causal LM: its samples (prompt -> text at each evaluation) while it trains, then base and
+        # adapted generating side by side from one prompt.
+        _open_demo(app, window, "story", run_dir)
+        window.run_panel.side_tabs.setCurrentIndex(window.run_panel.samples_tab)
+        _train(app, window, None, 60, lambda: shot(window, "training_story", theme))
+
+        def fill_prompt(panel) -> None:
+            panel.prompt_edit.setPlainText(STORY_PROMPT)
+            panel.temperature.setValue(0.0)  # greedy: the shot shows each side's most likely text
+            panel.max_new_tokens.setValue(60)
+
+        _try(app, window, fill_prompt)
+        shot(window, "try_story", theme)
         # Hidden, not closed: closing would ask about the unsaved demo project (a modal question).
         window.hide()
         windows.append(window)

@@ -93,6 +93,7 @@ class LivePlots(QWidget):
         self._ema = None
         self.metric_plot.setTitle("Validation accuracy")
         self.metric_plot.setLabel("left", "accuracy (%)")
+        self.metric_plot.setLogMode(y=False)
         self._dirty = set(self.series)
         self.refresh()
 
@@ -142,6 +143,9 @@ class LivePlots(QWidget):
         elif event.perplexity is not None:
             if self.series["metric"].size == 0:
                 self.metric_plot.setTitle("Validation perplexity")
-                self.metric_plot.setLabel("left", "perplexity")
+                self.metric_plot.setLabel("left", "perplexity (log scale)")
+                # Perplexity falls by orders of magnitude (the story demo: ~540 to ~2): on a linear axis
+                # every point after the first sits on the floor.
+                self.metric_plot.setLogMode(y=True)
             self.series["metric"].append(event.step, event.perplexity)
             self._dirty.add("metric")
