@@ -50,6 +50,7 @@ from lora_studio.core import (
 )
 
 from ..state.project_files import StudioSettings
+from ..state.run_controller import RunController
 from ..state.session import StudioSession
 from ..state.workers import FunctionWorker
 from ..widgets.form_rows import row
@@ -280,7 +281,18 @@ class ExportDialog(QDialog):
         if self.is_busy():
             return
         self.result_label.setText("")
-        self._worker = FunctionWorker(work)
+        lock, model = RunController.for_session(self.session).model_lock, self.model
+
+        def locked(on_event: Any) -> Any:
+            # The Try tab may be running the same model (and may have moved it to the run's device):
+            # wait for it, and export from the CPU, where the check batch is.
+            with lock:
+                first = next(model.parameters(), None) if model is not None else None
+                if first is not None and first.device.type != "cpu":
+                    model.to("cpu")
+                return work(on_event)
+
+        self._worker = FunctionWorker(locked)
         # Bound methods of this dialog: Qt queues them onto the UI thread.
         self._worker.sig_event.connect(self._on_progress)
         self._worker.sig_finished.connect(self._on_finished)

@@ -23,6 +23,7 @@ trainer lends its model through it between steps, and the Try tab borrows it dur
 from __future__ import annotations
 
 import dataclasses
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -101,6 +102,10 @@ class RunController(QObject):
         self._summary: RunSummary | None = None
         self._continuing = False
         self._live: LiveModel | None = None
+        # Held off the UI thread by whoever runs or writes the finished run's model (the Try tab's
+        # requests, the export dialog's writes): one at a time, so neither sees the other's eval
+        # mode, disabled adapters or device move.
+        self.model_lock = threading.Lock()
 
     @classmethod
     def for_session(cls, session: QObject) -> RunController:

@@ -135,7 +135,8 @@ class TryRunner(QObject):
         self._request: _Request | None = None  # the request whose answers are shown
         self._open_id = 0  # the newest open: an older one that ends later is dropped
         self._workers: list[FunctionWorker] = []  # held until their threads end (Qt aborts otherwise)
-        self._model_lock = threading.Lock()  # one request at a time runs a model
+        # One request at a time runs a model, and never beside an export of the same model.
+        self._model_lock = controller.model_lock if controller is not None else threading.Lock()
         self._run = 0  # counts the controller's runs: the live source belongs to one
         self._live_probing = False
         self._last_step: int | None = None
