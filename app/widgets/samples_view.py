@@ -42,7 +42,11 @@ RIGHT, WRONG = "✓", "✗"
 RIGHT_TINT = QColor(46, 160, 67, 70)  # translucent: readable on the light and the dark theme
 WRONG_TINT = QColor(215, 58, 73, 70)
 LM_HEADERS = ("Prompt", "Generated")
-CLASSIFIER_HEADERS = ("✓✗", "Example", "Predicted", "True label", "Probability")
+# Short headers: the pane is often a third of the window, and the example's text needs the room
+# (each header's tooltip says it in full).
+CLASSIFIER_HEADERS = ("✓✗", "Example", "Predicted", "True", "p")
+CLASSIFIER_HEADER_TIPS = ("right or wrong", "the validation example", "the predicted label", "the true label",
+                          "the predicted label's probability")
 
 
 def is_classifier_samples(samples: Samples) -> bool:
@@ -245,6 +249,8 @@ class SamplesView(QWidget):
 
     def _fill_classifier(self, shown: Samples) -> None:
         self._setup_columns(CLASSIFIER_HEADERS, {1})
+        for column, tip in enumerate(CLASSIFIER_HEADER_TIPS):
+            self.table.horizontalHeaderItem(column).setToolTip(tip)
         self.table.setRowCount(len(shown.items))
         for row, item in enumerate(shown.items):
             mark = _item(verdict_mark(item))
