@@ -67,6 +67,22 @@ def image_files(paths: list[str | Path]) -> list[str]:
     return found
 
 
+def _split_page(top: QWidget, answers: QWidget) -> tuple[QWidget, QSplitter]:
+    """A page of the tab: the inputs above, the answers below (three times as tall), split so the
+    user can give either more room; neither collapses away."""
+    splitter = QSplitter(Qt.Orientation.Vertical)
+    splitter.addWidget(top)
+    splitter.addWidget(answers)
+    splitter.setStretchFactor(0, 1)
+    splitter.setStretchFactor(1, 3)
+    splitter.setChildrenCollapsible(False)
+    page = QWidget()
+    layout = QVBoxLayout(page)
+    layout.setContentsMargins(0, 0, 0, 0)
+    layout.addWidget(splitter)
+    return page, splitter
+
+
 def _labelled(text: str, widget: QWidget) -> QWidget:
     """A label and its field kept together when a flow bar wraps."""
     holder = QWidget()
@@ -228,17 +244,8 @@ class TryPanel(QWidget):
         top_layout.addWidget(self.inputs_edit, 1)
         top_layout.addWidget(self.image_bar)
         top_layout.addWidget(controls)
-        splitter = QSplitter(Qt.Orientation.Vertical)
-        self.classify_splitter, self._classify_top = splitter, top
-        splitter.addWidget(top)
-        splitter.addWidget(self.table)
-        splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(1, 3)
-        splitter.setChildrenCollapsible(False)
-        page = QWidget()
-        layout = QVBoxLayout(page)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(splitter)
+        page, self.classify_splitter = _split_page(top, self.table)
+        self._classify_top = top
         return page
 
     def _generate_page(self) -> QWidget:
@@ -284,16 +291,7 @@ class TryPanel(QWidget):
         top_layout.setContentsMargins(0, 0, 0, 0)
         top_layout.addWidget(self.prompt_edit, 1)
         top_layout.addWidget(controls)
-        splitter = QSplitter(Qt.Orientation.Vertical)
-        splitter.addWidget(top)
-        splitter.addWidget(self.generation)
-        splitter.setStretchFactor(0, 1)
-        splitter.setStretchFactor(1, 3)
-        splitter.setChildrenCollapsible(False)
-        page = QWidget()
-        layout = QVBoxLayout(page)
-        layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(splitter)
+        page, _splitter = _split_page(top, self.generation)
         return page
 
     # -- requests ----------------------------------------------------------------------------------

@@ -7,6 +7,21 @@ from pathlib import Path
 
 from lora_studio.core import RunConfig, demo_config
 
+RUN_PANEL_SIZE = (1100, 760)  # room for the plots, the summary card and the side tabs
+
+
+def shown_run_panel(qtbot, session):
+    """A Train tab on ``session``, shown, its message boxes off (a test's run ends it with
+    ``stop_and_wait``)."""
+    from lora_studio.app.panels.run_panel import RunPanel
+
+    widget = RunPanel(session)
+    widget.show_dialogs = False
+    qtbot.addWidget(widget)
+    widget.resize(*RUN_PANEL_SIZE)
+    widget.show()
+    return widget
+
 
 def short_digits(out: Path, steps: int = 20, **training) -> RunConfig:
     """The digits demo: ``steps`` steps on 256 digits, metrics every step, an evaluation every 10."""

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PySide6.QtCore import QSettings, Qt
 from safetensors.torch import load_file
-from short_runs import missing_data, short_digits
+from short_runs import missing_data, short_digits, shown_run_panel
 from studio_window import open_digits_window
 
 from lora_studio.app.dialogs.export_dialog import ExportDialog
@@ -44,11 +44,7 @@ def session():
 
 @pytest.fixture
 def panel(qtbot, session):
-    widget = RunPanel(session)
-    widget.show_dialogs = False
-    qtbot.addWidget(widget)
-    widget.resize(1100, 760)
-    widget.show()
+    widget = shown_run_panel(qtbot, session)
     yield widget
     widget.stop_and_wait(RUN_TIMEOUT_MS)
 

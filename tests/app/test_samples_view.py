@@ -7,7 +7,7 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
-from short_runs import short_digits
+from short_runs import short_digits, shown_run_panel
 
 from lora_studio.app.panels.run_panel import RunPanel, samples_note
 from lora_studio.app.state.run_history import compare_samples
@@ -145,11 +145,7 @@ def test_two_runs_samples_line_up_by_input_with_differences_marked(qtbot) -> Non
 def panel(qtbot):
     session = StudioSession()
     session.set_loaded(load_model(session.config.model))
-    widget = RunPanel(session)
-    widget.show_dialogs = False
-    qtbot.addWidget(widget)
-    widget.resize(1100, 760)
-    widget.show()
+    widget = shown_run_panel(qtbot, session)
     yield widget
     widget.stop_and_wait(RUN_TIMEOUT_MS)
 

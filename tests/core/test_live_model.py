@@ -23,13 +23,7 @@ FORWARD_TOLERANCE = 1e-6  # the same weights on the same CPU: the same logits
 WAIT_SECONDS = 60  # a generous bound on waiting for the other thread (not a speed check)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-identical runs for one machine configuration: the same CPU thread count throughout."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 def _probe() -> torch.Tensor:

@@ -23,13 +23,7 @@ from lora_studio.core.training import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Bit-identical holds for one machine configuration: the same CPU thread count in every process."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/core/conftest.py
 
 
 @pytest.fixture(scope="module")
