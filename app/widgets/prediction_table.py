@@ -22,8 +22,9 @@ COLUMNS = ("Input", "Adapted", "Base", "Changed")
 INPUT, ADAPTED, BASE, CHANGED = range(4)
 THUMBNAIL = 64  # pixels: a digit or a photo's subject stays recognisable, rows stay short
 MAX_THUMBNAILS = 200  # decoded on the UI thread: past this many rows, names only (a folder of photos stays quick)
-CHANGED_COLOUR = "#fff4cc"  # the notice bar's soft yellow: readable with dark text in both themes
-CHANGED_TEXT = "#3a3000"
+# Translucent amber over the theme's own base colour, with the theme's text colour: a soft yellow in
+# the light theme, a dim amber in the dark one (an opaque light yellow glared there).
+CHANGED_COLOUR = QColor(230, 175, 30, 80)
 CHANGED_MARK = "✱ changed"
 
 
@@ -146,8 +147,7 @@ class PredictionTable(QTableWidget):
             item = self.item(row, column)
             if item is None:
                 continue
-            item.setBackground(QBrush(QColor(CHANGED_COLOUR)) if changed else QBrush())
-            item.setForeground(QBrush(QColor(CHANGED_TEXT)) if changed else QBrush())
+            item.setBackground(QBrush(CHANGED_COLOUR) if changed else QBrush())
 
 
 def _changed(prediction: Prediction) -> bool:
