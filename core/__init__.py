@@ -149,6 +149,16 @@ from .training import (
 )
 from .variants import MissingVariantInputError, SettingField, Variant, available_variants, get_variant
 
+# adapters as a library (issue 14): combination methods
+from .adapter import (
+    COMBINATION_TYPES,
+    DENSITY_COMBINATIONS,
+    FACTOR_COMBINATIONS,
+    SIGN_COMBINATIONS,
+    SVD_COMBINATIONS,
+    combination_problem,
+)
+
 __all__ = [
     # runs: models, data, the run config and the training engine
     "DEMO_NAMES",
@@ -294,4 +304,11 @@ __all__ = [
     "verify_export",
     # the `lora-studio` command: a dispatcher in app/ opens the window or hands over to the CLI
     "cli_main",
+    # adapters as a library (issue 14)
+    "COMBINATION_TYPES",
+    "DENSITY_COMBINATIONS",
+    "FACTOR_COMBINATIONS",
+    "SIGN_COMBINATIONS",
+    "SVD_COMBINATIONS",
+    "combination_problem",
 ]

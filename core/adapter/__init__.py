@@ -5,7 +5,15 @@
 into one), ``describe`` (the layer tree) and ``counting`` (parameters and memory).
 """
 
-from .combination import add_weighted_adapter
+from .combination import (
+    COMBINATION_TYPES,
+    DENSITY_COMBINATIONS,
+    FACTOR_COMBINATIONS,
+    SIGN_COMBINATIONS,
+    SVD_COMBINATIONS,
+    add_weighted_adapter,
+    combination_problem,
+)
 from .config import ALL_LINEAR, BIAS_CHOICES, INIT_CHOICES, LoraConfig, pattern_matches
 from .counting import (
     BatchShape,
@@ -37,6 +45,12 @@ from .lifecycle import (
 from .target_matching import TargetPreview, in_modules_to_save, match_targets, name_matches, preview_targets
 
 __all__ = [
+    "COMBINATION_TYPES",
+    "DENSITY_COMBINATIONS",
+    "FACTOR_COMBINATIONS",
+    "SIGN_COMBINATIONS",
+    "SVD_COMBINATIONS",
+    "combination_problem",
     "ALL_LINEAR",
     "BIAS_CHOICES",
     "INIT_CHOICES",
