@@ -39,6 +39,7 @@ import lora_studio.core
 from lora_studio.core import DEMOS, ModelConfig
 
 from .dialogs.export_dialog import ExportDialog
+from .panels.adapters_panel import AdaptersPanel
 from .panels.counts_panel import CountsPanel
 from .panels.data_panel import DataPanel
 from .panels.history_panel import HistoryPanel
@@ -47,6 +48,7 @@ from .panels.model_panel import ModelPanel
 from .panels.run_panel import RunPanel
 from .panels.settings_panel import SettingsPanel
 from .panels.try_panel import TryPanel
+from .state.adapter_library import adapter_folders_in
 from .state.autosave import Autosaver, pending_restore
 from .state.project_files import PROJECT_FILTER, THEMES, StudioSettings, open_project, save_project
 from .state.session import StudioSession
@@ -80,13 +82,18 @@ class MainWindow(QMainWindow):
         self.run_panel = RunPanel(self.session)
         self.history_panel = HistoryPanel(self.session)
         self.try_panel = TryPanel(self.session)
+        self.adapters_panel = AdaptersPanel(self.session, try_runner=self.try_panel.runner)
         self.tabs = QTabWidget()
         self.tabs.addTab(self.run_panel, "Train")
         self.tabs.addTab(self.try_panel, "Try")  # beside Train: pause a run, then try it
+        self.tabs.addTab(self.adapters_panel, "Adapters")  # beside Try: switch, combine, then try one
         self.tabs.addTab(self.data_panel, "Data")
         self.tabs.addTab(self.history_panel, "History")
         self.tabs.setTabToolTip(self.tabs.indexOf(self.try_panel),
                                 "Try the model with its adapter beside the base model, on your own inputs")
+        self.tabs.setTabToolTip(self.tabs.indexOf(self.adapters_panel),
+                                "The loaded model's adapters: open, switch, combine, save, export merged")
+        self.adapters_panel.sig_try_requested.connect(lambda _name: self.tabs.setCurrentWidget(self.try_panel))
         # The run summary card's Export and Compare; a run resumed from History shows in Train.
         self.run_panel.sig_export_requested.connect(self.open_export_dialog)
         self.run_panel.sig_compare_requested.connect(self.show_run_in_history)
@@ -245,6 +252,10 @@ class MainWindow(QMainWindow):
             self.model_panel.load(ModelConfig(source="transformers", name=str(path),
                                               task=self.model_panel.hf_task.currentText()))
             return f"Loading the transformers model in {path.name}"
+        if path.is_dir() and not (path / "config.json").is_file() and adapter_folders_in(path):
+            self.tabs.setCurrentWidget(self.adapters_panel)
+            self.adapters_panel.open_folders([path])
+            return f"Opening the adapters in {path.name}"
         if path.suffix == ".py":
             self.model_panel.show_model_config(ModelConfig(source="python", name=f"{path}:build_model"))
             return "Name the factory function in the model panel, then press Load"
@@ -384,6 +395,7 @@ class MainWindow(QMainWindow):
         # lets a model load and the data preview's reads end before it goes away.
         self.model_panel.wait_idle()
         self.try_panel.wait_idle(int(timeout_s * 1000))  # a prediction or generation ends within a batch or a token
+        self.adapters_panel.wait_idle(int(timeout_s * 1000))  # an adapter job (load, combine, save) ends by itself
         reading = getattr(self.data_panel, "is_reading", None)
         deadline = time.monotonic() + timeout_s
         while callable(reading) and reading() and time.monotonic() < deadline:
