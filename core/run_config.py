@@ -32,7 +32,7 @@ MODEL_SOURCES = ("torchvision", "transformers", "python", "demo")
 TASKS = ("image-classification", "sequence-classification", "causal-lm")
 DTYPES = ("float32", "float16", "bfloat16")
 DATA_KINDS = ("image-folder", "text-classification", "causal-lm", "torchvision", "digits")
-DIGIT_SHIFTS = ("none", "rotate", "invert")
+DIGIT_SHIFTS = ("none", "rotate", "mirror", "invert")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
@@ -181,7 +181,8 @@ class DataConfig:
     download: bool = field(default=True, metadata=_help("torchvision datasets: download when absent and online."))
     max_samples: int | None = field(default=None, metadata=_help("Use only the first N training samples (quick runs)."))
     shift: str = field(
-        default="rotate", metadata=_help("Digits demo: the domain shift the adapter must undo (none, rotate, invert).")
+        default="rotate",
+        metadata=_help("Digits demo: the domain shift the adapter must undo (none, rotate, mirror, invert)."),
     )
 
     def __post_init__(self) -> None:

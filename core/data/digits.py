@@ -1,7 +1,9 @@
 """The digits demo's data: scikit-learn's 8×8 digits (shipped in resources/), optionally shifted.
 
 The shift is the new domain the adapter must learn: ``rotate`` turns every image a
-quarter turn, ``invert`` swaps ink and paper.  The pretrained base never saw either.
+quarter turn, ``mirror`` flips it left to right, ``invert`` swaps ink and paper.  The
+pretrained base never saw any of them; ``rotate`` and ``mirror`` are the two domains of the
+multi-domain example (one adapter each, switched or combined on one base).
 """
 
 from __future__ import annotations
@@ -22,10 +24,12 @@ def load_digits_tensors(shift: str = "none") -> tuple[torch.Tensor, torch.Tensor
     images = data["images"].float().div(16.0).unsqueeze(1)
     if shift == "rotate":
         images = torch.rot90(images, k=1, dims=(2, 3))
+    elif shift == "mirror":
+        images = torch.flip(images, dims=(3,))  # left-right: the last axis is the image's width
     elif shift == "invert":
         images = 1.0 - images
     elif shift != "none":
-        raise ValueError(f"data.shift must be none, rotate or invert, got {shift!r}")
+        raise ValueError(f"data.shift must be none, rotate, mirror or invert, got {shift!r}")
     return images.contiguous(), data["labels"]
 
 
