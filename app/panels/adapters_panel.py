@@ -13,6 +13,7 @@ define) show in the notice bar with the engine's reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import Qt, Signal
@@ -44,6 +45,7 @@ from ..state.adapter_library import (
     DENSITY_METHODS,
     MAJORITY_SIGN_METHODS,
     MAJORITY_SIGNS,
+    METHOD_NOTES,
     METHODS,
     SVD_RANK_METHODS,
     AdapterEntry,
@@ -56,6 +58,7 @@ from ..state.project_files import StudioSettings
 from ..state.run_controller import RunController
 from ..state.session import StudioSession
 from ..state.try_runner import TryRunner
+from ..state.try_sources import OPENED
 from ..widgets.flow_layout import flow_bar
 from ..widgets.notice_bar import NoticeBar
 
@@ -63,24 +66,17 @@ COLUMNS = ("Name", "Variant", "Rank", "Targets", "Size", "From", "Run")
 EMPTY_TEXT = ("No adapters yet. Open adapter folders (ours, or PEFT's LoRA/LoHa/LoKr/DoRA folders) with Open…, "
               "or drop them here; the run you train next joins the list by itself. Then switch between them, "
               "combine them, try them, save them or export one merged.")
-METHOD_NOTES = {
-    "linear": "A = Σ√(w·s)·A, B = Σ√(w·s)·B: needs equal ranks; exact for one adapter",
-    "cat": "the factors stacked: ranks add, the weighted sum exactly",
-    "svd": "the weighted sum's best approximation at the rank below",
-    "ties": "TIES: keep each update's largest (density), elect a sign per weight, average those that agree",
-    "dare_linear": "DARE: drop updates at random (keep density, rescaled), then add them",
-    "dare_ties": "DARE's random drop, then TIES's sign election",
-    "magnitude_prune": "keep each update's largest (density), then add them",
-}
 
 
 class CombineDialog(QDialog):
     """The combine form: the chosen adapters with a weight each, the method and its settings, the new name."""
 
-    def __init__(self, names: list[str], taken: list[str], parent: QWidget | None = None) -> None:
+    def __init__(self, names: list[str], taken: list[str], parent: QWidget | None = None,
+                 check: Callable[[CombineRequest], str | None] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Combine adapters")
         self.names = list(names)
+        self._check = check or (lambda request: request.problem())
         layout = QVBoxLayout(self)
         layout.addWidget(QLabel(f"A new adapter from {len(names)} adapters: a weight each, and how to combine them",
                                 wordWrap=True))
@@ -125,7 +121,14 @@ class CombineDialog(QDialog):
         self.buttons.accepted.connect(self.accept)
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
+        self.problem_label = QLabel(wordWrap=True)
+        self.problem_label.setStyleSheet("color: #b91c1c;")
+        layout.insertWidget(layout.count() - 1, self.problem_label)
         self.method.currentTextChanged.connect(self._show_fields)
+        for spin in (*self.weights.values(), self.density, self.svd_rank):
+            spin.valueChanged.connect(self._show_problem)
+        self.majority_sign.currentTextChanged.connect(self._show_problem)
+        self.new_name.textChanged.connect(self._show_problem)
         self._show_fields(self.method.currentText())
 
     def set_method(self, method: str) -> None:
@@ -148,12 +151,22 @@ class CombineDialog(QDialog):
                               (self.majority_sign, method in MAJORITY_SIGN_METHODS),
                               (self.svd_rank, method in SVD_RANK_METHODS)):
             self.form.setRowVisible(widget, shown)
+        self._show_problem()
+
+    def problem(self) -> str | None:
+        """Why the combination as the form holds it would be refused (the engine's reason), or None."""
+        return self._check(self.request())
+
+    def _show_problem(self, *_args: object) -> None:
+        problem = self.problem()
+        self.problem_label.setText(problem or "")
+        self.problem_label.setVisible(bool(problem))
+        self.buttons.button(QDialogButtonBox.StandardButton.Ok).setEnabled(not problem)
 
     def accept(self) -> None:
-        """Close only on a request that makes sense (the reason shows otherwise)."""
-        problem = self.request().problem()
-        if problem:
-            self.method_note.setText(f"<span style='color:#b91c1c'>{problem}</span>")
+        """Close only on a combination the engine takes (the reason shows otherwise)."""
+        if self.problem():
+            self._show_problem()
             return
         super().accept()
 
@@ -171,6 +184,7 @@ class AdaptersPanel(QWidget):
         self.library = library or AdapterLibrary(session, RunController.for_session(session), parent=self)
         self.try_runner = try_runner
         self.export_dialog: ExportDialog | None = None
+        self._tried = False  # the library's model was handed to the Try tab
         self.combine_dialog: CombineDialog | None = None
         self.setAcceptDrops(True)
         self._build()
@@ -236,7 +250,7 @@ class AdaptersPanel(QWidget):
         if len(names) < 2:
             self._say("Choose two or more adapters to combine (Ctrl+click or Shift+click in the list)")
             return None
-        dialog = CombineDialog(names, self.library.names(), self)
+        dialog = CombineDialog(names, self.library.names(), self, check=self.library.combination_problem)
         dialog.accepted.connect(lambda: self.library.combine(dialog.request()))
         self.combine_dialog = dialog
         dialog.open()
@@ -369,6 +383,7 @@ class AdaptersPanel(QWidget):
             f"Adapters on <b>{base}</b>: {len(entries)} · none active (the model answers as its base)" if entries
             else f"Adapters on <b>{base}</b>: none yet")
         self._update_buttons()
+        self._follow_in_try()
 
     def _on_busy(self, busy: bool) -> None:
         self._busy = busy
@@ -412,11 +427,30 @@ class AdaptersPanel(QWidget):
         self.export_dialog = dialog
         dialog.open()  # modal: the active adapter cannot change under the export
 
-    def _hand_to_try(self, name: str) -> None:
+    def _try_title(self) -> str:
         loaded = self.library.loaded()
         base = loaded.name_or_path or type(loaded.model).__name__
-        self.try_runner.try_model(loaded, f"Adapter {name} on {base}")
+        active = self.library.active()
+        return f"The Adapters tab's model: {active} active, on {base}" if active else \
+            f"The Adapters tab's model: no adapter active, on {base}"
+
+    def _hand_to_try(self, name: str) -> None:
+        self._tried = True
+        self.try_runner.try_model(self.library.loaded(), self._try_title())
         self.sig_try_requested.emit(name)
+
+    def _follow_in_try(self) -> None:
+        """The Try tab tries the library's model itself: after a switch its title says which adapter is
+        active now (what it answers with), instead of the one handed to it."""
+        runner, loaded = self.try_runner, self.library.loaded()
+        if runner is None or not self._tried:
+            return
+        source = next((s for s in runner.sources() if s.kind == OPENED), None)
+        if source is None or loaded is None or source.loaded is not loaded:
+            self._tried = False  # the Try tab opened something else since
+            return
+        if not source.title.startswith(self._try_title()):
+            runner.try_model(loaded, self._try_title())
 
     def _show_details(self) -> None:
         box = QMessageBox(QMessageBox.Icon.Information, "What went wrong", self.notice.label.text(), parent=self)

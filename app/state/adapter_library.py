@@ -38,6 +38,10 @@ from PySide6.QtCore import QObject, Signal
 
 import lora_studio.core
 from lora_studio.core import (
+    COMBINATION_TYPES,
+    DENSITY_COMBINATIONS,
+    SIGN_COMBINATIONS,
+    SVD_COMBINATIONS,
     AdapterLayer,
     LoadedModel,
     ModulesToSave,
@@ -45,6 +49,7 @@ from lora_studio.core import (
     active_adapter,
     adapter_layers,
     add_weighted_adapter,
+    combination_problem,
     delete_adapter,
     get_adapter_config,
     get_variant,
@@ -59,11 +64,12 @@ from .workers import FunctionWorker
 ADAPTER_CONFIG = "adapter_config.json"  # an adapter folder's (ours and PEFT's)
 STUDIO_METADATA = "lora_studio_adapter.json"  # ours: the run's summary, the base's fingerprint
 RUN_FILE = "run.toml"  # a run folder's config
-METHODS = ("linear", "cat", "svd", "ties", "dare_linear", "dare_ties", "magnitude_prune")
-"""The combination methods offered (PEFT's ``combination_type`` names)."""
-DENSITY_METHODS = ("ties", "dare_linear", "dare_ties", "magnitude_prune")  # they keep a fraction of each update
-MAJORITY_SIGN_METHODS = ("ties", "dare_ties")  # they elect a sign per weight
-SVD_RANK_METHODS = ("svd",)
+METHODS = tuple(COMBINATION_TYPES)
+"""The combination methods offered (PEFT's ``combination_type`` names, the engine's order)."""
+METHOD_NOTES = dict(COMBINATION_TYPES)  # each method in one line (the engine's words)
+DENSITY_METHODS = DENSITY_COMBINATIONS  # they keep a fraction of each update
+MAJORITY_SIGN_METHODS = SIGN_COMBINATIONS  # they elect a sign per weight
+SVD_RANK_METHODS = SVD_COMBINATIONS  # they end in a truncated SVD at a rank
 MAJORITY_SIGNS = ("total", "frequency")  # PEFT's majority_sign_method values
 THIS_RUN = "this session's run"
 NO_MODEL = "No model loaded: load a model first (the adapters attach to its base)"
@@ -309,6 +315,18 @@ class AdapterLibrary(QObject):
                 request.new_name
 
         return self._submit(job)
+
+    def combination_problem(self, request: CombineRequest) -> str | None:
+        """Why the engine would refuse ``request`` on the library's model (and the method that would
+        work), or None; reads the adapters' configs and ranks only, so a form can ask on every edit."""
+        problem = request.problem()
+        if problem or self._loaded is None:
+            return problem
+        options = request.engine_options()
+        options.setdefault("majority_sign_method", "total")
+        found = combination_problem(self._loaded.model, list(request.adapters), list(request.weights),
+                                    request.method, new_name=request.new_name, **options)
+        return found[0].upper() + found[1:] if found else None
 
     def save(self, name: str, folder: str | Path) -> int:
         """Write adapter ``name`` in PEFT's format (PEFT's rule: a non-default name goes into

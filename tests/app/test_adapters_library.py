@@ -120,7 +120,10 @@ def test_a_combination_the_engine_refuses_shows_its_reason(qtbot, library, tmp_p
     with qtbot.waitSignal(library.sig_error, timeout=JOB_MS) as refused:
         library.combine(CombineRequest(("r4", "r2"), (0.5, 0.5), "linear", "mix"))
     _wait(qtbot, library)
-    assert "linear" in refused.args[0] and "rank" in refused.args[0]
+    assert "linear" in refused.args[0] and "rank" in refused.args[0] and "'svd'" in refused.args[0]  # what works
+    request = CombineRequest(("r4", "r2"), (0.5, 0.5), "linear", "mix2")
+    assert library.combination_problem(request) == refused.args[0]  # the form's live check says the same
+    assert library.combination_problem(CombineRequest(("r4", "r2"), (0.5, 0.5), "svd", "mix2")) is None
     assert library.names() == ["r4", "r2"]
     assert CombineRequest(("r4",), (1.0,), "linear", "x").problem() == "Choose two or more adapters to combine"
 

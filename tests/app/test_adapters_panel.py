@@ -139,15 +139,20 @@ def test_open_switch_refuse_combine_and_export_merged_in_the_window(qtbot, tmp_p
     panel.try_button.click()
     qtbot.waitUntil(lambda: window.tabs.currentWidget() is window.try_panel, timeout=JOB_MS)
     source = window.try_panel.runner.current()
-    assert source.kind == OPENED and source.loaded is panel.library.loaded() and "Adapter topic" in source.title
+    assert source.kind == OPENED and source.loaded is panel.library.loaded() and "topic active" in source.title
     assert active_adapter(source.loaded.model) == "topic"
+    # A switch in the Adapters tab: the Try tab's line says which adapter it answers with now.
+    window.tabs.setCurrentWidget(panel)
+    panel.select("sentiment")
+    panel.activate_button.click()
+    _wait(qtbot, panel)
+    assert "sentiment active" in window.try_panel.runner.current().title
 
     # Delete: gone from the list and the model.
-    window.tabs.setCurrentWidget(panel)
     panel.select("mix")
     panel.delete_button.click()
     _wait(qtbot, panel)
-    assert [r["Name"] for r in _rows(panel)] == ["sentiment", "● topic"]
+    assert [r["Name"] for r in _rows(panel)] == ["● sentiment", "topic"]
     window.close()
 
 
@@ -178,3 +183,26 @@ def test_actions_on_one_adapter_ask_for_one(qtbot, tmp_path: Path, doing: str) -
               "try": panel.try_selected}[doing]
     assert action() is None
     assert panel.notice.label.text() == f"Choose one adapter to {doing} in the list"
+
+
+def test_the_combine_form_shows_the_engines_reason_and_the_method_that_works(qtbot, tmp_path: Path) -> None:
+    panel = AdaptersPanel(digits_session(tmp_path / "runs"))
+    qtbot.addWidget(panel)
+    panel.open_folders([saved_adapter(tmp_path / "r4", seed=1), saved_adapter(tmp_path / "r2", seed=2, rank=2)])
+    _wait(qtbot, panel)
+    panel.select("r4", "r2")
+    dialog = panel.open_combine_dialog()
+    combine = dialog.buttons.button(dialog.buttons.StandardButton.Ok)
+    dialog.set_method("linear")
+    assert not combine.isEnabled() and "needs equal ranks" in dialog.problem_label.text()
+    assert "'svd'" in dialog.problem_label.text()  # the method that would work
+    dialog.set_method("svd")
+    assert combine.isEnabled() and dialog.problem_label.isHidden()
+    assert dialog.form.isRowVisible(dialog.svd_rank) and not dialog.form.isRowVisible(dialog.density)
+    dialog.new_name.setText("r4")
+    assert not combine.isEnabled() and "already" in dialog.problem_label.text()
+    dialog.new_name.setText("both")
+    combine.click()
+    _wait(qtbot, panel)
+    assert _rows(panel)[-1]["Name"] == "both" and _rows(panel)[-1]["Rank"] == "4"  # svd at the largest rank
+    assert panel.wait_idle()
