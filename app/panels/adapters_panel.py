@@ -75,6 +75,7 @@ class CombineDialog(QDialog):
                  check: Callable[[CombineRequest], str | None] | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Combine adapters")
+        self.setMinimumWidth(480)
         self.names = list(names)
         self._check = check or (lambda request: request.problem())
         layout = QVBoxLayout(self)
@@ -152,6 +153,7 @@ class CombineDialog(QDialog):
                               (self.svd_rank, method in SVD_RANK_METHODS)):
             self.form.setRowVisible(widget, shown)
         self._show_problem()
+        self.adjustSize()
 
     def problem(self) -> str | None:
         """Why the combination as the form holds it would be refused (the engine's reason), or None."""
@@ -293,7 +295,7 @@ class AdaptersPanel(QWidget):
         self.header_label = QLabel(wordWrap=True)
         self.header_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.notice = NoticeBar("Details…")
-        self.notice.sig_action.connect(self._show_details)
+        self.notice.sig_action.connect(self._show_failure_details)
         self.tree = QTreeWidget()
         self.tree.setColumnCount(len(COLUMNS))
         self.tree.setHeaderLabels(list(COLUMNS))
@@ -307,6 +309,11 @@ class AdaptersPanel(QWidget):
         header.setSectionResizeMode(COLUMNS.index("From"), QHeaderView.ResizeMode.Stretch)
         self.tree.itemSelectionChanged.connect(self._update_buttons)
         self.tree.itemDoubleClicked.connect(lambda _item, _col: self.activate_selected())
+        # The chosen adapter's facts in full: in a narrow pane the list's right-hand columns scroll away.
+        self.details_label = QLabel(wordWrap=True)
+        self.details_label.setObjectName("adapter_details")
+        self.details_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.details_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.empty_label = QLabel(EMPTY_TEXT, wordWrap=True)
         self.empty_label.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self.empty_label.setProperty("role", "note")
@@ -344,6 +351,7 @@ class AdaptersPanel(QWidget):
         layout.addWidget(self.notice)
         layout.addWidget(self.empty_label)
         layout.addWidget(self.tree, 1)
+        layout.addWidget(self.details_label)
         layout.addWidget(bar)
         layout.addWidget(self.status_label)
 
@@ -373,6 +381,8 @@ class AdaptersPanel(QWidget):
         self.tree.blockSignals(False)
         for column in range(len(COLUMNS) - 2):
             self.tree.resizeColumnToContents(column)
+        targets = COLUMNS.index("Targets")  # the details line below has them all
+        self.tree.setColumnWidth(targets, min(self.tree.columnWidth(targets), 14 * self.fontMetrics().averageCharWidth()))
         self.empty_label.setVisible(not entries)
         loaded = self.session.loaded
         base = (loaded.name_or_path or type(loaded.model).__name__) if loaded is not None else None
@@ -398,7 +408,24 @@ class AdaptersPanel(QWidget):
         self.notice.show_notice(message)
         self.notice.action_button.setVisible(bool(self.library.last_details))
 
+    def _show_details(self) -> None:
+        names = self.selected_names()
+        entry = next((e for e in self.library.entries() if names and e.name == names[0]), None)
+        if len(names) != 1 or entry is None:
+            self.details_label.setText(f"{len(names)} adapters chosen: Combine… makes one of them" if names else "")
+            self.details_label.setVisible(bool(names))
+            return
+        lines = [f"<b>{entry.name}</b>{' (active)' if entry.active else ''} · {entry.variant}, rank {entry.rank} · "
+                 f"{entry.size_text}", f"Targets: {', '.join(entry.targets)}", f"From: {entry.origin}"]
+        if entry.run:
+            lines.append(f"Run: {entry.run}")
+        if entry.note:
+            lines.append(f"Note: {entry.note}")
+        self.details_label.setText("<br>".join(lines))
+        self.details_label.setVisible(True)
+
     def _update_buttons(self) -> None:
+        self._show_details()
         busy = getattr(self, "_busy", False)
         chosen = len(self.selected_names())
         for widget in self.selection_buttons:
@@ -452,7 +479,7 @@ class AdaptersPanel(QWidget):
         if not source.title.startswith(self._try_title()):
             runner.try_model(loaded, self._try_title())
 
-    def _show_details(self) -> None:
+    def _show_failure_details(self) -> None:
         box = QMessageBox(QMessageBox.Icon.Information, "What went wrong", self.notice.label.text(), parent=self)
         box.setDetailedText(self.library.last_details)
         box.open()
