@@ -392,6 +392,8 @@ class AdapterLibrary(QObject):
 
         def run() -> LibraryOutcome:
             with self._lock:
+                if generation != self._generation:  # asked for before the session's model changed
+                    return LibraryOutcome(job_id, generation, ())
                 try:
                     loaded = self._model(create=needs_model)
                     done, problems, value = work(loaded)

@@ -159,3 +159,36 @@ def test_the_run_just_trained_joins_the_list(qtbot, library, tmp_path: Path) -> 
     with torch.no_grad():
         trained = controller.trained_model().model.eval()(inputs)
     assert (_output(library, inputs) - trained).abs().max() <= TOLERANCE
+
+
+def test_rename_keeps_the_adapter_and_its_origin(qtbot, library, tmp_path: Path) -> None:
+    import lora_studio.core
+
+    if not hasattr(lora_studio.core, "rename_adapter"):
+        pytest.skip("the engine's rename_adapter is not in this checkout")
+    a = saved_adapter(tmp_path / "a", seed=1)
+    library.open_folders([a, saved_adapter(tmp_path / "b", seed=2)])
+    _wait(qtbot, library)
+    with qtbot.waitSignal(library.sig_done, timeout=JOB_MS) as done:
+        library.rename("a", "sentiment")
+    _wait(qtbot, library)
+    assert done.args[0] == "Renamed a to sentiment"
+    assert library.names() == ["sentiment", "b"] and library.active() == "sentiment"
+    assert library.entries()[0].origin == str(a)
+    inputs = pixels()
+    assert (_output(library, inputs) - own_output(a, inputs)).abs().max() <= TOLERANCE
+    with qtbot.waitSignal(library.sig_error, timeout=JOB_MS) as refused:
+        library.rename("b", "sentiment")
+    assert "already" in refused.args[0]
+    _wait(qtbot, library)
+    assert library.names() == ["sentiment", "b"]
+
+
+def test_another_model_starts_an_empty_list(qtbot, library, tmp_path: Path) -> None:
+    from lora_studio.core import demo_config, load_model
+
+    library.open_folders([saved_adapter(tmp_path / "a", seed=1)])
+    _wait(qtbot, library)
+    with qtbot.waitSignal(library.sig_changed, timeout=JOB_MS) as changed:
+        library.session.set_loaded(load_model(demo_config("digits", output_dir=tmp_path).model))
+    assert changed.args[0] == [] and library.loaded() is None
