@@ -451,6 +451,11 @@ class AdaptersPanel(QWidget):
 
     def _open_export(self) -> None:
         dialog = ExportDialog(self.session, self.library.loaded(), self)
+        name = dialog.adapter_name
+        if name:  # each adapter's exports get their own default names: several can be exported side by side
+            merged = Path(dialog.merged_path.text())
+            dialog.merged_path.setText(str(merged.with_name(merged.name.replace("merged", f"{name}-merged", 1))))
+            dialog.adapter_path.setText(str(Path(dialog.adapter_path.text()).with_name(name)))
         self.export_dialog = dialog
         dialog.open()  # modal: the active adapter cannot change under the export
 

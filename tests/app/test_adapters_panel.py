@@ -120,9 +120,12 @@ def test_open_switch_refuse_combine_and_export_merged_in_the_window(qtbot, tmp_p
     export = panel.export_dialog
     assert export.adapter_name == "mix" and active_adapter(panel.library.loaded().model) == "mix"
     assert (_output(panel, inputs) - own_output(sentiment, inputs)).abs().max() <= 1e-5
-    merged = tmp_path / "export" / "mix.safetensors"
+    default = Path(window.session.config.output.dir) / "export" / "mix-merged.safetensors"
+    assert export.merged_path.text() == str(default)  # the chosen adapter's own default name
+    merged = tmp_path / "export" / "mix-merged.safetensors"  # not the user's app-data folder
+    export.merged_path.setText(str(merged))
     with qtbot.waitSignal(export.sig_exported, timeout=JOB_MS) as exported:
-        export.export_merged_model(str(merged))
+        export.merged_button.click()
     qtbot.waitUntil(lambda: not export.is_busy(), timeout=JOB_MS)
     check = exported.args[0]
     assert check.path == merged and merged.is_file()
