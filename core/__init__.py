@@ -157,7 +157,10 @@ from .adapter import (
     SIGN_COMBINATIONS,
     SVD_COMBINATIONS,
     combination_problem,
+    rename_adapter,
+    set_adapter,
 )
+from .disk import AdapterFacts, AdapterFit, check_adapter_fit, read_adapter_facts
 
 __all__ = [
     # runs: models, data, the run config and the training engine
@@ -311,4 +314,10 @@ __all__ = [
     "SIGN_COMBINATIONS",
     "SVD_COMBINATIONS",
     "combination_problem",
+    "rename_adapter",
+    "set_adapter",
+    "AdapterFacts",
+    "AdapterFit",
+    "check_adapter_fit",
+    "read_adapter_facts",
 ]

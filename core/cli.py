@@ -8,6 +8,12 @@
   folder, ours or PEFT's, or a merged export), ``--base`` beside its base model.
 * ``generate PATH PROMPT`` — a trained language model continues a prompt, streamed; ``--base`` too.
 * ``demo digits|text|story`` — the built-in offline demos.
+* ``adapters list FOLDER...`` — one line per adapter folder (ours or PEFT's; a run folder lists its
+  adapters); ``adapters show FOLDER`` — everything about one (``--json``).
+* ``combine BASE_SPEC A B ... --weights 0.5,0.5 --method ties --density 0.5 --out DIR`` — load the
+  adapter folders onto the base (BASE_SPEC as ``inspect`` takes it), combine them (PEFT's
+  ``add_weighted_adapter`` methods; trained heads, ``modules_to_save``, combined by their changes)
+  and save the result in PEFT's format.
 
 Exit codes scripts can trust: 0 done, 1 the run failed (NaN, out of memory, an
 error), 2 a bad config, data or argument, 130 cancelled with Ctrl-C (a checkpoint
@@ -45,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (ValueError, OSError) as exc:  # user errors: a clear message, no stack trace
-        print(f"lora-studio {args.command}: error: {exc}", file=sys.stderr)
+        command = " ".join(c for c in (args.command, getattr(args, "adapters_command", None)) if c)
+        print(f"lora-studio {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
 
 
@@ -143,6 +150,8 @@ def _build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--json", action="store_true", help="print the generations as one JSON object")
     _trained_model_arguments(generate)
     generate.set_defaults(run=_run_generate)
+
+    _add_adapter_commands(sub)
 
     demo = sub.add_parser("demo", help="run a built-in demo offline on a CPU (digits: seconds; text, story: about "
                           "a minute)",
@@ -470,4 +479,191 @@ def _run_generate(args: argparse.Namespace) -> int:
     if cancel.cancelled:
         print("lora-studio generate: stopped (Ctrl-C)", file=sys.stderr)
         return EXIT_CANCELLED
+    return EXIT_OK
+
+
+# -- adapters list / show, combine -----------------------------------------------------------------
+def _add_adapter_commands(sub) -> None:
+    from .adapter.combination import COMBINATION_TYPES
+
+    adapters = sub.add_parser("adapters", help="list or show adapter folders (ours or PEFT's)",
+                              description="Read adapter folders without loading a model.")
+    which = adapters.add_subparsers(dest="adapters_command", metavar="ACTION", required=True)
+    listing = which.add_parser("list", help="one line per adapter folder: name, variant, rank, targets, size, base",
+                               description="One line per adapter folder. A folder that is not itself an adapter "
+                               "folder lists the adapter folders right inside it (a run folder: adapter/, best/).")
+    listing.add_argument("folders", nargs="+", metavar="FOLDER", help="adapter, run or parent folders")
+    listing.add_argument("--json", action="store_true", help="print JSON (a list of objects)")
+    listing.set_defaults(run=_run_adapters_list)
+    show = which.add_parser("show", help="everything about one adapter folder",
+                            description="Everything read from one adapter folder's files.")
+    show.add_argument("folder", help="the adapter folder (holds adapter_config.json)")
+    show.add_argument("--json", action="store_true", help="print one JSON object")
+    show.set_defaults(run=_run_adapters_show)
+
+    combine = sub.add_parser(
+        "combine", help="combine adapter folders into a new adapter (linear, cat, svd, TIES, DARE, ...)",
+        description="Load each adapter folder onto the base model BASE_SPEC (demo:NAME, transformers:ID_OR_FOLDER, "
+        "torchvision:NAME, python:FILE.py:FN), combine them with PEFT's add_weighted_adapter method and save the "
+        "result in PEFT's format. Methods: " + "; ".join(f"{k}: {v}" for k, v in COMBINATION_TYPES.items()) + ".")
+    combine.add_argument("base", metavar="BASE_SPEC", help="the base model all the adapters were trained on")
+    combine.add_argument("adapters", nargs="+", metavar="ADAPTER_FOLDER", help="two or more adapter (or run) folders")
+    combine.add_argument("--weights", help="comma-separated, one per adapter (default 1 each: the sum)")
+    combine.add_argument("--method", choices=tuple(COMBINATION_TYPES), default="svd",
+                         help="combination type (default svd, PEFT's default)")
+    combine.add_argument("--density", type=float, help="fraction of entries kept, 0 < d <= 1 (TIES, DARE, "
+                                                       "magnitude_prune and their _svd forms)")
+    combine.add_argument("--majority-sign", choices=("total", "frequency"), default="total",
+                         help="TIES sign election (default total)")
+    combine.add_argument("--svd-rank", type=int, help="rank of the result for the svd methods (default: the largest)")
+    combine.add_argument("--seed", type=int, default=0, help="random seed for DARE's drops (default 0)")
+    combine.add_argument("--out", required=True, metavar="DIR", help="folder to write the combined adapter to")
+    combine.set_defaults(run=_run_combine)
+
+
+def _adapter_folders(folder: Path) -> list[Path]:
+    """``folder`` itself when it is an adapter folder, else the adapter folders right inside it."""
+    from .disk.adapter_folder import ADAPTER_CONFIG_NAME
+
+    if (folder / ADAPTER_CONFIG_NAME).is_file():
+        return [folder]
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    inside = sorted(p for p in folder.iterdir() if (p / ADAPTER_CONFIG_NAME).is_file())
+    if not inside:
+        raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}, nor do the folders right inside it; "
+                                "is it an adapter folder?")
+    return inside
+
+
+def _one_adapter_folder(folder: Path) -> Path:
+    """The adapter ``folder`` means: itself, a run folder's final ``adapter/``, or the only one inside it."""
+    inside = _adapter_folders(folder)
+    if len(inside) == 1 or inside[0] == folder:
+        return inside[0]
+    if (folder / "adapter") in inside:
+        return folder / "adapter"
+    raise ValueError(f"{folder} holds several adapter folders ({', '.join(p.name for p in inside)}); name one")
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024 or unit == "GB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _targets_text(targets: Sequence[str], whole: Sequence[str] = (), width: int = 48) -> str:
+    # Layer paths repeat per block: the last parts, deduplicated, say what was adapted; "+" the whole modules.
+    short = list(dict.fromkeys(t.rsplit(".", 1)[-1] for t in targets))
+    text = f"{len(targets)}: {','.join(short)}" + "".join(f" +{m}" for m in whole)
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def _run_adapters_list(args: argparse.Namespace) -> int:
+    import json
+
+    from .disk.adapter_folder import read_adapter_facts
+
+    facts, failed = [], False
+    for folder in args.folders:
+        try:
+            facts.extend(read_adapter_facts(f) for f in _adapter_folders(Path(folder)))
+        except (ValueError, OSError) as exc:  # one bad folder does not hide the others
+            print(f"lora-studio adapters list: error: {exc}", file=sys.stderr)
+            failed = True
+    if args.json:
+        print(json.dumps([f.to_dict() for f in facts], indent=2))
+    elif facts:
+        header = ["name", "variant", "rank", "targets", "size", "base", "folder"]
+        rows = [[f.name, f.variant, str(f.rank), _targets_text(f.targets, f.modules_to_save), _size(f.size_bytes),
+                 f.base_model_name_or_path or "-", str(f.folder)] for f in facts]  # fmt: skip
+        widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+        for row in [header, *rows]:
+            print("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip())
+    return EXIT_USAGE if failed else EXIT_OK
+
+
+def _run_adapters_show(args: argparse.Namespace) -> int:
+    import json
+
+    from .disk.adapter_folder import read_adapter_facts
+
+    facts = read_adapter_facts(Path(args.folder))
+    data = facts.to_dict()
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    data["size_bytes"] = f"{facts.size_bytes:,} ({_size(facts.size_bytes)})"
+    data["parameters"] = f"{facts.parameters:,}" if facts.parameters is not None else "unknown (legacy .bin)"
+    for key, value in data.items():
+        if key == "ranks":
+            continue  # shown with the targets
+        if key == "targets":
+            print(f"{'targets':<24}{len(facts.targets)} layers")
+            for target in facts.targets:
+                rank = facts.ranks.get(target)
+                print(f"{'':<24}{target}" + (f"  r={rank}" if rank is not None else ""))
+        elif isinstance(value, (dict, list, tuple)):
+            print(f"{key:<24}{json.dumps(value) if value else '-'}")
+        else:
+            print(f"{key:<24}{value if value not in (None, '') else '-'}")
+    return EXIT_OK
+
+
+def _run_combine(args: argparse.Namespace) -> int:
+    import re
+
+    import torch
+
+    from .adapter.combination import add_weighted_adapter, combination_problem
+    from .adapter.lifecycle import delete_adapter, list_adapters, rename_adapter
+    from .disk.adapter_folder import load_adapter, read_adapter_facts, save_adapter
+    from .training.trained_run import load_for_inference
+
+    folders = [_one_adapter_folder(Path(f)) for f in args.adapters]
+    if len(folders) < 2:
+        raise ValueError("combine needs two or more adapter folders")
+    weights = [1.0] * len(folders)
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise ValueError(f"--weights must be comma-separated numbers, e.g. 0.5,0.5; got {args.weights!r}") from None
+        if len(weights) != len(folders):
+            raise ValueError(f"--weights has {len(weights)} numbers for {len(folders)} adapters; give one per adapter")
+    names: list[str] = []
+    for folder in folders:  # each adapter under a name of its own: its folder's (or run's), made unique
+        name = re.sub(r"[^A-Za-z0-9_-]", "_", read_adapter_facts(folder).name) or "adapter"
+        unique, n = name, 2
+        while unique in names or unique == "default":
+            unique, n = f"{name}-{n}", n + 1
+        names.append(unique)
+    _quiet_transformers()
+    loaded = load_for_inference(folders[0], base_model=args.base)  # the base, with the first adapter as default
+    model = loaded.model
+    rename_adapter(model, "default", names[0])
+    for folder, name in zip(folders[1:], names[1:]):
+        load_adapter(model, folder, adapter_name=name)  # refused, with the reason, when it does not fit the base
+    problem = combination_problem(model, names, weights, args.method, svd_rank=args.svd_rank, density=args.density,
+                                  majority_sign_method=args.majority_sign, combine_modules_to_save=True)  # fmt: skip
+    if problem:
+        raise ValueError(problem)
+    torch.manual_seed(args.seed)  # DARE's drops: the same seed gives the same adapter
+    add_weighted_adapter(model, names, weights, "combined", combination_type=args.method, svd_rank=args.svd_rank,
+                         density=args.density, majority_sign_method=args.majority_sign,
+                         combine_modules_to_save=True)  # fmt: skip
+    for name in names:
+        delete_adapter(model, name)
+    rename_adapter(model, "combined", "default")  # written at --out itself, PEFT's layout for one adapter
+    assert list_adapters(model) == ["default"]
+    summary = {"combined_from": [str(f) for f in folders], "adapter_names": names, "weights": weights,
+               "method": args.method, "density": args.density, "majority_sign_method": args.majority_sign,
+               "svd_rank": args.svd_rank, "seed": args.seed}  # fmt: skip
+    if loaded.label_names:
+        summary["label_names"] = list(loaded.label_names)  # predict names the classes
+    path = save_adapter(model, args.out, base_model_name_or_path=args.base, run_summary=summary)
+    listed = ", ".join(f"{n} x{w:g}" for n, w in zip(names, weights))
+    print(f"combined {listed} with {args.method} -> {path}")
     return EXIT_OK

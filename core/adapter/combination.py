@@ -20,6 +20,14 @@ The methods, each for the weighted update ``Σ wᵢ·sᵢ·Bᵢ·Aᵢ`` of the a
 PEFT's order, so ``torch.manual_seed`` before the call gives PEFT's result.  With one adapter every
 method is ``linear``, as in PEFT.  The new adapter has scaling 1 (alpha = r per layer) and is not
 activated.  A layer only some of the adapters adapt combines those (the others add nothing there).
+
+**Whole trained modules** (``modules_to_save``, e.g. a classifier head every classification run
+trains) have no factors.  PEFT refuses to combine them, and so does :func:`add_weighted_adapter`
+unless ``combine_modules_to_save=True`` (``lora-studio combine`` passes it): then the new adapter's copy is ``original + merged(copyᵢ − original)``, the
+adapters' changes to the module combined by the same method on the full tensors (task arithmetic
+for linear/cat/svd, TIES/DARE/magnitude pruning for those); an adapter without a copy of that module
+changes it by nothing.  There is no PEFT oracle for this; the weights (1, 0) give the first adapter's
+copy exactly.
 """
 
 from __future__ import annotations
@@ -31,7 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..layers import AdapterLayer, adapter_layers
+from ..layers import AdapterLayer, ModulesToSave, adapter_layers
 from ..variants import get_variant
 from .config import LoraConfig
 from .lifecycle import adapter_state, require_adapter_state, set_active_adapter
@@ -79,6 +87,7 @@ def combination_problem(
     density: float | None = None,
     majority_sign_method: str = "total",
     new_name: str | None = None,
+    combine_modules_to_save: bool = False,
 ) -> str | None:
     """Why :func:`add_weighted_adapter` would refuse these arguments (with the method that would work),
     or None when it would not.  Changes nothing: a form can call it on every edit."""
@@ -106,10 +115,12 @@ def combination_problem(
         problem = merge_settings_problem(base_method, density, majority_sign_method)
         if problem:
             return problem
-    if any(state.configs[a].modules_to_save for a in adapters):
+    whole = list(dict.fromkeys(m for a in adapters for m in state.configs[a].modules_to_save))
+    if whole and not combine_modules_to_save:
         return (
-            "adapters that train whole modules (modules_to_save) cannot be combined: a trained copy of a "
-            "module has no low-rank update to weigh; combine adapters without modules_to_save"
+            f"adapters that train whole modules (modules_to_save: {', '.join(whole)}) cannot be combined by PEFT's "
+            "methods, which weigh low-rank factors; pass combine_modules_to_save=True (lora-studio combine does) "
+            "to combine each module's changes by the same method, or combine adapters without modules_to_save"
         )
     variants = {a: state.configs[a].variant for a in adapters}
     for a, name in variants.items():
@@ -154,19 +165,23 @@ def add_weighted_adapter(
     svd_driver: str | None = None,
     density: float | None = None,
     majority_sign_method: Literal["total", "frequency"] = "total",
+    *,
+    combine_modules_to_save: bool = False,
 ) -> None:
     """Create adapter ``new_name`` from a weighted combination of existing ``adapters`` (see the module
     docstring for the methods; PEFT's arguments and semantics).
 
     ``svd_rank`` defaults to the largest rank among the sources; ``svd_clamp`` clips the SVD factors at
     that quantile of their entries, ``svd_driver`` picks the cuSOLVER routine (CUDA only) and
-    ``svd_full_matrices`` is accepted for PEFT's signature (the truncated result is the same).  A
+    ``svd_full_matrices`` is accepted for PEFT's signature (the truncated result is the same).
+    ``combine_modules_to_save`` (not PEFT's): combine adapters' whole trained modules too (see the
+    module docstring); without it such adapters are refused, as PEFT refuses them.  A
     combination that is not defined raises ``ValueError`` with the reason and the method that works;
     the model is then unchanged.  The new adapter is not activated.
     """
     problem = combination_problem(
         model, adapters, weights, combination_type, svd_rank=svd_rank, density=density,
-        majority_sign_method=majority_sign_method, new_name=new_name,
+        majority_sign_method=majority_sign_method, new_name=new_name, combine_modules_to_save=combine_modules_to_save,
     )  # fmt: skip
     if problem:
         raise ValueError(problem)
@@ -184,6 +199,9 @@ def add_weighted_adapter(
         if present:
             planned.append((name, layer, {key: _combine(layer, key, present, method, settings, svd)
                                           for key in layer.weight_slots()}))  # fmt: skip
+    copies = [(name, module, _combined_copy(module, adapters, weights, method, settings))
+              for name, module in model.named_modules()
+              if isinstance(module, ModulesToSave) and any(a in module.adapter_names for a in adapters)]  # fmt: skip
     ranks: dict[str, int] = {}
     for name, layer, new_factors in planned:
         rank = next(iter(new_factors.values()))[0].shape[0]
@@ -194,7 +212,14 @@ def add_weighted_adapter(
             b.copy_(b_new.reshape(b.shape))
         ranks[name] = rank
 
+    for _, module, values in copies:
+        module.add_adapter(new_name)
+        copy_state = module.modules_to_save[new_name].state_dict(keep_vars=True)
+        for key, value in values.items():
+            copy_state[key].copy_(value.to(copy_state[key].dtype))
+
     first = state.configs[adapters[0]]
+    saved = list(dict.fromkeys(entry for a in adapters for entry in state.configs[a].modules_to_save))
     common = max(set(ranks.values()), key=list(ranks.values()).count)
     state.configs[new_name] = LoraConfig(
         r=common,
@@ -204,8 +229,27 @@ def add_weighted_adapter(
         alpha_pattern={re.escape(n): float(r) for n, r in ranks.items() if r != common},
         bias=first.bias,
         variant=first.variant,
+        modules_to_save=saved,
     )
     set_active_adapter(model, adapter_state(model).active)  # re-apply trainability: the new one stays frozen
+
+
+def _combined_copy(
+    module: ModulesToSave, adapters: list[str], weights: list[float], kind: str, settings: dict
+) -> dict[str, torch.Tensor]:
+    """The new adapter's copy of a whole trained module: original + the adapters' changes combined."""
+    original = module.original_module.state_dict()
+    copies = {a: module.modules_to_save[a].state_dict() for a in adapters if a in module.adapter_names}
+    method = kind.removesuffix("_svd") if kind not in ("linear", "cat", "svd") else "linear"
+    values: dict[str, torch.Tensor] = {}
+    for key, base in original.items():
+        if not base.is_floating_point():
+            values[key] = base.clone()  # counters (BatchNorm's num_batches_tracked) stay the original's
+            continue
+        deltas = [(copies[a][key].float() - base.float()) if a in copies else torch.zeros_like(base, dtype=torch.float32)
+                  for a in adapters]  # fmt: skip
+        values[key] = base.float() + merge_tensors(method, deltas, [float(w) for w in weights], **settings)
+    return values
 
 
 def _effective_type(combination_type: str, adapters: list[str]) -> str:

@@ -185,6 +185,60 @@ def set_active_adapter(model: nn.Module, adapter_name: str | None) -> None:
         _apply_bias_mode(model, state.configs[adapter_name].bias)
 
 
+def set_adapter(model: nn.Module, adapter_name: str | None) -> None:
+    """PEFT's name for :func:`set_active_adapter`: use ``adapter_name`` in forward and train only it."""
+    set_active_adapter(model, adapter_name)
+
+
+def rename_adapter(model: nn.Module, old_name: str, new_name: str) -> None:
+    """Give adapter ``old_name`` the name ``new_name`` everywhere (its config, every layer, the active
+    one), keeping its place in the order and its parameters themselves (an optimizer holding them is
+    unaffected).  A name that is taken or not a valid adapter name is refused before anything changes."""
+    state = require_adapter_state(model, old_name)
+    if not isinstance(new_name, str) or not _ADAPTER_NAME.fullmatch(new_name):
+        raise ValueError(
+            f"adapter names are letters, digits, '_' or '-' (they become module keys); got {new_name!r}"
+        )
+    if new_name == old_name:
+        return
+    if new_name in state.configs:
+        raise ValueError(f"adapter {new_name!r} already exists; delete it first or choose another name")
+    for wrapper in _wrappers(model):
+        if old_name in wrapper.adapter_names:
+            _rename_on_module(wrapper, old_name, new_name)
+    _rename_key(state.configs, old_name, new_name)
+    if state.active == old_name:
+        state.active = new_name
+
+
+def _rename_on_module(module: nn.Module, old: str, new: str) -> None:
+    """Every per-adapter table of one wrapper: its module/parameter dicts, its plain dicts keyed by
+    adapter (ranks, alphas, scalings, behaviours) and the active/merged names."""
+    for _, child in list(module.named_children()):
+        if isinstance(child, (nn.ModuleDict, nn.ParameterDict)) and old in child:
+            items = list(child.items())
+            for key, _ in items:
+                del child[key]
+            for key, value in items:
+                child[new if key == old else key] = value
+    for attr, value in list(vars(module).items()):
+        # variant_inputs is keyed by input name and shared by every layer; _tied_originals by weight key.
+        if isinstance(value, dict) and attr not in ("variant_inputs", "_tied_originals") and old in value:
+            _rename_key(value, old, new)
+    if getattr(module, "active_adapter", None) == old:
+        module.active_adapter = new
+    merged = getattr(module, "merged_adapters", None)
+    if isinstance(merged, list) and old in merged:
+        merged[merged.index(old)] = new
+
+
+def _rename_key(table: dict, old: str, new: str) -> None:
+    # In place and in order: other objects may hold this very dict.
+    items = list(table.items())
+    table.clear()
+    table.update(((new if key == old else key), value) for key, value in items)
+
+
 @contextmanager
 def disable_adapters(model: nn.Module) -> Iterator[nn.Module]:
     """Inside the block the model gives exactly the base output (merged adapters are taken out
@@ -400,8 +454,10 @@ __all__ = [
     "list_adapters",
     "merge",
     "merge_and_unload",
+    "rename_adapter",
     "require_adapter_state",
     "set_active_adapter",
+    "set_adapter",
     "unload",
     "unmerge",
     "variant_inputs",

@@ -5,7 +5,16 @@ Untrusted files are never unpickled (:mod:`.safe_loading`); every file is writte
 (:mod:`.atomic_files`).
 """
 
-from .adapter_folder import AdapterMismatchError, load_adapter, read_adapter_folder, save_adapter
+from .adapter_folder import (
+    AdapterFacts,
+    AdapterFit,
+    AdapterMismatchError,
+    check_adapter_fit,
+    load_adapter,
+    read_adapter_facts,
+    read_adapter_folder,
+    save_adapter,
+)
 from .atomic_files import atomic_path, atomic_write_json, atomic_write_text, replace_folder
 from .export_checks import max_output_difference, model_outputs, verify_adapter
 from .merged_export import PRECISIONS, ExportResult, export_merged, read_sidecar, record_verification, verify_export
@@ -14,7 +23,11 @@ from .safe_loading import CorruptFileError, UnsafeFileError, load_safetensors, l
 
 __all__ = [
     "PRECISIONS",
+    "AdapterFacts",
+    "AdapterFit",
     "AdapterMismatchError",
+    "check_adapter_fit",
+    "read_adapter_facts",
     "CorruptFileError",
     "ExportResult",
     "UnsafeFileError",

@@ -26,8 +26,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import warnings
 from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -43,8 +45,8 @@ from ..adapter.lifecycle import (
     get_adapter_config,
     set_active_adapter,
 )
-from ..layers import iter_logical_modules
-from ..variants import get_variant
+from ..layers import iter_logical_modules, wrapper_for
+from ..variants import available_variants, get_variant
 from ..variants.pissa import OriginalBase, convert_pissa
 from .atomic_files import staged_folder
 from .peft_lora_format import (
@@ -63,7 +65,7 @@ from .peft_lycoris_format import (
     lycoris_factor_paths,
     lycoris_peft_config_dict,
 )
-from .safe_loading import load_legacy_weights, load_safetensors
+from .safe_loading import load_legacy_weights, load_safetensors, read_safetensors_header
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -265,10 +267,12 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
     if any(layer.merged for _, layer in adapter_layers(model)):
         raise ValueError("unmerge the model's adapters before loading another one (merged weights would change)")
     _check_modules_exist(model, tensors)
+    _check_factor_shapes(model, tensors, studio)  # before anything changes: the common case needs no undo
     if studio is not None:
         config = LoraConfig.from_dict(studio["config"])
-        adapted = studio.get("layer_ranks") or _adapted_paths(tensors)  # the layers the saved hash left out
-        _warn_on_other_base(model, studio.get("base_model") or {}, adapted, folder)
+        note = _other_base_note(model, studio, tensors, folder)
+        if note:
+            warnings.warn(note, stacklevel=2)
     elif handles_peft_type(peft_config.get("peft_type")):
         config = lycoris_config_from_peft(peft_config, tensors, model)
     else:
@@ -292,17 +296,84 @@ def _check_modules_exist(model: nn.Module, tensors: dict[str, torch.Tensor]) -> 
             )
 
 
-def _warn_on_other_base(model: nn.Module, saved: dict, adapted: Iterable[str], folder: Path) -> None:
+def _other_base_note(model: nn.Module, studio: dict, tensors: dict, folder: Path) -> str | None:
+    """A warning when our metadata's fingerprint says the adapter was saved on another base, else None."""
+    saved = studio.get("base_model") or {}
+    adapted = studio.get("layer_ranks") or _adapted_paths(tensors)  # the layers the saved hash left out
     here = base_fingerprint(model, exclude=adapted)
-    for field in ("structure", "values"):
-        if saved.get(field) and saved[field] != here[field]:
-            what = "architecture" if field == "structure" else "weights"
-            warnings.warn(
+    for part in ("structure", "values"):
+        if saved.get(part) and saved[part] != here[part]:
+            what = "architecture (or dtype)" if part == "structure" else "weights"
+            return (
                 f"{folder}: this adapter was saved on a base model with different {what} "
-                f"({saved.get('class')}, {saved.get('name_or_path')!r}); its outputs may not be what was trained",
-                stacklevel=3,
+                f"({saved.get('class')}, {saved.get('name_or_path')!r}); its outputs may not be what was trained"
             )
-            return
+    return None
+
+
+# Variants whose files hold PEFT's plain LoRA factors (A: r x inputs, B: outputs x r).
+_PLAIN_FACTOR_VARIANTS = {"lora", "lora_plus", "dora", "pissa", "qlora"}
+# Layer types whose factor sizes follow from the base weight alone (PEFT's layout for each).
+_SHAPE_CHECKED = {"Linear", "Embedding", "Conv1d", "Conv2d", "Conv3d", "Conv1D"}
+# PEFT's LoRA keys for a one-weight layer: (A key suffix, B key suffix).
+_LORA_KEY_PAIRS = ((".lora_A.weight", ".lora_B.weight"), (".lora_embedding_A", ".lora_embedding_B"))
+
+
+def _check_factor_shapes(model: nn.Module, shapes: dict[str, Any], studio: dict | None) -> None:
+    """Refuse LoRA factors whose sizes do not fit their layer (``shapes``: key -> tensor or shape),
+    reading the model only.  What this cannot judge (variants that store more than PEFT's two plain
+    factors, several adapted weights, grouped convolutions, LoHa/LoKr keys) is left to the full check
+    after attaching, which undoes itself."""
+    variant = (studio or {}).get("variant") or "lora"
+    if variant not in _PLAIN_FACTOR_VARIANTS:
+        return
+    logical = {lm.name: lm for lm in iter_logical_modules(model)}
+    for path in factor_paths(shapes):
+        if path not in logical:
+            continue  # _check_modules_exist names it
+        base = logical[path].module
+        wrapper_cls, reason = wrapper_for(base, inside_attention=logical[path].inside_attention)
+        if wrapper_cls is None:
+            raise AdapterMismatchError(
+                f"{PEFT_PREFIX}{path}: this model's {path!r} ({type(base).__name__}) cannot carry LoRA: {reason}. "
+                "Was the adapter trained on another base model?"
+            )
+        if type(base).__name__ not in _SHAPE_CHECKED:
+            continue
+        slots = wrapper_cls(base).weight_slots()  # a throw-away wrapper: it only reads the layer
+        if list(slots) != ["weight"] or not slots["weight"].param.is_floating_point():
+            continue  # several adapted weights, or a packed 4-bit base: the check after attaching judges
+        rows, cols = _matrix_shape(slots["weight"])
+        for a_suffix, b_suffix in _LORA_KEY_PAIRS:
+            a_key, b_key = path + a_suffix, path + b_suffix
+            if a_key not in shapes or b_key not in shapes:
+                continue
+            a_shape, b_shape = _shape(shapes[a_key]), _shape(shapes[b_key])
+            r = a_shape[0]
+            conv = type(base).__name__ in ("Conv1d", "Conv2d", "Conv3d")
+            if conv and getattr(base, "groups", 1) != 1:
+                continue  # grouped: A's sizes depend on how the wrapper builds it
+            kernel = tuple(base.weight.shape[2:]) if conv else ()
+            want_a = (r, *base.weight.shape[1:]) if conv else (r, cols)
+            want_b = (rows, r, *(1 for _ in kernel))
+            for key, have, want in ((a_key, a_shape, want_a), (b_key, b_shape, want_b)):
+                if tuple(have) != tuple(want):
+                    raise AdapterMismatchError(
+                        f"{PEFT_PREFIX}{key}: file shape {list(have)} does not match model shape {list(want)}. "
+                        "Was the adapter trained on another base model or with another rank?"
+                    )
+
+
+def _matrix_shape(slot: Any) -> tuple[int, int]:
+    """(rows, columns) of the matrix ``B @ A`` stands for, from the weight's shape alone."""
+    shape = tuple(slot.param.shape)
+    if slot.transposed:
+        return shape[1], shape[0]
+    return shape[0], math.prod(shape[1:])
+
+
+def _shape(value: Any) -> tuple[int, ...]:
+    return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
 def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict) -> None:
@@ -372,8 +443,167 @@ def _copy_alias(key: str) -> str:
     return f"{root}.{rest}" if sep else key
 
 
+# -- reading a folder without a model, and checking it against one ---------------------------------
+@dataclass(frozen=True)
+class AdapterFacts:
+    """What an adapter folder holds, read from its files alone (no model, no tensor data loaded)."""
+
+    folder: Path
+    name: str  # the name it was saved under (ours), else the folder's name
+    variant: str  # our variant name: "lora", "dora", "loha", "lokr", ...
+    peft_type: str  # "LORA", "LOHA", "LOKR", ...
+    rank: int  # the common rank (``ranks`` has every layer's)
+    alpha: float
+    targets: tuple[str, ...]  # the adapted modules' paths
+    ranks: dict[str, int] = field(default_factory=dict)
+    modules_to_save: tuple[str, ...] = ()  # whole modules it trains a copy of (e.g. a classifier head)
+    size_bytes: int = 0  # the weights file
+    parameters: int | None = None  # tensor entries in the file (None for a legacy pickle file)
+    base_model_name_or_path: str | None = None
+    task_type: str | None = None
+    ours: bool = False  # saved by LoRA Studio (it has lora_studio_adapter.json)
+    run_summary: dict[str, Any] = field(default_factory=dict)  # ours: step, best loss, label names
+    run_dir: Path | None = None  # the run folder it sits in (a parent holding run.toml), when there is one
+    peft_compatible: bool = True  # ours: PEFT loads it with the same outputs
+    peft_notes: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON data (paths as strings)."""
+        data = {k: getattr(self, k) for k in self.__dataclass_fields__}
+        data["folder"] = str(self.folder)
+        data["run_dir"] = str(self.run_dir) if self.run_dir else None
+        data["targets"] = list(self.targets)
+        data["modules_to_save"] = list(self.modules_to_save)
+        data["peft_notes"] = list(self.peft_notes)
+        return data
+
+
+def read_adapter_facts(folder: str | Path) -> AdapterFacts:
+    """The facts of the adapter in ``folder`` (ours or PEFT's) from its config and the weights file's
+    header.  ``FileNotFoundError`` / ``ValueError`` say what is missing or unreadable."""
+    folder = Path(folder)
+    config_path = folder / ADAPTER_CONFIG_NAME
+    if not config_path.is_file():
+        raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}; is it an adapter folder?")
+    try:
+        peft_config = json.loads(config_path.read_text(encoding="utf-8"))
+        studio_path = folder / STUDIO_METADATA_NAME
+        studio = json.loads(studio_path.read_text(encoding="utf-8")) if studio_path.is_file() else None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{folder}: a config file is not valid JSON ({exc}); the folder is damaged") from None
+    weights = folder / ADAPTER_WEIGHTS_NAME
+    if weights.is_file():
+        header = read_safetensors_header(weights)
+        shapes = {k.removeprefix(PEFT_PREFIX): tuple(v["shape"]) for k, v in header.items() if k != "__metadata__"}
+        parameters: int | None = sum(math.prod(s) for s in shapes.values())
+    elif (folder / LEGACY_WEIGHTS_NAME).is_file():
+        weights = folder / LEGACY_WEIGHTS_NAME
+        tensors = load_legacy_weights(weights)
+        shapes = {k.removeprefix(PEFT_PREFIX): tuple(t.shape) for k, t in tensors.items()}
+        parameters = None
+    else:
+        raise FileNotFoundError(f"{folder} holds neither {ADAPTER_WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}")
+    peft_type = str(peft_config.get("peft_type", "LORA"))
+    paths = factor_paths(shapes) | lycoris_factor_paths(shapes)
+    if studio is not None:
+        config = studio.get("config") or {}
+        ranks = {k: int(v) for k, v in (studio.get("layer_ranks") or {}).items()}
+        summary = dict(studio.get("run_summary") or {})
+        run_dir = folder.parent if (folder.parent / "run.toml").is_file() else None
+        return AdapterFacts(
+            folder=folder,
+            name=_facts_name(folder, studio.get("adapter_name") or "default", run_dir),
+            variant=str(studio.get("variant") or config.get("variant") or "lora"),
+            peft_type=peft_type,
+            rank=int(config.get("r", peft_config.get("r", 0))),
+            alpha=float(config.get("alpha", peft_config.get("lora_alpha", 0))),
+            targets=tuple(ranks or paths),
+            ranks=ranks,
+            modules_to_save=tuple(config.get("modules_to_save") or ()),
+            size_bytes=weights.stat().st_size,
+            parameters=parameters,
+            base_model_name_or_path=peft_config.get("base_model_name_or_path"),
+            task_type=peft_config.get("task_type"),
+            ours=True,
+            run_summary=summary,
+            run_dir=run_dir,
+            peft_compatible=bool(studio.get("peft_compatible", True)),
+            peft_notes=tuple(studio.get("peft_notes") or ()),
+        )
+    rank = int(peft_config.get("r", 0))
+    ranks = {}
+    for path, key in factor_paths(shapes).items():  # a LoRA A factor's first dimension is its rank
+        ranks[path] = int(shapes[key][0])
+    return AdapterFacts(
+        folder=folder,
+        name=folder.name,
+        variant=_variant_of_peft(peft_config),
+        peft_type=peft_type,
+        rank=rank,
+        alpha=float(peft_config.get("lora_alpha", peft_config.get("alpha", rank))),
+        targets=tuple(paths),
+        ranks=ranks,
+        modules_to_save=tuple(peft_config.get("modules_to_save") or ()),
+        size_bytes=weights.stat().st_size,
+        parameters=parameters,
+        base_model_name_or_path=peft_config.get("base_model_name_or_path"),
+        task_type=peft_config.get("task_type"),
+    )
+
+
+def _facts_name(folder: Path, saved_name: str, run_dir: Path | None) -> str:
+    # A run's adapter is saved as "default" in RUN_DIR/adapter (or best/): the run's folder names it better.
+    if saved_name != "default":
+        return saved_name
+    if run_dir is None:
+        return folder.name
+    return run_dir.name if folder.name == "adapter" else f"{run_dir.name}-{folder.name}"
+
+
+def _variant_of_peft(peft_config: dict) -> str:
+    """Our variant for a PEFT config: the one whose PEFT type and flags it has (DoRA: use_dora)."""
+    peft_type = peft_config.get("peft_type", "LORA")
+    flagged = [v for v in available_variants() if v.peft_type == peft_type and v.peft_lora_flags
+               and all(peft_config.get(k) == want for k, want in v.peft_lora_flags.items())]  # fmt: skip
+    if flagged:
+        return flagged[0].name
+    plain = [v for v in available_variants() if v.peft_type == peft_type and not v.peft_lora_flags]
+    return plain[0].name if plain else str(peft_type).lower()
+
+
+@dataclass(frozen=True)
+class AdapterFit:
+    """Whether an adapter folder fits a model: ``problem`` (why it cannot load; None when it can) and
+    ``note`` (a warning that does not stop loading, e.g. saved on a base with other weights)."""
+
+    problem: str | None = None
+    note: str | None = None
+
+    @property
+    def fits(self) -> bool:
+        """True when :func:`load_adapter` would load it."""
+        return self.problem is None
+
+
+def check_adapter_fit(model: nn.Module, folder: str | Path) -> AdapterFit:
+    """Check the adapter in ``folder`` against ``model`` without changing the model: module names,
+    factor shapes, and (ours) the base fingerprint.  What it cannot judge without attaching (LoHa/LoKr
+    factor sizes) :func:`load_adapter` still checks, and undoes itself on a mismatch."""
+    try:
+        _, studio, tensors = read_adapter_folder(folder)
+        _check_modules_exist(model, tensors)
+        _check_factor_shapes(model, tensors, studio)
+    except (AdapterMismatchError, FileNotFoundError, ValueError) as exc:
+        return AdapterFit(problem=str(exc))
+    return AdapterFit(note=_other_base_note(model, studio, tensors, Path(folder)) if studio else None)
+
+
 __all__ = [
     "ADAPTER_CONFIG_NAME",
+    "AdapterFacts",
+    "AdapterFit",
+    "check_adapter_fit",
+    "read_adapter_facts",
     "ADAPTER_WEIGHTS_NAME",
     "STUDIO_METADATA_NAME",
     "AdapterMismatchError",

@@ -225,3 +225,51 @@ def test_adapters_on_different_layers_combine_where_each_is():
         layer = layers[name]
         expected = sum(w * layer.delta_weight(a) for a, w in adapters)
         torch.testing.assert_close(layer.delta_weight("mix"), expected, atol=TOL, rtol=0)
+
+
+def test_trained_heads_are_refused_unless_asked_for():
+    model = _with_heads()
+    with pytest.raises(ValueError, match=r"modules_to_save: classifier.*combine_modules_to_save=True"):
+        add_weighted_adapter(model, ["a", "b"], [0.5, 0.5], "mix", combination_type="cat")
+    assert list_adapters(model) == ["a", "b"]
+
+
+def _with_heads() -> torch.nn.Module:
+    """Two adapters that each also train their own copy of the classifier head (modules_to_save)."""
+    model = pretrained(CONV_NET)
+    for name in ("a", "b"):
+        attach(model, LoraConfig(r=4, alpha=8, targets=["conv1", "conv2"], modules_to_save=["classifier"]),
+               adapter_name=name)  # fmt: skip
+    perturb(model, std=0.3)
+    return model
+
+
+@pytest.mark.parametrize("method", ["linear", "cat", "svd", "magnitude_prune", "dare_linear_svd"])
+def test_trained_heads_combine_by_their_changes(method):
+    model = _with_heads()
+    x = CONV_NET.inputs()
+    set_active_adapter(model, "a")
+    first = call(model, x)
+    settings = {"density": 1.0} if method not in ("linear", "cat", "svd") else {}
+    with pytest.warns(UserWarning, match="nothing is pruned") if settings else _no_warning():
+        add_weighted_adapter(model, ["a", "b"], [1.0, 0.0], "one_zero", combination_type=method, **settings,
+                             combine_modules_to_save=True)  # fmt: skip
+    set_active_adapter(model, "one_zero")
+    torch.testing.assert_close(call(model, x), first, atol=TOL * max(1.0, float(first.abs().max())), rtol=0)
+
+    add_weighted_adapter(model, ["a", "b"], [0.25, 0.5], "mix", combination_type="cat", combine_modules_to_save=True)
+    head = model.classifier
+    original = head.original_module.weight
+    expected = original + 0.25 * (head.modules_to_save["a"].weight - original) + 0.5 * (
+        head.modules_to_save["b"].weight - original)
+    torch.testing.assert_close(head.modules_to_save["mix"].weight, expected, atol=1e-6, rtol=0)
+
+
+def test_a_combined_adapter_with_a_head_round_trips_through_peft(tmp_path):
+    model = _with_heads()
+    add_weighted_adapter(model, ["a", "b"], [0.6, 0.4], "mix", combination_type="ties", density=0.5,
+                         combine_modules_to_save=True)  # fmt: skip
+    set_active_adapter(model, "mix")
+    save_adapter(model, tmp_path, "mix")
+    loaded = PeftModel.from_pretrained(pretrained(CONV_NET), str(tmp_path / "mix"), adapter_name="mix").eval()
+    torch.testing.assert_close(call(loaded, CONV_NET.inputs()), call(model, CONV_NET.inputs()), atol=TOL, rtol=0)
