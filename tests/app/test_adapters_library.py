@@ -192,3 +192,18 @@ def test_another_model_starts_an_empty_list(qtbot, library, tmp_path: Path) -> N
     with qtbot.waitSignal(library.sig_changed, timeout=JOB_MS) as changed:
         library.session.set_loaded(load_model(demo_config("digits", output_dir=tmp_path).model))
     assert changed.args[0] == [] and library.loaded() is None
+
+
+def test_an_adapter_whose_shapes_fit_but_whose_base_differs_is_refused(qtbot, library, tmp_path: Path) -> None:
+    import copy
+
+    from lora_studio.core import LoraConfig, attach, save_adapter
+
+    other = copy.deepcopy(library.session.loaded.model)
+    other.fc2 = torch.nn.Linear(32, 5)  # another head: the adapted layers have the same shapes, the base does not
+    folder = save_adapter(attach(other, LoraConfig(r=4, alpha=8, targets=TARGETS)), tmp_path / "five-classes")
+    with qtbot.waitSignal(library.sig_error, timeout=JOB_MS) as refused:
+        library.open_folders([folder])
+    _wait(qtbot, library)
+    assert "trained on another base model" in refused.args[0] and "architecture" in refused.args[0]
+    assert library.entries() == [] and list_adapters(library.loaded().model) == []
