@@ -3,7 +3,8 @@
 * ``train RUN.toml`` — run a training config; ``resume RUN_DIR`` — continue (or extend) it.
 * ``inspect MODEL`` — a model's layer tree with counts (built on the meta device);
   ``describe`` is the same command under its first name.
-* ``export RUN_DIR --adapter OUT | --merged OUT`` — the trained adapter (PEFT format) or a merged model.
+* ``export RUN_DIR --adapter OUT | --merged OUT`` — the trained adapter (PEFT format) or a merged model;
+  ``export ADAPTER_FOLDER --merged OUT`` merges any one adapter folder (ours, PEFT's, a combined one) into its base.
 * ``predict PATH INPUT...`` — a trained classifier on texts or images (a run folder, an adapter
   folder, ours or PEFT's, or a merged export), ``--base`` beside its base model.
 * ``generate PATH PROMPT`` — a trained language model continues a prompt, streamed; ``--base`` too.
@@ -104,7 +105,10 @@ def _build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser("export", help="write a run's adapter (PEFT format) or a merged model",
                             description="Export the trained adapter of RUN_DIR, or merge it into the base and "
                             "write the merged model (safetensors, or a transformers folder).")
-    export.add_argument("run_dir", help="the run folder")
+    export.add_argument("run_dir", metavar="PATH", help="the run folder, or an adapter folder (ours or PEFT's, e.g. "
+                        "one `combine` wrote) to merge into its base")
+    export.add_argument("--base-model", metavar="SPEC", help="an adapter folder's base when its adapter_config.json "
+                        "does not say it (demo:NAME, transformers:ID_OR_FOLDER, torchvision:NAME, python:FILE.py:FN)")
     what = export.add_mutually_exclusive_group(required=True)
     what.add_argument("--adapter", metavar="OUT", help="write the adapter (PEFT format) to this folder")
     what.add_argument("--merged", metavar="OUT", help="write the merged model to this folder")
@@ -313,10 +317,16 @@ def _run_export(args: argparse.Namespace) -> int:
     from .training.trained_run import load_trained_run
 
     run_dir = Path(args.run_dir)
-    config = load_run_config(run_dir)
-    if config.training.mode == "full" and args.adapter:
-        raise ValueError(f"{run_dir} is a full fine-tuning run: it has no adapter; use --merged")
-    loaded = load_trained_run(run_dir, args.which)
+    if (run_dir / "adapter_config.json").is_file():  # one adapter of a library: merged onto its base
+        from .training.trained_run import load_for_inference
+
+        _quiet_transformers()
+        loaded = load_for_inference(run_dir, base_model=args.base_model)
+    else:
+        config = load_run_config(run_dir)
+        if config.training.mode == "full" and args.adapter:
+            raise ValueError(f"{run_dir} is a full fine-tuning run: it has no adapter; use --merged")
+        loaded = load_trained_run(run_dir, args.which)
     if args.adapter:
         summary = {"label_names": loaded.label_names} if loaded.label_names else None  # predict names its classes
         path = save_adapter(loaded.model, args.adapter, base_model_name_or_path=loaded.name_or_path,

@@ -127,3 +127,20 @@ def test_combine_refusals_are_one_line_with_the_method_that_works(runs, tmp_path
     code, _, err = _cli(capsys, "combine", "demo:text", rotated, inverted, "--out", tmp_path / "x")
     assert code == 2 and "another base model" in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_export_merges_a_combined_adapter_folder(runs, tmp_path, capsys):
+    rotated, inverted = runs
+    combined = tmp_path / "combined"
+    assert _cli(capsys, "combine", "demo:digits", rotated, inverted, "--method", "cat", "--out", combined)[0] == 0
+    code, text, err = _cli(capsys, "export", combined, "--merged", tmp_path / "merged")
+    assert code == 0, err
+    merged_file = tmp_path / "merged" / "model.safetensors"
+    assert merged_file.is_file() and "merged model" in text
+    x = _digits()
+    with torch.no_grad():
+        adapted = load_for_inference(combined).model(x)
+        merged = load_for_inference(merged_file).model(x)
+    torch.testing.assert_close(merged, adapted, atol=TOL, rtol=0)
+    code, _, err = _cli(capsys, "export", tmp_path / "nothing", "--merged", tmp_path / "m2")
+    assert code == 2 and "not a run folder" in err
