@@ -20,6 +20,7 @@ from PySide6.QtCore import Qt, Signal
 from PySide6.QtGui import QDragEnterEvent, QDropEvent, QFont
 from PySide6.QtWidgets import (
     QAbstractItemView,
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -72,7 +73,7 @@ class CombineDialog(QDialog):
     """The combine form: the chosen adapters with a weight each, the method and its settings, the new name."""
 
     def __init__(self, names: list[str], taken: list[str], parent: QWidget | None = None,
-                 check: Callable[[CombineRequest], str | None] | None = None) -> None:
+                 check: Callable[[CombineRequest], str | None] | None = None, *, whole_modules: bool = False) -> None:
         super().__init__(parent)
         self.setWindowTitle("Combine adapters")
         self.setMinimumWidth(480)
@@ -108,12 +109,18 @@ class CombineDialog(QDialog):
         self.svd_rank.setRange(0, 4096)
         self.svd_rank.setSpecialValueText("largest of the adapters")
         self.svd_rank.setToolTip("The new adapter's rank (0: the largest rank among the adapters)")
+        self.whole_modules = QCheckBox("Combine the modules trained fully (a run's classifier head) too")
+        self.whole_modules.setToolTip("Each new copy is the original plus the combined changes of the adapters' "
+                                      "copies (PEFT refuses such adapters; lora-studio combine does this)")
+        self.whole_modules.setChecked(True)
+        self.whole_modules.setVisible(whole_modules)
         self.new_name = QLineEdit(unique_name("combined", taken))
         form.addRow("Method", self.method)
         form.addRow("", self.method_note)
         form.addRow("Density", self.density)
         form.addRow("Majority sign", self.majority_sign)
         form.addRow("SVD rank", self.svd_rank)
+        form.addRow("", self.whole_modules)
         form.addRow("New adapter's name", self.new_name)
         self.form = form
         layout.addLayout(form)
@@ -129,6 +136,7 @@ class CombineDialog(QDialog):
         for spin in (*self.weights.values(), self.density, self.svd_rank):
             spin.valueChanged.connect(self._show_problem)
         self.majority_sign.currentTextChanged.connect(self._show_problem)
+        self.whole_modules.toggled.connect(self._show_problem)
         self.new_name.textChanged.connect(self._show_problem)
         self._show_fields(self.method.currentText())
 
@@ -144,7 +152,8 @@ class CombineDialog(QDialog):
             self.new_name.text().strip(),
             density=self.density.value() if method in DENSITY_METHODS else None,
             majority_sign_method=self.majority_sign.currentText() if method in MAJORITY_SIGN_METHODS else None,
-            svd_rank=(self.svd_rank.value() or None) if method in SVD_RANK_METHODS else None)
+            svd_rank=(self.svd_rank.value() or None) if method in SVD_RANK_METHODS else None,
+            combine_modules_to_save=not self.whole_modules.isHidden() and self.whole_modules.isChecked())
 
     def _show_fields(self, method: str) -> None:
         self.method_note.setText(METHOD_NOTES.get(method, ""))
@@ -252,7 +261,9 @@ class AdaptersPanel(QWidget):
         if len(names) < 2:
             self._say("Choose two or more adapters to combine (Ctrl+click or Shift+click in the list)")
             return None
-        dialog = CombineDialog(names, self.library.names(), self, check=self.library.combination_problem)
+        whole = any(t.endswith(" (full)") for e in self.library.entries() if e.name in names for t in e.targets)
+        dialog = CombineDialog(names, self.library.names(), self, check=self.library.combination_problem,
+                               whole_modules=whole)
         dialog.accepted.connect(lambda: self.library.combine(dialog.request()))
         self.combine_dialog = dialog
         dialog.open()

@@ -36,7 +36,6 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-import lora_studio.core
 from lora_studio.core import (
     COMBINATION_TYPES,
     DENSITY_COMBINATIONS,
@@ -49,12 +48,14 @@ from lora_studio.core import (
     active_adapter,
     adapter_layers,
     add_weighted_adapter,
+    check_adapter_fit,
     combination_problem,
     delete_adapter,
     get_adapter_config,
     get_variant,
     list_adapters,
     load_adapter,
+    rename_adapter,
     save_adapter,
     set_active_adapter,
 )
@@ -115,6 +116,7 @@ class CombineRequest:
     density: float | None = None  # ties, dare_*, magnitude_prune
     majority_sign_method: str | None = None  # ties, dare_ties
     svd_rank: int | None = None  # svd (None: the largest rank among the adapters)
+    combine_modules_to_save: bool = False  # combine modules trained fully (a run's head) by their changes too
 
     def problem(self) -> str | None:
         """What is wrong with the request before the engine sees it, or None."""
@@ -142,12 +144,17 @@ class CombineRequest:
             options["density"] = self.density
         if self.method in MAJORITY_SIGN_METHODS and self.majority_sign_method:
             options["majority_sign_method"] = self.majority_sign_method
+        if self.combine_modules_to_save:
+            options["combine_modules_to_save"] = True
         return options
 
     def describe(self) -> str:
         """``combined from a, b (linear 1, 0)``: the list's "from" column."""
         weights = ", ".join(f"{w:g}" for w in self.weights)
-        extra = "".join(f", {k.replace('_', ' ')} {v}" for k, v in self.engine_options().items())
+        extra = "".join(f", {k.replace('_', ' ')} {v}" for k, v in self.engine_options().items()
+                        if k != "combine_modules_to_save")
+        if self.combine_modules_to_save:
+            extra += ", trained modules too"
         return f"combined from {', '.join(self.adapters)} ({self.method} {weights}{extra})"
 
 
@@ -285,7 +292,7 @@ class AdapterLibrary(QObject):
         """Rename adapter ``old`` to ``new`` (letters, digits, '_' or '-'; not a name in use)."""
         def job(loaded: LoadedModel) -> tuple[str, list[str], Any]:
             _check_new_name(loaded, new)
-            _rename(loaded, old, new)
+            rename_adapter(loaded.model, old, new)
             self._origins[new] = self._origins.pop(old, _Origin(""))
             return f"Renamed {old} to {new}", [], new
 
@@ -369,16 +376,15 @@ class AdapterLibrary(QObject):
         wanted = name or (Path(run).name if run and folder.name in ("adapter", "best") else folder.name)
         adapter_name = unique_name(_NAME.sub("-", wanted).strip("-") or "adapter", list_adapters(loaded.model))
         previous = active_adapter(loaded.model) if list_adapters(loaded.model) else None
+        fit = check_adapter_fit(loaded.model, folder)  # reads the model only: a refusal leaves it as it was
+        if not fit.fits:
+            raise RefusedError(fit.problem)
+        if fit.note and "different architecture" in fit.note:  # the shapes fit, the base does not: refuse
+            raise RefusedError(f"it was trained on another base model ({fit.note.split(': ', 1)[-1]})")
         with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
+            warnings.simplefilter("always")  # the note below says it once, in the list
             load_adapter(loaded.model, folder, adapter_name=adapter_name)
-        notes = [str(w.message) for w in caught]
-        other = next((n for n in notes if "different architecture" in n), None)
-        if other is not None:  # the shapes fit, but it was trained on another architecture: refuse
-            delete_adapter(loaded.model, adapter_name)
-            if list_adapters(loaded.model):
-                set_active_adapter(loaded.model, previous)
-            raise RefusedError(f"it was trained on another base model ({other.split(': ', 1)[-1]})")
+        notes = [str(w.message) for w in caught] + ([fit.note] if fit.note else [])
         if previous is not None:
             set_active_adapter(loaded.model, previous)  # opening adds to the list; Activate switches
         note = next((n.split(": ", 1)[-1] for n in notes if "different weights" in n), "")
@@ -545,13 +551,6 @@ def _check_new_name(loaded: LoadedModel, new: str) -> None:
         raise RefusedError(f"An adapter's name must be letters, digits, '_' or '-'; got {new!r}")
     if new in list_adapters(loaded.model):
         raise RefusedError(f"There is already an adapter named {new!r}; choose another name")
-
-
-def _rename(loaded: LoadedModel, old: str, new: str) -> None:
-    rename = getattr(lora_studio.core, "rename_adapter", None)  # the engine's, where this version has it
-    if rename is None:
-        raise RefusedError("Renaming needs the engine's rename_adapter, which this version lacks")
-    rename(loaded.model, old, new)
 
 
 def _readable(exc: BaseException) -> str:

@@ -41,20 +41,22 @@ def pixels(count: int = 6, seed: int = 0) -> torch.Tensor:
     return torch.randn(count, 1, 8, 8, generator=torch.Generator().manual_seed(seed))
 
 
-def adapted_copy(seed: int, rank: int = 4) -> nn.Module:
-    """A copy of the base with a rank-``rank`` adapter whose B factors are random (a fresh one's are zero)."""
-    model = attach(copy.deepcopy(digits_base().model), LoraConfig(r=rank, alpha=2 * rank, targets=TARGETS))
+def adapted_copy(seed: int, rank: int = 4, head: bool = False) -> nn.Module:
+    """A copy of the base with a rank-``rank`` adapter whose B factors are random (a fresh one's are zero);
+    ``head``: the classifier head ``fc2`` trained fully too (as a run trains it), its copy nudged."""
+    lora = LoraConfig(r=rank, alpha=2 * rank, targets=TARGETS, modules_to_save=["fc2"] if head else [])
+    model = attach(copy.deepcopy(digits_base().model), lora)
     generator = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, parameter in model.named_parameters():
-            if "lora_B" in name:
-                parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.3)
+            if "lora_B" in name or "modules_to_save" in name:
+                parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.3)
     return model.eval()
 
 
-def saved_adapter(folder: Path, seed: int, rank: int = 4) -> Path:
+def saved_adapter(folder: Path, seed: int, rank: int = 4, head: bool = False) -> Path:
     """An adapter folder (PEFT's format) for the digits base."""
-    return save_adapter(adapted_copy(seed, rank), folder, base_model_name_or_path="demo:digits")
+    return save_adapter(adapted_copy(seed, rank, head), folder, base_model_name_or_path="demo:digits")
 
 
 def other_base_adapter(folder: Path) -> Path:

@@ -209,3 +209,30 @@ def test_the_combine_form_shows_the_engines_reason_and_the_method_that_works(qtb
     _wait(qtbot, panel)
     assert _rows(panel)[-1]["Name"] == "both" and _rows(panel)[-1]["Rank"] == "4"  # svd at the largest rank
     assert panel.wait_idle()
+
+
+def test_adapters_with_trained_heads_combine_heads_too(qtbot, tmp_path: Path) -> None:
+    panel = AdaptersPanel(digits_session(tmp_path / "runs"))
+    qtbot.addWidget(panel)
+    first = saved_adapter(tmp_path / "rotate", seed=1, head=True)
+    panel.open_folders([first, saved_adapter(tmp_path / "mirror", seed=2, head=True)])
+    _wait(qtbot, panel)
+    assert "fc2 (full)" in panel.library.entries()[0].targets
+    panel.select("rotate", "mirror")
+    dialog = panel.open_combine_dialog()
+    assert dialog.whole_modules.isVisibleTo(dialog) and dialog.whole_modules.isChecked()
+    dialog.set_method("linear")
+    dialog.whole_modules.setChecked(False)
+    assert "modules_to_save" in dialog.problem_label.text()  # the engine refuses them without it
+    dialog.whole_modules.setChecked(True)
+    dialog.weights["rotate"].setValue(1.0)
+    dialog.weights["mirror"].setValue(0.0)
+    dialog.buttons.button(dialog.buttons.StandardButton.Ok).click()
+    _wait(qtbot, panel)
+    assert _rows(panel)[-1]["From"] == "combined from rotate, mirror (linear 1, 0, trained modules too)"
+    panel.select("combined")
+    panel.activate_button.click()
+    _wait(qtbot, panel)
+    inputs = pixels()
+    assert (_output(panel, inputs) - own_output(first, inputs)).abs().max() <= 1e-5
+    assert panel.wait_idle()
