@@ -23,10 +23,10 @@ activated.  A layer only some of the adapters adapt combines those (the others a
 
 **Whole trained modules** (``modules_to_save``, e.g. a classifier head every classification run
 trains) have no factors.  PEFT refuses to combine them, and so does :func:`add_weighted_adapter`
-unless ``combine_modules_to_save=True`` (``lora-studio combine`` passes it): then the new adapter's copy is ``original + merged(copyᵢ − original)``, the
-adapters' changes to the module combined by the same method on the full tensors (task arithmetic
-for linear/cat/svd, TIES/DARE/magnitude pruning for those); an adapter without a copy of that module
-changes it by nothing.  There is no PEFT oracle for this; the weights (1, 0) give the first adapter's
+unless ``combine_modules_to_save=True`` (``lora-studio combine`` passes it): then the new adapter's
+copy is ``original + merged(copyᵢ − original)``, the adapters' changes to the module combined by
+the same method on the full tensors (task arithmetic for linear/cat/svd, TIES/DARE/magnitude pruning
+for those); an adapter without a copy of that module changes it by nothing.  There is no PEFT oracle for this; the weights (1, 0) give the first adapter's
 copy exactly.
 """
 
@@ -246,8 +246,8 @@ def _combined_copy(
         if not base.is_floating_point():
             values[key] = base.clone()  # counters (BatchNorm's num_batches_tracked) stay the original's
             continue
-        deltas = [(copies[a][key].float() - base.float()) if a in copies else torch.zeros_like(base, dtype=torch.float32)
-                  for a in adapters]  # fmt: skip
+        zero = torch.zeros_like(base, dtype=torch.float32)
+        deltas = [(copies[a][key].float() - base.float()) if a in copies else zero for a in adapters]
         values[key] = base.float() + merge_tensors(method, deltas, [float(w) for w in weights], **settings)
     return values
 

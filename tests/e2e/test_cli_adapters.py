@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from lora_studio.core import (
+    LoraConfig,
     add_weighted_adapter,
     load_adapter,
     read_adapter_facts,
@@ -17,7 +18,6 @@ from lora_studio.core import (
 from lora_studio.core.cli import main
 from lora_studio.core.data.digits import load_digits_tensors
 from lora_studio.core.run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
-from lora_studio.core import LoraConfig
 from lora_studio.core.training import CancelToken, train
 from lora_studio.core.training.trained_run import load_for_inference
 
@@ -85,9 +85,16 @@ def test_bad_folders_get_one_line_errors(runs, tmp_path, capsys):
     assert code == 2 and err.count("\n") == 1 and "adapter_config.json" in err
 
 
-@pytest.mark.parametrize("method,extra", [("linear", []), ("ties", ["--density", "0.5"]),
-                                          ("dare_linear", ["--density", "0.7", "--seed", "3"]),
-                                          ("cat", []), ("magnitude_prune_svd", ["--density", "0.5", "--svd-rank", "6"])])
+COMBINE_CASES = [
+    ("linear", []),
+    ("ties", ["--density", "0.5"]),
+    ("dare_linear", ["--density", "0.7", "--seed", "3"]),
+    ("cat", []),
+    ("magnitude_prune_svd", ["--density", "0.5", "--svd-rank", "6"]),
+]
+
+
+@pytest.mark.parametrize("method,extra", COMBINE_CASES)
 def test_combine_equals_the_python_api(runs, tmp_path, capsys, method, extra):
     rotated, inverted = runs
     out = tmp_path / "combined"
@@ -118,7 +125,8 @@ def test_combine_equals_the_python_api(runs, tmp_path, capsys, method, extra):
 
 def test_combine_refusals_are_one_line_with_the_method_that_works(runs, tmp_path, capsys):
     rotated, inverted = runs
-    code, _, err = _cli(capsys, "combine", "demo:digits", rotated, inverted, "--method", "ties", "--out", tmp_path / "x")
+    code, _, err = _cli(capsys, "combine", "demo:digits", rotated, inverted, "--method", "ties",
+                        "--out", tmp_path / "x")  # fmt: skip
     assert code == 2 and "needs density" in err and err.count("\n") == 1
     code, _, err = _cli(capsys, "combine", "demo:digits", rotated, inverted, "--weights", "1", "--out", tmp_path / "x")
     assert code == 2 and "one per adapter" in err
