@@ -242,7 +242,8 @@ class AdaptersPanel(QWidget):
             new_name, ok = QInputDialog.getText(self, "Rename adapter", f"New name for {name}:", text=name)
             if not ok or new_name.strip() == name:
                 return None
-        return self.library.rename(name, new_name.strip())
+        new_name = new_name.strip()
+        return self.library.rename(name, new_name, then=lambda _o: self.select(new_name))  # still the chosen one
 
     def delete_selected(self) -> int | None:
         """Remove the chosen adapters from the model (their folders stay)."""

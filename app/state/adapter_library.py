@@ -288,7 +288,7 @@ class AdapterLibrary(QObject):
 
         return self._submit(job)
 
-    def rename(self, old: str, new: str) -> int:
+    def rename(self, old: str, new: str, then: Callable[[LibraryOutcome], None] | None = None) -> int:
         """Rename adapter ``old`` to ``new`` (letters, digits, '_' or '-'; not a name in use)."""
         def job(loaded: LoadedModel) -> tuple[str, list[str], Any]:
             _check_new_name(loaded, new)
@@ -296,7 +296,7 @@ class AdapterLibrary(QObject):
             self._origins[new] = self._origins.pop(old, _Origin(""))
             return f"Renamed {old} to {new}", [], new
 
-        return self._submit(job)
+        return self._submit(job, then=then)
 
     def delete(self, name: str) -> int:
         """Remove adapter ``name`` from the model (its folder on disk stays)."""

@@ -162,10 +162,6 @@ def test_the_run_just_trained_joins_the_list(qtbot, library, tmp_path: Path) -> 
 
 
 def test_rename_keeps_the_adapter_and_its_origin(qtbot, library, tmp_path: Path) -> None:
-    import lora_studio.core
-
-    if not hasattr(lora_studio.core, "rename_adapter"):
-        pytest.skip("the engine's rename_adapter is not in this checkout")
     a = saved_adapter(tmp_path / "a", seed=1)
     library.open_folders([a, saved_adapter(tmp_path / "b", seed=2)])
     _wait(qtbot, library)

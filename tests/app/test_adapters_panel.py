@@ -231,6 +231,9 @@ def test_adapters_with_trained_heads_combine_heads_too(qtbot, tmp_path: Path) ->
     _wait(qtbot, panel)
     assert _rows(panel)[-1]["From"] == "combined from rotate, mirror (linear 1, 0, trained modules too)"
     panel.select("combined")
+    panel.rename_selected("rotate-heavy")
+    _wait(qtbot, panel)
+    assert panel.selected_names() == ["rotate-heavy"] and _rows(panel)[-1]["Name"] == "rotate-heavy"
     panel.activate_button.click()
     _wait(qtbot, panel)
     inputs = pixels()
