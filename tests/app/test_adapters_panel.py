@@ -156,6 +156,13 @@ def test_open_switch_refuse_combine_and_export_merged_in_the_window(qtbot, tmp_p
     panel.delete_button.click()
     _wait(qtbot, panel)
     assert [r["Name"] for r in _rows(panel)] == ["● sentiment", "topic"]
+
+    # A folder dropped on the window (not the tab) opens here too, under a name not yet taken.
+    window.tabs.setCurrentWidget(window.data_panel)
+    assert window.handle_drop(sentiment) == "Opening the adapters in sentiment"
+    assert window.tabs.currentWidget() is panel
+    _wait(qtbot, panel)
+    assert [r["Name"] for r in _rows(panel)] == ["● sentiment", "topic", "sentiment-2"]
     window.close()
 
 
