@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import re
 import threading
 import time
@@ -63,7 +62,6 @@ from lora_studio.core import (
 from .workers import FunctionWorker
 
 ADAPTER_CONFIG = "adapter_config.json"  # an adapter folder's (ours and PEFT's)
-STUDIO_METADATA = "lora_studio_adapter.json"  # ours: the run's summary, the base's fingerprint
 RUN_FILE = "run.toml"  # a run folder's config
 METHODS = tuple(COMBINATION_TYPES)
 """The combination methods offered (PEFT's ``combination_type`` names, the engine's order)."""
@@ -535,15 +533,6 @@ def unique_name(wanted: str, taken: Sequence[str]) -> str:
     while f"{wanted}-{n}" in taken:
         n += 1
     return f"{wanted}-{n}"
-
-
-def studio_facts(folder: str | Path) -> dict[str, Any]:
-    """Our metadata of an adapter folder (the run's summary, the base's fingerprint), {} when none."""
-    path = Path(folder) / STUDIO_METADATA
-    try:
-        return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
 
 
 def _check_new_name(loaded: LoadedModel, new: str) -> None:
