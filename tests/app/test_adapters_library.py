@@ -203,3 +203,15 @@ def test_an_adapter_whose_shapes_fit_but_whose_base_differs_is_refused(qtbot, li
     _wait(qtbot, library)
     assert "trained on another base model" in refused.args[0] and "architecture" in refused.args[0]
     assert library.entries() == [] and list_adapters(library.loaded().model) == []
+
+
+def test_without_a_model_opening_says_to_load_one(qtbot, tmp_path: Path) -> None:
+    from lora_studio.app.state.adapter_library import NO_MODEL
+    from lora_studio.app.state.session import StudioSession
+
+    library = AdapterLibrary(StudioSession())
+    with qtbot.waitSignal(library.sig_error, timeout=JOB_MS) as refused:
+        library.open_folders([saved_adapter(tmp_path / "a", seed=1)])
+    assert refused.args[0] == NO_MODEL
+    _wait(qtbot, library)
+    assert library.entries() == [] and library.loaded() is None and library.wait_idle()
