@@ -54,8 +54,24 @@ def _with_dropout(config):
     return config.replace(lora=dataclasses.replace(config.lora, dropout=0.1))
 
 
+def _hold_at(monkeypatch, steps: int) -> None:
+    """The window's next run holds (paused, on its own thread) once it has done ``steps`` steps, so a
+    Stop pressed after the UI shows them lands at exactly that step, however loaded the machine."""
+    import lora_studio.app.state.run_controller as run_controller
+
+    def held_train(config, on_event, cancel, **options):
+        def watch(event):
+            on_event(event)
+            if isinstance(event, StepMetrics) and event.step == steps:
+                cancel.pause()  # Stop (cancel) wakes it to end after this step
+
+        return train(config, watch, cancel, **options)
+
+    monkeypatch.setattr(run_controller, "train", held_train)
+
+
 def _stop_after(panel: RunPanel, qtbot, steps: int):
-    """Press Stop once the run has done ``steps`` steps; the run's TrainResult."""
+    """Press Stop once the run has done ``steps`` steps (held there by ``_hold_at``); the run's TrainResult."""
     qtbot.waitUntil(lambda: panel.progress.value() >= steps, timeout=RUN_TIMEOUT_MS)
     with qtbot.waitSignal(panel.sig_run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         panel.stop_button.click()
@@ -75,15 +91,17 @@ def _plot_steps(panel: RunPanel, name: str) -> list[float]:
     return [float(x) for x in xs]
 
 
-def test_resume_from_the_window_equals_the_cli_resume_and_an_uninterrupted_run(panel, qtbot, tmp_path) -> None:
+def test_resume_from_the_window_equals_the_cli_resume_and_an_uninterrupted_run(panel, qtbot, tmp_path,
+                                                                              monkeypatch) -> None:
     steps = 30
     reference = tmp_path / "reference"
     assert train(_with_dropout(short_digits(reference, steps=steps))).status == "finished"
 
     run = tmp_path / "run"
+    _hold_at(monkeypatch, 6)
     panel.start_run(_with_dropout(short_digits(run, steps=steps)))
     stopped = _stop_after(panel, qtbot, 6)
-    assert stopped.status == "cancelled" and 6 <= stopped.steps < steps, stopped
+    assert stopped.status == "cancelled" and stopped.steps == 6, stopped
     assert panel.summary_card.isVisible() and panel.summary_card.resume_button.isVisible()
     assert not panel.summary_card.extend_button.isVisible()
     cli_copy = tmp_path / "cli-copy"
@@ -199,10 +217,12 @@ def test_a_run_end_notifies_when_the_window_is_not_active(qtbot, session, tmp_pa
     assert title == "LoRA Studio: finished" and text.startswith("run: 4/4 steps")
 
 
-def test_history_menu_resumes_a_stopped_run_and_extends_a_finished_one(panel, session, qtbot, tmp_path) -> None:
+def test_history_menu_resumes_a_stopped_run_and_extends_a_finished_one(panel, session, qtbot, tmp_path,
+                                                                       monkeypatch) -> None:
     history = HistoryPanel(session, settings=QSettings(str(tmp_path / "history.ini"), QSettings.Format.IniFormat))
     qtbot.addWidget(history)
     run = tmp_path / "run"
+    _hold_at(monkeypatch, 3)
     panel.start_run(short_digits(run, steps=40, eval_every=0))
     qtbot.waitUntil(lambda: panel.progress.value() >= 2, timeout=RUN_TIMEOUT_MS)
     busy = history.run_menu(run).actions()[0]
