@@ -4,12 +4,6 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display in CI
 
 import pytest  # noqa: E402
 from PySide6.QtCore import QSettings  # noqa: E402
-
-# The demos' transformers model modules, imported once here on the main thread: a worker thread
-# importing them for the first time (through PySide's import hook) while the UI thread collects
-# garbage crashed the test process twice (in test_layout_fits, loading the MiniLM demo).
-import transformers.models.bert.modeling_bert  # noqa: E402, F401
-import transformers.models.gpt2.modeling_gpt2  # noqa: E402, F401
 from PySide6.QtWidgets import QMessageBox  # noqa: E402
 
 
