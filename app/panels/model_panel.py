@@ -10,6 +10,8 @@ with Undo (which loads the previous model again with the previous config).
 
 from __future__ import annotations
 
+import gc
+
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt
@@ -261,6 +263,10 @@ class ModelPanel(QWidget):
         self.show_model_config(config)
         description = f"{config.source}:{config.name}"
         data_kind = self.session.config.data.kind
+        # Collect the window's cyclic garbage (closed dialogs, replaced views and their Qt wrappers)
+        # now, while no loader runs: the collector firing on the UI thread in the middle of a load,
+        # with transformers' threads building the model, segfaulted the process in the app's tests.
+        gc.collect()
         self._worker = worker = FunctionWorker(lambda on_event: load_meta_then_weights(config, on_event,
                                                                                         data_kind=data_kind), self)
         worker.sig_event.connect(self._event)

@@ -126,8 +126,9 @@ class RunController(QObject):
 
     @property
     def worker(self) -> FunctionWorker | None:
-        """The current (or last) run's worker; a test can connect to its ``sig_event`` directly to
-        see events on the engine's thread, as they are emitted, not as the UI catches up."""
+        """The current (or last) run's worker; a test can give it a thread listener
+        (:meth:`FunctionWorker.add_thread_listener`) to see events on the engine's thread, as they
+        are reported, not as the UI catches up."""
         return self._worker
 
     @property

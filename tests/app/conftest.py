@@ -1,3 +1,4 @@
+import gc
 import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")  # no display in CI
@@ -20,3 +21,12 @@ def _no_modal_questions(monkeypatch):
     test's end, where a real modal question would wait forever.  Tests that check the question
     patch ``QMessageBox.question`` themselves (their patch is applied after this one)."""
     monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Discard)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """Collect each test's cyclic garbage (closed windows, their Qt wrappers) once its fixtures are
+    torn down and no worker runs, instead of wherever the collector next fires, which could be in
+    the middle of a later test while a worker loads a model (the process segfaulted there)."""
+    yield
+    gc.collect()

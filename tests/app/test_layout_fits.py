@@ -78,8 +78,6 @@ def test_the_window_fits_1366x768_with_every_tab_and_a_rank_study(qtbot, tmp_pat
     _assert_every_setting_reachable(qtbot, window)
 
 
-@pytest.mark.skip(reason="segfaults the test process while the model panel's worker loads MiniLM (UI thread "
-                         "crash, 3 times in full app runs on 2026-12-02); open bug, see the stop's note")
 def test_the_window_fits_with_a_transformers_model(qtbot, tmp_path) -> None:
     pytest.importorskip("transformers")
     window = _window(qtbot, tmp_path, demo="text")

@@ -73,7 +73,7 @@ def test_pause_holds_the_steps_resume_continues_stop_ends_within_a_step(panel, q
         if isinstance(event, StepMetrics) and panel.controller.state == STOPPING:
             after_stop.append(event.step)
 
-    panel.controller.worker.sig_event.connect(record, Qt.ConnectionType.DirectConnection)
+    panel.controller.worker.add_thread_listener(record)
     with qtbot.waitSignal(panel.sig_run_finished, timeout=RUN_TIMEOUT_MS) as finished:
         panel.stop_button.click()
         assert panel.state_label.text() == "Stopping…"
