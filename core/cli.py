@@ -182,9 +182,12 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.output or args.overwrite:
         config = config.replace(output=dataclasses.replace(
             config.output, dir=args.output or config.output.dir, overwrite=args.overwrite or config.output.overwrite))
+    if args.max_steps is not None and args.max_steps < 1:  # 0 is a choice, not "unset" (issue 15)
+        raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}; leave it out to use "
+                         "training.max_steps from the config")
     if args.max_steps is not None or args.device:
         config = config.replace(training=dataclasses.replace(
-            config.training, max_steps=args.max_steps or config.training.max_steps,
+            config.training, max_steps=config.training.max_steps if args.max_steps is None else args.max_steps,
             device=args.device or config.training.device))
     return _drive(lambda on_event, cancel: train(config, on_event, cancel), args.quiet)
 
@@ -231,9 +234,9 @@ def _drive(start, quiet: bool) -> int:
 
     def on_interrupt(signum, frame):  # first Ctrl-C: stop after this step, with a checkpoint
         if cancel.cancelled:
-            raise KeyboardInterrupt
+            _abort_now()
         cancel.cancel()
-        print("\ncancelling after this step (Ctrl-C again to abort now) ...", file=sys.stderr)
+        print("\ncancelling after this step (Ctrl-C again to abort now) ...", file=sys.stderr, flush=True)
 
     previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None
     failure = None
@@ -375,6 +378,16 @@ def _quiet_transformers() -> None:
     transformers_logging.set_verbosity_error()
 
 
+def _abort_now() -> None:
+    """The second Ctrl-C: end the process at once with exit code 130.  Raising KeyboardInterrupt
+    here could land inside torch or a ``finally`` and print a traceback with exit code -2 (issue
+    15).  Every file a run writes is atomic, so its last checkpoint stays whole (a half-written
+    staging folder may be left beside it)."""
+    print("\naborted by a second Ctrl-C; the last checkpoint is kept", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    os._exit(EXIT_CANCELLED)
+
+
 def _cancel_on_ctrl_c():
     """A cancel token that the first Ctrl-C sets (the work ends cleanly); the second aborts at once.
     Returns (token, restore)."""
@@ -384,7 +397,7 @@ def _cancel_on_ctrl_c():
 
     def on_interrupt(signum, frame):
         if cancel.cancelled:
-            raise KeyboardInterrupt
+            _abort_now()
         cancel.cancel()
 
     previous = signal.signal(signal.SIGINT, on_interrupt) if _main_thread() else None

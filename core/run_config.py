@@ -17,6 +17,8 @@ in the section's ``validate()`` (run on construction); a bad value raises
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 import tomllib
 from dataclasses import dataclass, field
@@ -63,11 +65,13 @@ def _int(section: str, obj: Any, name: str, minimum: int) -> None:
 
 def _number(section: str, obj: Any, name: str, low: float, high: float = float("inf"), *, open_low=False) -> None:
     value = getattr(obj, name)
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
+    # NaN and infinity are refused everywhere: `lr = inf` trains nothing but NaN (issue 15).
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
     ok = ok and (value > low if open_low else value >= low) and value <= high
     if not ok:
         side = ">" if open_low else ">="
-        raise _fail(section, name, f"must be a number {side} {low}" + (f" and <= {high}" if high < float("inf") else ""), value)
+        raise _fail(section, name, f"must be a finite number {side} {low}"
+                    + (f" and <= {high}" if high < float("inf") else ""), value)
 
 
 def _optional_str(section: str, obj: Any, name: str) -> None:

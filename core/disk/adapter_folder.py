@@ -269,6 +269,9 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
     _check_modules_exist(model, tensors)
     _check_factor_shapes(model, tensors, studio)  # before anything changes: the common case needs no undo
     if studio is not None:
+        if not isinstance(studio.get("config"), dict):
+            raise ValueError(f"{folder / STUDIO_METADATA_NAME} has no 'config' table, so the adapter's settings are "
+                             "unknown; save the adapter again, or delete that file to load it as a PEFT adapter")
         config = LoraConfig.from_dict(studio["config"])
         note = _other_base_note(model, studio, tensors, folder)
         if note:
@@ -277,7 +280,7 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
         config = lycoris_config_from_peft(peft_config, tensors, model)
     else:
         config = lora_config_from_peft(peft_config, tensors, model)
-    _attach_and_fill(model, config, adapter_name, tensors)
+    _attach_and_fill(model, config, adapter_name, tensors, source=folder)
     return model
 
 
@@ -376,7 +379,8 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
-def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict) -> None:
+def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict,
+                     source: Path | None = None) -> None:
     """Attach, check every tensor against the model, then copy; undo on any mismatch."""
     previous_active = adapter_state(model).active if adapter_state(model) else None
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -388,6 +392,8 @@ def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, te
     try:
         expected = adapter_tensors(model, adapter_name)
         base_extra = _check_tensors(model, expected, tensors)
+        for key, target in {**expected, **base_extra}.items():
+            _check_values(key, tensors[key], target, source)
     except Exception:
         delete_adapter(model, adapter_name)
         if adapter_state(model) is not None:
@@ -434,6 +440,23 @@ def _check_tensors(model: nn.Module, expected: dict[str, torch.Tensor], tensors:
             )
         extra[key] = base[key]
     return extra
+
+
+def _check_values(key: str, value: torch.Tensor, target: torch.Tensor, source: Path | None) -> None:
+    """Refuse a tensor whose values cannot be what the model holds: integers or booleans for a float
+    weight (a header that lies about the dtype would copy bit patterns as numbers), or NaN/Inf."""
+    where = f" in {source}" if source is not None else ""
+    if target.is_floating_point() and not value.is_floating_point():
+        raise AdapterMismatchError(
+            f"{PEFT_PREFIX}{key}{where}: stored as {str(value.dtype).removeprefix('torch.')}, but the model's "
+            f"weight is {str(target.dtype).removeprefix('torch.')}; the file is damaged or was not written as an "
+            "adapter. Save the adapter again from its run."
+        )
+    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+        raise AdapterMismatchError(
+            f"{PEFT_PREFIX}{key}{where}: holds NaN or Inf, so every output would too; the run that wrote it "
+            "diverged. Use an earlier checkpoint, or train again with a lower training.lr."
+        )
 
 
 def _copy_alias(key: str) -> str:

@@ -86,7 +86,7 @@ def test_bad_config_exits_2_naming_the_field(tmp_path) -> None:
     path = _write(tmp_path, "bad")
     path.write_text(path.read_text().replace("lr = 0.01", "lr = -1"))
     done = _cli("train", str(path))
-    assert done.returncode == 2 and "training.lr must be a number > 0" in done.stderr
+    assert done.returncode == 2 and "training.lr must be a finite number > 0" in done.stderr
     done = _cli("train", str(tmp_path / "missing.toml"))
     assert done.returncode == 2 and "does not exist" in done.stderr
 
