@@ -455,9 +455,16 @@ class RunConfig:
     def load(cls, path: str | Path) -> RunConfig:
         """Read a ``RUN.toml``; relative data and model paths stay relative to the working folder."""
         path = Path(path)
+        if path.is_dir():
+            raise IsADirectoryError(f"run config {path} is a folder; pass the RUN.toml inside it "
+                                    "(a run folder's config is its run.toml)")
         if not path.is_file():
             raise FileNotFoundError(f"run config {path} does not exist")
-        return cls.from_toml(path.read_text(encoding="utf-8"))
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"run config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+        return cls.from_toml(text)
 
     def replace(self, **sections: Any) -> RunConfig:
         """A validated copy with whole sections replaced."""

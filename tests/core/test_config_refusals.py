@@ -58,3 +58,13 @@ def test_a_second_ctrl_c_exits_130_without_a_traceback(tmp_path) -> None:
     assert "cancelling after this step" in err, err
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+
+
+def test_a_config_path_that_is_a_folder_or_not_text_says_so(tmp_path, capsys) -> None:
+    assert main(["train", str(tmp_path)]) == 2
+    assert "is a folder; pass the RUN.toml inside it" in capsys.readouterr().err
+    binary = tmp_path / "RUN.toml"
+    binary.write_bytes(b"\xff\xfe[model]\n")
+    assert main(["train", str(binary)]) == 2
+    err = capsys.readouterr().err
+    assert str(binary) in err and "not UTF-8" in err and "Traceback" not in err
