@@ -17,9 +17,8 @@ in the section's ``validate()`` (run on construction); a bad value raises
 
 from __future__ import annotations
 
-import math
-
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path

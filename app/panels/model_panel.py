@@ -11,7 +11,6 @@ with Undo (which loads the previous model again with the previous config).
 from __future__ import annotations
 
 import gc
-
 from collections.abc import Callable
 
 from PySide6.QtCore import Qt

@@ -46,6 +46,7 @@ from ..adapter.lifecycle import (
     set_active_adapter,
 )
 from ..layers import iter_logical_modules, wrapper_for
+from ..layers.behaviour import all_finite
 from ..variants import available_variants, get_variant
 from ..variants.pissa import OriginalBase, convert_pissa
 from .atomic_files import staged_folder
@@ -379,8 +380,7 @@ def _shape(value: Any) -> tuple[int, ...]:
     return tuple(value.shape) if hasattr(value, "shape") else tuple(value)
 
 
-def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict,
-                     source: Path | None = None) -> None:
+def _attach_and_fill(model: nn.Module, config: LoraConfig, adapter_name: str, tensors: dict, source: Path) -> None:
     """Attach, check every tensor against the model, then copy; undo on any mismatch."""
     previous_active = adapter_state(model).active if adapter_state(model) else None
     grad_flags = {id(p): p.requires_grad for p in model.parameters()}
@@ -442,17 +442,17 @@ def _check_tensors(model: nn.Module, expected: dict[str, torch.Tensor], tensors:
     return extra
 
 
-def _check_values(key: str, value: torch.Tensor, target: torch.Tensor, source: Path | None) -> None:
+def _check_values(key: str, value: torch.Tensor, target: torch.Tensor, source: Path) -> None:
     """Refuse a tensor whose values cannot be what the model holds: integers or booleans for a float
     weight (a header that lies about the dtype would copy bit patterns as numbers), or NaN/Inf."""
-    where = f" in {source}" if source is not None else ""
+    where = f" in {source}"
     if target.is_floating_point() and not value.is_floating_point():
         raise AdapterMismatchError(
             f"{PEFT_PREFIX}{key}{where}: stored as {str(value.dtype).removeprefix('torch.')}, but the model's "
             f"weight is {str(target.dtype).removeprefix('torch.')}; the file is damaged or was not written as an "
             "adapter. Save the adapter again from its run."
         )
-    if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+    if value.is_floating_point() and not all_finite(value):
         raise AdapterMismatchError(
             f"{PEFT_PREFIX}{key}{where}: holds NaN or Inf, so every output would too; the run that wrote it "
             "diverged. Use an earlier checkpoint, or train again with a lower training.lr."
