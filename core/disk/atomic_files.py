@@ -14,6 +14,10 @@ point without touching the previous files; what remains is a window of a few
 renames.  :func:`replace_folder` swaps a whole folder (a ``save_pretrained``
 export) with two renames, keeping the old one until the new one is in place.
 
+Staging names carry the writer's pid (``.lora-studio-tmp-<pid>-<kind>-…``), so the next write
+into a folder can tell a killed writer's leftovers from a live one's and remove them
+(:func:`remove_stale_staging`); a folder swap cut between its two renames is put back.
+
 What lands in place has the permissions a plain write would give it (``0666 & ~umask`` for a new
 file, the old mode for a replaced one, ``0777 & ~umask`` for a folder), never the 0600/0700 of a
 temporary file or of safetensors' own ``save_file``.
@@ -24,15 +28,24 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import secrets
 import shutil
 import stat
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 _TMP_PREFIX = ".lora-studio-tmp-"  # adapter names cannot start with '.', so staging never collides with one
+# <pid>-<kind>-<rest>: file (atomic_path), stage (staged_folder), new (replace_folder's new folder),
+# was (replace_folder's previous folder, renamed aside: <rest> is the target's name).
+_STAGING = re.compile(r"^\.lora-studio-tmp-(\d+)-(file|stage|new|was)-(.+)$")
+_OLD_SWAP = re.compile(r"^\.lora-studio-tmp-old-(.+)-\d+$")  # before pids were in the names
+
+
+def _staging_prefix(kind: str) -> str:
+    return f"{_TMP_PREFIX}{os.getpid()}-{kind}-"
 
 
 def fsync_folder(folder: str | os.PathLike[str]) -> None:
@@ -66,7 +79,7 @@ def _new_file_beside(target: Path) -> Path:
     writing into it would.
     """
     for _ in range(100):
-        path = target.parent / f"{_TMP_PREFIX}{secrets.token_hex(6)}{target.suffix}"
+        path = target.parent / f"{_staging_prefix('file')}{secrets.token_hex(6)}{target.suffix}"
         try:
             fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         except FileExistsError:
@@ -91,7 +104,7 @@ def _new_folder_beside(target: Path) -> Path:
     """A freshly named empty folder beside ``target``, with a plain ``mkdir``'s permissions (not
     ``mkdtemp``'s 0700: the folder becomes the export itself)."""
     for _ in range(100):
-        path = target.parent / f"{_TMP_PREFIX}{target.name}-{secrets.token_hex(6)}"
+        path = target.parent / f"{_staging_prefix('new')}{target.name}-{secrets.token_hex(6)}"
         try:
             path.mkdir(0o777)
         except FileExistsError:
@@ -130,6 +143,7 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent)
     tmp = _new_file_beside(target)
     mode = stat.S_IMODE(tmp.stat().st_mode)
     try:
@@ -170,7 +184,8 @@ def staged_folder(folder: str | os.PathLike[str]) -> Iterator[Path]:
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    stage = Path(tempfile.mkdtemp(prefix=_TMP_PREFIX, dir=folder))
+    remove_stale_staging(folder)
+    stage = Path(tempfile.mkdtemp(prefix=_staging_prefix("stage"), dir=folder))
     try:
         yield stage
         written = sorted(p for p in stage.iterdir() if p.is_file())
@@ -195,6 +210,7 @@ def replace_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_staging(target.parent)
     stage = _new_folder_beside(target)
     try:
         yield stage
@@ -206,7 +222,7 @@ def replace_folder(target: str | os.PathLike[str]) -> Iterator[Path]:
                 fsync_file(path)
         old = None
         if target.exists():
-            old = target.parent / f"{_TMP_PREFIX}old-{target.name}-{os.getpid()}"
+            old = target.parent / f"{_staging_prefix('was')}{target.name}"
             os.replace(target, old)
         os.replace(stage, target)
         fsync_folder(target.parent)
@@ -221,6 +237,46 @@ def is_staging_name(name: str) -> bool:
     return name.startswith(_TMP_PREFIX)
 
 
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` runs on this machine (this process counts; unknown means alive)."""
+    if pid == os.getpid() or os.name == "nt":  # Windows' os.kill(pid, 0) would terminate it
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. another user's process: it exists
+        return True
+    return True
+
+
+def remove_stale_staging(folder: str | os.PathLike[str],
+                         alive: Callable[[int], bool] = process_alive) -> list[Path]:
+    """Remove the staging entries in ``folder`` whose writer is no longer ``alive``; return them.
+
+    A previous folder that a killed :func:`replace_folder` had renamed aside is renamed back when
+    its target is missing (the swap was cut between its two renames), so the last complete copy
+    survives.  Entries of a live writer are left alone.
+    """
+    folder = Path(folder)
+    try:
+        entries = [p for p in folder.iterdir() if is_staging_name(p.name)]
+    except OSError:
+        return []
+    removed = []
+    for path in sorted(entries):
+        match, old = _STAGING.match(path.name), _OLD_SWAP.match(path.name)
+        if match and alive(int(match.group(1))):
+            continue
+        was = match.group(3) if match and match.group(2) == "was" else old.group(1) if old else None
+        if was is not None and not (folder / was).exists():
+            os.replace(path, folder / was)
+            continue
+        shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
+
+
 __all__ = [
     "atomic_path",
     "atomic_write_bytes",
@@ -229,6 +285,8 @@ __all__ = [
     "fsync_file",
     "fsync_folder",
     "is_staging_name",
+    "process_alive",
+    "remove_stale_staging",
     "replace_folder",
     "staged_folder",
 ]

@@ -88,11 +88,7 @@ def load_checkpoint(
 ) -> TrainerState:
     """Restore model tensors, optimizer, scaler and generators from ``folder``; return the trainer state."""
     folder = Path(folder)
-    if not (folder / "state.json").is_file():
-        raise FileNotFoundError(f"{folder} is not a checkpoint (no state.json)")
-    meta = json.loads((folder / "state.json").read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{folder}: checkpoint format {meta.get('format_version')} is not {FORMAT_VERSION}")
+    meta = read_checkpoint_state(folder)
     tensors = load_safetensors(folder / "model.safetensors")
     expected = checkpoint_tensors(model)
     missing, unknown = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
@@ -113,6 +109,33 @@ def load_checkpoint(
     n = meta["numpy_random"]
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
     return TrainerState(**meta["trainer"])
+
+
+_STATE_KEYS = ("trainer", "optimizer", "scaler", "python_random", "numpy_random")
+
+
+def read_checkpoint_state(folder: Path) -> dict[str, Any]:
+    """A checkpoint's ``state.json``, checked: a damaged or foreign one is refused naming the file
+    and the way out (resume from the checkpoint before it)."""
+    path = folder / "state.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a checkpoint (no state.json)")
+    fix = (f"delete the folder {folder} to resume from the checkpoint before it, or start the run again "
+           "with output.overwrite = true")
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged ({exc}); {fix}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} is damaged (not a JSON object); {fix}")
+    if meta.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: checkpoint format {meta.get('format_version')!r} is not {FORMAT_VERSION}; {fix}")
+    missing = [key for key in _STATE_KEYS if key not in meta]
+    trainer = meta.get("trainer")
+    if missing or not isinstance(trainer, dict) or set(trainer) - set(TrainerState.__dataclass_fields__):
+        what = f"no {', '.join(map(repr, missing))}" if missing else "its 'trainer' record is not this version's"
+        raise ValueError(f"{path} is damaged ({what}); {fix}")
+    return meta
 
 
 def checkpoint_name(step: int) -> str:

@@ -58,6 +58,7 @@ from .events import (
 )
 from .live_model import LiveModel
 from .metrics_log import MetricsLog
+from .run_folder import RunFolderBusy, RunFolderLock, clear_leftovers
 from .samples import SamplePlan, evaluate_samples, plan_samples
 from .schedule import lr_factor
 from .setup import RunSetup, build_run, trainable_parameters
@@ -96,6 +97,7 @@ def train(
     log: MetricsLog | None = None
     setup: RunSetup | None = None
     state: TrainerState | None = None  # read by failed(): the step a failure happened at
+    lock: RunFolderLock | None = None
 
     def emit(event: Event) -> None:
         if not dist.is_main:
@@ -114,18 +116,16 @@ def train(
     try:
         device = resolve_device(run_config.training.device, _local_rank())
         dist = init_distributed(device)
+        lock = _hold_folder(out, dist, device)
         meter = PeakMemory(device)  # from before the model is built: its weights count too
-        config = _prepare_folder(run_config, out, resume, extra_steps, dist)
+        config, found, notes = _prepare_folder(run_config, out, resume, extra_steps, dist)
         if dist.is_main:
             log = MetricsLog(out, config.output.tensorboard)
         setup = build_run(config, dist, device)
-        for note in setup.warnings:
+        for note in [*notes, *setup.warnings]:
             emit(TrainingWarning(note))
         state = TrainerState(total_steps=config.training.max_steps)
-        if resume:
-            found = latest_checkpoint(out)
-            if found is None:
-                raise FileNotFoundError(f"{out} holds no checkpoint to resume from")
+        if found is not None:
             state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
             state.total_steps = config.training.max_steps
         plan, notes = plan_samples(config, setup.loaded.task, setup.data.validation)
@@ -153,6 +153,8 @@ def train(
             live.withdraw()
         if log is not None:
             log.close()
+        if lock is not None:
+            lock.release()
         close_distributed(dist)
 
 
@@ -190,27 +192,56 @@ def _local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
-def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int, dist: DistContext) -> RunConfig:
+def _hold_folder(out: Path, dist: DistContext, device: torch.device) -> RunFolderLock | None:
+    """Rank 0 takes the run folder's lock; every process refuses together when it is taken."""
+    lock, message = None, ""
+    if dist.is_main:
+        lock = RunFolderLock(out)
+        try:
+            lock.acquire()
+        except RunFolderBusy as exc:
+            lock, message = None, str(exc)
+    refused, = all_sum([float(bool(message))], dist, device)
+    if refused:
+        raise RunFolderBusy(message or f"{out} is in use by another run (rank 0 could not lock it)")
+    return lock
+
+
+def holds_trained_run(out: Path) -> bool:
+    """Whether ``out`` holds something a run made that a restart would lose: a checkpoint, an
+    adapter (or model), a best copy or a result.  A folder whose run failed in set-up, or was
+    killed before its first checkpoint, holds only ``run.toml`` and a log: it can be reused."""
+    return (latest_checkpoint(out) is not None or (out / ADAPTER_DIR).is_dir() or (out / BEST_DIR).is_dir()
+            or (out / RESULT_FILE).is_file())
+
+
+def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int,
+                    dist: DistContext) -> tuple[RunConfig, Path | None, list[str]]:
+    """Make ``out`` ready (under its lock): the config to run, the checkpoint to resume from, notes."""
     if extra_steps < 0:
         raise ValueError(f"extra steps must be >= 0, got {extra_steps}")
     if resume and extra_steps:
         training = dataclasses.replace(config.training, max_steps=config.training.max_steps + extra_steps)
         config = config.replace(training=training)
-    existing = (out / RUN_CONFIG_FILE).exists()
-    barrier(dist)  # every process looks before rank 0 writes run.toml below
-    if not resume and existing:
-        if not config.output.overwrite:
-            raise ValueError(f"{out} already holds a run; resume it, choose another output.dir, or set "
-                             "output.overwrite = true")
-        if dist.is_main:
+    ours = (out / RUN_CONFIG_FILE).exists()  # only a folder with our run.toml has files of ours to delete
+    trained, found = holds_trained_run(out), latest_checkpoint(out)
+    barrier(dist)  # every process looks before rank 0 changes anything below
+    notes = []
+    if resume and found is None:
+        notes.append(f"{out} holds no checkpoint yet (its run stopped before the first one): starting it "
+                     "again from step 0")
+    if not resume and trained and not config.output.overwrite:
+        raise ValueError(f"{out} already holds a run; resume it, choose another output.dir, or set "
+                         "output.overwrite = true")
+    if dist.is_main:
+        clear_leftovers(out)
+        if ours and (found is None or not resume):  # a fresh start: nothing of an earlier attempt stays
             for name in _OWNED:
                 target = out / name
                 shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
-    if dist.is_main:
-        out.mkdir(parents=True, exist_ok=True)
         config.save(out / RUN_CONFIG_FILE)
     barrier(dist)
-    return config
+    return config, found if resume else None, notes
 
 
 def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: Path, started: float,
@@ -221,6 +252,7 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
     status, last_eval, last_saved = "finished", None, state.step
     order_epoch, order = -1, None
     step_seconds = None
+    first_step, skipped = state.step, 0
     if cfg.eval_at_start and state.step == 0 and setup.data.validation is not None:
         last_eval = _evaluate(setup, state, emit, out, run)
     while state.step < total:
@@ -259,6 +291,7 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
                         "training.nonfinite = 'skip'."
                     )
                 setup.optimizer.zero_grad(set_to_none=True)
+                skipped += 1
                 emit(TrainingWarning(f"skipped step {step + 1}: the {what} was NaN/Inf", step + 1))
             else:
                 factor = lr_factor(step, total, cfg.warmup_steps, cfg.schedule, cfg.min_lr_ratio)
@@ -289,12 +322,29 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
             with run.hold(state.step, after=state.step):
                 _checkpoint(setup, state, emit, out, "step")
             last_saved = state.step
+    _refuse_mostly_skipped(skipped, state.step - first_step, out)
     with run.hold(state.step, after=state.step):
         if state.step != last_saved or not latest_checkpoint(out):
             _checkpoint(setup, state, emit, out, "final" if status != "cancelled" else "step")
         result = _finish(setup, state, status, last_eval, out, started)
     emit(Finished(result))
     return result
+
+
+def _refuse_mostly_skipped(skipped: int, steps: int, out: Path) -> None:
+    """A run that skipped most of its steps (nonfinite = 'skip') did not train: fail, do not report success.
+
+    Its last good checkpoint is kept; no final adapter is written from the barely trained state.
+    """
+    if skipped < 2 or skipped * 2 <= steps:
+        return
+    previous = latest_checkpoint(out)
+    raise _NonFinite(
+        f"{skipped} of the run's {steps} steps were skipped because the loss or gradient was NaN/Inf, so the "
+        "model barely trained; no final adapter was saved. "
+        + (f"The last checkpoint is {previous}. " if previous else "")
+        + "Try a lower training.lr, gradient clipping (training.max_grad_norm), or mixed precision off."
+    )
 
 
 def _forward_backward(setup: RunSetup, batches: list[dict], global_targets: float) -> tuple[float, int | None]:

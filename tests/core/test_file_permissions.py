@@ -88,3 +88,19 @@ def test_a_replaced_folder_gets_a_plain_mkdirs_permissions(tmp_path: Path, umask
     assert _mode(tmp_path / "export") == _mode(reference) == 0o777 & ~umask
     assert _mode(tmp_path / "export" / "config.json") == 0o666 & ~umask
     assert _mode(tmp_path / "export" / "model.safetensors") == 0o666 & ~umask
+
+
+def test_every_file_a_run_writes_matches_a_plain_write(tmp_path: Path, umask: int) -> None:
+    from run_configs import digits_run
+
+    from lora_studio.core.training import train
+
+    expected = _plain_write_mode(tmp_path)
+    out = tmp_path / "run"
+    assert train(digits_run(out, max_steps=2, checkpoint_every=1, eval_every=1)).status == "finished"
+    written = sorted(p for p in out.rglob("*") if p.is_file())
+    names = {p.name for p in written}
+    assert {"run.toml", "metrics.jsonl", "result.json", ".lora-studio.lock", "state.json",
+            "model.safetensors", "adapter_model.safetensors"} <= names
+    assert {str(p.relative_to(out)): _mode(p) for p in written} == {str(p.relative_to(out)): expected
+                                                                     for p in written}
