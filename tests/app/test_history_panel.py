@@ -93,3 +93,32 @@ def test_the_queue_waits_for_a_run_already_going(qtbot, tmp_path, settings) -> N
         panel.queue_study([2], base=short_digits(tmp_path / "queued", steps=3, eval_every=0))
         assert controller.config.output.dir == str(tmp_path / "mine")  # not interrupted
     assert batch.args[0] == [tmp_path / "queued-study" / "r2"]
+
+
+
+def test_a_run_into_a_folder_another_process_holds_fails_by_name_and_the_queue_goes_on(
+        qtbot, tmp_path, settings) -> None:
+    import subprocess
+    import sys
+
+    session = StudioSession()
+    panel = _panel(qtbot, session, settings)
+    controller = RunController.for_session(session)
+    held = tmp_path / "terminal-run"  # e.g. a `lora-studio train` the user started in a terminal
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from lora_studio.core.training.run_folder import RunFolderLock; "
+         "lock = RunFolderLock(sys.argv[1]); lock.acquire(); print('locked', flush=True); sys.stdin.read()", str(held)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with qtbot.waitSignal(controller.sig_run_finished, timeout=RUN_TIMEOUT_MS) as finished:
+            controller.start(short_digits(held, steps=3, eval_every=0))
+        result = finished.args[0]
+        assert result.status == "failed" and f"process {holder.pid}" in result.error
+        assert not (held / "run.toml").exists()  # nothing written into the folder another run holds
+        with qtbot.waitSignal(panel.queue.sig_batch_finished, timeout=RUN_TIMEOUT_MS) as batch:
+            panel.queue_study([2], base=short_digits(tmp_path / "queued", steps=3, eval_every=0))
+        assert (batch.args[0][0] / "adapter").is_dir()
+    finally:
+        holder.kill()
+        holder.wait()
