@@ -16,10 +16,12 @@
   ``add_weighted_adapter`` methods; trained heads, ``modules_to_save``, combined by their changes)
   and save the result in PEFT's format.
 
-Exit codes scripts can trust: 0 done, 1 the run failed (NaN, out of memory, an
-error), 2 a bad config, data or argument, 130 cancelled with Ctrl-C (a checkpoint
-was written first; ``resume`` continues it; ``predict`` prints the inputs done so far,
-``generate`` the text so far).
+Exit codes scripts can trust: 0 done, 1 the run failed (NaN, out of memory) or an
+unexpected error (one line on stderr naming the report file that holds its traceback;
+``LORA_STUDIO_DEBUG=1`` raises it instead), 2 a bad config, data, file or argument, 130
+cancelled with Ctrl-C (a checkpoint was written first; ``resume`` continues it;
+``predict`` prints the inputs done so far, ``generate`` the text so far; a second
+Ctrl-C aborts at once, also with 130).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -40,29 +43,111 @@ from .inference.generation import GenerationSettings
 GENERATION_DEFAULTS = GenerationSettings()
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 130
+EXIT_CODES_TEXT = ("Exit codes: 0 done; 1 the run failed, or an unexpected error (its traceback goes to a report "
+                   "file named on stderr; LORA_STUDIO_DEBUG=1 raises it instead); 2 bad config, data, file or "
+                   "arguments; 130 cancelled (Ctrl-C; a second Ctrl-C aborts at once).")
+DEBUG_ENV = "LORA_STUDIO_DEBUG"  # set to 1: unexpected errors raise with their traceback (for developers)
+REPORT_PREFIX = "lora-studio-error-"  # the unexpected error's report file: <run folder or temp>/<prefix>...log
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``lora-studio`` console script (and of ``python -m lora_studio.core``)."""
+    """Entry point of the ``lora-studio`` console script (and of ``python -m lora_studio.core``).
+
+    Returns the exit code (module docstring): a user's mistake is one ``error:`` line and 2; any
+    other exception one line naming the report file its traceback went to, and 1 (``LORA_STUDIO_DEBUG=1``
+    lets it raise instead); a Ctrl-C outside a run 130.
+    """
     parser = _build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_OK
+    command = " ".join(c for c in (args.command, getattr(args, "adapters_command", None)) if c)
     try:
         return args.run(args)
     except (ValueError, OSError) as exc:  # user errors: a clear message, no stack trace
-        command = " ".join(c for c in (args.command, getattr(args, "adapters_command", None)) if c)
+        if debugging():
+            raise
         print(f"lora-studio {command}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt:  # a command with no Ctrl-C handler of its own (inspect, export, ...)
+        print(f"\nlora-studio {command}: cancelled (Ctrl-C)", file=sys.stderr)
+        return EXIT_CANCELLED
+    except Exception as exc:  # a bug or a library's surprise: one line for the user, the traceback to a file
+        if debugging():
+            raise
+        path = write_error_report(traceback.format_exc(), _report_folder(args), argv)
+        print(f"lora-studio {command}: error: unexpected {type(exc).__name__}: {_first_line(exc)}; "
+              f"{_report_text(path)}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+def debugging() -> bool:
+    """Whether ``LORA_STUDIO_DEBUG`` asks for raw tracebacks (any value but empty or 0)."""
+    return os.environ.get(DEBUG_ENV, "") not in ("", "0")
+
+
+def write_error_report(details: str, folder: str | Path | None = None, argv: Sequence[str] | None = None) -> Path | None:
+    """Write an unexpected error's traceback (with the command and the versions) to a new file in
+    ``folder`` when it is an existing folder (a run's), else in the temporary folder; returns its
+    path, or None when no file could be written at all."""
+    import datetime
+    import platform
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    text = (f"lora-studio {__version__} error report, {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+            f"command: lora-studio {' '.join(argv)}\n"
+            f"python {platform.python_version()} on {platform.platform()}\n{_library_versions()}\n\n"
+            f"{details.rstrip()}\n")
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    places = [Path(folder)] if folder is not None and Path(folder).is_dir() else []
+    for place in [*places, Path(tempfile.gettempdir())]:
+        try:  # a new file each time: mkstemp never overwrites an earlier report
+            handle, name = tempfile.mkstemp(prefix=f"{REPORT_PREFIX}{stamp}-", suffix=".log", dir=place)
+            with os.fdopen(handle, "w", encoding="utf-8") as out:
+                out.write(text)
+            return Path(name)
+        except OSError:  # a read-only run folder: the temporary folder instead
+            continue
+    return None
+
+
+def _library_versions() -> str:
+    versions = []
+    for name in ("torch", "transformers", "peft"):
+        module = sys.modules.get(name)  # only what this command imported: a report never imports more
+        if module is not None:
+            versions.append(f"{name} {getattr(module, '__version__', '?')}")
+    return ", ".join(versions)
+
+
+def _report_text(path: Path | None) -> str:
+    if path is None:
+        return f"no report file could be written; run again with {DEBUG_ENV}=1 for the traceback and please file it"
+    return f"the full report is in {path}; please file it"
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else "(no message)"
+
+
+def _report_folder(args: argparse.Namespace) -> Path | None:
+    """Where an unexpected error's report goes: the run folder the command works on, when there is one."""
+    output = getattr(args, "report_dir", None)  # train and demo: the run folder, once it exists
+    if output and Path(output).is_dir():
+        return Path(output)
+    for candidate in (getattr(args, "run_dir", None), getattr(args, "path", None)):  # only a run folder's
+        if candidate and (Path(candidate) / "run.toml").is_file():
+            return Path(candidate)
+    return None
 
 
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-studio",
         description="LoRA Studio: fine-tune PyTorch models with LoRA. The engine, from the command line.",
-        epilog="Exit codes: 0 done, 1 the run failed, 2 bad config/data/arguments, 130 cancelled (Ctrl-C). "
-        "Scale out: torchrun --nproc_per_node N -m lora_studio.core train RUN.toml",
+        epilog=EXIT_CODES_TEXT + " Scale out: torchrun --nproc_per_node N -m lora_studio.core train RUN.toml",
     )
     parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -80,7 +165,8 @@ def _build_parser() -> argparse.ArgumentParser:
     resume = sub.add_parser("resume", help="continue a run from its newest checkpoint (or extend it)",
                             description="Continue the run in RUN_DIR exactly where its newest checkpoint left it.")
     resume.add_argument("run_dir", help="the run folder (holds run.toml and checkpoints/)")
-    resume.add_argument("--extra-steps", type=int, default=0, help="train this many steps past the run's end")
+    resume.add_argument("--extra-steps", type=_count(0), default=0,
+                        help="train this many steps past the run's end (0 or more; default 0)")
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
     resume.set_defaults(run=_run_resume)
 
@@ -98,8 +184,8 @@ def _build_parser() -> argparse.ArgumentParser:
                                          "(default: the bare backbone)")
         desc.add_argument("--targets", default=ALL_LINEAR, help="comma-separated names, a regex, or all-linear")
         desc.add_argument("--regex", action="store_true", help="treat --targets as one regular expression")
-        desc.add_argument("--rank", type=int, default=8, help="LoRA rank for the preview (default 8)")
-        desc.add_argument("--depth", type=int, default=3, help="tree depth to print (default 3)")
+        desc.add_argument("--rank", type=_count(1), default=8, help="LoRA rank for the preview (default 8)")
+        desc.add_argument("--depth", type=_count(0), default=3, help="tree depth to print (default 3)")
         desc.set_defaults(run=_run_inspect)
 
     export = sub.add_parser("export", help="write a run's adapter (PEFT format) or a merged model",
@@ -141,7 +227,7 @@ def _build_parser() -> argparse.ArgumentParser:
     generate.add_argument("path", help="the trained model: run folder, adapter folder or merged export")
     generate.add_argument("prompt", help="the text to continue")
     defaults = GENERATION_DEFAULTS
-    generate.add_argument("--max-new-tokens", type=int, default=defaults.max_new_tokens,
+    generate.add_argument("--max-new-tokens", type=_count(1), default=defaults.max_new_tokens,
                           help=f"tokens to generate at most (default {defaults.max_new_tokens})")
     generate.add_argument("--temperature", type=float, default=defaults.temperature,
                           help=f"sampling temperature, 0 = greedy (default {defaults.temperature})")
@@ -164,11 +250,26 @@ def _build_parser() -> argparse.ArgumentParser:
                           "voice.")
     demo.add_argument("name", nargs="?", default="digits", choices=("digits", "text", "story"),
                       help="which demo (default digits)")
-    demo.add_argument("--steps", type=int, help="training steps (default: the demo's own)")
+    demo.add_argument("--steps", type=_count(1), help="training steps, 1 or more (default: the demo's own)")
     demo.add_argument("--output", help="run folder (default: a temporary folder)")
     demo.add_argument("--quiet", action="store_true", help="no progress bar")
     demo.set_defaults(run=_run_demo)
     return parser
+
+
+def _count(least: int):
+    """An argparse type: a whole number ``least`` or more; argparse names the flag in its refusal."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be a whole number, got {text!r}") from None
+        if value < least:
+            raise argparse.ArgumentTypeError(f"must be at least {least}, got {value}")
+        return value
+
+    parse.__name__ = "count"  # argparse's "invalid <name> value" for errors not raised above
+    return parse
 
 
 # -- train / resume / demo ---------------------------------------------------------------------
@@ -189,7 +290,22 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config.replace(training=dataclasses.replace(
             config.training, max_steps=config.training.max_steps if args.max_steps is None else args.max_steps,
             device=args.device or config.training.device))
+    check_output_folder(config.output.dir, "--output" if args.output else f"output.dir in {args.config}")
+    args.report_dir = config.output.dir  # an unexpected error's report goes into the run folder
     return _drive(lambda on_event, cancel: train(config, on_event, cancel), args.quiet)
+
+
+def check_output_folder(folder: str | Path, field: str) -> None:
+    """Refuse a run folder path that is (or lies inside) an existing file, naming it and the fix
+    (the folder would otherwise fail to be made with a bare "[Errno 17] File exists")."""
+    path = Path(folder).expanduser()
+    for place in (path, *path.parents):
+        if place.exists():
+            if not place.is_dir():
+                where = "is a file" if place == path else f"lies inside {place}, which is a file"
+                raise ValueError(f"{field}: the run folder {path} {where}, not a folder; choose another folder "
+                                 "(train --output DIR, or output.dir in the config), or move that file away")
+            return
 
 
 def _run_resume(args: argparse.Namespace) -> int:
@@ -202,7 +318,10 @@ def _run_resume(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
+    if args.output:
+        check_output_folder(args.output, "--output")
     output = args.output or tempfile.mkdtemp(prefix=f"lora-studio-demo-{args.name}-")
+    args.report_dir = output
     print(f"demo {args.name}: training in {output} ...")
     outcome: dict = {}
 
@@ -230,7 +349,7 @@ def _drive(start, quiet: bool) -> int:
     from .training.progress import ProgressPrinter
 
     cancel = CancelToken()
-    printer = ProgressPrinter(enabled=not quiet and os.environ.get("RANK", "0") == "0")
+    printer = ProgressPrinter(enabled=not quiet and os.environ.get("RANK", "0") == "0", details=debugging())
 
     def on_interrupt(signum, frame):  # first Ctrl-C: stop after this step, with a checkpoint
         if cancel.cancelled:
@@ -255,6 +374,8 @@ def _drive(start, quiet: bool) -> int:
             signal.signal(signal.SIGINT, previous)
     if result.status == "failed":
         message = failure.message if failure else result.error
+        if failure is not None and failure.details and not debugging():  # a traceback: to a file, not the terminal
+            message = f"{message}; {_report_text(write_error_report(failure.details, result.run_dir))}"
         print(f"lora-studio: error: {message}", file=sys.stderr)
         return EXIT_USAGE if failure is not None and failure.kind in ("config", "data") else EXIT_FAILED
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
@@ -320,6 +441,7 @@ def _run_export(args: argparse.Namespace) -> int:
     from .training.trained_run import load_trained_run
 
     run_dir = Path(args.run_dir)
+    full = False
     if (run_dir / "adapter_config.json").is_file():  # one adapter of a library: merged onto its base
         from .training.trained_run import load_for_inference
 
@@ -327,8 +449,11 @@ def _run_export(args: argparse.Namespace) -> int:
         loaded = load_for_inference(run_dir, base_model=args.base_model)
     else:
         config = load_run_config(run_dir)
-        if config.training.mode == "full" and args.adapter:
-            raise ValueError(f"{run_dir} is a full fine-tuning run: it has no adapter; use --merged")
+        full = config.training.mode == "full"
+        if full and args.adapter:
+            raise ValueError(f"{run_dir} is a full fine-tuning run: it holds the whole model, no adapter; "
+                             "use --merged OUT to write the model")
+        _no_loading_bar()
         loaded = load_trained_run(run_dir, args.which)
     if args.adapter:
         summary = {"label_names": loaded.label_names} if loaded.label_names else None  # predict names its classes
@@ -338,7 +463,9 @@ def _run_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = export_merged(loaded.model, args.merged, precision=args.precision, tokenizer=loaded.tokenizer,
                            checksum=args.checksum)
-    print(f"merged model ({result.kind}, {result.precision}) written to {result.path}")
+    what = "model of the full fine-tuning run" if full else "merged model"
+    which = "" if (run_dir / "adapter_config.json").is_file() else f", the {args.which} weights"
+    print(f"{what} ({result.kind}, {result.precision}{which}) written to {result.path}")
     return EXIT_OK
 
 
@@ -376,6 +503,15 @@ def _quiet_transformers() -> None:
         return
     transformers_logging.disable_progress_bar()
     transformers_logging.set_verbosity_error()
+
+
+def _no_loading_bar() -> None:
+    """No transformers "Loading weights" bar between the command and its answer; warnings stay on."""
+    try:
+        from transformers.utils import logging as transformers_logging
+    except ImportError:
+        return
+    transformers_logging.disable_progress_bar()
 
 
 def _abort_now() -> None:
@@ -553,10 +689,19 @@ def _adapter_folders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     inside = sorted(p for p in folder.iterdir() if (p / ADAPTER_CONFIG_NAME).is_file())
+    if not inside and _is_full_run(folder):
+        raise ValueError(f"{folder} is a full fine-tuning run: it holds the whole model (adapter/model.safetensors), "
+                         f"not an adapter; write it with `lora-studio export {folder} --merged OUT`")
     if not inside:
         raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}, nor do the folders right inside it; "
                                 "is it an adapter folder?")
     return inside
+
+
+def _is_full_run(folder: Path) -> bool:
+    from .training.trained_run import holds_whole_model
+
+    return (folder / "run.toml").is_file() and any(holds_whole_model(folder / name) for name in ("adapter", "best"))
 
 
 def _one_adapter_folder(folder: Path) -> Path:

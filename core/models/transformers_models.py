@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -69,10 +72,11 @@ def load_transformers(
             model = auto.from_config(config, trust_remote_code=trust_remote_code)
     else:
         try:
-            model = auto.from_pretrained(
-                name, config=config, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
-                ignore_mismatched_sizes=task != "causal-lm",
-            )
+            with _no_load_report():
+                model, info = auto.from_pretrained(
+                    name, config=config, dtype=_DTYPES[dtype], trust_remote_code=trust_remote_code,
+                    ignore_mismatched_sizes=task != "causal-lm", output_loading_info=True,
+                )
         except OSError as exc:
             raise _offline_message(name, "weights", exc) from None
         if gradient_checkpointing:
@@ -84,11 +88,50 @@ def load_transformers(
         num_classes=num_classes if task != "causal-lm" else None, name_or_path=name,
         label_names=list(label_names) if label_names and task != "causal-lm" else None,
     )
+    if not meta:
+        note = _fresh_weights_note(name, info, head)
+        if note:
+            loaded.notes.append(note)
     if task == "image-classification":
         loaded.image_transform = _image_processor(name, trust_remote_code)
     else:
         loaded.tokenizer = _tokenizer(name, trust_remote_code)
     return loaded
+
+
+@contextmanager
+def _no_load_report() -> Iterator[None]:
+    """Keep transformers' load report (a table of MISSING / UNEXPECTED keys) off the console.
+
+    It reports a new classifier head as MISSING, "newly initialized", although the head is the one
+    the run trains (or the trained one, loaded right after: issue 15).  What in it matters, weights
+    outside the head that start random, :func:`_fresh_weights_note` says in a note instead.  Only
+    that report is held back (by the function that logs it); every other warning still shows.
+    """
+    logger = logging.getLogger("transformers.modeling_utils")  # the logger from_pretrained reports on
+
+    def keep(record: logging.LogRecord) -> bool:
+        return record.funcName != "log_state_dict_report" and "LOAD REPORT" not in str(record.msg)
+
+    logger.addFilter(keep)
+    try:
+        yield
+    finally:
+        logger.removeFilter(keep)
+
+
+def _fresh_weights_note(name: str, info: dict, head: str | None) -> str | None:
+    """A note naming the weights outside the classifier head that the checkpoint did not give
+    (missing, or of another shape, so they start random); None when only the head is new."""
+    fresh = set(info.get("missing_keys") or ()) | {entry[0] for entry in info.get("mismatched_keys") or ()}
+    if head:
+        fresh = {k for k in fresh if k != head and not k.startswith(f"{head}.")}
+    if not fresh:
+        return None
+    listed = sorted(fresh)
+    shown = ", ".join(listed[:5]) + (f" and {len(listed) - 5} more" if len(listed) > 5 else "")
+    return (f"{len(listed)} weight(s) of {name} are not in its checkpoint and start random: {shown}; "
+            "is it the model meant for this task?")
 
 
 def _tokenizer(name: str, trust_remote_code: bool):

@@ -19,6 +19,7 @@ import torch
 from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, load_adapter, read_adapter_folder
 from ..disk.merged_export import sidecar_path_for
 from ..disk.safe_loading import load_safetensors
+from ..layers.behaviour import all_finite
 from ..data import read_label_names
 from ..models import LoadedModel, load_model, load_transformers
 from ..models.transformers_models import load_config
@@ -36,31 +37,78 @@ _CLASS_TASKS = (("ForCausalLM", "causal-lm"), ("LMHeadModel", "causal-lm"),
                 ("ForSequenceClassification", "sequence-classification"),
                 ("ForImageClassification", "image-classification"))
 BASE_SEED = 0  # the runs' default seed (training.seed): a new head starts as such a run's did
+WHOLE_MODEL_FILE = "model.safetensors"  # what a full fine-tuning run saves in adapter/ and best/
 _DIGITS_CLASS = "DigitsNet"  # a plain merged export of the digits demo names this class in its sidecar
 
 
 def load_trained_run(run_dir: str | Path, which: str = "final") -> LoadedModel:
     """The model trained in ``run_dir``: ``'final'`` (the newest checkpoint: the weights at the
     last step, adapter attached, or the whole model in full fine-tuning) or ``'best'`` (the
-    adapter of the lowest validation loss, LoRA runs only).  Raises FileNotFoundError when the
-    folder holds no such weights, ValueError for an unknown ``which``.  ``label_names`` are the
-    run's data's labels (None for a language model)."""
+    weights of the lowest validation loss: ``best/``, the adapter of a LoRA run or the whole
+    model of a full fine-tuning run).  Raises FileNotFoundError when the folder holds no such
+    weights, ValueError for an unknown ``which`` or weights that do not fit the run's model
+    (naming the file and the tensor).  ``label_names`` are the run's data's labels (None for a
+    language model)."""
     if which not in WHICH:
         raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    full = config.training.mode == "full"
     if which == "best":
-        if config.training.mode == "full" or not (run_dir / BEST_DIR).is_dir():
+        best = run_dir / BEST_DIR
+        if full:
+            if not (best / WHOLE_MODEL_FILE).is_file():
+                raise FileNotFoundError(f"{run_dir} holds no best model ({BEST_DIR}/{WHOLE_MODEL_FILE}: the run "
+                                        "never evaluated, or had no validation data); use the final weights")
+            loaded, labels, _ = build_model(config)
+            load_checked_weights(loaded.model, best / WHOLE_MODEL_FILE, complete=True)
+            return _named(loaded, labels)
+        if not best.is_dir():
             raise FileNotFoundError(f"{run_dir} holds no best adapter ({BEST_DIR}/); use the final weights")
         loaded, labels, _ = build_model(config, attach_adapter=False)
-        load_adapter(loaded.model, run_dir / BEST_DIR)
+        load_adapter(loaded.model, best)
         return _named(loaded, labels)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint to load the trained model from")
     loaded, labels, _ = build_model(config)
-    loaded.model.load_state_dict(load_safetensors(checkpoint / "model.safetensors"), strict=False)
+    # A checkpoint holds the trainable tensors (all of them in full fine-tuning) and the buffers.
+    load_checked_weights(loaded.model, checkpoint / "model.safetensors", complete=False)
     return _named(loaded, labels)
+
+
+def load_checked_weights(model: torch.nn.Module, path: Path, *, complete: bool) -> None:
+    """Load a run's saved weights (a checkpoint's, or a full run's whole model) into ``model`` after
+    checking every tensor against the one it replaces: a name the model has, the same shape, a
+    float for a float (no integer bit patterns copied into weights) and finite values.  ``complete``:
+    every tensor of the model must be there.  Raises ValueError naming the file and the tensor."""
+    tensors = load_safetensors(path)
+    expected = model.state_dict()
+    fix = "the run folder is damaged or from another model; train it again (or use the other --which)"
+    unknown = sorted(set(tensors) - set(expected))
+    if unknown:
+        raise ValueError(f"{path} holds {len(unknown)} tensor(s) the run's model does not have, e.g. "
+                         f"{unknown[0]!r}; {fix}")
+    missing = sorted(set(expected) - set(tensors)) if complete else []
+    if missing:
+        raise ValueError(f"{path} lacks {len(missing)} of the model's tensors, e.g. {missing[0]!r}; {fix}")
+    for key, value in tensors.items():
+        target = expected[key]
+        if tuple(value.shape) != tuple(target.shape):
+            raise ValueError(f"{path}: tensor {key!r} has shape {list(value.shape)}, the model's "
+                             f"{list(target.shape)}; {fix}")
+        if target.is_floating_point() and not value.is_floating_point():
+            raise ValueError(f"{path}: tensor {key!r} is {value.dtype}, the model's weight {target.dtype}; {fix}")
+        if value.is_floating_point() and not all_finite(value):
+            raise ValueError(f"{path}: tensor {key!r} holds NaN or Inf; {fix}")
+    model.load_state_dict(tensors, strict=False)
+
+
+def holds_whole_model(folder: str | Path) -> bool:
+    """Whether a run's ``adapter/`` or ``best/`` folder holds a whole fine-tuned model (full fine-tuning:
+    ``model.safetensors``, no ``adapter_config.json``) rather than an adapter."""
+    folder = Path(folder)
+    return (folder / WHOLE_MODEL_FILE).is_file() and not (folder / ADAPTER_CONFIG_NAME).is_file()
 
 
 def _named(loaded: LoadedModel, labels: list[str] | None) -> LoadedModel:
