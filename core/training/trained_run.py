@@ -77,14 +77,18 @@ def load_trained_run(run_dir: str | Path, which: str = "final") -> LoadedModel:
     return _named(loaded, labels)
 
 
-def load_checked_weights(model: torch.nn.Module, path: Path, *, complete: bool) -> None:
-    """Load a run's saved weights (a checkpoint's, or a full run's whole model) into ``model`` after
+RUN_WEIGHTS_FIX = "the run folder is damaged or from another model; train it again (or use the other --which)"
+
+
+def load_checked_weights(model: torch.nn.Module, path: Path, *, complete: bool, tensors: dict | None = None,
+                         fix: str = RUN_WEIGHTS_FIX) -> None:
+    """Load saved weights (a run's checkpoint or whole model, a merged export) into ``model`` after
     checking every tensor against the one it replaces: a name the model has, the same shape, a
     float for a float (no integer bit patterns copied into weights) and finite values.  ``complete``:
-    every tensor of the model must be there.  Raises ValueError naming the file and the tensor."""
-    tensors = load_safetensors(path)
+    every tensor of the model must be there.  ``tensors``: the file's, when already read.  Raises
+    ValueError naming the file, the tensor and ``fix``."""
+    tensors = load_safetensors(path) if tensors is None else tensors
     expected = model.state_dict()
-    fix = "the run folder is damaged or from another model; train it again (or use the other --which)"
     unknown = sorted(set(tensors) - set(expected))
     if unknown:
         raise ValueError(f"{path} holds {len(unknown)} tensor(s) the run's model does not have, e.g. "
@@ -241,10 +245,24 @@ def _transformers_folder(folder: Path) -> LoadedModel:
     return load_transformers(str(folder), task=task)
 
 
+def _read_sidecar(path: Path) -> dict:
+    """A merged export's sidecar (``.export.json``), or a ValueError naming it when it is damaged."""
+    try:
+        sidecar = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is damaged (not UTF-8 JSON: {exc}); export the model again, or delete the "
+                         "sidecar and give its base with --base-model") from None
+    if not isinstance(sidecar, dict):
+        raise ValueError(f"{path} is damaged (a JSON {type(sidecar).__name__}, not an object); export the model "
+                         "again, or delete the sidecar and give its base with --base-model")
+    return sidecar
+
+
 def _plain_export(weights: Path, base_model: str | None) -> LoadedModel:
     sidecar_path = sidecar_path_for(weights)
-    sidecar = json.loads(sidecar_path.read_text(encoding="utf-8")) if sidecar_path.is_file() else {}
-    architecture = (sidecar.get("architecture") or {}).get("class", "")
+    sidecar = _read_sidecar(sidecar_path) if sidecar_path.is_file() else {}
+    described = sidecar.get("architecture")
+    architecture = str(described.get("class") or "") if isinstance(described, dict) else ""
     if base_model:
         config, field = _base_spec(base_model, task=None, field="--base-model"), "--base-model"
     elif architecture.rsplit(".", 1)[-1] == _DIGITS_CLASS:
@@ -258,9 +276,6 @@ def _plain_export(weights: Path, base_model: str | None) -> LoadedModel:
     width = _saved_head_width(loaded, state)
     if width is not None and width != loaded.num_classes:
         loaded = _load_base(config, field, num_classes=width)
-    try:
-        loaded.model.load_state_dict(state, strict=True)
-    except RuntimeError as exc:
-        raise ValueError(f"{weights} does not fit {config.source}:{config.name} ({field}): "
-                         f"{str(exc).splitlines()[0]}; {BASE_MODEL_FIX}") from None
+    load_checked_weights(loaded.model, weights, complete=True, tensors=state,
+                         fix=f"it does not fit {config.source}:{config.name} ({field}); {BASE_MODEL_FIX}")
     return loaded

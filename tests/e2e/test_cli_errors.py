@@ -158,3 +158,25 @@ def test_the_console_script_reports_an_unexpected_error_in_one_line(tmp_path) ->
     done = subprocess.run(command, capture_output=True, text=True, timeout=300,
                           env={**env, "LORA_STUDIO_DEBUG": "1"})
     assert done.returncode == 1 and "Traceback (most recent call last)" in done.stderr, done.stderr
+
+
+@pytest.mark.parametrize(("damage", "named"), [
+    (b"\xff\xfe{", "sidecar"),  # not UTF-8
+    (b'{"architecture": ', "sidecar"),  # cut short
+    (b'["not", "an", "object"]', "sidecar"),
+    (b'{"architecture": "DigitsNet"}', "weights"),  # no class it can name: the export needs --base-model
+])
+def test_a_damaged_export_sidecar_is_named(capsys, tmp_path, damage, named) -> None:
+    from lora_studio.core import export_merged
+    from lora_studio.core.disk.merged_export import sidecar_path_for
+    from lora_studio.core.models import load_model
+
+    result = export_merged(load_model(ModelConfig(source="demo", name="digits")).model, tmp_path / "merged")
+    sidecar = sidecar_path_for(result.path)
+    assert sidecar.is_file()
+    sidecar.write_bytes(damage)
+    assert main(["predict", str(result.path), "anything"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert str(sidecar if named == "sidecar" else result.path) in err, err
+    assert "--base-model" in err, err
