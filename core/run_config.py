@@ -39,7 +39,7 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 NONFINITE_ACTIONS = ("stop", "skip")
 BAD_IMAGE_ACTIONS = ("skip", "error")
-MODES = ("lora", "full")
+MODES = ("lora", "full", "head")
 
 
 def _help(text: str) -> dict[str, str]:
@@ -229,7 +229,9 @@ class DataConfig:
 class TrainingConfig:
     """Optimisation, evaluation, checkpoints and guards."""
 
-    mode: str = field(default="lora", metadata=_help("'lora' trains the adapter; 'full' every weight (a baseline)."))
+    mode: str = field(default="lora", metadata=_help(
+        "'lora' trains the adapter; 'full' every weight, 'head' only the classifier head and lora.modules_to_save "
+        "(the two baselines LoRA is compared against)."))
     max_steps: int = field(default=200, metadata=_help("Optimizer steps to run (one step = batch_size samples)."))
     batch_size: int = field(
         default=32, metadata=_help("Samples per optimizer step, over all processes and accumulation micro-batches.")
@@ -268,6 +270,11 @@ class TrainingConfig:
 
     def __post_init__(self) -> None:
         self.validate()
+
+    @property
+    def trains_adapter(self) -> bool:
+        """True for a LoRA run; the baselines ('full', 'head') save the whole model's weights instead."""
+        return self.mode == "lora"
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
@@ -369,6 +376,7 @@ def _without_none(value: Any) -> Any:
     return value
 
 
+_REQUIRED_SECTIONS = ("model", "data")  # the others have defaults that suit any model and data
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig,
     "data": DataConfig,
@@ -463,7 +471,21 @@ class RunConfig:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
             raise ValueError(f"run config {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-        return cls.from_toml(text)
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ValueError(f"run config {path} is not valid TOML: {exc}") from None
+        # Defaults would quietly train the digits demo on a config that forgot what to train.
+        missing = [name for name in _REQUIRED_SECTIONS if name not in data]
+        if missing:
+            tables = " and ".join(f"[{name}]" for name in missing)
+            raise ValueError(f"run config {path} has no {tables} table: say which model to train on which data "
+                             "(the run.toml that `lora-studio demo digits --output DIR` writes is a complete example "
+                             "to edit; `lora-studio demo` runs the built-in demo)")
+        try:
+            return cls.from_dict(data)
+        except ValueError as exc:
+            raise ValueError(f"run config {path}: {exc}") from None
 
     def replace(self, **sections: Any) -> RunConfig:
         """A validated copy with whole sections replaced."""

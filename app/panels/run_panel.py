@@ -261,14 +261,15 @@ class RunPanel(QWidget):
         self._last_step = None
         self.plots.clear()
         self.plots.start()
-        full = config.training.mode == "full"
-        self.norms_view.clear("Full fine-tuning: no adapters" if full else "")
+        baseline = {"full": "Full fine-tuning: no adapters", "head": "Head only: no adapters"}
+        self.norms_view.clear(baseline.get(config.training.mode, ""))
         self.samples_view.clear(samples_note(config))
         self.confusion_view.clear()
         self._show_confusion_tab(config.data)
         self.progress.setRange(0, config.training.max_steps)
         self.progress.setValue(0)
-        setup = "full fine-tuning" if full else f"{config.lora.variant} r={config.lora.r} alpha={config.lora.alpha:g}"
+        setup = {"full": "full fine-tuning", "head": "the head only"}.get(
+            config.training.mode, f"{config.lora.variant} r={config.lora.r} alpha={config.lora.alpha:g}")
         if self.controller.continuing:
             self.stats_label.setText("Loading the checkpoint, the model and data…")
             self._log(f"▶ run continued in {config.output.dir} ({setup}, to step {config.training.max_steps})")

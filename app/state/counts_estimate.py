@@ -112,6 +112,8 @@ def estimate_counts(
     adapter = adapter_parameter_count(tree, lora)
     if training.mode == "full":
         trainable, adapter = base.total, 0
+    elif training.mode == "head":  # only the fully trained copies: the head and modules_to_save
+        trainable, adapter = adapter - sum(node.added_parameters for node in tree.walk()), 0
     elif memory is not None:
         trainable = memory.gradients // 4  # the estimate keeps float32 gradients of what trains
     else:

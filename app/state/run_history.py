@@ -103,9 +103,11 @@ class RunRecord:
 
     @property
     def setup(self) -> str:
-        """What the run trained: ``LoRA r=8`` or ``full``."""
+        """What the run trained: ``LoRA r=8``, ``full`` or ``head only``."""
         if self.config.training.mode == "full":
             return "full"
+        if self.config.training.mode == "head":
+            return "head only"
         return f"{self.config.lora.variant if self.config.lora.variant != 'lora' else 'LoRA'} r={self.config.lora.r}"
 
     @property
@@ -251,7 +253,7 @@ def study_points(records: list[RunRecord]) -> list[StudyPoint]:
         final = record.final_metric
         if final is None or (points and final[0] != points[0].metric):
             continue
-        rank = None if record.config.training.mode == "full" else record.config.lora.r
+        rank = None if not record.config.training.trains_adapter else record.config.lora.r
         points.append(StudyPoint(record.name, rank, record.trainable, final[0], final[1]))
     return sorted(points, key=lambda p: (p.rank is None, p.rank or 0))
 

@@ -350,6 +350,28 @@ def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, v
             raise ValueError(problem)
 
 
+def oversized_ranks(model: nn.Module, config: LoraConfig) -> list[tuple[str, int, int]]:
+    """``(layer, rank, limit)`` for every layer ``config`` targets whose rank exceeds its weight's
+    smaller dimension (``limit``): past it the update cannot gain rank, only parameters.
+
+    ``attach`` accepts such ranks, as PEFT does (its adapters must load here); a training run
+    refuses them, naming the layers (see ``core/training/setup.py``).
+    """
+    found = []
+    for name in match_targets(model, config):
+        layer = model.get_submodule(name)
+        if not isinstance(layer, AdapterLayer):
+            wrapper_cls = wrapper_for(layer)[0]
+            if wrapper_cls is None:
+                continue  # attach names these itself
+            layer = wrapper_cls(layer)  # a throw-away wrapper: only reads the layer
+        rank = config.rank_for(name)
+        limit = min(min(slot.matrix(slot.param).shape) for slot in layer.weight_slots().values())
+        if rank > limit:
+            found.append((name, rank, limit))
+    return found
+
+
 def _shared_parameter_ids(model: nn.Module) -> set[int]:
     """Parameters reachable under more than one name (e.g. GPT-2's tied embedding and output head)."""
     seen: dict[int, int] = {}

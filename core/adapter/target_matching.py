@@ -71,8 +71,11 @@ def preview_targets(model: nn.Module, config: LoraConfig) -> TargetPreview:
     excluded_outputs = output_layer_names(model) if config.targets == ALL_LINEAR else set()
     matched: list[str] = []
     problems: dict[str, str] = {}
+    saved: list[str] = []  # targeted, but trained fully (modules_to_save): named if nothing else matches
     for lm in modules:
         if in_modules_to_save(config, lm.name):
+            if config.targets != ALL_LINEAR and name_matches(config.targets, lm.name):
+                saved.append(lm.name)
             continue  # trained fully; cannot also carry an adapter
         if config.exclude is not None and name_matches(config.exclude, lm.name):
             continue
@@ -95,6 +98,10 @@ def preview_targets(model: nn.Module, config: LoraConfig) -> TargetPreview:
     error = next(iter(problems.values()), None)
     if error is None and not matched:
         error = _nothing_matched_message(config, modules)
+        if saved:
+            error = (f"targets={config.targets!r} names only {', '.join(map(repr, saved[:3]))}, which trains fully "
+                     "already (it is in modules_to_save: a run adds the model's classifier head there), so it carries "
+                     "no adapter. Target other layers too, or set training.mode = 'head' to train only the head")
     return TargetPreview(matched, problems, error)
 
 

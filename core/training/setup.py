@@ -15,7 +15,8 @@ import torch
 from torch import nn
 
 from ..adapter.config import LoraConfig
-from ..adapter.lifecycle import attach
+from ..adapter.lifecycle import attach, oversized_ranks
+from ..adapter.target_matching import in_modules_to_save
 from ..data import DataBundle, build_datasets, read_label_names
 from ..models import LoadedModel, load_model
 from ..run_config import RunConfig
@@ -44,10 +45,13 @@ class RunSetup:
     warnings: list[str] = field(default_factory=list)
 
 
-def build_model(config: RunConfig, *, attach_adapter: bool = True) -> tuple[LoadedModel, list[str] | None, list[str]]:
+def build_model(config: RunConfig, *, attach_adapter: bool = True,
+                check_ranks: bool = False) -> tuple[LoadedModel, list[str] | None, list[str]]:
     """The model with its adapter attached (or fully trainable), seeded; returns (loaded, labels, notes).
 
-    ``attach_adapter=False`` returns the plain base (to load a saved adapter into).
+    ``attach_adapter=False`` returns the plain base (to load a saved adapter into).  ``check_ranks``
+    (a run about to train) refuses ranks above a layer's smaller dimension; loading a finished
+    run never does, so every run folder stays loadable.
     """
     notes: list[str] = []
     torch.manual_seed(config.training.seed)  # the new head and the adapter start the same in every run
@@ -57,11 +61,52 @@ def build_model(config: RunConfig, *, attach_adapter: bool = True) -> tuple[Load
     notes += loaded.notes
     if config.model.gradient_checkpointing and loaded.forward_style != "transformers":
         notes.append("gradient checkpointing is only available for transformers models; training without it")
+    if config.training.mode == "head":
+        train_only_the_head(loaded.model, [loaded.head, *config.lora.modules_to_save] if loaded.head
+                            else list(config.lora.modules_to_save))
+        return loaded, labels, notes
     if config.training.mode == "full" or not attach_adapter:
         loaded.model.requires_grad_(config.training.mode == "full")
         return loaded, labels, notes
-    attach(loaded.model, training_lora_config(config.lora, loaded.head))
+    lora = training_lora_config(config.lora, loaded.head)
+    if check_ranks:
+        refuse_oversized_ranks(loaded.model, lora)
+    attach(loaded.model, lora)
     return loaded, labels, notes
+
+
+def refuse_oversized_ranks(model: nn.Module, lora: LoraConfig) -> None:
+    """Refuse a rank above a targeted layer's smaller dimension, naming the layers and the ways out.
+
+    Such a rank buys parameters (and memory) but no capacity: the update of an ``n``-wide layer
+    has rank ``n`` at most.  PEFT accepts it silently; a run here says so before it starts.
+    """
+    found = oversized_ranks(model, lora)
+    if not found:
+        return
+    shown = ", ".join(f"{name} (r={rank}, at most {limit})" for name, rank, limit in found[:5])
+    more = f" and {len(found) - 5} more" if len(found) > 5 else ""
+    name, _, limit = found[0]
+    raise ValueError(
+        f"lora: the rank is larger than {len(found)} targeted layer(s) can use: {shown}{more}. A layer's update "
+        f"cannot have a rank above its smaller dimension; lower lora.r, give those layers their own rank "
+        f"(lora.rank_pattern = {{\"{name}\" = {limit}}}), or leave them out of lora.targets"
+    )
+
+
+def train_only_the_head(model: nn.Module, modules: list[str]) -> None:
+    """Freeze everything but ``modules`` (the classifier head and ``lora.modules_to_save`` entries,
+    matched as modules_to_save matches them): the 'head' baseline, a linear probe on frozen features."""
+    model.requires_grad_(False)
+    trained = 0
+    for name, param in model.named_parameters():
+        if modules and in_modules_to_save(modules, name.rpartition(".")[0]):
+            param.requires_grad_(True)
+            trained += 1
+    if not trained:
+        raise ValueError("training.mode = 'head' trains only a classifier head and lora.modules_to_save, and this "
+                         "model has neither (a language model has no separate head); name the modules to train in "
+                         "lora.modules_to_save, or use training.mode = 'lora' or 'full'")
 
 
 def training_lora_config(lora: LoraConfig, head: str | None) -> LoraConfig:
@@ -77,7 +122,7 @@ def training_lora_config(lora: LoraConfig, head: str | None) -> LoraConfig:
 
 def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> RunSetup:
     """Model, data, batch plan, optimizer, scaler and autocast for ``config`` on ``device``."""
-    loaded, labels, notes = build_model(config)
+    loaded, labels, notes = build_model(config, check_ranks=True)
     data = build_datasets(config.data, loaded, labels)
     if data.skipped:
         notes.append(f"{len(data.skipped)} unreadable image(s) skipped, e.g. {data.skipped[0]}")

@@ -300,7 +300,7 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
                 setup.scaler.step(setup.optimizer)
                 setup.scaler.update()
                 setup.optimizer.zero_grad(set_to_none=True)
-                after_optimizer_step(setup.model, step, total) if cfg.mode == "lora" else None
+                after_optimizer_step(setup.model, step, total) if cfg.trains_adapter else None
             state.step = step + 1
             state.last_loss = loss
         elapsed = time.perf_counter() - tick
@@ -361,7 +361,7 @@ def _forward_backward(setup: RunSetup, batches: list[dict], global_targets: floa
         with sync, setup.autocast(), batch_variant_inputs(setup.model, batch):
             score = score_batch(setup.train_model, batch, task, style)
             loss = score.loss_sum * scale
-            if index == 0 and setup.config.training.mode == "lora":
+            if index == 0 and setup.config.training.trains_adapter:
                 extra = regularization_loss(setup.model)
                 loss = loss if extra is None else loss + extra
         with sync:
@@ -397,7 +397,7 @@ def _evaluate_held(setup: RunSetup, state: TrainerState, emit, out: Path, run: _
         state.best_loss, state.best_step, state.evals_since_best = result.loss, state.step, 0
     else:
         state.evals_since_best += 1
-    norms = layer_update_norms(setup.model) if setup.config.training.mode == "lora" else None
+    norms = layer_update_norms(setup.model) if setup.config.training.trains_adapter else None
     names = None if result.confusion is None else output_names(setup.data.label_names, len(result.confusion))
     emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best, norms,
                      confusion=result.confusion, class_names=names))
@@ -438,7 +438,7 @@ def _checkpoint(setup: RunSetup, state: TrainerState, emit, out: Path, kind: str
 
 def _save_trained(setup: RunSetup, folder: Path, state: TrainerState, emit) -> Path | None:
     """The trained adapter in PEFT's format (full fine-tuning: the whole model as safetensors)."""
-    if setup.config.training.mode == "full":
+    if not setup.config.training.trains_adapter:
         from safetensors.torch import save_file
 
         weights = {k: v.detach().cpu().contiguous().clone() for k, v in setup.model.state_dict().items()}
@@ -470,7 +470,7 @@ def _finish(setup: RunSetup, state: TrainerState, status: str, last_eval: EvalRe
         last_eval=dataclasses.asdict(last_eval) if last_eval else None, adapter_dir=adapter_dir,
         checkpoint_dir=str(latest_checkpoint(out)) if setup.dist.is_main else None,
         seconds=time.perf_counter() - started, trainable_parameters=counts.trainable, total_parameters=counts.total,
-        variant=variant_summary(setup.model) if setup.config.training.mode == "lora" else {},
+        variant=variant_summary(setup.model) if setup.config.training.trains_adapter else {},
     )
     if setup.dist.is_main:
         atomic_write_json(out / RESULT_FILE, json.loads(json.dumps(dataclasses.asdict(result), default=str)))

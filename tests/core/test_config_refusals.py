@@ -68,3 +68,30 @@ def test_a_config_path_that_is_a_folder_or_not_text_says_so(tmp_path, capsys) ->
     assert main(["train", str(binary)]) == 2
     err = capsys.readouterr().err
     assert str(binary) in err and "not UTF-8" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("drop", [["model"], ["data"], ["model", "data"]])
+def test_a_config_without_model_or_data_is_refused_not_the_demo(tmp_path, drop) -> None:
+    from lora_studio.core.run_config import RunConfig
+
+    tables = digits_run(tmp_path / "run").to_toml().split("\n\n")
+    kept = [t for t in tables if not any(t.startswith(f"[{name}]") for name in drop)]
+    path = tmp_path / "RUN.toml"
+    path.write_text("\n\n".join(kept))
+    with pytest.raises(ValueError) as refused:
+        RunConfig.load(path)
+    message = str(refused.value)
+    assert str(path) in message and all(f"[{name}]" in message for name in drop)
+    assert "lora-studio demo" in message
+
+
+def test_bad_toml_and_unknown_fields_name_the_file(tmp_path) -> None:
+    from lora_studio.core.run_config import RunConfig
+
+    path = tmp_path / "RUN.toml"
+    path.write_text("[model]\nsource = \n")
+    with pytest.raises(ValueError, match=rf"{path}.*not valid TOML"):
+        RunConfig.load(path)
+    path.write_text(digits_run(tmp_path / "run").to_toml().replace("[training]\n", "[training]\nsteps = 3\n"))
+    with pytest.raises(ValueError, match=rf"{path}: unknown field\(s\) in \[training\]: steps"):
+        RunConfig.load(path)
