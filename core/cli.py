@@ -689,19 +689,24 @@ def _adapter_folders(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: no such folder")
     inside = sorted(p for p in folder.iterdir() if (p / ADAPTER_CONFIG_NAME).is_file())
-    if not inside and _is_full_run(folder):
-        raise ValueError(f"{folder} is a full fine-tuning run: it holds the whole model (adapter/model.safetensors), "
-                         f"not an adapter; write it with `lora-studio export {folder} --merged OUT`")
+    if not inside:
+        _refuse_whole_model(folder)
     if not inside:
         raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}, nor do the folders right inside it; "
                                 "is it an adapter folder?")
     return inside
 
 
-def _is_full_run(folder: Path) -> bool:
+def _refuse_whole_model(folder: Path) -> None:
+    """A full fine-tuning run (or its adapter/ or best/) holds a whole model, not an adapter: say so."""
     from .training.trained_run import holds_whole_model
 
-    return (folder / "run.toml").is_file() and any(holds_whole_model(folder / name) for name in ("adapter", "best"))
+    run = folder if (folder / "run.toml").is_file() else folder.parent
+    if (run / "run.toml").is_file() and any(holds_whole_model(p) for p in (folder, run / "adapter", run / "best")):
+        what = ("is a full fine-tuning run: it holds the whole model" if run == folder
+                else "holds the whole model of a full fine-tuning run")
+        raise ValueError(f"{folder} {what} (model.safetensors), not an adapter; write the model with "
+                         f"`lora-studio export {run} --merged OUT`")
 
 
 def _one_adapter_folder(folder: Path) -> Path:
@@ -756,8 +761,10 @@ def _run_adapters_list(args: argparse.Namespace) -> int:
 def _run_adapters_show(args: argparse.Namespace) -> int:
     import json
 
-    from .disk.adapter_folder import read_adapter_facts
+    from .disk.adapter_folder import ADAPTER_CONFIG_NAME, read_adapter_facts
 
+    if not (Path(args.folder) / ADAPTER_CONFIG_NAME).is_file():
+        _refuse_whole_model(Path(args.folder))
     facts = read_adapter_facts(Path(args.folder))
     data = facts.to_dict()
     if args.json:

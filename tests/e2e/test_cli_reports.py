@@ -104,8 +104,9 @@ def test_a_full_run_exports_its_best_and_its_final_weights(full_run, capsys, tmp
                 assert torch.equal(exported[key], value), (which, key)  # float32 written as read: exact
     code, _, err = _cli(capsys, "export", run, "--adapter", tmp_path / "adapter")
     assert code == 2 and "full fine-tuning run: it holds the whole model, no adapter; use --merged" in err, err
-    code, _, err = _cli(capsys, "adapters", "list", run)
-    assert code == 2 and "holds the whole model" in err and "export" in err, err
+    for command in (["adapters", "list", run], ["adapters", "show", run], ["adapters", "show", run / "best"]):
+        code, _, err = _cli(capsys, *command)
+        assert code == 2 and "holds the whole model" in err and f"lora-studio export {run} --merged" in err, err
 
 
 def test_a_full_runs_best_weights_that_do_not_fit_are_refused_naming_the_tensor(full_run, capsys, tmp_path) -> None:
