@@ -87,7 +87,8 @@ def debugging() -> bool:
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
 
 
-def write_error_report(details: str, folder: str | Path | None = None, argv: Sequence[str] | None = None) -> Path | None:
+def write_error_report(details: str, folder: str | Path | None = None,
+                       argv: Sequence[str] | None = None) -> Path | None:
     """Write an unexpected error's traceback (with the command and the versions) to a new file in
     ``folder`` when it is an existing folder (a run's), else in the temporary folder; returns its
     path, or None when no file could be written at all."""
@@ -290,21 +291,22 @@ def _run_train(args: argparse.Namespace) -> int:
         config = config.replace(training=dataclasses.replace(
             config.training, max_steps=config.training.max_steps if args.max_steps is None else args.max_steps,
             device=args.device or config.training.device))
-    check_output_folder(config.output.dir, "--output" if args.output else f"output.dir in {args.config}")
+    check_output_folder(config.output.dir, "--output" if args.output else f"output.dir in {args.config}",
+                        fix="train --output DIR, or output.dir in the config")
     args.report_dir = config.output.dir  # an unexpected error's report goes into the run folder
     return _drive(lambda on_event, cancel: train(config, on_event, cancel), args.quiet)
 
 
-def check_output_folder(folder: str | Path, field: str) -> None:
-    """Refuse a run folder path that is (or lies inside) an existing file, naming it and the fix
-    (the folder would otherwise fail to be made with a bare "[Errno 17] File exists")."""
+def check_output_folder(folder: str | Path, field: str, *, what: str = "the run folder", fix: str = "") -> None:
+    """Refuse a folder to write to whose path is (or lies inside) an existing file, naming it, the
+    ``field`` that gave it and the fix (it would otherwise fail with a bare "[Errno 17] File exists")."""
     path = Path(folder).expanduser()
     for place in (path, *path.parents):
         if place.exists():
             if not place.is_dir():
                 where = "is a file" if place == path else f"lies inside {place}, which is a file"
-                raise ValueError(f"{field}: the run folder {path} {where}, not a folder; choose another folder "
-                                 "(train --output DIR, or output.dir in the config), or move that file away")
+                raise ValueError(f"{field}: {what} {path} {where}, not a folder; choose another folder"
+                                 f"{f' ({fix})' if fix else ''}, or move that file away")
             return
 
 
@@ -319,7 +321,7 @@ def _run_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     if args.output:
-        check_output_folder(args.output, "--output")
+        check_output_folder(args.output, "--output", fix="demo --output DIR")
     output = args.output or tempfile.mkdtemp(prefix=f"lora-studio-demo-{args.name}-")
     args.report_dir = output
     print(f"demo {args.name}: training in {output} ...")
@@ -440,6 +442,11 @@ def _run_export(args: argparse.Namespace) -> int:
     from .training import load_run_config
     from .training.trained_run import load_trained_run
 
+    out = Path(args.adapter or args.merged)
+    if args.merged and out.suffix == ".safetensors":  # a plain model's file: its folder must be one
+        check_output_folder(out.parent, "--merged", what="the export's folder")
+    else:
+        check_output_folder(out, "--adapter" if args.adapter else "--merged", what="the export folder")
     run_dir = Path(args.run_dir)
     full = False
     if (run_dir / "adapter_config.json").is_file():  # one adapter of a library: merged onto its base
@@ -479,12 +486,31 @@ def _trained_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu (default), auto, cuda, cuda:N or mps")
 
 
+def _device(choice: str):
+    """``--device`` as a torch device, refused naming the flag when it is not one this machine has."""
+    import re
+
+    import torch
+
+    from .training.devices import resolve_device
+
+    if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", choice):
+        raise ValueError(f"--device must be cpu, auto, cuda, cuda:N or mps, got {choice!r}")
+    try:
+        device = resolve_device(choice)
+    except ValueError as exc:
+        raise ValueError(str(exc).replace("training.device", "--device")) from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ValueError(f"--device is {choice!r} but this machine has {torch.cuda.device_count()} CUDA device(s) "
+                         "(cuda:0 ...); pick one of them, or cpu")
+    return device
+
+
 def _open_trained(args: argparse.Namespace):
     """The model PATH holds, on the device asked for (the same opening the window's Try tab uses)."""
-    from .training.devices import resolve_device
     from .training.trained_run import load_for_inference
 
-    device = resolve_device(args.device)
+    device = _device(args.device)
     _quiet_transformers()
     loaded = load_for_inference(args.path, which=args.which, base_model=args.base_model)
     loaded.model.to(device)
@@ -797,6 +823,7 @@ def _run_combine(args: argparse.Namespace) -> int:
     from .disk.adapter_folder import load_adapter, read_adapter_facts, save_adapter
     from .training.trained_run import load_for_inference
 
+    check_output_folder(args.out, "--out", what="the combined adapter's folder")
     folders = [_one_adapter_folder(Path(f)) for f in args.adapters]
     if len(folders) < 2:
         raise ValueError("combine needs two or more adapter folders")

@@ -43,7 +43,8 @@ class ProgressPrinter:
         elif isinstance(event, EvalMetrics):
             extra = (f", accuracy {event.accuracy:.1%}" if event.accuracy is not None else "") + (
                 f", perplexity {event.perplexity:.2f}" if event.perplexity is not None else "")
-            self._write(f"step {event.step}: validation loss {event.loss:.4f}{extra}{' (best)' if event.is_best else ''}")
+            best = " (best)" if event.is_best else ""
+            self._write(f"step {event.step}: validation loss {event.loss:.4f}{extra}{best}")
         elif isinstance(event, Samples):
             for item in event.items:
                 self._write(f"  sample: {sample_line(item.input, item.output, item.correct)}")

@@ -16,11 +16,11 @@ from pathlib import Path
 
 import torch
 
+from ..data import read_label_names
 from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, load_adapter, read_adapter_folder
 from ..disk.merged_export import sidecar_path_for
 from ..disk.safe_loading import load_safetensors
 from ..layers.behaviour import all_finite
-from ..data import read_label_names
 from ..models import LoadedModel, load_model, load_transformers
 from ..models.transformers_models import load_config
 from ..run_config import MODEL_SOURCES, ModelConfig

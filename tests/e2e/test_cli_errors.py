@@ -118,6 +118,25 @@ def test_an_output_dir_that_is_a_file_is_named_with_the_fix(capsys, tmp_path) ->
     assert taken.read_text() == "not a folder"  # left as it was
 
 
+def test_export_and_combine_folders_that_are_files_are_named(capsys, tmp_path) -> None:
+    taken = tmp_path / "taken"
+    taken.write_text("not a folder")
+    for argv, flag in ((["export", str(tmp_path), "--merged", str(taken)], "--merged"),
+                       (["export", str(tmp_path), "--adapter", str(taken / "inside")], "--adapter"),
+                       (["combine", "demo:digits", "a", "b", "--out", str(taken)], "--out")):
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert f"{flag}: the " in err and f"{taken}" in err and "is a file, not a folder" in err, err
+        assert "Errno" not in err, err
+
+
+@pytest.mark.parametrize("device", ["bogus", "cuda:99", "gpu"])
+def test_a_device_that_is_not_there_is_refused_naming_the_flag(capsys, tmp_path, device) -> None:
+    assert main(["predict", str(tmp_path), "anything", "--device", device]) == 2
+    err = capsys.readouterr().err
+    assert "--device" in err and repr(device) in err and "unexpected" not in err, err
+
+
 @pytest.mark.parametrize(("argv", "flag", "least"), [
     (["resume", "RUN", "--extra-steps", "-1"], "--extra-steps", 0),
     (["generate", "RUN", "hello", "--max-new-tokens", "0"], "--max-new-tokens", 1),

@@ -87,7 +87,8 @@ def test_a_full_runs_summary_says_it_holds_the_model(full_run) -> None:
 def test_a_full_run_exports_its_best_and_its_final_weights(full_run, capsys, tmp_path) -> None:
     out, _ = full_run
     # best/ holds weights unlike the final ones, so the export shows which file it read
-    best = {k: v * 0.5 if v.is_floating_point() else v for k, v in load_safetensors(out / "best" / "model.safetensors").items()}
+    saved = load_safetensors(out / "best" / "model.safetensors")
+    best = {k: v * 0.5 if v.is_floating_point() else v for k, v in saved.items()}
     run = tmp_path / "run"
     shutil.copytree(out, run)
     from safetensors.torch import save_file
