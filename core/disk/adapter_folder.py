@@ -229,15 +229,38 @@ def base_fingerprint(model: nn.Module, exclude: Iterable[str] = ()) -> dict[str,
 
 
 # -- loading ----------------------------------------------------------------------------------------
-def read_adapter_folder(folder: str | Path) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
-    """(PEFT config, studio metadata or None, tensors with ``base_model.model.`` removed) of a folder."""
-    folder = Path(folder)
+def read_adapter_configs(folder: Path) -> tuple[dict, dict | None]:
+    """(PEFT config, studio metadata or None) of an adapter folder: the one reader of both files.
+
+    A file that is not UTF-8, not JSON or not a JSON object is refused naming it, so no decode
+    error without a file name ever reaches a user.
+    """
     config_path = folder / ADAPTER_CONFIG_NAME
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}; is it an adapter folder?")
-    peft_config = json.loads(config_path.read_text(encoding="utf-8"))
     studio_path = folder / STUDIO_METADATA_NAME
-    studio = json.loads(studio_path.read_text(encoding="utf-8")) if studio_path.is_file() else None
+    return _read_json_object(config_path), _read_json_object(studio_path) if studio_path.is_file() else None
+
+
+def _read_json_object(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}); the adapter folder is damaged: save or "
+                         "export the adapter again") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); the adapter folder is "
+                         "damaged: save or export the adapter again") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; the adapter folder is "
+                         "damaged: save or export the adapter again")
+    return data
+
+
+def read_adapter_folder(folder: str | Path) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
+    """(PEFT config, studio metadata or None, tensors with ``base_model.model.`` removed) of a folder."""
+    folder = Path(folder)
+    peft_config, studio = read_adapter_configs(folder)
     if (folder / ADAPTER_WEIGHTS_NAME).is_file():
         raw = load_safetensors(folder / ADAPTER_WEIGHTS_NAME)
     elif (folder / LEGACY_WEIGHTS_NAME).is_file():
@@ -505,15 +528,7 @@ def read_adapter_facts(folder: str | Path) -> AdapterFacts:
     """The facts of the adapter in ``folder`` (ours or PEFT's) from its config and the weights file's
     header.  ``FileNotFoundError`` / ``ValueError`` say what is missing or unreadable."""
     folder = Path(folder)
-    config_path = folder / ADAPTER_CONFIG_NAME
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}; is it an adapter folder?")
-    try:
-        peft_config = json.loads(config_path.read_text(encoding="utf-8"))
-        studio_path = folder / STUDIO_METADATA_NAME
-        studio = json.loads(studio_path.read_text(encoding="utf-8")) if studio_path.is_file() else None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{folder}: a config file is not valid JSON ({exc}); the folder is damaged") from None
+    peft_config, studio = read_adapter_configs(folder)
     weights = folder / ADAPTER_WEIGHTS_NAME
     if weights.is_file():
         header = read_safetensors_header(weights)

@@ -91,3 +91,19 @@ def test_metadata_without_its_config_names_the_file(tmp_path) -> None:
 def test_a_sound_adapter_still_loads(tmp_path) -> None:
     folder = _saved(tmp_path)
     load_adapter(build_pretrained(BERT), folder)  # no refusal: the checks only catch what is wrong
+
+
+@pytest.mark.parametrize("damage", [b"\xff\xfe{", b'{"r": 2,', b"[1, 2]"], ids=["not-utf8", "not-json", "not-object"])
+@pytest.mark.parametrize("name", ["adapter_config.json", STUDIO_METADATA_NAME])
+def test_damaged_config_files_are_named_when_loaded_and_listed(tmp_path, damage, name) -> None:
+    from lora_studio.core.disk.adapter_folder import read_adapter_facts
+
+    folder = _saved(tmp_path)
+    (folder / name).write_bytes(damage)
+    model = build_pretrained(BERT)
+    before = _state(model)
+    for read in (lambda: load_adapter(model, folder), lambda: read_adapter_facts(folder)):
+        with pytest.raises(ValueError) as refused:
+            read()
+        assert str(folder / name) in str(refused.value) and "damaged" in str(refused.value)
+    _assert_untouched(model, before)
