@@ -100,16 +100,20 @@ def write_error_report(details: str, folder: str | Path | None = None,
             f"command: lora-studio {' '.join(argv)}\n"
             f"python {platform.python_version()} on {platform.platform()}\n{_library_versions()}\n\n"
             f"{details.rstrip()}\n")
-    stamp = time.strftime("%Y%m%d-%H%M%S")
+    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
     places = [Path(folder)] if folder is not None and Path(folder).is_dir() else []
     for place in [*places, Path(tempfile.gettempdir())]:
-        try:  # a new file each time: mkstemp never overwrites an earlier report
-            handle, name = tempfile.mkstemp(prefix=f"{REPORT_PREFIX}{stamp}-", suffix=".log", dir=place)
+        for n in range(1, 100):
+            path = place / f"{REPORT_PREFIX}{stamp}{f'-{n}' if n > 1 else ''}.log"
+            try:  # O_EXCL: a new file, never an earlier report; 0o666 less the umask, like the run's files
+                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            except OSError:  # a read-only run folder: the temporary folder instead
+                break
             with os.fdopen(handle, "w", encoding="utf-8") as out:
                 out.write(text)
-            return Path(name)
-        except OSError:  # a read-only run folder: the temporary folder instead
-            continue
+            return path
     return None
 
 

@@ -199,3 +199,18 @@ def test_a_damaged_export_sidecar_is_named(capsys, tmp_path, damage, named) -> N
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert str(sidecar if named == "sidecar" else result.path) in err, err
     assert "--base-model" in err, err
+
+
+def test_reports_are_new_files_with_the_users_umask(tmp_path, private_temp) -> None:
+    from lora_studio.core.cli import write_error_report
+
+    before = os.umask(0o022)
+    try:
+        first = write_error_report("Traceback: one", tmp_path, ["inspect", "x"])
+        second = write_error_report("Traceback: two", tmp_path, ["inspect", "x"])
+    finally:
+        os.umask(before)
+    assert first != second and first.parent == second.parent == tmp_path
+    assert "Traceback: one" in first.read_text() and "Traceback: two" in second.read_text()
+    assert first.stat().st_mode & 0o777 == 0o644
+    assert write_error_report("x", tmp_path / "missing").parent == private_temp  # no such folder: temp
