@@ -126,26 +126,38 @@ def read_run(run_dir: str | Path) -> RunRecord:
     samples: list[Samples] = []
     confusions: list[ConfusionAt] = []
     for record in read_metrics(run_dir):
-        kind = record.get("event")  # the event's class name: core's log writes type(event).__name__
-        step = record.get("step")
-        if isinstance(step, int):
-            last_step = max(last_step, step)
-        if kind == StepMetrics.__name__:
-            _append_point(curves, ("ts", "tl"), step, record["loss"])
-        elif kind == EvalMetrics.__name__:
-            _append_point(curves, ("es", "el", "ea", "ep"), step, record["loss"], record.get("accuracy"),
-                          record.get("perplexity"))
-            if record.get("confusion"):
-                names = record.get("class_names") or [str(i) for i in range(len(record["confusion"]))]
-                _append_at(confusions, ConfusionAt(step, record["confusion"], list(names)))
-        elif kind == Samples.__name__:
-            _append_at(samples, samples_of(record))
-        elif kind == Finished.__name__:
-            result, failure = record["result"], None  # a resumed run can fail, then finish
-        elif kind == Failed.__name__:
-            failure = record["message"]
+        try:
+            result, failure, last_step = _read_record(record, curves, samples, confusions, result, failure,
+                                                      last_step)
+        except (KeyError, TypeError, ValueError):  # a damaged record: the curves go on without it
+            continue
     return RunRecord(run_dir, config, curves["ts"], curves["tl"], curves["es"], curves["el"], curves["ea"],
                      curves["ep"], result, failure, last_step, samples, confusions)
+
+
+def _read_record(record: dict[str, Any], curves: dict[str, list], samples: list[Samples],
+                 confusions: list[ConfusionAt], result: dict | None, failure: str | None,
+                 last_step: int) -> tuple[dict | None, str | None, int]:
+    """Fold one log record into the run's curves, samples and confusions; return (result, failure, step)."""
+    kind = record.get("event")  # the event's class name: core's log writes type(event).__name__
+    step = record.get("step")
+    if isinstance(step, int):
+        last_step = max(last_step, step)
+    if kind == StepMetrics.__name__:
+        _append_point(curves, ("ts", "tl"), step, record["loss"])
+    elif kind == EvalMetrics.__name__:
+        _append_point(curves, ("es", "el", "ea", "ep"), step, record["loss"], record.get("accuracy"),
+                      record.get("perplexity"))
+        if record.get("confusion"):
+            names = record.get("class_names") or [str(i) for i in range(len(record["confusion"]))]
+            _append_at(confusions, ConfusionAt(step, record["confusion"], list(names)))
+    elif kind == Samples.__name__:
+        _append_at(samples, samples_of(record))
+    elif kind == Finished.__name__:
+        result, failure = record["result"], None  # a resumed run can fail, then finish
+    elif kind == Failed.__name__:
+        failure = record["message"]
+    return result, failure, last_step
 
 
 def samples_of(record: dict[str, Any]) -> Samples:
@@ -185,6 +197,8 @@ def _append_at(entries: list, entry: Any) -> None:
 def _append_point(curves: dict[str, list], keys: tuple[str, ...], step: int, *values: Any) -> None:
     """Add one point to the curves ``keys`` (steps first).  A resumed run logs again from its
     checkpoint's step: the points it repeats replace the old ones, so each curve runs forward once."""
+    if not isinstance(step, int) or not all(v is None or isinstance(v, (int, float)) for v in values):
+        raise ValueError(f"a damaged record: step {step!r}, values {values!r}")  # read_run skips it
     steps = curves[keys[0]]
     if steps and step <= steps[-1]:
         keep = next((i for i, s in enumerate(steps) if s >= step), len(steps))

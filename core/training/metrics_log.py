@@ -7,7 +7,12 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .events import EvalMetrics, Event, Finished, Samples, StepMetrics
+from .events import CheckpointSaved, EvalMetrics, Event, Failed, Finished, Samples, StepMetrics, TrainingWarning
+
+# The events a log holds, by the name ``event_record`` writes: a record of one is kept only with
+# every field its class requires, so readers may index them without guarding each key.
+_LOGGED = {cls.__name__: cls for cls in (StepMetrics, EvalMetrics, Samples, CheckpointSaved, TrainingWarning,
+                                         Finished, Failed)}
 
 
 def event_record(event: Event) -> dict[str, Any]:
@@ -67,12 +72,31 @@ def samples_markdown(samples: Samples) -> str:
 
 
 def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
-    """The records of a run's ``metrics.jsonl`` (a torn last line from a kill is skipped)."""
+    """The records of a run's ``metrics.jsonl``: one dict per intact line.
+
+    A torn last line from a kill, or a line damaged any other way (not UTF-8, not JSON, not an
+    object), is skipped: a log is read to draw curves, and one bad line must not hide the rest.
+    """
     path = Path(run_dir) / "metrics.jsonl"
     records = []
-    for line in path.read_text(encoding="utf-8").splitlines() if path.is_file() else []:
+    for line in path.read_bytes().splitlines() if path.is_file() else []:
         try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
             continue
+        if isinstance(record, dict) and _intact(record):
+            records.append(record)
     return records
+
+
+def _intact(record: dict[str, Any]) -> bool:
+    cls = _LOGGED.get(record.get("event"))  # type: ignore[arg-type]
+    if cls is None:
+        return isinstance(record.get("event"), str)  # an event of a newer version: kept, readers skip it
+    required = [f.name for f in dataclasses.fields(cls)
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if any(name not in record for name in required):
+        return False
+    if "step" in record and not isinstance(record["step"], int):
+        return False
+    return cls is not Finished or isinstance(record["result"], dict)

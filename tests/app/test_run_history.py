@@ -24,6 +24,24 @@ def test_a_run_folder_reads_back_its_config_curves_and_result(tmp_path) -> None:
         read_run(tmp_path)
 
 
+
+def test_a_damaged_log_or_config_never_raises_past_the_history(tmp_path) -> None:
+    train(short_digits(tmp_path / "run", steps=3, eval_every=0))
+    log = tmp_path / "run" / "metrics.jsonl"
+    intact = read_run(tmp_path / "run")
+    damage = [b"\xff\xfe not utf-8", b"[1, 2]", b'{"event": "StepMetrics", "step": 9}',
+              b'{"event": "StepMetrics", "step": "x", "loss": 1}', b'{"event": "EvalMetrics", "step": 9, "loss": "x"}',
+              b'{"event": "Failed"}', b'{"event": "Samples"}', b'{"event": "StepMet']
+    log.write_bytes(log.read_bytes() + b"\n".join(damage))
+    damaged = read_run(tmp_path / "run")  # every damaged line skipped, every intact one kept
+    assert (damaged.train_steps, damaged.train_loss, damaged.status) == (
+        intact.train_steps, intact.train_loss, intact.status)
+    (tmp_path / "run" / "run.toml").write_bytes(b"\xff[model")
+    assert not is_run_folder(tmp_path / "run")
+    with pytest.raises(ValueError, match="run.toml"):
+        read_run(tmp_path / "run")
+
+
 def test_next_free_run_dir_never_reuses_a_folder_with_content(tmp_path) -> None:
     assert next_free_run_dir(tmp_path / "run") == tmp_path / "run"
     (tmp_path / "run").mkdir()
