@@ -460,9 +460,9 @@ def _run_export(args: argparse.Namespace) -> int:
         loaded = load_for_inference(run_dir, base_model=args.base_model)
     else:
         config = load_run_config(run_dir)
-        full = config.training.mode == "full"
+        full = not config.training.trains_adapter
         if full and args.adapter:
-            raise ValueError(f"{run_dir} is a full fine-tuning run: it holds the whole model, no adapter; "
+            raise ValueError(f"{run_dir} is a {config.training.mode_title} run: it holds the whole model, no adapter; "
                              "use --merged OUT to write the model")
         _no_loading_bar()
         loaded = load_trained_run(run_dir, args.which)
@@ -474,7 +474,7 @@ def _run_export(args: argparse.Namespace) -> int:
         return EXIT_OK
     result = export_merged(loaded.model, args.merged, precision=args.precision, tokenizer=loaded.tokenizer,
                            checksum=args.checksum)
-    what = "model of the full fine-tuning run" if full else "merged model"
+    what = f"model of the {config.training.mode_title} run" if full else "merged model"
     which = "" if (run_dir / "adapter_config.json").is_file() else f", the {args.which} weights"
     print(f"{what} ({result.kind}, {result.precision}{which}) written to {result.path}")
     return EXIT_OK
@@ -733,8 +733,8 @@ def _refuse_whole_model(folder: Path) -> None:
 
     run = folder if (folder / "run.toml").is_file() else folder.parent
     if (run / "run.toml").is_file() and any(holds_whole_model(p) for p in (folder, run / "adapter", run / "best")):
-        what = ("is a full fine-tuning run: it holds the whole model" if run == folder
-                else "holds the whole model of a full fine-tuning run")
+        what = ("is a full fine-tuning or head-only run: it holds the whole model" if run == folder
+                else "holds the whole model of a full fine-tuning or head-only run")
         raise ValueError(f"{folder} {what} (model.safetensors), not an adapter; write the model with "
                          f"`lora-studio export {run} --merged OUT`")
 

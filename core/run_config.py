@@ -40,6 +40,7 @@ DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by 
 NONFINITE_ACTIONS = ("stop", "skip")
 BAD_IMAGE_ACTIONS = ("skip", "error")
 MODES = ("lora", "full", "head")
+MODE_TITLES = {"lora": "LoRA", "full": "full fine-tuning", "head": "head-only"}  # "a full fine-tuning run"
 
 
 def _help(text: str) -> dict[str, str]:
@@ -275,6 +276,11 @@ class TrainingConfig:
     def trains_adapter(self) -> bool:
         """True for a LoRA run; the baselines ('full', 'head') save the whole model's weights instead."""
         return self.mode == "lora"
+
+    @property
+    def mode_title(self) -> str:
+        """The mode as a run is called in messages: 'LoRA', 'full fine-tuning', 'head-only'."""
+        return MODE_TITLES[self.mode]
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""

@@ -53,7 +53,7 @@ def load_trained_run(run_dir: str | Path, which: str = "final") -> LoadedModel:
         raise ValueError(f"which must be one of {', '.join(WHICH)}, got {which!r}")
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
-    full = config.training.mode == "full"
+    full = not config.training.trains_adapter  # full or head-only: the whole model's weights are saved
     if which == "best":
         best = run_dir / BEST_DIR
         if full:

@@ -69,3 +69,18 @@ def test_the_rank_limit_is_the_smaller_weight_dimension_and_attach_still_accepts
     assert oversized_ranks(model, config) == [("0", 10, 3), ("1", 19, 16)]  # 3 inputs; 16 < 2*3*3 = 18
     attach(model, config)  # as PEFT does: an adapter made elsewhere must load
     assert model[0].lora_A["default"].weight.shape == (10, 3)
+
+
+def test_a_head_run_exports_and_loads_as_the_whole_model(tmp_path) -> None:
+    from lora_studio.core.cli import main
+    from lora_studio.core.training.trained_run import load_trained_run
+
+    config = with_training(digits_run(tmp_path / "run", max_steps=3, eval_every=3), mode="head")
+    assert train(config).status == "finished"
+    final = load_trained_run(tmp_path / "run").model.state_dict()
+    saved = load_safetensors(tmp_path / "run" / "adapter" / "model.safetensors")
+    assert all(torch.equal(final[k], saved[k]) for k in saved)
+    assert main(["export", str(tmp_path / "run"), "--merged", str(tmp_path / "merged.safetensors")]) == 0
+    merged = load_safetensors(tmp_path / "merged.safetensors")
+    assert all(torch.equal(merged[k], saved[k]) for k in saved)
+    assert main(["export", str(tmp_path / "run"), "--adapter", str(tmp_path / "a")]) == 2  # no adapter to write

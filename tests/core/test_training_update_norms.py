@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import math
 
-import pytest
 import torch
 from run_configs import digits_run, with_training
 from torch import nn
 
 from lora_studio.core import EvalMetrics, LoraConfig, attach, layer_update_norms, load_trained_run, train
+from lora_studio.core.disk.safe_loading import load_safetensors
 
 TOLERANCE = 1e-5  # float32 sums of a few hundred squares
 
@@ -44,11 +44,12 @@ def test_every_evaluation_reports_norms_and_the_run_folder_gives_the_model_back(
         assert math.isclose(again[name], value, rel_tol=TOLERANCE)
 
 
-def test_full_fine_tuning_reports_no_norms_and_has_no_best_adapter(tmp_path) -> None:
+def test_full_fine_tuning_reports_no_norms_and_its_best_is_the_whole_model(tmp_path) -> None:
     evals: list[EvalMetrics] = []
     config = with_training(digits_run(tmp_path), max_steps=2, eval_every=2, mode="full", lr=1e-3)
     train(config, lambda e: evals.append(e) if isinstance(e, EvalMetrics) else None)
     assert evals and evals[-1].layer_update_norms is None
     assert isinstance(load_trained_run(tmp_path).model, nn.Module)
-    with pytest.raises(FileNotFoundError, match="best adapter"):
-        load_trained_run(tmp_path, "best")
+    best = load_trained_run(tmp_path, "best").model.state_dict()
+    saved = load_safetensors(tmp_path / "best" / "model.safetensors")
+    assert best.keys() == saved.keys() and all(torch.equal(best[k], saved[k]) for k in saved)
