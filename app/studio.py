@@ -31,6 +31,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_MISSING_LIBRARIES
     from PySide6.QtWidgets import QApplication
 
+    from .error_hook import WindowErrorHook
     from .main_window import MainWindow
     from .state.project_files import APPLICATION, ORGANIZATION
 
@@ -45,6 +46,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ImportError, FileNotFoundError):
         pass  # an icon is nice to have; the window works without it
     window = MainWindow()
+    WindowErrorHook(window, save_work=window.autosaver.save_if_modified).install()
     window.show()
     if window.offer_restore():  # the last session ended with unsaved changes: they come first
         pass

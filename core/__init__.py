@@ -161,8 +161,12 @@ from .adapter import (
     set_adapter,
 )
 from .disk import AdapterFacts, AdapterFit, check_adapter_fit, read_adapter_facts
+from .disk import REPORT_PREFIX, write_error_report
 
 __all__ = [
+    # unexpected errors: their report file (the CLI and the window write it)
+    "REPORT_PREFIX",
+    "write_error_report",
     # runs: models, data, the run config and the training engine
     "DEMO_NAMES",
     "DEMOS",

@@ -38,6 +38,7 @@ from pathlib import Path
 
 from . import __version__
 from .adapter.config import ALL_LINEAR, LoraConfig
+from .disk import write_error_report
 from .inference.generation import GenerationSettings
 
 GENERATION_DEFAULTS = GenerationSettings()
@@ -47,7 +48,6 @@ EXIT_CODES_TEXT = ("Exit codes: 0 done; 1 the run failed, or an unexpected error
                    "file named on stderr; LORA_STUDIO_DEBUG=1 raises it instead); 2 bad config, data, file or "
                    "arguments; 130 cancelled (Ctrl-C; a second Ctrl-C aborts at once).")
 DEBUG_ENV = "LORA_STUDIO_DEBUG"  # set to 1: unexpected errors raise with their traceback (for developers)
-REPORT_PREFIX = "lora-studio-error-"  # the unexpected error's report file: <run folder or temp>/<prefix>...log
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,45 +85,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 def debugging() -> bool:
     """Whether ``LORA_STUDIO_DEBUG`` asks for raw tracebacks (any value but empty or 0)."""
     return os.environ.get(DEBUG_ENV, "") not in ("", "0")
-
-
-def write_error_report(details: str, folder: str | Path | None = None,
-                       argv: Sequence[str] | None = None) -> Path | None:
-    """Write an unexpected error's traceback (with the command and the versions) to a new file in
-    ``folder`` when it is an existing folder (a run's), else in the temporary folder; returns its
-    path, or None when no file could be written at all."""
-    import datetime
-    import platform
-
-    argv = list(sys.argv[1:] if argv is None else argv)
-    text = (f"lora-studio {__version__} error report, {datetime.datetime.now().isoformat(timespec='seconds')}\n"
-            f"command: lora-studio {' '.join(argv)}\n"
-            f"python {platform.python_version()} on {platform.platform()}\n{_library_versions()}\n\n"
-            f"{details.rstrip()}\n")
-    stamp = f"{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}"
-    places = [Path(folder)] if folder is not None and Path(folder).is_dir() else []
-    for place in [*places, Path(tempfile.gettempdir())]:
-        for n in range(1, 100):
-            path = place / f"{REPORT_PREFIX}{stamp}{f'-{n}' if n > 1 else ''}.log"
-            try:  # O_EXCL: a new file, never an earlier report; 0o666 less the umask, like the run's files
-                handle = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
-            except FileExistsError:
-                continue
-            except OSError:  # a read-only run folder: the temporary folder instead
-                break
-            with os.fdopen(handle, "w", encoding="utf-8") as out:
-                out.write(text)
-            return path
-    return None
-
-
-def _library_versions() -> str:
-    versions = []
-    for name in ("torch", "transformers", "peft"):
-        module = sys.modules.get(name)  # only what this command imported: a report never imports more
-        if module is not None:
-            versions.append(f"{name} {getattr(module, '__version__', '?')}")
-    return ", ".join(versions)
 
 
 def _report_text(path: Path | None) -> str:

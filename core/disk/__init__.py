@@ -16,6 +16,7 @@ from .adapter_folder import (
     save_adapter,
 )
 from .atomic_files import atomic_path, atomic_write_json, atomic_write_text, replace_folder
+from .error_reports import REPORT_PREFIX, write_error_report
 from .export_checks import max_output_difference, model_outputs, verify_adapter
 from .merged_export import PRECISIONS, ExportResult, export_merged, read_sidecar, record_verification, verify_export
 from .resource_files import demo_file
@@ -23,6 +24,7 @@ from .safe_loading import CorruptFileError, UnsafeFileError, load_safetensors, l
 
 __all__ = [
     "PRECISIONS",
+    "REPORT_PREFIX",
     "AdapterFacts",
     "AdapterFit",
     "AdapterMismatchError",
@@ -48,4 +50,5 @@ __all__ = [
     "save_adapter",
     "verify_adapter",
     "verify_export",
+    "write_error_report",
 ]

@@ -202,7 +202,7 @@ def test_a_damaged_export_sidecar_is_named(capsys, tmp_path, damage, named) -> N
 
 
 def test_reports_are_new_files_with_the_users_umask(tmp_path, private_temp) -> None:
-    from lora_studio.core.cli import write_error_report
+    from lora_studio.core import write_error_report
 
     before = os.umask(0o022)
     try:
