@@ -53,7 +53,7 @@ class WindowErrorHook:
         saved = self._save_work()
         details = "".join(traceback.format_exception(kind, value, tb))
         path = write_error_report(details, None, ["studio"])
-        where = f"The report is in {path}; please file it." if path else "No report file could be written."
+        where = f"the report is in {path}; please file it" if path else "no report file could be written"
         self.reports.append(str(path))
         first = str(value).strip().splitlines()[0] if str(value).strip() else ""
         print(f"lora-studio studio: error: unexpected {kind.__name__}: {first}; {where}", file=sys.stderr)
@@ -66,9 +66,9 @@ class WindowErrorHook:
         try:
             QMessageBox.warning(
                 self.window, "Something went wrong",
-                f"An unexpected error stopped that action:\n\n{kind.__name__}: {first}\n\n{where}\n\n"
-                + ("Your unsaved changes were autosaved first; " if saved else "")
-                + "the window stays open and you can go on working.")
+                f"An unexpected error stopped that action:\n\n{kind.__name__}: {first}\n\n{where.capitalize()}.\n\n"
+                + ("Your unsaved changes were autosaved first. " if saved else "")
+                + "The window stays open and you can go on working.")
         finally:
             self._open = False
             self._repeats = 0
