@@ -66,7 +66,8 @@ class WindowErrorHook:
         try:
             QMessageBox.warning(
                 self.window, "Something went wrong",
-                f"An unexpected error stopped that action:\n\n{kind.__name__}: {first}\n\n{where[:1].upper()}{where[1:]}.\n\n"
+                f"An unexpected error stopped that action:\n\n{kind.__name__}: {first}\n\n"
+                f"{where[:1].upper()}{where[1:]}.\n\n"
                 + ("Your unsaved changes were autosaved first. " if saved else "")
                 + "The window stays open and you can go on working.")
         finally:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import os
 import sys
-from importlib import metadata
 import tempfile
 import time
 from collections.abc import Sequence
+from importlib import metadata
 from pathlib import Path
 
 REPORT_PREFIX = "lora-studio-error-"  # the report file: <run folder or temp>/<prefix><time>-<pid>.log

@@ -12,11 +12,11 @@ import sys
 import pytest
 import torch
 from run_configs import digits_run, final_tensors
+from test_training_guards import FACTORY
 
 from lora_studio.core.disk.atomic_files import atomic_write_json, remove_stale_staging
 from lora_studio.core.run_config import ModelConfig
 from lora_studio.core.training import Failed, TrainingWarning, latest_checkpoint, resume_run, train
-from test_training_guards import FACTORY
 
 
 def _dead_pid() -> int:
@@ -116,7 +116,8 @@ def test_a_damaged_checkpoint_state_is_named_with_the_way_out(tmp_path, damage) 
 
 
 def test_skipping_most_steps_is_a_failure_not_a_success(tmp_path) -> None:
-    (tmp_path / "flaky.py").write_text(FACTORY + "\n\ndef nan_mostly():\n    return Flaky(set(range(2, 40)), error=False)\n")
+    mostly = "\n\ndef nan_mostly():\n    return Flaky(set(range(2, 40)), error=False)\n"
+    (tmp_path / "flaky.py").write_text(FACTORY + mostly)
     config = digits_run(tmp_path / "run", max_steps=6, checkpoint_every=2, nonfinite="skip")
     config = config.replace(model=ModelConfig(source="python", name=f"{tmp_path / 'flaky.py'}:nan_mostly"),
                             lora=config.lora.replace(targets=["body.1"]))

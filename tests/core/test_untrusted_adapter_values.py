@@ -11,11 +11,11 @@ import pytest
 import torch
 from io_models import BERT, perturb
 from io_models import pretrained as build_pretrained
+from safetensors.torch import save_file
 
 from lora_studio.core import AdapterMismatchError, LoraConfig, attach, load_adapter, save_adapter
 from lora_studio.core.disk.adapter_folder import ADAPTER_WEIGHTS_NAME, STUDIO_METADATA_NAME
 from lora_studio.core.disk.safe_loading import load_safetensors
-from safetensors.torch import save_file
 
 
 def _saved(tmp_path):
