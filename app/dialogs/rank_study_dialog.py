@@ -1,4 +1,5 @@
-"""The "Rank study…" dialog: which ranks to train, and whether to add a full fine-tuning baseline."""
+"""The "Rank study…" dialog: which ranks to train, and whether to add the baselines (full
+fine-tuning, head only)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def parse_ranks(text: str) -> list[int]:
 
 
 class RankStudyDialog(QDialog):
-    """Ranks as text, an optional full fine-tuning run and its learning rate."""
+    """Ranks as text, an optional full fine-tuning run and its learning rate, an optional head-only run."""
 
     def __init__(self, lr: float, ranks: str = DEFAULT_RANKS, include_full: bool = False,
                  parent: QWidget | None = None) -> None:
@@ -46,6 +47,8 @@ class RankStudyDialog(QDialog):
         self.full_lr.setValue(lr * FULL_LR_FACTOR)
         self.full_lr.setEnabled(include_full)
         self.full_check.toggled.connect(self.full_lr.setEnabled)
+        self.head_check = QCheckBox("Add a head-only run (only the classifier head trains: a linear probe)")
+        self.head_check.setToolTip("training.mode = 'head': what the frozen features give without any adapter")
         self.message = QLabel("")
         self.message.setStyleSheet("color: #c0392b")
         self.buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Ok | QDialogButtonBox.StandardButton.Cancel)
@@ -56,6 +59,7 @@ class RankStudyDialog(QDialog):
         form.addRow("Ranks", self.ranks_edit)
         form.addRow("", self.full_check)
         form.addRow("Full fine-tuning lr", self.full_lr)
+        form.addRow("", self.head_check)
         layout = QVBoxLayout(self)
         intro = QLabel("Queue the current config at several LoRA ranks and compare them on one plot with their "
                        "trainable-parameter counts. Alpha stays as set (as in the LoRA paper). When the runs "
@@ -67,6 +71,7 @@ class RankStudyDialog(QDialog):
         layout.addWidget(self.buttons)
         self.ranks_edit.textChanged.connect(self._check)
         self.full_check.toggled.connect(self._check)
+        self.head_check.toggled.connect(self._check)
         self._check()
 
     def ranks(self) -> list[int]:
@@ -80,7 +85,8 @@ class RankStudyDialog(QDialog):
     def _check(self) -> None:
         try:
             ranks = self.ranks()
-            problem = "" if ranks or self.full_check.isChecked() else "type at least one rank"
+            baseline = self.full_check.isChecked() or self.head_check.isChecked()
+            problem = "" if ranks or baseline else "type at least one rank"
         except ValueError as exc:
             problem = str(exc)
         self.message.setText(problem)

@@ -162,16 +162,18 @@ class HistoryPanel(QWidget):
         ranks = str(config.lora.r) if include_full else None
         dialog = RankStudyDialog(config.training.lr, include_full=include_full, parent=self,
                                  **({"ranks": ranks} if ranks else {}))
-        dialog.accepted.connect(lambda: self.queue_study(dialog.ranks(), dialog.full_lr_value()))
+        dialog.accepted.connect(lambda: self.queue_study(dialog.ranks(), dialog.full_lr_value(),
+                                                         head=dialog.head_check.isChecked()))
         self.study_dialog = dialog
         dialog.open()
         return dialog
 
     def queue_study(self, ranks: list[int], full_lr: float | None = None,
-                    base: RunConfig | None = None) -> list[RunConfig]:
+                    base: RunConfig | None = None, *, head: bool = False) -> list[RunConfig]:
         """Queue ``base`` (default: the session's config) at each rank, plus full fine-tuning at
-        ``full_lr`` when given; their runs are ticked for comparison as they start."""
-        configs = study_configs(base or self.session.training_copy(), ranks, full_lr=full_lr)
+        ``full_lr`` when given and a head-only run with ``head``; their runs are ticked for
+        comparison as they start."""
+        configs = study_configs(base or self.session.training_copy(), ranks, full_lr=full_lr, head=head)
         self._to_compare = {Path(c.output.dir).resolve() for c in configs}
         self.set_compared([])
         self.queue.add(configs)
@@ -469,7 +471,7 @@ class HistoryPanel(QWidget):
 
     def _draw_rank_study(self, runs: list[RunRecord], colours: list[QColor]) -> None:
         """Final metric against rank (log2 axis), each point labelled with its trainable parameters;
-        full fine-tuning is a dashed line across (it has no rank)."""
+        the baselines (full fine-tuning, head only) are dashed lines across (they have no rank)."""
         colour_of = {record.name: colour for record, colour in zip(runs, colours, strict=True)}
         points = study_points(runs)
         lora = [p for p in points if p.rank is not None]
@@ -497,8 +499,10 @@ class HistoryPanel(QWidget):
         for p in full:
             line = pg.InfiniteLine(pos=p.value, angle=0, pen=pg.mkPen(colour_of.get(p.name, (200, 80, 80)), width=2,
                                                                    style=Qt.PenStyle.DashLine),
-                                   label=f"full fine-tuning ({_trainable_label(p.trainable)})",
-                                   labelOpts={"position": 0.15, "color": (120, 120, 120)})
+                                   label=f"{'full fine-tuning' if p.setup == 'full' else p.setup or 'baseline'} "
+                                         f"({_trainable_label(p.trainable)})",
+                                   labelOpts={"position": 0.02, "anchors": [(0, 1), (0, 1)],
+                                              "color": (120, 120, 120)})
             self.plot.addItem(line)
         # Room around the points for their labels: half a rank step each side, a label's height on top.
         y_range = padded_range(ys + [p.value for p in full], pad=0.12)

@@ -248,14 +248,16 @@ def compare_samples(runs: list[Samples | None]) -> list[ComparedSample]:
 
 @dataclass(frozen=True)
 class StudyPoint:
-    """One run of a rank study on the summary chart: its rank (None: full fine-tuning), its
-    trainable-parameter count and the final metric it reached."""
+    """One run of a rank study on the summary chart: its rank (None: a baseline, full fine-tuning
+    or head only), its trainable-parameter count, the final metric it reached, and what it trained
+    (:attr:`RunRecord.setup`)."""
 
     name: str
     rank: int | None
     trainable: int | None
     metric: str
     value: float
+    setup: str = ""
 
 
 def study_points(records: list[RunRecord]) -> list[StudyPoint]:
@@ -268,7 +270,7 @@ def study_points(records: list[RunRecord]) -> list[StudyPoint]:
         if final is None or (points and final[0] != points[0].metric):
             continue
         rank = None if not record.config.training.trains_adapter else record.config.lora.r
-        points.append(StudyPoint(record.name, rank, record.trainable, final[0], final[1]))
+        points.append(StudyPoint(record.name, rank, record.trainable, final[0], final[1], record.setup))
     return sorted(points, key=lambda p: (p.rank is None, p.rank or 0))
 
 
@@ -292,16 +294,17 @@ def next_free_run_dir(path: str | Path) -> Path:
     return candidate
 
 
-def study_configs(base: RunConfig, ranks: list[int], *, full_lr: float | None = None,
+def study_configs(base: RunConfig, ranks: list[int], *, full_lr: float | None = None, head: bool = False,
                   study_dir: str | Path | None = None) -> list[RunConfig]:
     """The runs of a rank study: ``base`` at each rank (folders ``r4``, ``r8``...), plus a full
-    fine-tuning run (folder ``full``) at learning rate ``full_lr`` when given.
+    fine-tuning run (folder ``full``) at learning rate ``full_lr`` when given, and with ``head`` a
+    head-only run (folder ``head``: only the classifier head trains, at ``base``'s learning rate).
 
     Alpha stays as it is, as in LoRA's paper (Hu et al. 2021, section 4: α is set once and not
     retuned when r changes), and per-layer rank patterns are dropped: the study varies one rank.
     """
-    if not ranks and full_lr is None:
-        raise ValueError("a study needs at least one rank or a full fine-tuning run")
+    if not ranks and full_lr is None and not head:
+        raise ValueError("a study needs at least one rank, a full fine-tuning run or a head-only run")
     if any(r < 1 for r in ranks):
         raise ValueError(f"ranks must be >= 1, got {ranks}")
     out = Path(base.output.dir)
@@ -314,6 +317,9 @@ def study_configs(base: RunConfig, ranks: list[int], *, full_lr: float | None = 
     if full_lr is not None:
         training = dataclasses.replace(base.training, mode="full", lr=full_lr)
         runs.append(base.replace(training=training, output=_output(base, folder / "full")))
+    if head:
+        training = dataclasses.replace(base.training, mode="head")
+        runs.append(base.replace(training=training, output=_output(base, folder / "head")))
     return runs
 
 

@@ -60,25 +60,36 @@ def test_a_rank_study_queued_by_clicking_compares_its_runs(qtbot, tmp_path, sett
     assert dialog is not None and dialog.full_check.isChecked()
     dialog.ranks_edit.setText("2, x")
     assert not dialog.buttons.buttons()[0].isEnabled() and "'x'" in dialog.message.text()
+    dialog.ranks_edit.setText("")
+    dialog.full_check.setChecked(False)
+    dialog.head_check.setChecked(True)
+    assert dialog.buttons.buttons()[0].isEnabled()  # a head-only baseline alone is a study too
+    dialog.full_check.setChecked(True)
     dialog.ranks_edit.setText("2, 8")
     with qtbot.waitSignal(panel.queue.sig_batch_finished, timeout=RUN_TIMEOUT_MS) as batch:
         dialog.accept()
-        assert panel.queue_label.text() == "Queue: 2 waiting"
+        assert panel.queue_label.text() == "Queue: 3 waiting"
     study = tmp_path / "demo-study"
-    assert batch.args[0] == [study / "r2", study / "r8", study / "full"]
+    assert batch.args[0] == [study / "r2", study / "r8", study / "full", study / "head"]
     compared = panel.compared()
-    assert [run.setup for run in compared] == ["LoRA r=2", "LoRA r=8", "full"]
+    assert [run.setup for run in compared] == ["LoRA r=2", "LoRA r=8", "full", "head only"]
     assert all(run.status == "finished" for run in compared)
     trainable = [run.trainable for run in compared]
-    assert trainable[0] < trainable[1] < trainable[2] == compared[2].result["total_parameters"]
+    # the head alone trains least; full fine-tuning trains every weight
+    assert trainable[3] < trainable[0] < trainable[1] < trainable[2] == compared[2].result["total_parameters"]
     legend = panel.comparison_legend()
-    assert len(legend) == 3
-    assert [f"{n:,} trainable" in entry for n, entry in zip(trainable, legend, strict=True)] == [True] * 3
+    assert len(legend) == 4
+    assert [f"{n:,} trainable" in entry for n, entry in zip(trainable, legend, strict=True)] == [True] * 4
     # A finished study shows its summary: final result against rank (the two LoRA runs as points,
     # full fine-tuning as a line across), then the curves are one choice away.
-    assert panel.metric_box.currentIndex() == RANK_CHART and "against rank, 3 runs" in panel.plot_title_text()
+    assert panel.metric_box.currentIndex() == RANK_CHART and "against rank, 4 runs" in panel.plot_title_text()
+    items = panel.plot.items if isinstance(panel.plot.items, list) else panel.plot.getPlotItem().items
+    lines = [str(getattr(item.label, "format", "")) for item in items if type(item).__name__ == "InfiniteLine"]
+    assert any(text.startswith("full fine-tuning") for text in lines) and any(t.startswith("head only") for t in lines)
+    SCREENSHOTS.mkdir(exist_ok=True)
+    panel.grab().save(str(SCREENSHOTS / "history_rank_chart.png"))
     panel.metric_box.setCurrentIndex(0)
-    assert len(panel.plot.listDataItems()) == 3 and panel.plot_title_text() == "Validation loss of 3 runs"
+    assert len(panel.plot.listDataItems()) == 4 and panel.plot_title_text() == "Validation loss of 4 runs"
     assert panel.queue_label.text() == "Queue: empty" and not panel.queue.is_busy()
     SCREENSHOTS.mkdir(exist_ok=True)
     panel.grab().save(str(SCREENSHOTS / "history_panel.png"))
