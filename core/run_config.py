@@ -484,10 +484,10 @@ class RunConfig:
         # Defaults would quietly train the digits demo on a config that forgot what to train.
         missing = [name for name in _REQUIRED_SECTIONS if name not in data]
         if missing:
-            tables = " and ".join(f"[{name}]" for name in missing)
-            raise ValueError(f"run config {path} has no {tables} table: say which model to train on which data "
-                             "(the run.toml that `lora-studio demo digits --output DIR` writes is a complete example "
-                             "to edit; `lora-studio demo` runs the built-in demo)")
+            tables = " and ".join(f"[{name}]" for name in missing) + (" tables" if len(missing) > 1 else " table")
+            raise ValueError(f"run config {path} has no {tables}: say which model to train on which data (the "
+                             "run.toml in any run folder, e.g. one `lora-studio demo digits --output DIR` made, is a "
+                             "complete example to edit)")
         try:
             return cls.from_dict(data)
         except ValueError as exc:

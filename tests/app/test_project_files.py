@@ -40,8 +40,10 @@ def test_a_bad_project_is_refused_with_its_message(qtbot, tmp_path) -> None:
     window = MainWindow()
     qtbot.addWidget(window)
     bad = tmp_path / "bad.toml"
-    bad.write_text("[lora]\nr = 0\n")
-    assert window.open_project_file(bad) == "r must be an integer >= 1, got 0"
+    bad.write_text("[model]\nsource = \"demo\"\nname = \"digits\"\n[data]\nkind = \"digits\"\n[lora]\nr = 0\n")
+    assert window.open_project_file(bad) == f"run config {bad}: r must be an integer >= 1, got 0"
+    bad.write_text("[lora]\nr = 4\n")  # no model, no data: refused, not the digits demo in disguise
+    assert "has no [model] and [data] tables" in window.open_project_file(bad)
     assert window.open_project_file(tmp_path / "missing.toml").endswith("does not exist")
     assert window.session.project_path is None
 
