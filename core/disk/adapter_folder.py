@@ -57,6 +57,7 @@ from .peft_lora_format import (
     lora_config_from_peft,
     peft_compatibility_notes,
     peft_config_dict,
+    upgrade_studio_mha_keys,
 )
 from .peft_lycoris_format import (
     handles_peft_type,
@@ -66,7 +67,7 @@ from .peft_lycoris_format import (
     lycoris_factor_paths,
     lycoris_peft_config_dict,
 )
-from .safe_loading import load_legacy_weights, load_safetensors, read_safetensors_header
+from .safe_loading import load_legacy_weights, load_safetensors, read_json_object, read_safetensors_header
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
@@ -239,22 +240,9 @@ def read_adapter_configs(folder: Path) -> tuple[dict, dict | None]:
     if not config_path.is_file():
         raise FileNotFoundError(f"{folder} holds no {ADAPTER_CONFIG_NAME}; is it an adapter folder?")
     studio_path = folder / STUDIO_METADATA_NAME
-    return _read_json_object(config_path), _read_json_object(studio_path) if studio_path.is_file() else None
-
-
-def _read_json_object(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{path} is not UTF-8 text (byte {exc.start}); the adapter folder is damaged: save or "
-                         "export the adapter again") from None
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path} is not valid JSON ({exc.msg}, line {exc.lineno}); the adapter folder is "
-                         "damaged: save or export the adapter again") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object; the adapter folder is "
-                         "damaged: save or export the adapter again")
-    return data
+    fix = "save or export the adapter again"
+    return (read_json_object(config_path, fix),
+            read_json_object(studio_path, fix) if studio_path.is_file() else None)
 
 
 def read_adapter_folder(folder: str | Path) -> tuple[dict, dict | None, dict[str, torch.Tensor]]:
@@ -267,7 +255,8 @@ def read_adapter_folder(folder: str | Path) -> tuple[dict, dict | None, dict[str
         raw = load_legacy_weights(folder / LEGACY_WEIGHTS_NAME)
     else:
         raise FileNotFoundError(f"{folder} holds neither {ADAPTER_WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}")
-    tensors = {k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()}
+    # Our folders from before issue 16 keyed MultiheadAttention factors in our own scheme: read them as PEFT's.
+    tensors = upgrade_studio_mha_keys({k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()})
     return peft_config, studio, tensors
 
 

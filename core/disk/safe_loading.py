@@ -9,6 +9,10 @@
   ``torch.load(weights_only=True)``, which refuses every object that is not a tensor
   or a plain container, so no code from the file ever runs.  A warning says so.
 
+* JSON files a run or an export wrote (configs, metadata, sidecars, checkpoint states):
+  :func:`read_json_object` refuses one that is not UTF-8, not JSON or not an object,
+  naming the file and what to do, so no decode error without a file name reaches a user.
+
 Nothing here ever calls an unrestricted unpickler.
 """
 
@@ -157,7 +161,22 @@ def load_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     raise ValueError(f"{path}: unknown weights format (expected {SAFETENSORS_SUFFIX} or {', '.join(LEGACY_SUFFIXES)})")
 
 
+def read_json_object(path: str | os.PathLike[str], fix: str) -> dict:
+    """The JSON object in ``path``; a ValueError "``path`` is damaged (why); ``fix``" otherwise."""
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path} is damaged (not UTF-8 text, byte {exc.start}); {fix}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is damaged (not valid JSON: {exc.msg}, line {exc.lineno}); {fix}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is damaged (a JSON {type(data).__name__}, not an object); {fix}")
+    return data
+
+
 __all__ = [
+    "read_json_object",
     "CorruptFileError",
     "UnsafeFileError",
     "load_legacy_weights",

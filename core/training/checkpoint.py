@@ -28,7 +28,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from ..disk.atomic_files import is_staging_name, replace_folder
-from ..disk.safe_loading import load_safetensors
+from ..disk.safe_loading import load_safetensors, read_json_object
 
 FORMAT_VERSION = 1
 CHECKPOINTS = "checkpoints"
@@ -122,12 +122,7 @@ def read_checkpoint_state(folder: Path) -> dict[str, Any]:
         raise FileNotFoundError(f"{folder} is not a checkpoint (no state.json)")
     fix = (f"delete the folder {folder} to resume from the checkpoint before it, or start the run again "
            "with output.overwrite = true")
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is damaged ({exc}); {fix}") from None
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path} is damaged (not a JSON object); {fix}")
+    meta = read_json_object(path, fix)
     if meta.get("format_version") != FORMAT_VERSION:
         raise ValueError(f"{path}: checkpoint format {meta.get('format_version')!r} is not {FORMAT_VERSION}; {fix}")
     missing = [key for key in _STATE_KEYS if key not in meta]

@@ -10,7 +10,6 @@ the Try tab at: a run folder, an adapter folder (ours or written by PEFT), or a 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
 
@@ -19,7 +18,7 @@ import torch
 from ..data import read_label_names
 from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, load_adapter, read_adapter_folder
 from ..disk.merged_export import sidecar_path_for
-from ..disk.safe_loading import load_safetensors
+from ..disk.safe_loading import load_safetensors, read_json_object
 from ..layers.behaviour import all_finite
 from ..models import LoadedModel, load_model, load_transformers
 from ..models.transformers_models import load_config
@@ -247,15 +246,7 @@ def _transformers_folder(folder: Path) -> LoadedModel:
 
 def _read_sidecar(path: Path) -> dict:
     """A merged export's sidecar (``.export.json``), or a ValueError naming it when it is damaged."""
-    try:
-        sidecar = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is damaged (not UTF-8 JSON: {exc}); export the model again, or delete the "
-                         "sidecar and give its base with --base-model") from None
-    if not isinstance(sidecar, dict):
-        raise ValueError(f"{path} is damaged (a JSON {type(sidecar).__name__}, not an object); export the model "
-                         "again, or delete the sidecar and give its base with --base-model")
-    return sidecar
+    return read_json_object(path, "export the model again, or delete the sidecar and give its base with --base-model")
 
 
 def _plain_export(weights: Path, base_model: str | None) -> LoadedModel:
