@@ -11,9 +11,25 @@ dict with the adapter name taken out and ``base_model.model.`` put in front::
     classifier.modules_to_save.default.weight          (a fully trained copy)
       -> base_model.model.classifier.weight
 
-Layers adapted in weight space (``nn.MultiheadAttention``, RNN cells) have no
-PEFT form; their keys follow the same rule (``attn.lora_A.in_proj_weight``) and
-only LoRA Studio reads them back.
+``nn.MultiheadAttention`` is laid out as PEFT's ``lora.MultiheadAttention`` lays it out: the
+in-projection's factors on the attention module itself, the out-projection's on the LoRA
+``Linear`` PEFT nests under ``base_layer.out_proj`` (the out-projection's bias, when trained,
+under that Linear's ``base_layer``)::
+
+    attn.lora_A.default.in_proj_weight      -> base_model.model.attn.lora_A.weight   (r x E)
+    attn.lora_B.default.in_proj_weight      -> base_model.model.attn.lora_B.weight   (3E x r)
+    attn.lora_A.default.out_proj_weight     -> base_model.model.attn.base_layer.out_proj.lora_A.weight
+    attn.lora_B.default.out_proj_weight     -> base_model.model.attn.base_layer.out_proj.lora_B.weight
+    attn.base_layer.out_proj.bias (trained) -> base_model.model.attn.base_layer.out_proj.base_layer.bias
+
+Our older folders (LoRA Studio before issue 16) keyed them ``attn.lora_A.in_proj_weight``;
+:func:`upgrade_studio_mha_keys` renames those on reading, so they still load.  Both adapt
+``W + s·B·A`` per weight, which is what PEFT's ``get_delta_weight`` computes; PEFT 0.21.2's
+``MultiheadAttention`` applies the out-projection's delta twice in ``merge()``, and its forward
+(which merges around the call) does too (PEFT PR #3774 fixes both), so with those versions only
+the in-projection's update matches; :data:`MHA_OUT_PROJ_NOTE` says so on save and load.
+RNN cells, also adapted in weight space, have no PEFT form; their keys follow the plain rule
+(``cell.lora_A.weight_ih``) and only LoRA Studio reads them back.
 
 The config written for PEFT names the adapted layers explicitly (never
 ``all-linear`` or a regex whose meaning PEFT versions might read differently),
@@ -24,6 +40,7 @@ and gives explicit per-layer ranks and alphas only where a layer differs from
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Iterable
 
 import torch
@@ -44,7 +61,20 @@ from ..variants import available_variants, get_variant
 
 PEFT_PREFIX = "base_model.model."
 STUDIO_ONLY_PEFT_TYPE = "LORA_STUDIO_VARIANT"  # not a PEFT type: PEFT refuses such a folder by name
-_FACTOR_KEY = re.compile(r"^(?P<path>.+?)\.(?P<attr>lora_A|lora_embedding_A)(?:\.(?P<rest>.+))?$")
+# PEFT nests an attention module's out-projection LoRA under "<attn>.base_layer.out_proj": that
+# factor belongs to the attention module, so the optional group folds it into <attn>'s path.
+_FACTOR_KEY = re.compile(
+    r"^(?P<path>.+?)(?P<nested>\.base_layer\.out_proj)?\.(?P<attr>lora_A|lora_embedding_A)(?:\.(?P<rest>.+))?$"
+)
+# Where PEFT keeps a MultiheadAttention's factors, by our ParameterDict key (see the module docstring).
+_MHA_FACTOR_PLACES = {"in_proj_weight": "", "out_proj_weight": "base_layer.out_proj."}
+_MHA_OUT_BIAS = ("base_layer.out_proj.bias", "base_layer.out_proj.base_layer.bias")  # (ours, PEFT's)
+_STUDIO_MHA_KEY = re.compile(r"^(?P<path>.+)\.(?P<attr>lora_A|lora_B)\.(?P<weight>in_proj_weight|out_proj_weight)$")
+MHA_OUT_PROJ_NOTE = (
+    "PEFT up to 0.21.2 applies a MultiheadAttention's out_proj update twice (W + 2·s·B·A, in its forward and "
+    "in merge; its fix is PEFT PR #3774); LoRA Studio applies W + s·B·A, as PEFT's get_delta_weight and that fix "
+    "do, so outputs agree with PEFT only where the fix is in"
+)
 # PEFT init values that change the base weights in a way we cannot reproduce exactly.
 _UNSUPPORTED_INITS = ("olora", "loftq", "corda", "eva", "orthogonal", "lora_ga")
 
@@ -69,7 +99,7 @@ def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tens
                     tensors[f"{path}.{attr}"] = entry
                 else:
                     for name, tensor in entry.state_dict(keep_vars=True).items():
-                        tensors[f"{path}.{attr}.{name}"] = tensor
+                        tensors[_factor_key(module, path, attr, name)] = tensor
         elif isinstance(module, ModulesToSave) and adapter_name in module.adapter_names:
             saved_roots.append(path)
             for name, tensor in module.modules_to_save[adapter_name].state_dict(keep_vars=True).items():
@@ -78,20 +108,59 @@ def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tens
     return tensors
 
 
+def is_attention_layer(layer: nn.Module) -> bool:
+    """True for our wrapper of an ``nn.MultiheadAttention`` (PEFT's nested out_proj layout applies)."""
+    return isinstance(layer, AdapterLayer) and isinstance(layer.base_layer, nn.MultiheadAttention)
+
+
+def _factor_key(layer: AdapterLayer, path: str, attr: str, name: str) -> str:
+    """PEFT's key (without the prefix) of one factor stored as ``layer.<attr>[adapter][name]``."""
+    if attr in ("lora_A", "lora_B") and is_attention_layer(layer) and name in _MHA_FACTOR_PLACES:
+        return f"{path}.{_MHA_FACTOR_PLACES[name]}{attr}.weight"
+    return f"{path}.{attr}.{name}"
+
+
+def upgrade_studio_mha_keys(tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``tensors`` with our pre-issue-16 MultiheadAttention keys (``attn.lora_A.in_proj_weight``) renamed
+    to PEFT's layout, which is what :func:`adapter_tensors` expects; other keys are kept as they are.
+
+    Those names exist only on an attention module (an RNN cell's are ``weight_ih``/``weight_hh``), and
+    a file never holds both layouts for one module, so the rename needs no model.
+    """
+    renamed = {}
+    for key, tensor in tensors.items():
+        m = _STUDIO_MHA_KEY.match(key)
+        if m:
+            key = f"{m['path']}.{_MHA_FACTOR_PLACES[m['weight']]}{m['attr']}.weight"
+        renamed[key] = tensor
+    return renamed
+
+
 def _bias_tensors(model: nn.Module, adapter_name: str, saved_roots: list[str]) -> dict[str, torch.Tensor]:
     bias = get_adapter_config(model, adapter_name).bias
     if bias == "none":
         return {}
+    attention = [path for path, layer in adapter_layers(model) if is_attention_layer(layer)]
     if bias == "lora_only":
-        return {
+        found = {
             f"{path}.base_layer.bias": layer.base_layer.bias
             for path, layer in adapter_layers(model)
             if adapter_name in layer.adapter_names and getattr(layer.base_layer, "bias", None) is not None
         }
+        for path, layer in adapter_layers(model):  # lora_only trains an attention's out_proj bias, as PEFT does
+            out_bias = getattr(layer.base_layer.out_proj, "bias", None) if is_attention_layer(layer) else None
+            if adapter_name in layer.adapter_names and out_bias is not None:
+                found[f"{path}.{_MHA_OUT_BIAS[0]}"] = out_bias
+    else:
+        found = {
+            name: p
+            for name, p in model.named_parameters()
+            if name.rsplit(".", 1)[-1] == "bias" and not any(name.startswith(root + ".") for root in saved_roots)
+        }
+    ours, peft_name = _MHA_OUT_BIAS  # PEFT keeps the out_proj bias under its nested Linear's base_layer
     return {
-        name: p
-        for name, p in model.named_parameters()
-        if name.rsplit(".", 1)[-1] == "bias" and not any(name.startswith(root + ".") for root in saved_roots)
+        (f"{key[: -len(ours)]}{peft_name}" if any(key == f"{p}.{ours}" for p in attention) else key): t
+        for key, t in found.items()
     }
 
 
@@ -184,8 +253,12 @@ def peft_compatibility_notes(model: nn.Module, adapter_name: str, variant: str |
     for name, layer in adapter_layers(model):
         if adapter_name not in layer.adapter_names:
             continue
-        if not isinstance(layer, (LinearLora, ConvLora, EmbeddingLora)):
-            notes.append(f"{name}: {type(layer.base_layer).__name__} is adapted in weight space, which PEFT lacks")
+        if is_attention_layer(layer):
+            if _out_proj_adapted(layer, adapter_name):
+                notes.append(f"{name}: {MHA_OUT_PROJ_NOTE}")
+        elif not isinstance(layer, (LinearLora, ConvLora, EmbeddingLora)):
+            notes.append(f"{name}: PEFT has no LoRA form for {type(layer.base_layer).__name__} (only LoRA Studio "
+                         "loads this layer's factors)")  # fmt: skip
         elif isinstance(layer, ConvLora):
             base = layer.base_layer
             if any(d != 1 for d in base.dilation) or base.padding_mode != "zeros":
@@ -194,6 +267,13 @@ def peft_compatibility_notes(model: nn.Module, adapter_name: str, variant: str |
                     f"(dilation={base.dilation}, padding_mode={base.padding_mode!r}), so it computes another update"
                 )
     return notes
+
+
+def _out_proj_adapted(layer: AdapterLayer, adapter_name: str) -> bool:
+    """True when the attention's out-projection update is non-zero (only then does PEFT's double count show)."""
+    factors = layer.lora_B[adapter_name] if adapter_name in layer.lora_B else {}
+    b = factors["out_proj_weight"] if "out_proj_weight" in factors else None
+    return b is not None and bool(b.detach().abs().amax() > 0)
 
 
 # -- PEFT's config (+ tensor keys) -> ours --------------------------------------------------------
@@ -232,6 +312,14 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
     if not paths:
         raise ValueError("the adapter file holds no lora_A / lora_embedding_A tensor")
     ranks = {p: int(tensors[k].shape[0]) for p, k in paths.items()}
+    doubled = [p for p in paths if _nonzero(tensors.get(f"{p}.base_layer.out_proj.lora_B.weight"))]
+    if doubled and peft_doubles_out_proj(peft.get("peft_version")):
+        warnings.warn(
+            f"{doubled[0]}{' and others' if len(doubled) > 1 else ''}: this adapter was saved by PEFT "
+            f"{peft.get('peft_version') or '(version not recorded)'}: {MHA_OUT_PROJ_NOTE}; what it computed there "
+            "differs from here in that update",
+            stacklevel=3,
+        )
     alphas = {p: float(next((v for k, v in alpha_pattern.items() if pattern_matches(k, p)), alpha)) for p in paths}
     return LoraConfig(
         r=r,
@@ -246,6 +334,20 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
         modules_to_save=list(peft.get("modules_to_save") or []),
         variant=variant,
     )
+
+
+def _nonzero(tensor: torch.Tensor | None) -> bool:
+    return tensor is not None and bool(tensor.detach().abs().amax() > 0)
+
+
+def peft_doubles_out_proj(version: str | None) -> bool:
+    """Whether the PEFT that wrote a folder (its ``peft_version``) counts an attention's out_proj update
+    twice: every release up to 0.21.2, and a folder that does not say (older PEFT wrote no version)."""
+    m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", str(version or ""))
+    if m is None:
+        return True
+    release = tuple(int(part or 0) for part in m.groups())  # "0.22.0.dev0" and "0.21.2@<commit>" read as released
+    return release <= (0, 21, 2)
 
 
 def _init_from_peft(value: bool | str) -> str:
@@ -273,4 +375,8 @@ __all__ = [
     "lora_config_from_peft",
     "peft_compatibility_notes",
     "peft_config_dict",
+    "MHA_OUT_PROJ_NOTE",
+    "peft_doubles_out_proj",
+    "is_attention_layer",
+    "upgrade_studio_mha_keys",
 ]
