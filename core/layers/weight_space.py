@@ -6,7 +6,16 @@ as in torchvision's ViT) and the recurrent cells (``nn.RNNCell``,
 sub-layer we could wrap.  Their forward therefore runs through
 ``torch.func.functional_call`` with ``W + s·B@A`` substituted for each adapted
 weight: exact, differentiable, and the base module's own code is reused as is.
-Dropout on the input has no meaning here and is not applied.
+Dropout on the input has no meaning here and is not applied (PEFT's MultiheadAttention, which
+merges its factors around the call, applies none either).
+
+For ``nn.MultiheadAttention`` this is PEFT's ``lora.MultiheadAttention``: one factor pair for the
+packed in-projection (``B`` is 3E x r) and one for ``out_proj``, both of the adapter's rank and
+alpha, and only the packed (same q/k/v width) form.  The factors are kept here under the weight
+they adapt (``lora_A[adapter]["in_proj_weight"]``, ``["out_proj_weight"]``); the adapter file
+puts them where PEFT keeps them (:mod:`lora_studio.core.disk.peft_lora_format`).  The update is
+``W + s·B·A`` for each weight, in the forward and in merge alike; PEFT up to 0.21.2 adds the
+out-projection's update twice in both (fixed by its PR #3774).
 """
 
 from __future__ import annotations
