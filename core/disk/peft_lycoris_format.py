@@ -10,10 +10,19 @@ adapter name taken out, exactly as for LoRA::
 
 What differs from LoRA is ``adapter_config.json``: PEFT's ``LoHaConfig``/``LoKrConfig``
 name the scale ``alpha`` (not ``lora_alpha``), have no input dropout and no bias
-training, and LoKr adds ``decompose_both``/``decompose_factor``.  This module builds
-that dict from an attached adapter and reads one back into our :class:`LoraConfig`.
-PEFT's LyCORIS scale is always alpha/r: an rsLoRA scale (alpha/sqrt(r)) is written as
-the alpha that gives the same scale, so PEFT computes the same update.
+training, and add ``rank_dropout``/``module_dropout``/``use_effective_conv2d`` (both) and
+``decompose_both``/``decompose_factor``/``rank_dropout_scale`` (LoKr), which are our
+variant settings of the same names.  This module builds that dict from an attached
+adapter and reads one back into our :class:`LoraConfig`.  PEFT's LyCORIS scale is always
+alpha/r: an rsLoRA scale (alpha/sqrt(r)) is written as the alpha that gives the same
+scale, so PEFT computes the same update.
+
+Every field of PEFT 0.21's ``LoHaConfig``/``LoKrConfig`` is in :data:`HONOURED_KEYS` (read, or
+with no effect on a loaded adapter, as said there) or :data:`REFUSED_KEYS`; a key PEFT added
+later is refused by name when it holds a value other than an unset one (None, false, 0, empty),
+so a new PEFT option is never silently dropped.  The factor shapes follow from the config by
+PEFT's own rules (``decompose_factor``'s fallback split included), and every tensor is then
+checked against the file's shape by key, so a file PEFT wrote loads as PEFT reads it.
 
 PEFT 0.21 has LoHa/LoKr for ``nn.Linear``, ``nn.Conv1d`` and ``nn.Conv2d`` only, without
 a base conv's ``padding_mode``; :func:`lycoris_compatibility_notes` names every layer or
@@ -38,8 +47,35 @@ from .peft_lora_format import PEFT_PREFIX, adapter_tensors, exact_pattern_key, e
 PEFT_TYPES: dict[str, str] = {"loha": "LOHA", "lokr": "LOKR"}
 # The one factor every adapted module has, whatever its shapes: it names the module in a file.
 _MODULE_KEY = re.compile(r"^(?P<path>.+?)\.(?P<attr>hada_w1_a|lokr_w1|lokr_w1_a)(?:\.(?P<rest>.+))?$")
-# PEFT's CP-decomposed convolution kernels (use_effective_conv2d=True), which we do not implement.
-_CP_FACTORS = (".hada_t1", ".hada_t2", ".lokr_t2")
+#: The ``adapter_config.json`` keys of PEFT's LoHaConfig/LoKrConfig this module honours, and how.
+HONOURED_KEYS: dict[str, str] = {
+    "peft_type": "selects LoHa or LoKr",
+    "task_type": "informational: the studio's head comes from the run, not the adapter",
+    "auto_mapping": "informational (PEFT's class mapping for custom models)",
+    "peft_version": "informational",
+    "base_model_name_or_path": "informational: the base is the model the adapter is loaded into",
+    "revision": "informational: the base is the model the adapter is loaded into",
+    "inference_mode": "a loaded adapter is trainable or frozen by what the studio does with it",
+    "r": "the rank",
+    "alpha": "the scale alpha/r",
+    "rank_pattern": "per-layer ranks, PEFT's matching rule",
+    "alpha_pattern": "per-layer alphas, PEFT's matching rule",
+    "target_modules": "the adapted layers are the ones the file holds tensors for",
+    "exclude_modules": "the adapted layers are the ones the file holds tensors for",
+    "layers_to_transform": "the adapted layers are the ones the file holds tensors for",
+    "layers_pattern": "the adapted layers are the ones the file holds tensors for",
+    "modules_to_save": "whole trained modules",
+    "init_weights": "only sets a new adapter's start; a loaded adapter's weights come from the file",
+    "rank_dropout": "variant setting rank_dropout (training only)",
+    "module_dropout": "variant setting module_dropout (training only)",
+    "use_effective_conv2d": "variant setting use_effective_conv2d (CP-decomposed conv kernels)",
+    "decompose_both": "LoKr variant setting decompose_both",
+    "decompose_factor": "LoKr variant setting decompose_factor (PEFT's fallback split included)",
+    "rank_dropout_scale": "LoKr variant setting rank_dropout_scale (training only)",
+}
+#: Keys refused by name when set (key -> why, and what the studio does instead); none in PEFT 0.21.
+REFUSED_KEYS: dict[str, str] = {}
+_UNSET = (None, False, 0, "", [], {})
 
 
 def handles_variant(variant: str) -> bool:
@@ -89,9 +125,6 @@ def lycoris_peft_config_dict(
         "base_model_name_or_path": base_model_name_or_path,
         "r": r,
         "alpha": _number(alpha),
-        "rank_dropout": 0.0,
-        "module_dropout": 0.0,
-        "use_effective_conv2d": False,
         "init_weights": True,
         "target_modules": exact_targets(list(layers), all_names),
         "rank_pattern": {exact_pattern_key(n, all_names): v for n, v in ranks.items() if v != r},
@@ -101,12 +134,17 @@ def lycoris_peft_config_dict(
         "modules_to_save": list(config.modules_to_save) or None,
         "inference_mode": True,
     }
+    settings = config.settings()
+    result |= {
+        "rank_dropout": settings.rank_dropout,
+        "module_dropout": settings.module_dropout,
+        "use_effective_conv2d": settings.use_effective_conv2d,
+    }
     if config.variant == "lokr":
-        settings = config.settings()
         result |= {
             "decompose_both": settings.decompose_both,
             "decompose_factor": settings.decompose_factor,
-            "rank_dropout_scale": False,
+            "rank_dropout_scale": settings.rank_dropout_scale,
         }
     return result
 
@@ -161,18 +199,17 @@ def lycoris_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model
 
     Targets come from the tensors themselves (what was really saved); ranks and alphas follow
     PEFT's own pattern rule, since a full LoKr factor does not show its rank.  PEFT's
-    ``rank_dropout``/``module_dropout`` act only in training and are not carried over.
+    ``rank_dropout``/``module_dropout``/``rank_dropout_scale`` (training only) and
+    ``use_effective_conv2d`` become the variant settings of the same names.  A key that is
+    neither honoured nor unset is refused by name (see :func:`lycoris_config_problem`).
     """
     peft_type = peft.get("peft_type")
     if not handles_peft_type(peft_type):
         raise ValueError(f"not a LoHa or LoKr adapter: peft_type={peft_type!r}")
+    problem = lycoris_config_problem(peft)
+    if problem:
+        raise ValueError(problem)
     variant = next(v for v, t in PEFT_TYPES.items() if t == peft_type)
-    cp = sorted(k for k in tensors if any(part in k for part in _CP_FACTORS))
-    if peft.get("use_effective_conv2d") and cp:
-        raise ValueError(
-            f"this {peft_type} adapter uses PEFT's use_effective_conv2d=true (CP-decomposed kernels, e.g. {cp[0]}), "
-            "which LoRA Studio cannot load; re-train it with use_effective_conv2d=false"
-        )
     all_names = [lm.name for lm in iter_logical_modules(model)]
     paths = list(lycoris_factor_paths(tensors))
     if not paths:
@@ -180,11 +217,16 @@ def lycoris_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model
     r, alpha = int(peft["r"]), float(peft.get("alpha", peft["r"]))
     ranks = {p: int(_peft_pattern(peft.get("rank_pattern"), p, r)) for p in paths}
     alphas = {p: float(_peft_pattern(peft.get("alpha_pattern"), p, alpha)) for p in paths}
-    settings = {}
+    settings = {
+        "rank_dropout": float(peft.get("rank_dropout") or 0.0),
+        "module_dropout": float(peft.get("module_dropout") or 0.0),
+        "use_effective_conv2d": bool(peft.get("use_effective_conv2d", False)),
+    }
     if variant == "lokr":
-        settings = {
+        settings |= {
             "decompose_both": bool(peft.get("decompose_both", False)),
             "decompose_factor": int(peft.get("decompose_factor", -1)),
+            "rank_dropout_scale": bool(peft.get("rank_dropout_scale", False)),
         }
     return LoraConfig(
         r=r,
@@ -198,17 +240,37 @@ def lycoris_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model
     )
 
 
+def lycoris_config_problem(peft: dict) -> str | None:
+    """Why an ``adapter_config.json`` of PEFT's LoHa/LoKr cannot be honoured here, naming the key; None
+    when every key is honoured (:data:`HONOURED_KEYS`) or unset."""
+    for key, value in peft.items():
+        if key in HONOURED_KEYS:
+            continue
+        if key in REFUSED_KEYS and value not in _UNSET:
+            return f"adapter_config.json sets {key}={value!r}: {REFUSED_KEYS[key]}"
+        if key not in REFUSED_KEYS and value not in _UNSET:
+            return (
+                f"adapter_config.json sets {key}={value!r}, a {peft.get('peft_type')} option LoRA Studio does not "
+                "know (a newer PEFT?), so it cannot compute what PEFT would; remove the key if it is unused, "
+                "or train the adapter without that option"
+            )
+    return None
+
+
 def _peft_pattern(patterns: dict | None, name: str, default: float) -> float:
     # PEFT's get_pattern_key: the first key, in the file's order, matching the name or a dotted suffix of it.
     return next((v for k, v in (patterns or {}).items() if pattern_matches(k, name)), default)
 
 
 __all__ = [
+    "HONOURED_KEYS",
     "PEFT_TYPES",
+    "REFUSED_KEYS",
     "handles_peft_type",
     "handles_variant",
     "lycoris_compatibility_notes",
     "lycoris_config_from_peft",
+    "lycoris_config_problem",
     "lycoris_factor_paths",
     "lycoris_peft_config_dict",
     "lycoris_peft_state_dict",

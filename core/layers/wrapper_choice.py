@@ -7,7 +7,7 @@ from __future__ import annotations
 from torch import nn
 
 from .base import AdapterLayer
-from .conv import CONV_TYPES, ConvLora, grouped_conv_reason
+from .conv import CONV_TYPES, ConvLora
 from .embedding import EmbeddingLora, embedding_max_norm_reason
 from .linear import LinearLora, is_transformers_conv1d
 from .weight_space import RNN_CELL_TYPES, WeightSpaceLora, mha_reason
@@ -33,9 +33,7 @@ def wrapper_for(module: nn.Module, *, inside_attention: bool = False) -> tuple[t
     if isinstance(module, nn.Linear) or is_transformers_conv1d(module):
         return LinearLora, None
     if isinstance(module, CONV_TYPES):
-        if module.groups != 1:
-            return None, grouped_conv_reason(module)
-        return ConvLora, None
+        return ConvLora, None  # grouped too: ConvLora refuses the variants without a grouped form
     if isinstance(module, nn.Embedding):
         if module.max_norm is not None:
             return None, embedding_max_norm_reason()

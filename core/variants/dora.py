@@ -21,6 +21,15 @@ it and unmerge computes ``W = W'·n/m - s·B·A`` exactly (PEFT does the same).
 
 The magnitude lives in ``lora_magnitude_vector[adapter]`` with PEFT's shape
 (``(out,)``, or ``(1, out, 1, ...)`` for convolutions), so saved keys and shapes are PEFT's.
+
+**Grouped convolutions** follow PEFT 0.21 exactly (``peft/tuners/lora/dora.py``
+``_DoraConvNdLayer``): B is a grouped 1×1 conv ``(out, r/g, 1, ...)`` and the matrix in
+the norm is PEFT's ``(B.view(-1, r) @ A.view(r, -1))`` reshaped to the grouped weight's
+shape.  For ``groups == 1`` that is ``B·A``; for ``groups > 1`` it is PEFT's own
+definition (not the update the layer applies, which no grouped weight can hold), kept
+so that a grouped DoRA adapter gives the same outputs here and in PEFT.  Such an adapter
+cannot be merged (PEFT refuses too; see :mod:`lora_studio.core.layers.conv`), and
+:meth:`DoraBehaviour.delta_weight` gives its update as an ungrouped conv weight.
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer, ConvLora, WeightSpaceLora
 from ..layers.base import WeightSlot
+from ..layers.conv import grouped_rank_reason
 from .registry import Variant, register_variant
 
 # PEFT's name. A ParameterDict entry saves as "<layer>.lora_magnitude_vector", the key PEFT writes to disk
@@ -42,6 +52,13 @@ def _row_norm(slot: WeightSlot, weight: torch.Tensor) -> torch.Tensor:
     return torch.linalg.vector_norm(slot.matrix(weight), dim=1)
 
 
+def _lora_matrix(slot: WeightSlot, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The unscaled matrix PEFT's DoRA norm reads, in the shape of ``slot.matrix(weight)``: ``B·A``, and
+    for a grouped conv PEFT's ``B.view(-1, r) @ A.view(r, -1)`` reshaped to the grouped weight."""
+    r = a.shape[0]
+    return (b.reshape(-1, r) @ a.reshape(r, -1)).reshape(slot.matrix(slot.param).shape)
+
+
 def _scale_rows(slot: WeightSlot, weight: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
     """``weight`` with each output row multiplied by ``factor`` (shape (out,)), in the weight's layout."""
     return slot.layout(slot.matrix(weight) * factor[:, None])
@@ -52,6 +69,7 @@ class DoraBehaviour(AdapterBehaviour):
     forward_path = "own"  # magnitude times the direction of W + s·B·A
     update_form = "own"
     merge_is_per_slot = False  # the merge also caches the norms unmerge needs
+    adapts_grouped_convs = True  # PEFT's grouped DoRA (see the module docstring)
 
     def __init__(self) -> None:
         # The row norms of W + s·B·A at merge time, per weight key: what an exact unmerge needs.
@@ -74,7 +92,9 @@ class DoraBehaviour(AdapterBehaviour):
         """LoRA's init of A and B, then ``m = ||W + s·B·A||_c`` (section 3), so the adapter starts as the identity."""
         super().initialise(layer, adapter, init, untie)
         slot = layer.weight_slots()["weight"]
-        norm = _row_norm(slot, slot.param.float() + super().delta_weight(layer, adapter, "weight"))
+        a, b = self.factors(layer, adapter, "weight")
+        lora = slot.layout(_lora_matrix(slot, a.float(), b.float())) * layer.scaling[adapter]
+        norm = _row_norm(slot, slot.param.float() + lora)
         magnitude = self._magnitude(layer, adapter)
         magnitude.copy_(norm.reshape(magnitude.shape))
 
@@ -93,7 +113,7 @@ class DoraBehaviour(AdapterBehaviour):
         slot = layer.weight_slots()["weight"]
         weight = slot.param
         scaling = layer.scaling[adapter]
-        lora_matrix = b.reshape(b.shape[0], -1) @ a.reshape(a.shape[0], -1)
+        lora_matrix = _lora_matrix(slot, a, b)
         norm = torch.linalg.vector_norm(slot.matrix(weight).to(a.dtype) + scaling * lora_matrix.detach(), dim=1)
         factor = self._magnitude(layer, adapter).reshape(-1) / norm.detach()
         dropout = layer.lora_dropout[adapter]
@@ -114,9 +134,23 @@ class DoraBehaviour(AdapterBehaviour):
 
     # -- the update and merging --------------------------------------------------------------------
     def delta_weight(self, layer: AdapterLayer, adapter: str, key: str) -> torch.Tensor:
-        """``W' - W`` for the current base weight ``W``, in float32."""
+        """``W' - W`` for the current base weight ``W``, in float32; on a grouped conv the update the
+        layer applies, ``(m/n)·(W + s·ΔW) - W`` as ungrouped ``(out, in, *kernel)`` weights."""
+        if isinstance(layer, ConvLora) and layer.grouped:
+            return self._grouped_delta(layer, adapter)
         weight = layer.weight_slots()[key].param.float()
         return self.merged_weight(layer, adapter, key, weight) - weight
+
+    def _grouped_delta(self, layer: ConvLora, adapter: str) -> torch.Tensor:
+        slot = layer.weight_slots()["weight"]
+        a, b = (t.float() for t in self.factors(layer, adapter, "weight"))
+        scaling = layer.scaling[adapter]
+        weight = slot.param.float()
+        norm = torch.linalg.vector_norm(slot.matrix(weight) + scaling * _lora_matrix(slot, a, b), dim=1)
+        factor = self._magnitude(layer, adapter).reshape(-1).float() / norm
+        full = layer.ungrouped_weight(weight)
+        adapted = full + layer.ungrouped_lora_update(a, b) * scaling
+        return factor.reshape((-1,) + (1,) * (full.dim() - 1)) * adapted - full
 
     def merged_weight(self, layer: AdapterLayer, adapter: str, key: str, weight: torch.Tensor) -> torch.Tensor:
         """``W' = m · (W + s·B·A) / ||W + s·B·A||_c`` in float32."""
@@ -176,6 +210,12 @@ class Dora(Variant):
                 "in weight space across several packed weights (PEFT has no DoRA form for it either); use "
                 "the 'lora' variant for it, or leave it out of targets"
             )
+        return None
+
+    def rank_problem(self, layer: AdapterLayer, name: str, rank: int) -> str | None:
+        """On a grouped conv B is grouped, so the rank must split evenly over the groups (PEFT's rule)."""
+        if isinstance(layer, ConvLora) and rank % layer.base_layer.groups:
+            return f"layer {name!r}: {grouped_rank_reason(layer.base_layer, rank)}"
         return None
 
     def behaviour(self, layer: AdapterLayer, settings: object) -> AdapterBehaviour:

@@ -7,20 +7,36 @@ rank-r matrices, whose rank can reach r², not r::
 
 With 2·r·(out+in) parameters, twice LoRA's, LoHa reaches updates LoRA would need rank r² for.
 W2b starts at zero (the others Kaiming-uniform), so the adapter starts as the identity,
-as PEFT and LyCORIS initialise it.  Convolutions use the flattened (out, in·k...) matrix,
-PEFT's default (``use_effective_conv2d=False``); PEFT's CP-decomposed kernel form is not
-offered.  Tensor names and shapes are PEFT's, so the saved file is PEFT's ``LOHA`` format.
+as PEFT and LyCORIS initialise it.  Convolutions use the flattened (out, in/groups·k...)
+matrix, PEFT's default; with ``use_effective_conv2d`` a Conv1d/Conv2d kernel is
+CP-decomposed as PEFT (and LyCORIS) do it::
+
+    ΔW = s · rebuild(T1, W1a, W1b) ⊙ rebuild(T2, W2a, W2b)
+    rebuild(T, Wa, Wb)[p, q, k, l] = Σ_ij T[i, j, k, l] · Wa[i, p] · Wb[j, q]
+    T: (r, r, kh, kw)   Wa: (r, out)   Wb: (r, in/groups)
+
+``rank_dropout`` and ``module_dropout`` are PEFT's (see :mod:`.lycoris`).  Tensor names and
+shapes are PEFT's, so the saved file is PEFT's ``LOHA`` format.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer
-from .lycoris import ProductUpdateBehaviour, kaiming_, supported_layers_text
+from .lycoris import (
+    LycorisSettings,
+    ProductUpdateBehaviour,
+    cp_core_shape,
+    cp_rebuild,
+    kaiming_,
+    supported_layers_text,
+    uses_cp,
+)
 from .registry import Variant, register_variant
 
 HADA_FACTORS = ("hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b")
@@ -34,6 +50,13 @@ class HadamardBehaviour(ProductUpdateBehaviour):
     def create(self, layer: AdapterLayer, adapter: str, r: int) -> None:
         for key, slot in layer.weight_slots().items():
             rows, cols = slot.matrix(slot.param).shape
+            if uses_cp(layer, self.settings):  # PEFT's CP form: factors (r, out), (r, in/groups), core (r, r, k..)
+                in_channels = slot.param.shape[1]
+                for side in ("1", "2"):
+                    self.new_factor(layer, f"hada_t{side}", adapter, key, cp_core_shape(layer, r))
+                    self.new_factor(layer, f"hada_w{side}_a", adapter, key, (r, rows))
+                    self.new_factor(layer, f"hada_w{side}_b", adapter, key, (r, in_channels))
+                continue
             for side in ("1", "2"):
                 self.new_factor(layer, f"hada_w{side}_a", adapter, key, (rows, r))
                 self.new_factor(layer, f"hada_w{side}_b", adapter, key, (r, cols))
@@ -43,10 +66,23 @@ class HadamardBehaviour(ProductUpdateBehaviour):
         for param in (w1a, w1b, w2a):
             kaiming_(param)
         nn.init.zeros_(w2b)  # one zero factor makes the Hadamard product zero: the base output is unchanged
+        for core in ("hada_t1", "hada_t2"):
+            param = self.factor(layer, core, adapter, key)
+            if param is not None:
+                kaiming_(param)
 
     def product(self, layer: AdapterLayer, adapter: str, key: str, dtype: torch.dtype) -> torch.Tensor:
         w1a, w1b, w2a, w2b = (self.factor(layer, name, adapter, key).to(dtype) for name in HADA_FACTORS)
+        t1 = self.factor(layer, "hada_t1", adapter, key)
+        if t1 is not None:  # CP: (out, in/groups, kh, kw), Conv1d (out, in/groups, k, 1)
+            t2 = self.factor(layer, "hada_t2", adapter, key)
+            return cp_rebuild(t1.to(dtype), w1a, w1b) * cp_rebuild(t2.to(dtype), w2a, w2b)
         return (w1a @ w1b) * (w2a @ w2b)
+
+
+@dataclass
+class LohaSettings(LycorisSettings):
+    """LoHa's settings: PEFT's ``LoHaConfig`` fields ``rank_dropout``, ``module_dropout``, ``use_effective_conv2d``."""
 
 
 class Loha(Variant):
@@ -64,9 +100,10 @@ class Loha(Variant):
         "LyCORIS Fine-Tuning to Model Evaluation', ICLR 2024 (arXiv:2309.14859)"
     )
     peft_type = "LOHA"
+    settings_class = LohaSettings
 
     def behaviour(self, layer: AdapterLayer, settings: Any) -> AdapterBehaviour:
-        return HadamardBehaviour()
+        return HadamardBehaviour(settings or LohaSettings())
 
 
 register_variant(Loha())

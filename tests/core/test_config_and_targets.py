@@ -104,7 +104,6 @@ def test_nothing_matched_lists_the_eligible_layers() -> None:
     ("target", "words"),
     [
         ("layers.0.norm", ["'layers.0.norm'", "LayerNorm", "no LoRA form"]),
-        ("depthwise", ["'depthwise'", "groups=4"]),
         ("rnn", ["'rnn'", "LSTMCell"]),
     ],
 )

@@ -17,7 +17,6 @@ from torch import nn
 from lora_studio.core import LoraConfig, attach, get_adapter_config, get_variant
 from lora_studio.core.disk.peft_lycoris_format import (
     lycoris_compatibility_notes,
-    lycoris_config_from_peft,
     lycoris_peft_config_dict,
 )
 from lora_studio.core.layers import AdapterLayer
@@ -154,12 +153,14 @@ def test_we_load_what_peft_saved_with_the_same_outputs(case_name, tmp_path) -> N
     assert_same_outputs(ours, peft_model, case.build(), case.make_input())
 
 
-def test_peft_cp_decomposed_convolutions_are_refused_clearly(tmp_path) -> None:
+def test_peft_cp_decomposed_convolutions_load_with_the_same_outputs(tmp_path) -> None:
+    """use_effective_conv2d (PEFT's CP kernels, hada_t1/hada_t2) loads as our setting of that name (issue 16)."""
     from peft import LoHaConfig, get_peft_model
-    from peft.utils import get_peft_model_state_dict
 
     case = CASES["conv2d_strided_dilated"]
     peft_model = get_peft_model(case.build(), LoHaConfig(r=2, target_modules=["layer"], use_effective_conv2d=True))
-    tensors = {k.removeprefix("base_model.model."): v for k, v in get_peft_model_state_dict(peft_model).items()}
-    with pytest.raises(ValueError, match="use_effective_conv2d"):
-        lycoris_config_from_peft(peft_model.peft_config["default"].to_dict(), tensors, case.build())
+    perturb_peft(peft_model, std=1.0)  # three factors per product: a larger spread keeps the update visible
+    peft_model.save_pretrained(str(tmp_path))
+    ours = load_peft_saved(tmp_path, case.build())
+    assert get_adapter_config(ours, "default").variant_settings["use_effective_conv2d"] is True
+    assert_same_outputs(ours, peft_model.eval(), case.build(), case.make_input())

@@ -107,13 +107,12 @@ def test_impossible_decompose_factor_is_refused_by_name(value) -> None:
         LoraConfig(variant="lokr", variant_settings={"decompose_factor": value})
 
 
-def test_a_factor_that_does_not_divide_the_layer_is_refused_and_the_model_is_untouched() -> None:
-    model = nn.Sequential(nn.Linear(12, 10))
-    before = copy.deepcopy(model.state_dict())
-    with pytest.raises(ValueError, match=r"decompose_factor=5 does not divide 12; factors that do: 1, 2, 3, 4, 6, 12"):
-        _lokr(model, ["0"], decompose_factor=5)
-    assert isinstance(model[0], nn.Linear)
-    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
+def test_a_factor_that_does_not_divide_the_layer_gets_peft_s_fallback_split() -> None:
+    """PEFT's factorization(12, 5) walks the divisor pairs while m <= 5: (3, 4); factorization(10, 5) is (5, 2),
+    since 5 divides 10 (issue 16: such files come from PEFT and must load)."""
+    model = _lokr(nn.Sequential(nn.Linear(12, 10)), ["0"], decompose_factor=5)
+    assert tuple(model[0].lokr_w1["default"].shape) == (5, 3)  # (out: 5 of 5·2, in: 3 of 3·4)
+    assert tuple(model[0].lokr_w2["default"].shape) == (2, 4)
 
 
 def test_lora_initialisations_are_refused() -> None:
