@@ -59,6 +59,7 @@ from .peft_lora_format import (
     peft_config_dict,
     upgrade_studio_mha_keys,
 )
+from .peft_lora_keys import check_peft_lora_keys, plain_lora_tensors
 from .peft_lycoris_format import (
     handles_peft_type,
     handles_variant,
@@ -257,7 +258,14 @@ def read_adapter_folder(folder: str | Path) -> tuple[dict, dict | None, dict[str
         raise FileNotFoundError(f"{folder} holds neither {ADAPTER_WEIGHTS_NAME} nor {LEGACY_WEIGHTS_NAME}")
     # Our folders from before issue 16 keyed MultiheadAttention factors in our own scheme: read them as PEFT's.
     tensors = upgrade_studio_mha_keys({k.removeprefix(PEFT_PREFIX): v for k, v in raw.items()})
+    if _is_peft_lora(peft_config, studio):  # VeLoRA's and BD-LoRA's tensors as the plain LoRA they are
+        tensors = plain_lora_tensors(peft_config, tensors)
     return peft_config, studio, tensors
+
+
+def _is_peft_lora(peft_config: dict, studio: dict | None) -> bool:
+    """A LoRA folder PEFT wrote (not ours, not LoHa/LoKr): its config keys are checked by name."""
+    return studio is None and peft_config.get("peft_type", "LORA") == "LORA"
 
 
 def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "default") -> nn.Module:
@@ -279,6 +287,8 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
         raise ValueError(f"the model already has an adapter named {adapter_name!r}; choose another name")
     if any(layer.merged for _, layer in adapter_layers(model)):
         raise ValueError("unmerge the model's adapters before loading another one (merged weights would change)")
+    if _is_peft_lora(peft_config, studio):
+        check_peft_lora_keys(peft_config, model)  # a refused option by name, before any shape says "another base?"
     _check_modules_exist(model, tensors)
     _check_factor_shapes(model, tensors, studio)  # before anything changes: the common case needs no undo
     if studio is not None:
@@ -617,7 +627,9 @@ def check_adapter_fit(model: nn.Module, folder: str | Path) -> AdapterFit:
     factor shapes, and (ours) the base fingerprint.  What it cannot judge without attaching (LoHa/LoKr
     factor sizes) :func:`load_adapter` still checks, and undoes itself on a mismatch."""
     try:
-        _, studio, tensors = read_adapter_folder(folder)
+        peft_config, studio, tensors = read_adapter_folder(folder)
+        if _is_peft_lora(peft_config, studio):
+            check_peft_lora_keys(peft_config, model)
         _check_modules_exist(model, tensors)
         _check_factor_shapes(model, tensors, studio)
     except (AdapterMismatchError, FileNotFoundError, ValueError) as exc:

@@ -58,6 +58,7 @@ from ..layers import (
     iter_logical_modules,
 )
 from ..variants import available_variants, get_variant
+from .peft_lora_keys import check_peft_lora_keys
 
 PEFT_PREFIX = "base_model.model."
 STUDIO_ONLY_PEFT_TYPE = "LORA_STUDIO_VARIANT"  # not a PEFT type: PEFT refuses such a folder by name
@@ -75,8 +76,12 @@ MHA_OUT_PROJ_NOTE = (
     "in merge; its fix is PEFT PR #3774); LoRA Studio applies W + s·B·A, as PEFT's get_delta_weight and that fix "
     "do, so outputs agree with PEFT only where the fix is in"
 )
-# PEFT init values that change the base weights in a way we cannot reproduce exactly.
-_UNSUPPORTED_INITS = ("olora", "loftq", "corda", "eva", "orthogonal", "lora_ga")
+# PEFT init values that change the base weights in a way we cannot reproduce exactly (PEFT re-runs
+# them when it loads the folder: OLoRA's QR and LoftQ's quantisation on the base, CorDA from data).
+_UNSUPPORTED_INITS = ("olora", "loftq", "corda")
+# PEFT init values whose loading leaves the base as it is: the file's factors are then plain LoRA
+# (EVA and LoRA-GA shape only the first factors; orthogonal is random; MiCA freezes B, which is saved).
+_PLAIN_LOADING_INITS = ("eva", "orthogonal", "lora_ga", "mica")
 
 
 def adapter_tensors(model: nn.Module, adapter_name: str) -> dict[str, torch.Tensor]:
@@ -299,11 +304,10 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
         raise ValueError(f"not a LoRA adapter: peft_type={peft.get('peft_type')!r}")
     variant = next((v.name for v in available_variants() if v.peft_lora_flags
                     and all(peft.get(k) == value for k, value in v.peft_lora_flags.items())), "lora")  # fmt: skip
+    check_peft_lora_keys(peft, model)  # every key honoured, or refused by name (see peft_lora_keys)
     claimed = get_variant(variant).peft_lora_flags
-    for flag in ("use_dora", "use_qalora", "lora_bias", "layer_replication", "trainable_token_indices",
-                 "target_parameters"):  # fmt: skip
-        if peft.get(flag) and flag not in claimed:
-            raise ValueError(f"this adapter uses PEFT's {flag}={peft[flag]!r}, which LoRA Studio cannot load yet")
+    if peft.get("use_dora") and "use_dora" not in claimed:
+        raise ValueError("this adapter uses PEFT's use_dora=True, and this LoRA Studio has no DoRA variant")
     init = _init_from_peft(peft.get("init_lora_weights", True))
     r, alpha = int(peft["r"]), float(peft.get("lora_alpha", peft["r"]))
     alpha_pattern = peft.get("alpha_pattern") or {}
@@ -351,12 +355,18 @@ def peft_doubles_out_proj(version: str | None) -> bool:
 
 
 def _init_from_peft(value: bool | str) -> str:
-    if value is True or value is False:
+    if value is True or value is False or value in _PLAIN_LOADING_INITS:
         return "default"  # the factors are overwritten by the file; the init only has to leave the base alone
     if value == "gaussian":
         return "gaussian"
     if value == "pissa":
         return "pissa"  # PEFT recomputes the residual base on load with a full SVD; so do we
+    if value == "loftq":
+        raise ValueError(
+            "this adapter was saved with init_lora_weights='loftq': PEFT replaces the base by LoftQ's quantised copy "
+            "when it loads it, which LoRA Studio does not reproduce; merge it in PEFT (merge_and_unload) and open the "
+            "merged model here"
+        )
     if isinstance(value, str) and (value.startswith("pissa_niter") or value.startswith(_UNSUPPORTED_INITS)):
         raise ValueError(
             f"this adapter was saved with init_lora_weights={value!r}, which needs the base weights changed the "

@@ -155,7 +155,9 @@ def peft_saved(case: IOCase, folder, *, zero_out_proj: bool = False, **config) -
 def test_our_file_has_exactly_the_keys_peft_saves(case, tmp_path):
     ours_saved(case, tmp_path)
     peft_model = get_peft_model(build_pretrained(case), PeftLoraConfig(r=4, lora_alpha=8, target_modules=case.targets))
-    peft_keys = {"base_model.model." + k.removeprefix("base_model.model.") for k in get_peft_model_state_dict(peft_model)}
+    peft_keys = {
+        "base_model.model." + k.removeprefix("base_model.model.") for k in get_peft_model_state_dict(peft_model)
+    }
     assert file_keys(tmp_path) == peft_keys
     assert any(f".{OUT_B}." in k for k in peft_keys)
     peft_loads(tmp_path, build_pretrained(case))  # and PEFT reads every one of them back
