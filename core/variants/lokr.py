@@ -183,7 +183,9 @@ class KroneckerBehaviour(ProductUpdateBehaviour):
         core = self.factor(layer, f"lokr_t{side}", adapter, key)
         if core is not None:  # CP: (b, d, kh, kw), Conv1d (b, d, k, 1)
             wa, wb = (self.factor(layer, f"lokr_w{side}_{p}", adapter, key).to(dtype) for p in "ab")
-            return cp_rebuild(core.to(dtype), wa, wb)
+            # A fresh row-major copy: einsum may give a trailing unit axis an odd stride, which torch.kron's
+            # internal view rejects (PEFT 0.21 fails so on a Conv1d at r=1; the values are the same).
+            return cp_rebuild(core.to(dtype), wa, wb).clone(memory_format=torch.contiguous_format)
         return self.factor(layer, f"lokr_w{side}_a", adapter, key).to(dtype) @ self.factor(
             layer, f"lokr_w{side}_b", adapter, key
         ).to(dtype)
