@@ -68,6 +68,7 @@ from .peft_lycoris_format import (
     lycoris_factor_paths,
     lycoris_peft_config_dict,
 )
+from .peft_olora import olora_as_plain_lora
 from .safe_loading import load_legacy_weights, load_safetensors, read_json_object, read_safetensors_header
 
 ADAPTER_CONFIG_NAME = "adapter_config.json"
@@ -289,6 +290,7 @@ def load_adapter(model: nn.Module, folder: str | Path, adapter_name: str = "defa
         raise ValueError("unmerge the model's adapters before loading another one (merged weights would change)")
     if _is_peft_lora(peft_config, studio):
         check_peft_lora_keys(peft_config, model)  # a refused option by name, before any shape says "another base?"
+        peft_config, tensors = olora_as_plain_lora(peft_config, tensors, model)  # the base is never rewritten
     _check_modules_exist(model, tensors)
     _check_factor_shapes(model, tensors, studio)  # before anything changes: the common case needs no undo
     if studio is not None:

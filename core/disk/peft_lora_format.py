@@ -77,7 +77,8 @@ MHA_OUT_PROJ_NOTE = (
     "do, so outputs agree with PEFT only where the fix is in"
 )
 # PEFT init values that change the base weights in a way we cannot reproduce exactly (PEFT re-runs
-# them when it loads the folder: OLoRA's QR and LoftQ's quantisation on the base, CorDA from data).
+# them when it loads the folder: LoftQ's quantisation on the base, CorDA from data). OLoRA's QR is
+# reproduced, by loading the folder as the plain LoRA it equals (peft_olora.py), never by this reader.
 _UNSUPPORTED_INITS = ("olora", "loftq", "corda")
 # PEFT init values whose loading leaves the base as it is: the file's factors are then plain LoRA
 # (EVA and LoRA-GA shape only the first factors; orthogonal is random; MiCA freezes B, which is saved).

@@ -44,7 +44,8 @@ HONOURED: dict[str, str] = {
     "fan_in_fan_out": "follows the layer type as PEFT does (transformers Conv1D transposed, nn.Linear not)",
     "init_lora_weights": (
         "True/False/gaussian/eva/orthogonal/lora_ga/mica leave PEFT's loaded base as it is, so the file's factors "
-        "are plain LoRA; pissa re-runs PiSSA's SVD on the base, as PEFT does; the others are refused by value"
+        "are plain LoRA; pissa re-runs PiSSA's SVD on the base, as PEFT does; olora is read as the rank-2r plain "
+        "LoRA it equals (peft_olora); pissa_niter_*, corda and loftq are refused by value"
     ),
     "use_dora": "the DoRA variant, on the layers PEFT's DoRA covers",
     "velora_config": (

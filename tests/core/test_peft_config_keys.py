@@ -124,21 +124,38 @@ def test_ensure_weight_tying_is_refused_only_on_a_model_with_tied_weights(tmp_pa
 
 
 # -- init_lora_weights ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("init", [True, False, "gaussian", "eva", "orthogonal", "lora_ga", "mica", "pissa"])
+HONOURED_INITS = [True, False, "gaussian", "eva", "orthogonal", "lora_ga", "mica", "pissa", "olora", "olora_bert"]
+
+
+@pytest.mark.parametrize("init", HONOURED_INITS)
 def test_an_honoured_init_value_loads_with_peft_outputs(init, tmp_path):
-    case = SMALL if init != "pissa" else BERT
+    """PEFT's own reload of the folder is the oracle (for pissa and olora it re-runs the init on the base)."""
+    case = BERT if init in ("pissa", "olora_bert") else SMALL
+    init = "olora" if init == "olora_bert" else init
     targets = ["q", "v"] if case is SMALL else ["query", "value"]
     extra = {"eva_config": peft.EvaConfig()} if init == "eva" else {}
-    _peft_made(case, tmp_path, init_lora_weights=init, target_modules=targets, **extra)
+    extra |= {"alpha_pattern": {"value": 5}, "rank_pattern": {"query": 2}} if case is BERT else {}
+    peft_model = _peft_made(case, tmp_path, init_lora_weights=init, target_modules=targets, **extra)
     x = case.inputs()
     ours = load_adapter(fresh(case), tmp_path)
-    peft_model = _peft_reloaded(case, tmp_path)
-    torch.testing.assert_close(call(ours, x), call(peft_model, x), atol=TOL, rtol=0)
+    torch.testing.assert_close(call(ours, x), call(_peft_reloaded(case, tmp_path), x), atol=TOL, rtol=0)
+    torch.testing.assert_close(call(ours, x), call(peft_model, x), atol=TOL, rtol=0)  # and what PEFT trained
     assert not torch.allclose(call(ours, x), call(build_pretrained(case), x), atol=1e-3)
 
 
-@pytest.mark.parametrize(("init", "says"), [("olora", "path_initial_model_for_weight_conversion"),
-                                             ("pissa_niter_4", "path_initial_model_for_weight_conversion"),
+def test_olora_leaves_the_base_alone_and_is_refused_on_a_layer_peft_does_not_run_it_on(tmp_path):
+    _peft_made(SMALL, tmp_path / "linear", init_lora_weights="olora")
+    model = load_adapter(fresh(SMALL), tmp_path / "linear")
+    pretrained = build_pretrained(SMALL)
+    for name in ("q", "v"):  # PEFT rewrites these to OLoRA's residual; here they stay the base's
+        assert torch.equal(getattr(model, name).base_layer.weight, getattr(pretrained, name).weight)
+    _peft_made(SMALL, tmp_path / "embedding", target_modules=["emb"])
+    _edit_config(tmp_path / "embedding", init_lora_weights="olora")
+    with pytest.raises(ValueError, match=r"emb: .*olora.*nn.Linear layers only, and this layer is Embedding"):
+        load_adapter(fresh(SMALL), tmp_path / "embedding")
+
+
+@pytest.mark.parametrize(("init", "says"), [("pissa_niter_4", "path_initial_model_for_weight_conversion"),
                                              ("corda", "path_initial_model_for_weight_conversion"),
                                              ("loftq", "merge_and_unload")])  # fmt: skip
 def test_an_init_that_rewrites_the_base_is_refused_by_value(init, says, tmp_path):

@@ -67,9 +67,27 @@ def tiny_vit() -> nn.Module:
     return model
 
 
+class PeftMatrixMha(nn.Module):
+    """The MultiheadAttention model of PEFT's custom-model test matrix (tests/test_custom_models.py, ModelMha):
+    sequence-first, unbatched input, attention weights returned, a Linear and a LogSoftmax after it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.mha = nn.MultiheadAttention(10, 2)
+        self.lin0 = nn.Linear(10, 2)
+        self.sm = nn.LogSoftmax(dim=-1)
+
+    def forward(self, x):
+        x, _ = self.mha(x, x, x)
+        return self.sm(self.lin0(x))
+
+
 BARE = IOCase("bare_mha", BareAttention, lambda: torch.randn(2, 5, 16, generator=gen()), ["mha"])
 VIT = IOCase("vit", tiny_vit, lambda: torch.randn(2, 3, 32, 32, generator=gen()), ["self_attention", "mlp.0"])
-CASES = [BARE, VIT]
+# PEFT's own cases "MHA 1 LoRA" (target_modules=["mha"]) and "MHA 2 LoRA" (["mha", "lin0"]), its 9 x 10 input.
+PEFT_MHA_1 = IOCase("peft_mha_1", PeftMatrixMha, lambda: torch.randn(9, 10, generator=gen()), ["mha"])
+PEFT_MHA_2 = IOCase("peft_mha_2", PeftMatrixMha, lambda: torch.randn(9, 10, generator=gen()), ["mha", "lin0"])
+CASES = [BARE, VIT, PEFT_MHA_1, PEFT_MHA_2]
 
 
 @functools.cache
