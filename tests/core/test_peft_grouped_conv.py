@@ -209,3 +209,90 @@ def test_grouped_conv_runs_op_by_op_with_the_same_output_and_gradients() -> None
         m(x).square().sum().backward()
     a, ref_a = model.conv.lora_A["default"].weight, reference.conv.lora_A["default"].weight
     torch.testing.assert_close(a.grad, ref_a.grad, atol=0, rtol=0)
+
+
+# -- PEFT's own grouped cases (tests/test_custom_models.py: "Conv1d Groups", "Conv2d Groups", "Conv2d Groups2") --
+class MatrixConv1dGroups(nn.Module):
+    """PEFT's ModelConv1DGroups: a (n, 10) input repeated over 8 channels into Conv1d(8, 8, 3, groups=2)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1d = nn.Conv1d(8, 8, 3, groups=2)
+        self.lin0 = nn.Linear(64, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([x.reshape(-1, 1, 10)] * 8, dim=1)
+        return torch.log_softmax(self.lin0(torch.relu(self.conv1d(x)).flatten(1)), dim=-1)
+
+
+class MatrixConv2dGroups(nn.Module):
+    """PEFT's ModelConv2DGroups: Linear(90, 288) reshaped into Conv2d(16, 16, 3, groups=8)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin0 = nn.Linear(90, 288)
+        self.conv2d = nn.Conv2d(16, 16, 3, groups=8)
+        self.lin1 = nn.Linear(16, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.lin0(x.flatten()).reshape(2, 16, 3, 3)
+        return torch.log_softmax(self.lin1(torch.relu(self.conv2d(x)).flatten(1)), dim=-1)
+
+
+class MatrixConv2dGroups2(nn.Module):
+    """PEFT's ModelConv2DGroups2 (Conv2d(16, 32, 3, padding=1, groups=2)), fed its input rather than an arange."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv2d = nn.Conv2d(16, 32, 3, padding=1, groups=2)
+        self.lin0 = nn.Linear(12800, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.log_softmax(self.lin0(torch.relu(self.conv2d(x)).flatten(1)), dim=-1)
+
+
+MATRIX_MODELS = {
+    "Conv1dGroups": (MatrixConv1dGroups, (9, 10), "conv1d"),
+    "Conv2dGroups": (MatrixConv2dGroups, (9, 10), "conv2d"),
+    "Conv2dGroups2": (MatrixConv2dGroups2, (2, 16, 20, 20), "conv2d"),
+}
+# PEFT's case list for these models: (model, config class, settings); r and alpha are PEFT's defaults.
+MATRIX_CASES = [
+    ("Conv2dGroups", PeftLoraConfig, {}), ("Conv2dGroups2", PeftLoraConfig, {}),
+    ("Conv2dGroups", PeftLoraConfig, {"use_dora": True}), ("Conv2dGroups2", PeftLoraConfig, {"use_dora": True}),
+    ("Conv1dGroups", LoHaConfig, {"r": 4}), ("Conv2dGroups", LoHaConfig, {}), ("Conv2dGroups2", LoHaConfig, {}),
+    ("Conv1dGroups", LoKrConfig, {"r": 4}), ("Conv2dGroups", LoKrConfig, {}), ("Conv2dGroups2", LoKrConfig, {}),
+]  # fmt: skip
+MATRIX_IDS = [f"{m}-{c.__name__}{'-dora' if s.get('use_dora') else ''}" for m, c, s in MATRIX_CASES]
+
+
+def _matrix_base(model_id: str) -> nn.Module:
+    torch.manual_seed(0)
+    return MATRIX_MODELS[model_id][0]().eval()
+
+
+@pytest.mark.parametrize(("model_id", "config_class", "settings"), MATRIX_CASES, ids=MATRIX_IDS)
+def test_peft_s_own_grouped_cases_round_trip(model_id, config_class, settings, tmp_path) -> None:
+    """PEFT -> ours -> PEFT: the same outputs each way; LoHa/LoKr merged equal unmerged."""
+    _, shape, layer = MATRIX_MODELS[model_id]
+    x = torch.randn(*shape, generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # PEFT's note that grouped LoRA cannot merge
+        theirs = get_peft_model(_matrix_base(model_id), config_class(target_modules=[layer], **settings))
+    _perturb(theirs, seed=3, std=0.3)
+    theirs.save_pretrained(str(tmp_path / "peft"))
+    expected = _out(theirs.eval(), x)
+    ours = load_adapter(_matrix_base(model_id), tmp_path / "peft").eval()
+    assert (_out(ours, x) - _out(_matrix_base(model_id), x)).abs().max() > 100 * TOL
+    torch.testing.assert_close(_out(ours, x), expected, atol=TOL, rtol=0)
+    save_adapter(ours, tmp_path / "ours")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        again = PeftModel.from_pretrained(_matrix_base(model_id), str(tmp_path / "ours")).eval()
+    torch.testing.assert_close(_out(again, x), expected, atol=TOL, rtol=0)
+    if config_class is PeftLoraConfig:
+        with pytest.raises(MergeNotSupportedError, match="groups="):
+            merge(ours)
+    else:
+        merge(ours)
+        torch.testing.assert_close(_out(ours, x), expected, atol=MERGE_TOL, rtol=0)
