@@ -319,10 +319,11 @@ def lora_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model: n
     ranks = {p: int(tensors[k].shape[0]) for p, k in paths.items()}
     doubled = [p for p in paths if _nonzero(tensors.get(f"{p}.base_layer.out_proj.lora_B.weight"))]
     if doubled and peft_doubles_out_proj(peft.get("peft_version")):
+        version = peft.get("peft_version")
         warnings.warn(
-            f"{doubled[0]}{' and others' if len(doubled) > 1 else ''}: this adapter was saved by PEFT "
-            f"{peft.get('peft_version') or '(version not recorded)'}: {MHA_OUT_PROJ_NOTE}; what it computed there "
-            "differs from here in that update",
+            f"{doubled[0]}{' and others' if len(doubled) > 1 else ''}: adapter_config.json records "
+            f"{f'PEFT {version}' if version else 'no PEFT version'}: {MHA_OUT_PROJ_NOTE}; if such a PEFT trained "
+            "this adapter, its outputs there differ from these in that update",
             stacklevel=3,
         )
     alphas = {p: float(next((v for k, v in alpha_pattern.items() if pattern_matches(k, p)), alpha)) for p in paths}

@@ -242,7 +242,7 @@ def test_we_compute_what_peft_computes_from_its_file(case, tmp_path):
     peft_model = peft_saved(case, tmp_path)
     x = case.inputs()
     if peft_out_proj_count() == 2:
-        with pytest.warns(UserWarning, match=r"saved by PEFT .*PR #3774"):
+        with pytest.warns(UserWarning, match=r"records PEFT .*PR #3774"):
             ours = load_adapter(fresh(case), tmp_path)
     else:
         ours = load_adapter(fresh(case), tmp_path)
