@@ -225,7 +225,7 @@ def lycoris_config_from_peft(peft: dict, tensors: dict[str, torch.Tensor], model
     if variant == "lokr":
         settings |= {
             "decompose_both": bool(peft.get("decompose_both", False)),
-            "decompose_factor": int(peft.get("decompose_factor", -1)),
+            "decompose_factor": _decompose_factor(peft.get("decompose_factor", -1)),
             "rank_dropout_scale": bool(peft.get("rank_dropout_scale", False)),
         }
     return LoraConfig(
@@ -255,6 +255,12 @@ def lycoris_config_problem(peft: dict) -> str | None:
                 "or train the adapter without that option"
             )
     return None
+
+
+def _decompose_factor(value: object) -> int:
+    # PEFT's factorization splits every size as (1, size) for a factor of 0 or below other than -1, as for 1.
+    factor = int(value)
+    return 1 if factor < 1 and factor != -1 else factor
 
 
 def _peft_pattern(patterns: dict | None, name: str, default: float) -> float:

@@ -80,6 +80,19 @@ def test_a_peft_lokr_file_with_a_factor_that_does_not_divide_the_layer_loads(tmp
     _both_ways(base, x, "lokr", {"decompose_factor": 3, "decompose_both": True}, ["0", "2"], tmp_path / "b", r=1)
 
 
+def test_a_peft_lokr_file_with_factor_zero_loads_as_factor_one(tmp_path) -> None:
+    """PEFT splits every size as (1, size) for a factor of 0 (or below, other than -1), as for 1."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Linear(12, 10)).eval()
+    peft_model = get_peft_model(copy.deepcopy(base), LoKrConfig(r=2, target_modules=["0"], decompose_factor=0))
+    _perturb(peft_model)
+    peft_model.save_pretrained(str(tmp_path))
+    ours = load_adapter(copy.deepcopy(base), tmp_path).eval()
+    assert ours[0].lokr_w1["default"].shape == (1, 1)
+    x = torch.randn(4, 12)
+    torch.testing.assert_close(_out(ours, x), _out(peft_model.eval(), x), atol=TOL, rtol=0)
+
+
 # -- CP-decomposed kernels ------------------------------------------------------------------------
 class ConvNet(nn.Module):
     def __init__(self, conv: type[nn.Module], groups: int = 1) -> None:
