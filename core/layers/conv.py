@@ -42,6 +42,7 @@ The fused function of :mod:`.fused_lora` has no groups: a grouped conv runs op b
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -81,7 +82,7 @@ class ConvLora(AdapterLayer):
     def stored_factors(self, adapter: str, key: str) -> tuple[torch.Tensor, torch.Tensor]:
         return self.lora_A[adapter].weight, self.lora_B[adapter].weight
 
-    def add_adapter(self, adapter: str, *, behaviour: AdapterBehaviour | None = None, **kwargs) -> None:
+    def add_adapter(self, adapter: str, *, behaviour: AdapterBehaviour | None = None, **kwargs: Any) -> None:
         """As :meth:`AdapterLayer.add_adapter`; on a grouped conv only behaviours with a grouped form
         attach, and a LoRA/DoRA one is marked as not mergeable (see the module docstring)."""
         behaviour = behaviour or AdapterBehaviour()

@@ -23,7 +23,8 @@ PEFT's training-time options (:class:`LycorisSettings`), computed as PEFT comput
   and adds the adapter only when ``u > p`` (the whole update is skipped for that batch);
 * ``rank_dropout = p``: in training, ΔW's output rows are kept where
   ``torch.rand(out) > p`` and zeroed elsewhere; LoHa rescales the kept rows by
-  ``1 / mean(mask)``, LoKr only with ``rank_dropout_scale``;
+  ``1 / mean(mask)``, LoKr only with ``rank_dropout_scale`` (when every row is dropped,
+  PEFT's rescaling divides by zero and the batch turns NaN; here it gets no update);
 * ``use_effective_conv2d``: a Conv1d/Conv2d kernel (not 1×1) is CP-decomposed: a core
   ``(r, r, kh, kw)`` (``hada_t1``/``hada_t2``, ``lokr_t2``; Conv1d ``(r, r, k, 1)``) between
   two ``(r, size)`` factors, instead of a low-rank ``(out, in·k)`` matrix.
@@ -176,8 +177,11 @@ class ProductUpdateBehaviour(AdapterBehaviour):
     def _rank_mask(self, matrix: torch.Tensor) -> torch.Tensor:
         # PEFT's draw: one uniform number per output row from the global CPU generator, then moved.
         keep = (torch.rand(matrix.shape[0]) > self.settings.rank_dropout).to(matrix.dtype)
-        if self.rescales_rank_dropout:
-            keep = keep / keep.mean()  # PEFT's rule; every row dropped gives NaN there as here
+        kept = float(keep.mean())  # on the CPU, where it was drawn: no device sync
+        if self.rescales_rank_dropout and kept > 0:
+            # PEFT divides by the mean even when every row was dropped, which makes the batch NaN; here that
+            # batch simply gets no update (the only case where the outputs differ from PEFT's).
+            keep = keep / kept
         return keep.to(matrix.device)[:, None]
 
     def _module_kept(self, layer: AdapterLayer) -> bool:

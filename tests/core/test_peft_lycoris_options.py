@@ -259,3 +259,20 @@ def test_rank_dropout_drops_whole_output_rows_of_the_update() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         model.eval()
+
+
+def test_a_batch_with_every_rank_dropped_gets_no_update_rather_than_nan() -> None:
+    """PEFT divides by the fraction kept even when it is zero (NaN); here such a batch just gets no update."""
+    model = attach(nn.Sequential(nn.Linear(6, 1)), LoraConfig(r=2, targets=["0"], variant="loha",
+                                                              variant_settings={"rank_dropout": 0.9}))  # fmt: skip
+    _perturb(model)
+    model.train()
+    x = torch.randn(3, 6)
+    seen_dropped = False
+    with torch.no_grad():
+        for seed in range(20):
+            torch.manual_seed(seed)
+            y = model(x)
+            assert torch.isfinite(y).all()
+            seen_dropped |= torch.equal(y, model[0].base_layer(x))
+    assert seen_dropped, "with one output row and p=0.9 some batches drop it"
