@@ -20,6 +20,7 @@ from .collate import make_collate
 from .digits import DIGIT_NAMES, TensorExamples, digits_split, load_digits_tensors
 from .errors import DataError
 from .image_folder import ImageFolderDataset, image_folder_classes
+from .sanity import check_bundle, refuse_single_class, refuse_unseen_classes
 from .splits import first, split_dataset
 from .text_classification import TextClassificationDataset, collect_label_names
 from .torchvision_datasets import TorchvisionExamples, open_torchvision_dataset
@@ -36,6 +37,7 @@ class DataBundle:
     collate: Callable[[list[dict[str, Any]]], dict[str, Any]]
     label_names: list[str] | None  # None for language modelling
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (bad_images = 'skip')
+    warnings: list[str] = field(default_factory=list)  # data that trains but may mislead (sanity.check_bundle)
 
 
 def read_label_names(config: DataConfig) -> list[str] | None:
@@ -45,11 +47,16 @@ def read_label_names(config: DataConfig) -> list[str] | None:
     if config.kind == "digits":
         return DIGIT_NAMES
     if config.label_names:
+        refuse_single_class(list(config.label_names), "data.label_names")
         return list(config.label_names)
     if config.kind == "image-folder":
-        return image_folder_classes(config.train)
+        names = image_folder_classes(config.train)
+        refuse_single_class(names, f"image folder {config.train}")
+        return names
     if config.kind == "text-classification":
-        return collect_label_names(config.train, config.label_column)
+        names = collect_label_names(config.train, config.label_column)
+        refuse_single_class(names, f"{config.train} (column {config.label_column!r})")
+        return names
     base = open_torchvision_dataset(config.train, train=True, root=config.root, download=config.download)
     return [str(c) for c in getattr(base, "classes", sorted({int(t) for t in base.targets}))]
 
@@ -102,12 +109,17 @@ def build_datasets(config: DataConfig, loaded: LoadedModel, label_names: list[st
 
     data = make(config.train)
     if config.validation:
+        if config.kind in ("text-classification", "image-folder"):
+            refuse_unseen_classes(config.kind, config.train, config.validation, data, label_names,
+                                  config.label_column)
         train, validation = data, make(config.validation)
     elif config.kind == "torchvision" and config.validation_split == 0:
         train, validation = data, make(config.train, train=False)  # the dataset's own test split
     else:
         train, validation = split_dataset(data, config.validation_split, config.split_seed)
-    return DataBundle(first(train, config.max_samples), validation, make_collate(pad_id), label_names, skipped)
+    warnings = check_bundle(config.kind, config.train, config.validation, train, validation, label_names)
+    return DataBundle(first(train, config.max_samples), validation, make_collate(pad_id), label_names, skipped,
+                      warnings)
 
 
 def _image_transform(config: DataConfig, loaded: LoadedModel) -> Callable[[Any], Any]:

@@ -2,7 +2,7 @@
 
 The window's data panel runs :func:`check_data` on a worker after each data change and
 lists what it finds; training applies the very same checks (:func:`check_image_file` in the
-image-folder dataset, :func:`empty_cells` in the table datasets), so what the panel calls
+image-folder dataset, :func:`.table_files.empty_cells_of` in the table datasets), so what the panel calls
 good is what training reads, and what it names is what training would refuse or skip.
 """
 
@@ -15,7 +15,7 @@ from pathlib import Path
 from ..run_config import DataConfig
 from .errors import require_file
 from .image_folder import check_image_file, folder_images, image_folder_classes
-from .table_files import empty_cells, read_rows
+from .table_files import RowTable, empty_cells_of
 
 
 class CheckCancelled(Exception):
@@ -103,11 +103,13 @@ def _check_tables(config: DataConfig, paths: list[str], cancelled: Callable[[], 
             raise CheckCancelled
         if Path(path).suffix.lower() == ".txt":  # paragraphs: an empty one is no example at all
             continue
-        rows = read_rows(path)
-        checked += len(rows)
         if config.kind == "causal-lm":
             columns = [config.prompt_column, config.response_column] if config.prompt_column else [config.text_column]
         else:
             columns = [config.text_column, config.label_column]
-        bad += [BadItem(path, f"empty {name!r}", row=number) for number, name in empty_cells(rows, columns)]
+        for number, row in enumerate(RowTable(path).iter_rows(), start=1):  # streaming: one row in memory
+            if number % 4096 == 0 and cancelled():
+                raise CheckCancelled
+            checked += 1
+            bad += [BadItem(path, f"empty {name!r}", row=number) for name in empty_cells_of(row, columns)]
     return DataCheck(config.kind, checked, tuple(bad))

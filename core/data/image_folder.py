@@ -74,7 +74,8 @@ class ImageFolderDataset(Dataset):
         self, root: str | Path, class_names: list[str], transform: Callable[[Any], Any], *,
         image_mode: str = "RGB", bad_images: str = "error",
     ) -> None:
-        self.transform, self.image_mode = transform, image_mode
+        self.transform, self.image_mode, self.bad_images = transform, image_mode, bad_images
+        self.broken: set[int] = set()  # samples that failed to load after the check (bad_images = 'skip')
         self.samples: list[tuple[Path, int]] = []
         self.skipped: list[Path] = []
         self.skip_reasons: dict[Path, str] = {}
@@ -102,11 +103,30 @@ class ImageFolderDataset(Dataset):
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        # A file that broke after the check (replaced, cut short by a copy still running) is named; with
+        # bad_images = 'skip' it is left out from then on and the next readable image stands in for it,
+        # so a long run does not die at a step for one file.
+        if not -len(self.samples) <= index < len(self.samples):
+            raise IndexError(f"image {index} of {len(self.samples)}")  # ends iteration over the dataset
+        for attempt in range(len(self.samples)):
+            position = (index + attempt) % len(self.samples)
+            if position in self.broken:
+                continue
+            path, label = self.samples[position]
+            try:
+                return {"pixel_values": self.transform(self._open(path)), "labels": label}
+            except (OSError, SyntaxError, EOFError) as exc:  # PIL's errors for damaged data
+                reason = f"unreadable image {path} ({exc or type(exc).__name__}); it was readable when the run started"
+                if self.bad_images != "skip":
+                    raise DataError(f"{reason}; {SKIP_HINT}") from None
+                self.broken.add(position)
+                self.skipped.append(path)
+                self.skip_reasons[path] = str(exc) or type(exc).__name__
+        raise DataError(f"no image of this dataset can be read any more (the last: {self.samples[index][0]})")
+
+    def _open(self, path: Path) -> Any:
         from PIL import Image
 
-        path, label = self.samples[index]
-        try:
-            with Image.open(path) as image:
-                return {"pixel_values": self.transform(image.convert(self.image_mode)), "labels": label}
-        except OSError as exc:  # the file changed on disk after it was checked: still name it
-            raise DataError(f"unreadable image {path} ({exc}); it was readable when the run started") from None
+        with Image.open(path) as image:
+            image.load()  # decode here, so a damaged file fails inside the try, naming it
+            return image.convert(self.image_mode)

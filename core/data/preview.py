@@ -21,8 +21,8 @@ from .causal_lm import prompt_response_pairs
 from .digits import DIGIT_NAMES, load_digits_tensors
 from .errors import DataError, require_file
 from .image_folder import folder_images, image_folder_classes
-from .table_files import column, read_rows
-from .text_classification import collect_label_names, label_key
+from .table_files import RowTable, cell, require_columns
+from .text_classification import label_key, sorted_labels
 
 PREVIEW_SAMPLES = 8  # enough to recognise the data, few enough to show at once
 
@@ -51,9 +51,12 @@ class DataPreview:
 
 
 def data_columns(path: str | Path) -> list[str]:
-    """The column names of a CSV or JSONL file (every key of its rows, first-seen order)."""
+    """The column names of a CSV or JSONL file: the CSV header; every key of a JSONL file's rows, first-seen order."""
+    table = RowTable(path)
+    if table.is_csv:
+        return table.columns
     seen: dict[str, None] = {}
-    for row in read_rows(path):
+    for row in table.iter_rows():  # streaming: a JSONL row may add a key
         seen.update(dict.fromkeys(map(str, row)))
     return list(seen)
 
@@ -105,19 +108,35 @@ def _image_folder(config: DataConfig, count: int) -> DataPreview:
 
 
 def _text_classification(config: DataConfig, count: int) -> DataPreview:
+    # One streaming pass: the first ``count`` rows are kept for the samples, the rest only counted.
     path = config.train
-    rows = read_rows(path)
-    texts = column(rows, config.text_column, path)
-    labels = [label_key(v) for v in column(rows, config.label_column, path)]
-    names = list(config.label_names or collect_label_names(path, config.label_column))
+    table = RowTable(path)
+    require_columns(table, [config.text_column, config.label_column])
+    counts: Counter[str] = Counter()
+    first: list[tuple[int, str, str]] = []
+    seen: dict[str, None] = dict.fromkeys(table.columns)
+    total = 0
+    for number, row in enumerate(table.iter_rows(), start=1):
+        text = cell(row, config.text_column, number, path)
+        label = label_key(cell(row, config.label_column, number, path))
+        counts[label] += 1
+        total = number
+        if len(first) < count:
+            first.append((number, str(text), label))
+        if not table.is_csv:
+            seen.update(dict.fromkeys(map(str, row)))
+    names = list(config.label_names or sorted_labels(set(counts) - {""}) or [])
+    if not names:
+        raise DataError(f"{path}: column {config.label_column!r} holds no labels (every cell is empty)")
     known = set(names)
-    for number, label in enumerate(labels, start=1):
-        if label and label not in known:  # an empty label is named by check_data's row check
-            raise DataError(f"{path}, row {number}: label {label!r} is not in the label set ({', '.join(names)})")
-    counts = Counter(labels)
-    samples = tuple(PreviewSample(label, text=str(text)) for text, label in zip(texts[:count], labels[:count]))
-    return DataPreview("text-classification", tuple(data_columns(path)), samples, {n: counts[n] for n in names},
-                       len(rows))
+    outside = [label for label in counts if label and label not in known]  # an empty label: check_data's row check
+    if outside:
+        number = next(n for n, row in enumerate(table.iter_rows(), start=1)
+                      if label_key(row[config.label_column]) in outside)  # only on this error: find the row
+        label = label_key(table.row(number - 1)[config.label_column])
+        raise DataError(f"{path}, row {number}: label {label!r} is not in the label set ({', '.join(names)})")
+    samples = tuple(PreviewSample(label, text=text) for _, text, label in first)
+    return DataPreview("text-classification", tuple(seen), samples, {n: counts[n] for n in names}, total)
 
 
 def _causal_lm(config: DataConfig, count: int) -> DataPreview:
@@ -125,8 +144,9 @@ def _causal_lm(config: DataConfig, count: int) -> DataPreview:
     pairs = prompt_response_pairs(path, config.text_column, config.prompt_column, config.response_column,
                                   drop_empty=True)  # check_data names the rows with an empty cell
     columns = () if path.suffix.lower() == ".txt" else tuple(data_columns(path))
+    shown = [pairs[i] for i in range(min(count, len(pairs)))]  # read only the rows shown
     if config.prompt_column:
-        samples = tuple(PreviewSample(None, text=p, response=r) for p, r in pairs[:count])
+        samples = tuple(PreviewSample(None, text=p, response=r) for p, r in shown)
     else:
-        samples = tuple(PreviewSample(None, text=t) for _, t in pairs[:count])
+        samples = tuple(PreviewSample(None, text=t) for _, t in shown)
     return DataPreview("causal-lm", columns, samples, {}, len(pairs))

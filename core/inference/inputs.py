@@ -12,7 +12,7 @@ import torch
 from PIL import Image
 
 from ..data.image_folder import check_image_file
-from ..data.table_files import read_rows
+from ..data.table_files import RowTable
 from ..models import LoadedModel
 
 MODEL_TEXT_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
@@ -134,8 +134,8 @@ def inputs_from_table(path: str | Path, *, column: str | None = None, images: bo
     text/sentence/image/path/file/input/prompt it has, else its only column.  ``images``: the
     values are image paths, relative ones to the file's own folder."""
     path = Path(path)
-    rows = read_rows(path)
-    names = list(rows[0])
+    table = RowTable(path)  # streamed: only the one column's values are kept
+    names = table.columns
     if column is None:
         column = next((c for c in INPUT_COLUMNS if c in names), names[0] if len(names) == 1 else None)
         if column is None:
@@ -144,7 +144,7 @@ def inputs_from_table(path: str | Path, *, column: str | None = None, images: bo
     elif column not in names:
         raise ValueError(f"{path} has no column {column!r}; its columns: {', '.join(names)}")
     values = []
-    for number, row in enumerate(rows, start=1):
+    for number, row in enumerate(table.iter_rows(), start=1):
         value = row.get(column)
         if value is None or not str(value).strip():
             raise ValueError(f"{path}, row {number}: the {column!r} column is empty")
