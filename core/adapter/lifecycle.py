@@ -428,8 +428,10 @@ def _apply_bias_mode(model: nn.Module, bias: str) -> None:
     elif bias == "lora_only":
         for _, layer in adapter_layers(model):
             if layer.active_adapter is not None:
+                # Only parameters named exactly ``bias`` (a layer's own, an attention's out_proj's): what
+                # the adapter file saves, as PEFT does; bias_k/bias_v, bias_ih/bias_hh would train and be lost.
                 for pname, p in layer.base_layer.named_parameters():
-                    if pname.rsplit(".", 1)[-1].startswith("bias"):
+                    if pname.rsplit(".", 1)[-1] == "bias":
                         p.requires_grad_(True)
 
 

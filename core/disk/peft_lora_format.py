@@ -151,7 +151,8 @@ def _bias_tensors(model: nn.Module, adapter_name: str, saved_roots: list[str]) -
         found = {
             f"{path}.base_layer.bias": layer.base_layer.bias
             for path, layer in adapter_layers(model)
-            if adapter_name in layer.adapter_names and getattr(layer.base_layer, "bias", None) is not None
+            # a parameter: an RNN cell's ``bias`` is its constructor's flag (a bool), its biases bias_ih/bias_hh
+            if adapter_name in layer.adapter_names and isinstance(getattr(layer.base_layer, "bias", None), nn.Parameter)
         }
         for path, layer in adapter_layers(model):  # lora_only trains an attention's out_proj bias, as PEFT does
             out_bias = getattr(layer.base_layer.out_proj, "bias", None) if is_attention_layer(layer) else None

@@ -304,3 +304,17 @@ def test_our_merged_model_equals_our_unmerged(case):
     torch.testing.assert_close(call(model, x), before, atol=TOL, rtol=0)
     unmerge(model)
     torch.testing.assert_close(call(model, x), before, atol=TOL, rtol=0)
+
+
+def test_lora_only_bias_trains_exactly_the_biases_the_file_saves(tmp_path) -> None:
+    from lora_studio.core.disk.peft_lora_format import adapter_tensors
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.MultiheadAttention(8, 2, add_bias_kv=True), nn.GRUCell(8, 8), nn.Linear(8, 4))
+    attach(model, LoraConfig(r=2, targets=["0", "1", "2"], bias="lora_only"))
+    trained = {name for name, p in model.named_parameters() if p.requires_grad and "lora_" not in name}
+    saved = {key for key in adapter_tensors(model, "default") if "lora_" not in key}
+    assert trained == {"0.base_layer.out_proj.bias", "2.base_layer.bias"}
+    assert len(saved) == len(trained)  # nothing trains that the file would drop (the GRU cell's bool flag neither)
+    folder = save_adapter(model, tmp_path / "a")
+    assert folder.is_dir()
