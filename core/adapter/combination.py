@@ -39,7 +39,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from ..layers import AdapterLayer, ModulesToSave, adapter_layers
+from ..layers import AdapterLayer, ConvLora, ModulesToSave, adapter_layers
 from ..variants import get_variant
 from .config import LoraConfig
 from .lifecycle import adapter_state, require_adapter_state, set_active_adapter
@@ -149,6 +149,11 @@ def combination_problem(
                 )
     if not any(any(a in layer.adapter_names for a in adapters) for _, layer in adapter_layers(model)):
         return "none of these adapters adapts a layer of this model; nothing to combine"
+    for name, layer in adapter_layers(model):
+        if isinstance(layer, ConvLora) and layer.grouped and any(a in layer.adapter_names for a in adapters):
+            return (f"layer {name!r} is a grouped convolution (groups={layer.base_layer.groups}): its LoRA B is "
+                    "grouped, so the combination methods, which treat B·A as one matrix pair, would compute another "
+                    "update; combine adapters that leave grouped convolutions out")
     return None
 
 

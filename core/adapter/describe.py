@@ -82,7 +82,10 @@ def describe(model: nn.Module, config: LoraConfig | None = None) -> ModuleInfo:
             node.targeted = True
             node.rank = config.rank_for(lm.name)
             node.alpha = config.alpha_for(lm.name)
-            node.added_parameters = _added_parameters(lm.module, lm.name, config, variant)
+            try:
+                node.added_parameters = _added_parameters(lm.module, lm.name, config, variant)
+            except ValueError as exc:  # e.g. a rank a grouped conv cannot split: shown in place, as attach says it
+                node.problem = str(exc)
         elif preview and lm.name in preview.problems:
             node.problem = preview.problems[lm.name]
         nodes[lm.name] = node
@@ -105,6 +108,9 @@ def _added_parameters(module: nn.Module, name: str, config: LoraConfig, variant:
     memo = {id(t): torch.empty_like(t, device="meta") for t in [*module.parameters(), *module.buffers()]}
     memo.update({id(p): nn.Parameter(memo[id(p)], p.requires_grad) for p in module.parameters()})
     twin = cls(copy.deepcopy(module, memo))
+    reason = variant.unsupported_reason(twin)
+    if reason:  # the words attach would refuse the layer with, shown on its node
+        raise ValueError(f"variant {variant.name!r} cannot adapt layer {name!r}: {reason}")
     twin.add_adapter(
         "preview", r=rank, alpha=config.alpha_for(name), dropout=0.0, init="default",
         use_rslora=config.use_rslora, behaviour=variant.behaviour(twin, config.settings()),

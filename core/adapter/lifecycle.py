@@ -314,6 +314,10 @@ def merge(
             f"{variant.merge_note or 'its update depends on the input'}. Export the adapter instead."
         )
     layers = [(n, w) for n, w in adapter_layers(model) if adapter_name in w.adapter_names]
+    for name, layer in layers:  # a layer that cannot merge (LoRA on a grouped conv) refuses before any changes
+        behaviour = layer.behaviours.get(adapter_name)
+        if behaviour is not None and adapter_name not in layer.merged_adapters and not behaviour.can_merge:
+            raise MergeNotSupportedError(f"layer {name!r}: {behaviour.cannot_merge_reason}; no weight was changed")
     for name, layer in layers:
         if adapter_name not in layer.merged_adapters and not layer.factors_finite(adapter_name):
             raise NonFiniteDeltaError(

@@ -67,6 +67,8 @@ class ConvLora(AdapterLayer):
     @classmethod
     def added_parameters(cls, base_layer: nn.Module, r: int) -> int:
         # A: (r, in, *kernel), ungrouped; B: (out, r/groups, 1, ...), grouped like the base.
+        if r % base_layer.groups:
+            raise ValueError(grouped_rank_reason(base_layer, r))  # what attaching would refuse, for previews
         return r * base_layer.in_channels * math.prod(base_layer.kernel_size) + base_layer.out_channels * (
             r // base_layer.groups
         )
