@@ -11,13 +11,12 @@ CLI, the window and a script all see the same refusals and warnings.
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 from torch.utils.data import Dataset, Subset
 
 from .errors import DataError
 from .image_folder import ImageFolderDataset, image_folder_classes
+from .splits import IndexArray
 from .text_classification import TextClassificationDataset, collect_label_names
 
 EXAMPLE_CHARS = 60  # how much of a duplicated text a warning quotes
@@ -30,12 +29,13 @@ def refuse_single_class(names: list[str], where: str) -> None:
                         "(add examples of another class)")
 
 
-def unwrap(dataset: Dataset) -> tuple[Dataset, list[int] | None]:
+def unwrap(dataset: Dataset) -> tuple[Dataset, np.ndarray | None]:
     """The dataset under splits and sample caps, and the rows of it that ``dataset`` holds (None: all)."""
-    rows: list[int] | None = None
+    rows: np.ndarray | None = None
     while isinstance(dataset, Subset):
-        indices = list(dataset.indices)
-        rows = indices if rows is None else [indices[i] for i in rows]
+        indices = dataset.indices
+        indices = indices.array if isinstance(indices, IndexArray) else np.asarray(indices, dtype=np.int64)
+        rows = indices if rows is None else indices[rows]
         dataset = dataset.dataset
     return dataset, rows
 
@@ -44,11 +44,12 @@ def present_classes(dataset: Dataset) -> set[int] | None:
     """The label indices ``dataset`` holds; None for a kind this module does not look into."""
     inner, rows = unwrap(dataset)
     if isinstance(inner, TextClassificationDataset):
-        return inner.label_indices(rows)
-    if isinstance(inner, ImageFolderDataset):
-        labels = [label for _, label in inner.samples]
-        return set(labels) if rows is None else {labels[i] for i in rows}
-    return None
+        labels = np.frombuffer(inner.labels, dtype=np.int32) if len(inner.labels) else np.zeros(0, np.int32)
+    elif isinstance(inner, ImageFolderDataset):
+        labels = np.asarray([label for _, label in inner.samples], dtype=np.int32)
+    else:
+        return None
+    return {int(v) for v in np.unique(labels if rows is None else labels[rows])}
 
 
 def refuse_unseen_classes(kind: str, train_path: str, validation_path: str, train: Dataset,
@@ -105,22 +106,40 @@ def duplicate_texts(train: Dataset, validation: Dataset | None, train_path: str,
     val_inner, val_rows = unwrap(validation)
     if not (isinstance(train_inner, TextClassificationDataset) and isinstance(val_inner, TextClassificationDataset)):
         return None
-    train_keys = _keys(train_inner, train_rows)
-    val_keys = _keys(val_inner, val_rows)
-    hits = np.flatnonzero(np.isin(train_keys, val_keys))
-    if not len(hits):
+    val_keys = _keys(val_inner) if val_rows is None else _keys(val_inner)[val_rows]
+    count, first = shared_keys(_keys(train_inner), train_rows, np.unique(val_keys))
+    if not count:
         return None
-    first = int(hits[0]) if train_rows is None else train_rows[int(hits[0])]
     text = train_inner.texts[first]
     quoted = text if len(text) <= EXAMPLE_CHARS else text[:EXAMPLE_CHARS] + "…"
     where = f"the validation data {validation_path}" if validation_path else "the validation split"
-    return (f"{len(hits)} training example(s) of {train_path} also appear in {where} (the same text), e.g. row "
+    return (f"{count} training example(s) of {train_path} also appear in {where} (the same text), e.g. row "
             f"{first + 1}: {quoted!r}; validation scores on them read too high — remove them from one side")
 
 
-def _keys(dataset: TextClassificationDataset, rows: list[int] | None) -> Any:
-    keys = np.frombuffer(dataset.text_keys, dtype=np.int64) if len(dataset.text_keys) else np.zeros(0, np.int64)
-    return keys if rows is None else keys[np.asarray(rows, dtype=np.int64)]
+def shared_keys(keys: np.ndarray, rows: np.ndarray | None, others: np.ndarray,
+                chunk: int = 1 << 16) -> tuple[int, int]:
+    """(how many of ``keys`` (at ``rows`` only, when given) are in the sorted ``others``, the first such row).
+
+    In chunks, so a file of millions of rows costs a few MB beyond its key arrays.
+    """
+    count, first = 0, -1
+    total = len(keys) if rows is None else len(rows)
+    if not len(others):
+        return 0, -1
+    for start in range(0, total, chunk):
+        where = np.arange(start, min(start + chunk, total)) if rows is None else rows[start:start + chunk]
+        part = keys[where]
+        places = np.minimum(np.searchsorted(others, part), len(others) - 1)
+        hits = np.flatnonzero(others[places] == part)
+        if len(hits) and first < 0:
+            first = int(where[hits[0]])
+        count += len(hits)
+    return count, first
+
+
+def _keys(dataset: TextClassificationDataset) -> np.ndarray:
+    return np.frombuffer(dataset.text_keys, dtype=np.int64) if len(dataset.text_keys) else np.zeros(0, np.int64)
 
 
 def _more(names: list[str]) -> str:

@@ -99,12 +99,6 @@ class TextClassificationDataset(Dataset):
             example["task_ids"] = self.task_ids[index]
         return example
 
-    def label_indices(self, rows: Any = None) -> set[int]:
-        """The label indices present in the file (in ``rows`` only, when given)."""
-        if rows is None:
-            return set(self.labels)
-        return {self.labels[i] for i in rows}
-
 
 def _task_id(row: dict[str, Any], number: int, path: str | Path) -> int:
     value = cell(row, "task_id", number, path)
