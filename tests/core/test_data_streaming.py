@@ -166,3 +166,21 @@ def test_building_a_dataset_from_a_large_csv_stays_within_a_memory_bound(tmp_pat
     growth = peak - floor
     assert growth < GROWTH_BOUND_MB, f"{path.stat().st_size / 2**20:.0f} MB CSV, {rows} rows: +{growth:.0f} MB RSS"
 
+
+
+def test_causal_lm_reads_paragraphs_and_rows_lazily(tmp_path) -> None:
+    book = tmp_path / "book.txt"
+    book.write_bytes(b"one two three\r\n\r\nfour five\r\nsix\r\n  \r\n\r\nseven\r\n")
+    data = CausalLMDataset(book, WordTokenizer(), max_length=16)
+    words = [["one", "two", "three"], ["four", "five", "six"], ["seven"]]
+    assert [len(data[i]["input_ids"]) for i in range(len(data))] == [len(w) + 1 for w in words]  # + end of text
+    assert data[1]["input_ids"][:-1] == WordTokenizer()("four five six")["input_ids"]
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text("\n".join(json.dumps({"q": "a long long question", "a": f"answer {i}"}) for i in range(6)))
+    lazy = CausalLMDataset(chat, WordTokenizer(), prompt_column="q", response_column="a", max_length=8)
+    assert lazy[5]["labels"][:4] == [-100] * 4 and lazy[5]["labels"][4:] == lazy[5]["input_ids"][4:]
+    with pytest.raises(DataError, match="no example has a token to learn"):
+        CausalLMDataset(chat, WordTokenizer(), prompt_column="q", response_column="a", max_length=4)
+    packed = CausalLMDataset(chat, WordTokenizer(), prompt_column="q", response_column="a", max_length=7,
+                             packing=True)
+    assert len(packed) == 6 and all(len(packed[i]["input_ids"]) == 7 for i in range(len(packed)))
