@@ -42,6 +42,17 @@ def decode_line(raw: bytes, path: Path, where: str) -> str:
                         "save the file as UTF-8") from None
 
 
+def csv_problem(exc: csv.Error) -> str:
+    """What a csv error means for the user, with the fix where there is one."""
+    text = str(exc)
+    if "new-line character" in text:
+        return "its lines end in a bare carriage return (an old Mac format); save it with \\n or \\r\\n line endings"
+    if "field larger than field limit" in text:
+        return (f"a cell longer than {csv.field_size_limit():,} characters; most often a quote (\") that is never "
+                "closed, so the rest of the file reads as one cell")
+    return text
+
+
 class RowTable:
     """A CSV (header line first) or JSONL (one object per line) file as rows, parsed on demand.
 
@@ -164,7 +175,7 @@ class RowTable:
         try:
             header = next(csv.reader(lines()))
         except csv.Error as exc:
-            raise DataError(f"{self.path}, the header line: not valid CSV ({exc})") from None
+            raise DataError(f"{self.path}, the header line: not valid CSV ({csv_problem(exc)})") from None
         return header, position
 
     def _scan_csv(self, f: BinaryIO, offsets: array) -> Iterator[dict[str, Any]]:
@@ -187,7 +198,7 @@ class RowTable:
             except StopIteration:
                 break
             except csv.Error as exc:
-                raise DataError(f"{self.path}, row {len(offsets) + 1}: not valid CSV ({exc})") from None
+                raise DataError(f"{self.path}, row {len(offsets) + 1}: not valid CSV ({csv_problem(exc)})") from None
             # csv reads a line at a time and stops at the end of a record, so the record began
             # where the previous one ended.
             if record:  # a blank line is no row (as DictReader)
@@ -234,8 +245,14 @@ class RowTable:
 
     def _line_number(self, offset: int) -> int:
         """The line at byte ``offset`` (from 1): counted only for an error message."""
+        lines, left = 1, offset
         with self.path.open("rb") as f:
-            return f.read(offset).count(b"\n") + 1
+            while left > 0:  # in chunks: the row may be gigabytes into the file
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    break
+                lines, left = lines + chunk.count(b"\n"), left - len(chunk)
+        return lines
 
     def _handle(self) -> BinaryIO:
         if self._file is None or self._file_pid != os.getpid():

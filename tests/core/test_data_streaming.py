@@ -184,3 +184,14 @@ def test_causal_lm_reads_paragraphs_and_rows_lazily(tmp_path) -> None:
     packed = CausalLMDataset(chat, WordTokenizer(), prompt_column="q", response_column="a", max_length=7,
                              packing=True)
     assert len(packed) == 6 and all(len(packed[i]["input_ids"]) == 7 for i in range(len(packed)))
+
+
+def test_broken_csv_quoting_and_old_mac_line_ends_are_named(tmp_path) -> None:
+    unclosed = tmp_path / "unclosed.csv"
+    unclosed.write_text('text,label\nfine,a\n"never closed,b\n' + "more text,a\n" * 20000)
+    with pytest.raises(DataError, match=r"unclosed\.csv, row 2: not valid CSV \(a cell longer than .* never closed"):
+        len(RowTable(unclosed))
+    mac = tmp_path / "mac.csv"
+    mac.write_bytes(b"text,label\rfine,a\rgood,b\r")
+    with pytest.raises(DataError, match=r"mac\.csv, the header line: not valid CSV \(.*bare carriage return"):
+        len(RowTable(mac))
