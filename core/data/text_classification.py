@@ -15,7 +15,7 @@ from typing import Any
 from torch.utils.data import Dataset
 
 from .errors import DataError
-from .table_files import RowTable, TableColumn, cell, empty_cells_of, refuse_found_empty, require_columns
+from .table_files import RowTable, TableColumn, cell, refuse_found_empty, require_columns
 
 
 def label_key(label: Any) -> str:
@@ -72,15 +72,22 @@ class TextClassificationDataset(Dataset):
         unknown: str | None = None
         # One streaming pass: an empty label would train as a class of its own, an empty text as noise
         # (refused by row, all named at once); a label outside the set is named by its first row.
+        labels, keys = self.labels.append, self.text_keys.append  # the loop runs once a row: kept lean
         for number, row in enumerate(self.table.iter_rows(), start=1):
-            text, label = cell(row, text_column, number, path), cell(row, label_column, number, path)
-            empty += [(number, name) for name in empty_cells_of(row, [text_column, label_column])]
+            text, label = row.get(text_column), row.get(label_column)
+            if text is None or label is None:
+                cell(row, text_column, number, path), cell(row, label_column, number, path)  # raises, naming it
+            text = str(text)
             key = label_key(label)
-            if key and key not in index and unknown is None:
+            if not text.strip():  # the checks' is_empty, inline
+                empty.append((number, text_column))
+            if not key:
+                empty.append((number, label_column))
+            elif key not in index and unknown is None:
                 unknown = (f"{path}, row {number}: label {key!r} is not in the label set "
                            f"({', '.join(label_names)})")
-            self.labels.append(index.get(key, -1))
-            self.text_keys.append(text_key(text))
+            labels(index.get(key, -1))
+            keys(text_key(text))
             if self.task_ids is not None:
                 self.task_ids.append(_task_id(row, number, path))
         refuse_found_empty(empty, path)
