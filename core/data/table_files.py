@@ -72,6 +72,7 @@ class RowTable:
         self.path = path
         self.is_csv = suffix == ".csv"
         self._offsets: array | None = None  # start byte of every row, once a full pass has run
+        self._indexed_stat: tuple[int, int] = (-1, -1)  # (size, mtime) of the file the offsets are of
         self._header: list[str] | None = None
         self._first_keys: list[str] | None = None
         self._lock = threading.Lock()
@@ -114,10 +115,16 @@ class RowTable:
         index %= len(offsets)
         with self._lock:
             handle = self._handle()
+            stat = os.fstat(handle.fileno())
+            if (stat.st_size, stat.st_mtime_ns) != self._indexed_stat:  # offsets of another file would misread
+                raise DataError(f"data file {self.path} changed after it was read; start the run again")
             handle.seek(offsets[index])
             if self.is_csv:
                 lines = (decode_line(raw, self.path, f"row {index + 1}") for raw in handle)
-                record = next(csv.reader(lines), [])
+                try:
+                    record = next(csv.reader(lines), [])
+                except csv.Error as exc:
+                    raise DataError(f"{self.path}, row {index + 1}: not valid CSV ({csv_problem(exc)})") from None
                 return self._as_dict(record)
             raw = handle.readline()
         return self._json_row(raw, lambda: f"line {self._line_number(offsets[index])}")
@@ -141,6 +148,7 @@ class RowTable:
         """Stream the rows; with ``index``, note each row's start and keep the index when the pass completes."""
         offsets = array("q")
         with self.path.open("rb") as f:
+            stat = os.fstat(f.fileno())
             if self.is_csv:
                 rows = self._scan_csv(f, offsets)
             else:
@@ -152,7 +160,7 @@ class RowTable:
                 raise DataError(f"data file {self.path} has a header but no rows")
             raise DataError(f"data file {self.path} is empty")
         if index:
-            self._offsets = offsets
+            self._offsets, self._indexed_stat = offsets, (stat.st_size, stat.st_mtime_ns)
 
     def _read_header(self, f: BinaryIO) -> tuple[list[str], int]:
         """(header, byte offset after it); a UTF-8 BOM and blank lines before it are skipped."""

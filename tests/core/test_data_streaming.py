@@ -195,3 +195,12 @@ def test_broken_csv_quoting_and_old_mac_line_ends_are_named(tmp_path) -> None:
     mac.write_bytes(b"text,label\rfine,a\rgood,b\r")
     with pytest.raises(DataError, match=r"mac\.csv, the header line: not valid CSV \(.*bare carriage return"):
         len(RowTable(mac))
+
+
+def test_a_file_changed_after_indexing_is_named_not_misread(tmp_path) -> None:
+    path = _write_csv(tmp_path / "d.csv", [["text", "label"], ["one", "a"], ["two", "b"]])
+    table = RowTable(path)
+    assert table.row(1) == {"text": "two", "label": "b"}
+    path.write_text("text,label\nsomething much longer than before,a\ntwo,b\n")
+    with pytest.raises(DataError, match=r"d\.csv changed after it was read; start the run again"):
+        table.row(1)
