@@ -126,6 +126,7 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
     data = build_datasets(config.data, loaded, labels)
     if data.skipped:
         notes.append(f"{len(data.skipped)} unreadable image(s) skipped, e.g. {data.skipped[0]}")
+    notes += data.warnings  # data that reads but may mislead (texts in both splits, a class on one side only)
     model = loaded.model.to(device)
     model.train()
     t = config.training

@@ -152,3 +152,21 @@ def test_a_truncated_jpeg_is_refused_or_skipped_when_the_run_is_built(tmp_path) 
     assert [p.rsplit("/", 1)[-1] for p in bundle.skipped] == ["cut.jpg"] and len(bundle.train) == 4
     batch = bundle.collate([bundle.train[i] for i in range(4)])  # step 1's batch: every image decodes
     assert batch["pixel_values"].shape == (4, 3, 4, 4)
+
+
+def test_a_runs_data_warnings_reach_its_events(tmp_path) -> None:
+    import dataclasses
+
+    from lora_studio.core.demo import demo_config
+    from lora_studio.core.training import TrainingWarning, train
+
+    train_csv = _csv(tmp_path / "train.csv", [("a fine film", "a"), ("bad film", "b"), ("other", "a"), ("more", "b")])
+    val_csv = _csv(tmp_path / "val.csv", [("bad film", "b"), ("new one", "a")])
+    config = demo_config("text", output_dir=tmp_path / "run", steps=1)
+    config = config.replace(
+        data=dataclasses.replace(config.data, train=str(train_csv), validation=str(val_csv), validation_split=0.0),
+        training=dataclasses.replace(config.training, eval_every=0, checkpoint_every=0, device="cpu", batch_size=2))
+    events = []
+    assert train(config, events.append).status == "finished"
+    assert any(isinstance(e, TrainingWarning) and "val.csv" in e.message and "training example" in e.message
+               for e in events)
