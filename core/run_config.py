@@ -38,6 +38,7 @@ SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 NONFINITE_ACTIONS = ("stop", "skip")
+OPTIMIZERS = ("adamw", "adamw_8bit")
 BAD_IMAGE_ACTIONS = ("skip", "error")
 MODES = ("lora", "full", "head")
 MODE_TITLES = {"lora": "LoRA", "full": "full fine-tuning", "head": "head-only"}  # "a full fine-tuning run"
@@ -268,6 +269,11 @@ class TrainingConfig:
     )
     log_every: int = field(default=1, metadata=_help("Emit step metrics every N steps."))
     num_workers: int = field(default=0, metadata=_help("DataLoader worker processes (0 = load in the training process)."))
+    optimizer: str = field(default="adamw", metadata=_help(
+        "adamw, or adamw_8bit (bitsandbytes' 8-bit AdamW: less optimizer memory; CUDA with bitsandbytes only)."))
+    neftune_alpha: float = field(default=0.0, metadata=_help(
+        "NEFTune: uniform noise of scale alpha/sqrt(length × width) on the input embeddings while training "
+        "(5 is usual for instruction tuning); 0 = off."))
 
     def __post_init__(self) -> None:
         self.validate()
@@ -316,6 +322,8 @@ class TrainingConfig:
         _choice(s, self, "nonfinite", NONFINITE_ACTIONS)
         _int(s, self, "log_every", 1)
         _int(s, self, "num_workers", 0)
+        _choice(s, self, "optimizer", OPTIMIZERS)
+        _number(s, self, "neftune_alpha", 0.0)
         if self.batch_size % self.grad_accumulation:
             raise _fail(s, "batch_size", f"must be a multiple of grad_accumulation ({self.grad_accumulation})", self.batch_size)
 

@@ -4,14 +4,19 @@
 * ``.jsonl`` — a ``text`` column, or a prompt and a response column: the prompt's
   tokens are masked out of the loss (label ``-100``), so the model learns to answer,
   not to repeat questions.
-* packing joins every example (each ending in the end-of-text token) into blocks of
-  exactly ``max_length`` tokens: no padding, every token trains.
+* packing (:class:`.packing.PackedDataset`) puts whole examples (each ending in the end-of-text
+  token) side by side in rows of at most ``max_length`` tokens, with positions restarting at 0
+  and a block-diagonal attention mask: little padding, and no token attends across examples, so
+  each example trains exactly as it would alone.  (Before issue 17 packing cut one token stream
+  into blocks of exactly ``max_length``, attention crossing examples and examples split.)
+* an example longer than ``max_length`` is cut to it; how many were cut is counted
+  (``truncated`` of ``counted``) and a run warns about it.
 
 The file is read lazily: one pass checks every row (an empty cell is named) and notes where
 each example starts (:class:`.table_files.RowTable`, or a paragraph index for ``.txt``);
-without packing an example is read and tokenised when it is asked for.  Packing needs the
-token count of the whole file, so it tokenises once into compact arrays (4 bytes a token
-and 1 for its loss mask), never into Python lists.
+without packing an example is read and tokenised when it is asked for (the truncation count
+looks at the first :data:`COUNTED_EXAMPLES` examples, so a huge file still starts quickly).
+Packing needs the length of every example, so it tokenises once into compact arrays.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from torch.utils.data import Dataset
 
 from .collate import IGNORE_INDEX
 from .errors import DataError, require_file
+from .packing import PackedDataset
 from .table_files import RowTable, cell, decode_line, empty_cells_of, refuse_found_empty, require_columns
 
 
@@ -127,6 +133,9 @@ def encode_pair(tokenizer: Any, prompt: str, response: str) -> tuple[list[int], 
     return list(prompt_ids) + list(response_ids) + ([eos] if eos is not None else []), len(prompt_ids)
 
 
+COUNTED_EXAMPLES = 20_000  # without packing, the truncation count reads at most this many examples first
+
+
 def has_target(labels: list[int]) -> bool:
     """True when an example has a next-token target the loss takes (a label after the first position)."""
     return any(t != IGNORE_INDEX for t in labels[1:])
@@ -136,7 +145,9 @@ class CausalLMDataset(Dataset):
     """Examples ``{"input_ids": [...], "labels": [...]}``; labels are -100 where no loss is taken.
 
     Without packing an example whose prompt fills ``max_length`` has no target and adds nothing to
-    the loss (the loss is summed over targets); a file where no example has one is refused.
+    the loss (the loss is summed over targets); a file where no example has one is refused.  With
+    packing the items are :class:`.packing.PackedDataset` rows (with ``position_ids``).
+    ``truncated`` examples of the ``counted`` first ones are longer than ``max_length`` (cut).
     """
 
     def __init__(self, path: str | Path, tokenizer: Any, *, text_column: str = "text", prompt_column: str | None = None,
@@ -144,41 +155,37 @@ class CausalLMDataset(Dataset):
         path = require_file(path)
         self.path, self.tokenizer, self.max_length, self.packing = path, tokenizer, max_length, packing
         self.pairs = prompt_response_pairs(path, text_column, prompt_column, response_column)
-        self.ids = array("i")
-        self.learn = bytearray()
+        self.packed: PackedDataset | None = None
         if packing:
-            self._pack()
-        elif not any(has_target(self[i]["labels"]) for i in range(len(self.pairs))):  # stops at the first found
+            self.packed = PackedDataset(self._full_examples(), max_length, source=str(path))
+            self.truncated, self.counted = self.packed.truncated, self.packed.counted
+            return
+        self.truncated, self.counted, learns = 0, 0, False
+        for index in range(min(len(self.pairs), COUNTED_EXAMPLES)):
+            example = self._full_example(index)
+            self.counted += 1
+            self.truncated += len(example["input_ids"]) > max_length
+            learns = learns or has_target(example["labels"][:max_length])
+        index = self.counted
+        while not learns and index < len(self.pairs):  # past the counted ones: stop at the first found
+            learns = has_target(self[index]["labels"])
+            index += 1
+        if not learns:
             raise DataError(f"{path}: no example has a token to learn (prompts longer than max_length?)")
 
-    def _pack(self) -> None:
-        """Tokenise every example once into ``ids`` (and ``learn``: 1 where the loss takes the token)."""
-        for prompt, response in self.pairs:
-            ids, prompt_len = encode_pair(self.tokenizer, prompt, response)
-            self.ids.extend(ids)
-            self.learn.extend(b"\x00" * prompt_len + b"\x01" * (len(ids) - prompt_len))
-        self.blocks = len(self.ids) // self.max_length
-        if self.blocks == 0:
-            raise DataError(f"{self.path} holds {len(self.ids)} tokens, fewer than one packed block of "
-                            f"{self.max_length}; lower data.max_length or turn packing off")
-        # A packed block has a target unless every token after its first is a prompt's.
-        self.kept = array("q", [b for b in range(self.blocks) if self._learn_in(b)])
-        if not self.kept:
-            raise DataError(f"{self.path}: no example has a token to learn (prompts longer than max_length?)")
+    def _full_example(self, index: int) -> dict[str, list[int]]:
+        ids, prompt_len = encode_pair(self.tokenizer, *self.pairs[index])
+        return {"input_ids": ids, "labels": [IGNORE_INDEX] * prompt_len + ids[prompt_len:]}
 
-    def _learn_in(self, block: int) -> bool:
-        start = block * self.max_length
-        return any(self.learn[start + 1:start + self.max_length])
+    def _full_examples(self) -> Iterator[dict[str, list[int]]]:
+        for index in range(len(self.pairs)):
+            yield self._full_example(index)
 
     def __len__(self) -> int:
-        return len(self.kept) if self.packing else len(self.pairs)
+        return len(self.packed) if self.packed is not None else len(self.pairs)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.packing:
-            start = self.kept[index] * self.max_length
-            ids = self.ids[start:start + self.max_length].tolist()
-            learn = self.learn[start:start + self.max_length]
-            return {"input_ids": ids, "labels": [t if m else IGNORE_INDEX for t, m in zip(ids, learn)]}
-        ids, prompt_len = encode_pair(self.tokenizer, *self.pairs[index])
-        labels = [IGNORE_INDEX] * prompt_len + ids[prompt_len:]
-        return {"input_ids": ids[:self.max_length], "labels": labels[:self.max_length]}
+        if self.packed is not None:
+            return self.packed[index]
+        example = self._full_example(index)
+        return {"input_ids": example["input_ids"][:self.max_length], "labels": example["labels"][:self.max_length]}

@@ -13,15 +13,19 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 
 from ..adapter.config import LoraConfig
 from ..adapter.lifecycle import attach, oversized_ranks
 from ..adapter.target_matching import in_modules_to_save
 from ..data import DataBundle, build_datasets, read_label_names
+from ..data.packing import truncation_note
 from ..models import LoadedModel, load_model
 from ..run_config import RunConfig
 from .batch_plan import BatchPlan
 from .distributed import DistContext
+from .neftune import add_neftune
+from .optimizers import build_optimizer
 from .variant_hooks import optimizer_param_groups
 
 _AUTOCAST_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -43,6 +47,13 @@ class RunSetup:
     dist: DistContext
     autocast: Callable[[], AbstractContextManager]
     warnings: list[str] = field(default_factory=list)
+    hooks: list[RemovableHandle] = field(default_factory=list)  # on the model for this run only (NEFTune)
+
+    def remove_hooks(self) -> None:
+        """Take this run's hooks off the model (the run has ended; the model may be used on)."""
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks.clear()
 
 
 def build_model(config: RunConfig, *, attach_adapter: bool = True,
@@ -127,6 +138,9 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
     if data.skipped:
         notes.append(f"{len(data.skipped)} unreadable image(s) skipped, e.g. {data.skipped[0]}")
     notes += data.warnings  # data that reads but may mislead (texts in both splits, a class on one side only)
+    cut = truncation_note(data.train, data.validation)
+    if cut:
+        notes.append(cut)
     model = loaded.model.to(device)
     model.train()
     t = config.training
@@ -139,7 +153,11 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
     groups = optimizer_param_groups(model, lr=t.lr, weight_decay=t.weight_decay)
     for group in groups:
         group["initial_lr"] = group["lr"]  # the schedule scales each group's own peak (LoRA+ has two)
-    optimizer = torch.optim.AdamW(groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay)
+    optimizer = build_optimizer(t.optimizer, groups, lr=t.lr, betas=tuple(t.betas), weight_decay=t.weight_decay,
+                                device=device)
+    hooks = [add_neftune(model, t.neftune_alpha)] if t.neftune_alpha > 0 else []
+    if config.data.packing and any(p.dtype != torch.float32 for p in model.parameters()):
+        hooks.append(model.register_forward_pre_hook(_mask_in_model_dtype, with_kwargs=True))
     mixed = t.precision != "float32"
     if mixed and device.type != "cuda":
         notes.append(f"mixed precision ({t.precision}) runs on CUDA only; training in float32 on {device.type}")
@@ -151,7 +169,21 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
             return contextlib.nullcontext()
         return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[t.precision])
 
-    return RunSetup(config, loaded, model, train_model, data, plan, optimizer, scaler, device, dist, autocast, notes)
+    return RunSetup(config, loaded, model, train_model, data, plan, optimizer, scaler, device, dist, autocast, notes,
+                    hooks)
+
+
+def _mask_in_model_dtype(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+    """Cast a packed batch's additive 4D mask (float32) to the dtype of the model's embeddings:
+    SDPA refuses a float mask of another dtype than its queries (a bfloat16 or float16 model)."""
+    mask = kwargs.get("attention_mask")
+    if isinstance(mask, torch.Tensor) and mask.dim() == 4 and mask.is_floating_point():
+        get = getattr(module, "get_input_embeddings", None)
+        embedding = get() if callable(get) else None
+        weight = getattr(embedding, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dtype != mask.dtype:
+            kwargs = {**kwargs, "attention_mask": mask.to(weight.dtype)}
+    return args, kwargs
 
 
 def trainable_parameters(model: nn.Module) -> list[nn.Parameter]:

@@ -149,6 +149,8 @@ def train(
     except Exception as exc:  # a bug or an unexpected library error: report it, keep the caller alive
         return failed(f"training failed: {type(exc).__name__}: {exc}", "error", traceback.format_exc())
     finally:
+        if setup is not None:
+            setup.remove_hooks()  # NEFTune's noise is for this run's training only
         if live is not None:
             live.withdraw()
         if log is not None:
