@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..adapter.lifecycle import variant_inputs
-from ..data.collate import IGNORE_INDEX, MODEL_INPUTS
+from ..data.collate import IGNORE_INDEX, MODEL_INPUTS, batch_tokens
 
 
 @dataclass
@@ -50,7 +50,7 @@ def score_batch(model: nn.Module, batch: dict[str, torch.Tensor], task: str, for
     """Forward ``batch`` (already on the device) and return its summed loss and counts."""
     logits = model_logits(model, batch, forward_style)
     labels = batch["labels"]
-    tokens = int(batch["attention_mask"].sum()) if "attention_mask" in batch else None
+    tokens = batch_tokens(batch)  # a packed batch's 4D mask does not sum to its tokens
     if task == "causal-lm":
         shifted, targets = logits[:, :-1].float(), labels[:, 1:]
         loss = F.cross_entropy(shifted.reshape(-1, shifted.shape[-1]), targets.reshape(-1),
