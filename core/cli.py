@@ -164,10 +164,16 @@ def _build_parser() -> argparse.ArgumentParser:
     what = export.add_mutually_exclusive_group(required=True)
     what.add_argument("--adapter", metavar="OUT", help="write the adapter (PEFT format) to this folder")
     what.add_argument("--merged", metavar="OUT", help="write the merged model to this folder")
+    what.add_argument("--gguf", metavar="OUT.gguf", help="write the merged model as a llama.cpp GGUF file "
+                      "(GPT-2, Llama-family)")
+    what.add_argument("--gguf-adapter", metavar="OUT.gguf", help="write the LoRA adapter as a llama.cpp GGUF "
+                      "adapter (llama-cli --lora OUT.gguf)")
     export.add_argument("--which", choices=("final", "best"), default="final",
                         help="the final weights (newest checkpoint) or the best evaluation's adapter")
     export.add_argument("--precision", choices=("float32", "float16", "bfloat16"), default="float32",
                         help="merged model precision (default float32)")
+    export.add_argument("--gguf-type", choices=("f32", "f16", "bf16", "q8_0"), default=None,
+                        help="GGUF tensor type (default: f16 for a model, f32 for an adapter)")
     export.add_argument("--checksum", action="store_true",
                         help="record the merged weights' SHA-256 in the export's sidecar (plain models; "
                              "costs about 2.5x the write itself)")
@@ -407,9 +413,12 @@ def _run_export(args: argparse.Namespace) -> int:
     from .training import load_run_config
     from .training.trained_run import load_trained_run
 
-    out = Path(args.adapter or args.merged)
-    if args.merged and out.suffix == ".safetensors":  # a plain model's file: its folder must be one
-        check_output_folder(out.parent, "--merged", what="the export's folder")
+    out = Path(args.adapter or args.merged or args.gguf or args.gguf_adapter)
+    gguf_flag = "--gguf" if args.gguf else "--gguf-adapter" if args.gguf_adapter else None
+    if gguf_flag and out.suffix != ".gguf":
+        raise ValueError(f"{gguf_flag} {out}: a GGUF file's name ends in .gguf (llama.cpp looks for it)")
+    if gguf_flag or (args.merged and out.suffix == ".safetensors"):  # a file: its folder must be one
+        check_output_folder(out.parent, gguf_flag or "--merged", what="the export's folder")
     else:
         check_output_folder(out, "--adapter" if args.adapter else "--merged", what="the export folder")
     run_dir = Path(args.run_dir)
@@ -422,11 +431,21 @@ def _run_export(args: argparse.Namespace) -> int:
     else:
         config = load_run_config(run_dir)
         full = not config.training.trains_adapter
-        if full and args.adapter:
+        if full and (args.adapter or args.gguf_adapter):
             raise ValueError(f"{run_dir} is a {config.training.mode_title} run: it holds the whole model, no adapter; "
                              "use --merged OUT to write the model")
         _no_loading_bar()
         loaded = load_trained_run(run_dir, args.which)
+    if gguf_flag:
+        from .disk.gguf_export import export_gguf, export_gguf_adapter
+
+        if args.gguf:
+            written = export_gguf(loaded.model, out, loaded.tokenizer, precision=args.gguf_type or "f16")
+        else:
+            written = export_gguf_adapter(loaded.model, out, precision=args.gguf_type or "f32")
+        print(f"GGUF {written.kind} ({written.architecture}, {written.precision}, {written.tensors} tensors) "
+              f"written to {written.path}")
+        return EXIT_OK
     if args.adapter:
         summary = {"label_names": loaded.label_names} if loaded.label_names else None  # predict names its classes
         path = save_adapter(loaded.model, args.adapter, base_model_name_or_path=loaded.name_or_path,
