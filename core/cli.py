@@ -3,7 +3,9 @@
 * ``train RUN.toml`` — run a training config; ``resume RUN_DIR`` — continue (or extend) it.
 * ``inspect MODEL`` — a model's layer tree with counts (built on the meta device);
   ``describe`` is the same command under its first name.
-* ``export RUN_DIR --adapter OUT | --merged OUT`` — the trained adapter (PEFT format) or a merged model;
+* ``export RUN_DIR --adapter OUT | --merged OUT | --gguf OUT.gguf | --gguf-adapter OUT.gguf`` — the trained
+  adapter (PEFT format), a merged model, or either as a llama.cpp GGUF file;
+  ``push RUN_DIR OWNER/NAME [--merged] [--private]`` — the same to the Hugging Face Hub, with a model card;
   ``export ADAPTER_FOLDER --merged OUT`` merges any one adapter folder (ours, PEFT's, a combined one) into its base.
 * ``predict PATH INPUT...`` — a trained classifier on texts or images (a run folder, an adapter
   folder, ours or PEFT's, or a merged export), ``--base`` beside its base model.
@@ -178,6 +180,22 @@ def _build_parser() -> argparse.ArgumentParser:
                         help="record the merged weights' SHA-256 in the export's sidecar (plain models; "
                              "costs about 2.5x the write itself)")
     export.set_defaults(run=_run_export)
+
+    push = sub.add_parser("push", help="upload a run's adapter or merged model to the Hugging Face Hub",
+                          description="Upload RUN_DIR's adapter (PEFT format, default) or merged model to Hub "
+                          "repository REPO_ID (owner/name, created when missing) with a generated model card "
+                          "(README.md) and its loss plot. Needs a login (`huggingface-cli login` or HF_TOKEN); "
+                          "the upload is one commit, so a failed push changes nothing there.")
+    push.add_argument("run_dir", metavar="RUN_DIR", help="the run folder")
+    push.add_argument("repo_id", metavar="REPO_ID", help="the repository, owner/name")
+    kind = push.add_mutually_exclusive_group()
+    kind.add_argument("--adapter", dest="kind", action="store_const", const="adapter",
+                      help="push the adapter (the default)")
+    kind.add_argument("--merged", dest="kind", action="store_const", const="merged", help="push the merged model")
+    push.add_argument("--private", action="store_true", help="create the repository private")
+    push.add_argument("--which", choices=("final", "best"), default="final",
+                      help="the final weights (newest checkpoint) or the best evaluation's")
+    push.set_defaults(run=_run_push, kind="adapter")
 
     trained_help = ("a run folder (run.toml), an adapter folder (adapter_config.json, ours or PEFT's) or a merged "
                     "export (a transformers folder, or a .safetensors file with its .export.json)")
@@ -457,6 +475,15 @@ def _run_export(args: argparse.Namespace) -> int:
     what = f"model of the {config.training.mode_title} run" if full else "merged model"
     which = "" if (run_dir / "adapter_config.json").is_file() else f", the {args.which} weights"
     print(f"{what} ({result.kind}, {result.precision}{which}) written to {result.path}")
+    return EXIT_OK
+
+
+def _run_push(args: argparse.Namespace) -> int:
+    from .training.hub_push import push_run
+
+    _no_loading_bar()
+    result = push_run(args.run_dir, args.repo_id, kind=args.kind, private=args.private, which=args.which)
+    print(f"{result.kind} of {args.run_dir} pushed to {result.url} ({len(result.files)} files, with its model card)")
     return EXIT_OK
 
 
