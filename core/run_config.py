@@ -34,6 +34,9 @@ TASKS = ("image-classification", "sequence-classification", "causal-lm")
 DTYPES = ("float32", "float16", "bfloat16")
 DATA_KINDS = ("image-folder", "text-classification", "causal-lm", "torchvision", "digits")
 DIGIT_SHIFTS = ("none", "rotate", "mirror", "invert")
+DATA_FORMATS = ("auto", "alpaca", "sharegpt", "messages", "text", "prompt-response")  # core/data/chat_formats.py
+CHAT_TEMPLATE_CHOICES = ("auto", "chatml", "llama-3", "mistral", "gemma")  # core/data/chat_templates.py; or Jinja
+LOSS_ON_CHOICES = ("auto", "assistant", "response", "all")
 SCHEDULES = ("cosine", "linear", "constant")
 PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
@@ -151,7 +154,8 @@ class DataConfig:
 
     kind: str = field(
         default="digits",
-        metadata=_help("image-folder, text-classification (CSV/JSONL), causal-lm (text/JSONL), torchvision, digits."),
+        metadata=_help("image-folder, text-classification (CSV/JSONL), causal-lm (text, instructions, chats), "
+                       "torchvision, digits."),
     )
     train: str | None = field(
         default=None, metadata=_help("Training file or folder (the torchvision dataset's name for kind torchvision).")
@@ -173,6 +177,30 @@ class DataConfig:
     max_length: int = field(default=128, metadata=_help("Tokens per example (longer ones are cut)."))
     packing: bool = field(
         default=False, metadata=_help("Causal LM: join examples into full max_length blocks (no padding wasted).")
+    )
+    format: str = field(
+        default="auto",
+        metadata=_help("Causal LM rows: auto (from the columns), alpaca, sharegpt, messages, text or prompt-response."),
+    )
+    chat_template: str = field(
+        default="auto",
+        metadata=_help("Chat data: auto (the tokenizer's own, else chatml), chatml, llama-3, mistral, gemma, or a "
+                       "Jinja template."),
+    )
+    loss_on: str = field(
+        default="auto",
+        metadata=_help("Causal LM loss on: assistant turns, the response (last answer), or all tokens; auto: "
+                       "assistant for chats, response for instructions, all for text."),
+    )
+    dataset_split: str = field(
+        default="train", metadata=_help("Hub datasets and save_to_disk folders: the split to train on.")
+    )
+    validation_dataset_split: str = field(
+        default="validation",
+        metadata=_help("Hub datasets and save_to_disk folders: the split data.validation reads."),
+    )
+    dataset_subset: str | None = field(
+        default=None, metadata=_help("Hub datasets: the subset (configuration) name, when the dataset has several.")
     )
     image_size: int | None = field(
         default=None, metadata=_help("Resize images to this square size; the model's own preprocessing if left out.")
@@ -217,6 +245,21 @@ class DataConfig:
             raise _fail("data", "response_column", "must be given together with prompt_column", self.response_column)
         _int("data", self, "max_length", 2)
         _bool("data", self, "packing")
+        _choice("data", self, "format", DATA_FORMATS)
+        template = self.chat_template
+        if not isinstance(template, str) or not (template in CHAT_TEMPLATE_CHOICES or "{{" in template or "{%" in template):
+            raise _fail("data", "chat_template", f"must be one of {', '.join(CHAT_TEMPLATE_CHOICES)} or a Jinja "
+                        "template (text with {{ }} or {% %})", self.chat_template)
+        _choice("data", self, "loss_on", LOSS_ON_CHOICES)
+        if self.format == "text" and self.loss_on not in ("auto", "all"):
+            raise _fail("data", "loss_on", "must be 'all' (or 'auto') for plain text, which has no prompt",
+                        self.loss_on)
+        if self.format == "prompt-response" and self.prompt_column is None:
+            raise _fail("data", "prompt_column", "must be given for data.format prompt-response", self.prompt_column)
+        for name in ("dataset_split", "validation_dataset_split"):
+            if not isinstance(getattr(self, name), str) or not getattr(self, name):
+                raise _fail("data", name, "must be a split name", getattr(self, name))
+        _optional_str("data", self, "dataset_subset")
         if self.image_size is not None:
             _int("data", self, "image_size", 4)
         _choice("data", self, "bad_images", BAD_IMAGE_ACTIONS)

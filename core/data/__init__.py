@@ -11,6 +11,8 @@ Bad data raises :class:`DataError` with a message naming the file, row and fix.
 
 from .bundle import DEMO_SENTENCES, DataBundle, build_datasets, demo_sentences_path, read_label_names
 from .causal_lm import CausalLMDataset
+from .chat_dataset import ChatDataset
+from .chat_templates import BUILTIN_TEMPLATES, resolve_chat_template
 from .checks import BadItem, CheckCancelled, DataCheck, check_data
 from .collate import IGNORE_INDEX, MODEL_INPUTS, make_collate
 from .digits import load_digits_tensors
@@ -18,12 +20,26 @@ from .errors import DataError
 from .example_batch import EXAMPLE_BATCH, export_example_inputs
 from .image_folder import ImageFolderDataset, check_image_file
 from .kinds import KIND_TASKS, data_kind_problem, fitting_data_kinds
-from .preview import DataPreview, PreviewSample, data_columns, preview_data
+from .preview import (
+    DataPreview,
+    PreviewSample,
+    RenderedPreview,
+    RenderedSample,
+    data_columns,
+    preview_data,
+    preview_rendered,
+)
 from .splits import split_dataset
 from .table_files import empty_cells
 from .text_classification import TextClassificationDataset
 
 __all__ = [
+    "BUILTIN_TEMPLATES",
+    "ChatDataset",
+    "RenderedPreview",
+    "RenderedSample",
+    "preview_rendered",
+    "resolve_chat_template",
     "DEMO_SENTENCES",
     "EXAMPLE_BATCH",
     "IGNORE_INDEX",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
@@ -16,6 +17,9 @@ from ..disk.resource_files import demo_file
 from ..models.loaded_model import LoadedModel
 from ..run_config import DataConfig
 from .causal_lm import CausalLMDataset
+from .chat_dataset import ChatDataset, detected_format
+from .chat_formats import CHAT_FORMATS
+from .chat_templates import resolve_chat_template
 from .collate import make_collate
 from .digits import DIGIT_NAMES, TensorExamples, digits_split, load_digits_tensors
 from .errors import DataError
@@ -38,6 +42,10 @@ class DataBundle:
     label_names: list[str] | None  # None for language modelling
     skipped: list[str] = field(default_factory=list)  # unreadable files left out (bad_images = 'skip')
     warnings: list[str] = field(default_factory=list)  # data that trains but may mislead (sanity.check_bundle)
+    # Chat data: the Jinja text the examples were rendered with (also set as the tokenizer's chat_template, so
+    # generation and a merged export's tokenizer use it); save it with the run and its adapter
+    # (disk.adapter_folder.write_chat_template).  None when no template rendered the data.
+    chat_template: str | None = None
 
 
 def read_label_names(config: DataConfig) -> list[str] | None:
@@ -73,6 +81,7 @@ def build_datasets(config: DataConfig, loaded: LoadedModel, label_names: list[st
                         "outputs; set model.num_classes (a new head) or fix the label set")
     pad_id = 0
     skipped: list[str] = []
+    chat: dict[str, str] = {}  # causal LM through ChatDataset: the template and format the first dataset found
     if config.kind == "digits":
         images, labels = load_digits_tensors(config.shift)
         train_idx, val_idx = digits_split(len(labels), seed=config.split_seed)
@@ -89,6 +98,8 @@ def build_datasets(config: DataConfig, loaded: LoadedModel, label_names: list[st
             if config.kind == "text-classification":
                 return TextClassificationDataset(path, tokenizer, label_names, text_column=config.text_column,
                                                  label_column=config.label_column, max_length=config.max_length)
+            if uses_chat_dataset(config):
+                return chat_causal_lm(config, tokenizer, path, chat, validation=path != config.train)
             return CausalLMDataset(path, tokenizer, text_column=config.text_column, prompt_column=config.prompt_column,
                                    response_column=config.response_column, max_length=config.max_length,
                                    packing=config.packing)
@@ -118,8 +129,52 @@ def build_datasets(config: DataConfig, loaded: LoadedModel, label_names: list[st
     else:
         train, validation = split_dataset(data, config.validation_split, config.split_seed)
     warnings = check_bundle(config.kind, config.train, config.validation, train, validation, label_names)
+    if config.kind == "causal-lm" and chat.get("rendered") and chat.get("note"):
+        warnings.append(chat["note"])
     return DataBundle(first(train, config.max_samples), validation, make_collate(pad_id), label_names, skipped,
-                      warnings)
+                      warnings, chat_template=chat.get("rendered"))
+
+
+def uses_chat_dataset(config: DataConfig) -> bool:
+    """True when causal-LM data goes through :class:`.chat_dataset.ChatDataset` (templates, other sources);
+    False for the .txt/.csv/.jsonl text and prompt/response files :class:`.causal_lm.CausalLMDataset` reads."""
+    sources = [config.train] + ([config.validation] if config.validation else [])
+    if any(Path(str(s)).suffix.lower() not in (".txt", ".csv", ".jsonl") for s in sources):
+        return True  # .json lists, Parquet, Arrow, save_to_disk folders, hub ids
+    if config.format in CHAT_FORMATS or config.loss_on == "all" and config.prompt_column:
+        return True
+    if config.format != "auto" or Path(str(config.train)).suffix.lower() == ".txt":
+        return False
+    return detected_format(config) in CHAT_FORMATS
+
+
+def chat_causal_lm(config: DataConfig, tokenizer: Any, path: str, chat: dict[str, str], *,
+                   validation: bool = False) -> Dataset:
+    """The :class:`.chat_dataset.ChatDataset` of ``path`` (packed when data.packing).
+
+    ``chat`` is shared by the train and validation calls: it gets the resolved template (``template``),
+    the ``note`` to warn with when auto fell back to a built-in, the detected ``format`` and, when a
+    template rendered the examples, ``rendered`` (that template)."""
+    if "template" not in chat:
+        name, template, note = resolve_chat_template(config.chat_template, tokenizer)
+        chat.update(template=template, name=name, **({"note": note} if note else {}))
+    dataset = ChatDataset(path, tokenizer, fmt=chat.get("format", config.format), template=chat["template"],
+                          loss_on=config.loss_on, max_length=config.max_length, text_column=config.text_column,
+                          prompt_column=config.prompt_column, response_column=config.response_column,
+                          split=config.validation_dataset_split if validation else config.dataset_split,
+                          subset=config.dataset_subset)
+    chat["format"] = dataset.format  # validation data is read in the training data's format
+    if dataset.format in CHAT_FORMATS:
+        chat["rendered"] = chat["template"]
+        tokenizer.chat_template = chat["template"]  # generation and the exported tokenizer render as training did
+    if not config.packing:
+        return dataset
+    try:
+        from .packing import PackedDataset
+    except ImportError:
+        raise DataError("packing is not yet available for chat data; set data.packing = false") from None
+    full = (dataset.full_example(i) for i in range(len(dataset)))
+    return PackedDataset(full, config.max_length, source=dataset.name)
 
 
 def _image_transform(config: DataConfig, loaded: LoadedModel) -> Callable[[Any], Any]:

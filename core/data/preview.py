@@ -18,6 +18,7 @@ import torch
 
 from ..run_config import DataConfig
 from .causal_lm import prompt_response_pairs
+from .collate import IGNORE_INDEX
 from .digits import DIGIT_NAMES, load_digits_tensors
 from .errors import DataError, require_file
 from .image_folder import folder_images, image_folder_classes
@@ -150,3 +151,55 @@ def _causal_lm(config: DataConfig, count: int) -> DataPreview:
     else:
         samples = tuple(PreviewSample(None, text=t) for _, t in shown)
     return DataPreview("causal-lm", columns, samples, {}, len(pairs))
+
+
+@dataclass(frozen=True)
+class RenderedSample:
+    """One causal-LM example as training renders it: the text, and which characters the loss trains on."""
+
+    text: str  # the rendered training text (chat template applied)
+    spans: tuple[tuple[int, int, bool], ...]  # (start, end, trained) character ranges covering ``text``, in order
+    tokens: int  # tokens of the example before max_length cuts it
+    trained_tokens: int  # of those, the ones with a loss (labels != -100)
+
+
+@dataclass(frozen=True)
+class RenderedPreview:
+    """What :func:`preview_rendered` found: the first examples rendered, for the Data tab's shaded view."""
+
+    format: str  # the rows' format (alpaca, sharegpt, messages, text, prompt-response)
+    loss_on: str  # assistant, response or all (resolved from auto)
+    template_name: str | None  # 'chatml', "the tokenizer's own", 'custom'...; None when no template renders
+    template: str | None  # the Jinja text used
+    samples: tuple[RenderedSample, ...]
+    total: int  # examples in the source
+    note: str = ""  # e.g. that auto fell back to chatml
+
+
+def preview_rendered(config: DataConfig, tokenizer: Any, count: int = PREVIEW_SAMPLES) -> RenderedPreview:
+    """The first ``count`` examples of ``config``'s causal-LM training data rendered as training renders them
+    (chat template, loss mask) with ``tokenizer`` (the loaded model's); bad rows raise :class:`DataError`."""
+    from .chat_dataset import ChatDataset  # here: the plain previews above need neither a tokenizer nor Jinja
+    from .chat_formats import CHAT_FORMATS
+    from .chat_templates import resolve_chat_template
+
+    if config.kind != "causal-lm":
+        raise DataError(f"a rendered preview is for causal-lm data, not {config.kind}")
+    name, template, note = resolve_chat_template(config.chat_template, tokenizer)
+    dataset = ChatDataset(str(config.train), tokenizer, fmt=config.format, template=template, loss_on=config.loss_on,
+                          max_length=config.max_length, text_column=config.text_column,
+                          prompt_column=config.prompt_column, response_column=config.response_column,
+                          split=config.dataset_split, subset=config.dataset_subset)
+    samples = []
+    for index in range(min(count, len(dataset))):
+        pieces, example = dataset.pieces(index), dataset.full_example(index)
+        spans, at = [], 0
+        for text, trained in pieces:
+            spans.append((at, at + len(text), trained))
+            at += len(text)
+        samples.append(RenderedSample("".join(t for t, _ in pieces), tuple(spans), len(example["input_ids"]),
+                                      sum(1 for t in example["labels"] if t != IGNORE_INDEX)))
+    chat = dataset.format in CHAT_FORMATS
+    return RenderedPreview(dataset.format, dataset.loss_on, name if chat else None, template if chat else None,
+                           tuple(samples), len(dataset), note=(note or "") if chat else "")
+

@@ -6,14 +6,18 @@ Untrusted files are never unpickled (:mod:`.safe_loading`); every file is writte
 """
 
 from .adapter_folder import (
+    CHAT_TEMPLATE_NAME,
     AdapterFacts,
     AdapterFit,
     AdapterMismatchError,
+    apply_saved_chat_template,
     check_adapter_fit,
     load_adapter,
     read_adapter_facts,
     read_adapter_folder,
+    read_chat_template,
     save_adapter,
+    write_chat_template,
 )
 from .atomic_files import atomic_path, atomic_write_json, atomic_write_text, replace_folder
 from .error_reports import REPORT_PREFIX, write_error_report
@@ -23,6 +27,10 @@ from .resource_files import demo_file
 from .safe_loading import CorruptFileError, UnsafeFileError, load_safetensors, load_weights
 
 __all__ = [
+    "CHAT_TEMPLATE_NAME",
+    "apply_saved_chat_template",
+    "read_chat_template",
+    "write_chat_template",
     "PRECISIONS",
     "REPORT_PREFIX",
     "AdapterFacts",

@@ -49,7 +49,7 @@ from ..layers import iter_logical_modules, wrapper_for
 from ..layers.behaviour import all_finite
 from ..variants import available_variants, get_variant
 from ..variants.pissa import OriginalBase, convert_pissa
-from .atomic_files import staged_folder
+from .atomic_files import atomic_write_text, staged_folder
 from .peft_lora_format import (
     PEFT_PREFIX,
     adapter_tensors,
@@ -75,6 +75,7 @@ ADAPTER_CONFIG_NAME = "adapter_config.json"
 ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 LEGACY_WEIGHTS_NAME = "adapter_model.bin"
 STUDIO_METADATA_NAME = "lora_studio_adapter.json"
+CHAT_TEMPLATE_NAME = "chat_template.jinja"  # the run's chat template, beside an adapter (transformers' own file name)
 STUDIO_FORMAT_VERSION = 1
 
 
@@ -88,6 +89,42 @@ def adapter_folder(folder: str | Path, adapter_name: str = "default") -> Path:
 
 
 # -- saving ------------------------------------------------------------------------------------------
+def write_chat_template(folder: str | Path, template: str) -> Path:
+    """Write the chat template a run's data was rendered with as ``chat_template.jinja`` in ``folder``.
+
+    Beside an adapter it is the file transformers reads as a tokenizer folder's template (and what
+    PEFT users load with ``tokenizer.chat_template = Path(...).read_text()``), so prompts are rendered
+    the way training rendered them.
+    """
+    path = Path(folder) / CHAT_TEMPLATE_NAME
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, template)
+    return path
+
+
+def read_chat_template(folder: str | Path) -> str | None:
+    """The ``chat_template.jinja`` saved in ``folder`` (an adapter or run folder), or None when there is none."""
+    path = Path(folder) / CHAT_TEMPLATE_NAME
+    if not path.is_file():
+        return None
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path} cannot be read as UTF-8 text ({exc}); delete it or save it as UTF-8") from None
+
+
+def apply_saved_chat_template(tokenizer: Any, *folders: str | Path) -> str | None:
+    """Give ``tokenizer`` the chat template saved in the first of ``folders`` that has one (an adapter's, then
+    its run's); return it (None: none saved, the tokenizer is left as it is)."""
+    for folder in folders:
+        template = read_chat_template(folder)
+        if template is not None:
+            if tokenizer is not None:
+                tokenizer.chat_template = template
+            return template
+    return None
+
+
 def save_adapter(
     model: nn.Module,
     folder: str | Path,

@@ -48,7 +48,7 @@ from ..adapter.lifecycle import (
 )
 from ..adapter.lifecycle import variant_inputs as variant_inputs_context
 from ..variants import get_variant
-from .atomic_files import atomic_write_json, replace_folder
+from .atomic_files import atomic_write_json, atomic_write_text, replace_folder
 from .export_checks import adapter_free_copy, max_output_difference, model_outputs
 from .merged_tensors import merged_tensors
 from .safe_loading import load_safetensors
@@ -59,6 +59,7 @@ SIDECAR_FORMAT = "lora-studio-merged/1"
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json", "vocab.txt",
     "vocab.json", "merges.txt", "spiece.model", "tokenizer.model", "sentencepiece.bpe.model",
+    "chat_template.jinja", "chat_template.json",  # the chat template a run trained with (transformers' names)
 )  # fmt: skip
 
 
@@ -158,6 +159,7 @@ def export_merged(
     architecture: Mapping[str, Any] | None = None,
     variant_inputs: Mapping[str, Any] | None = None,
     checksum: bool = False,
+    chat_template: str | None = None,
 ) -> ExportResult:
     """Write ``model`` with ``adapter_name`` (default: the active one) merged in to ``path``; ``model``
     itself is not changed.
@@ -171,6 +173,10 @@ def export_merged(
     ``merge_inputs``, e.g. ``{"task_id": 2}``); the live model is run with the same inputs.
     ``checksum`` (plain models): record the weights file's SHA-256 in the sidecar -- hashed while
     writing, it costs about two and a half times the write itself on a CPU, so it is asked for.
+    ``chat_template`` (transformers only): the template a run's chat data was rendered with, written as
+    the folder's ``chat_template.jinja`` (which ``AutoTokenizer.from_pretrained`` reads), so the merged
+    model renders prompts as training did.  A tokenizer object whose ``chat_template`` is set (a run sets
+    it on its model's tokenizer) writes its template anyway.
     """
     root = adapted_root(model)
     name = adapter_name or (active_adapter(root) if root is not None else None)
@@ -197,7 +203,8 @@ def export_merged(
         # save_pretrained on a shell of the live model (its own config, which save_pretrained edits) with
         # the merged state dict: transformers still decides tied keys, shards and config.
         files = _write_pretrained_merged(_save_shell(model), path, tokenizer or _name_or_path(model), tensors)
-        return ExportResult(path, "transformers", precision, name, files, None)
+        return ExportResult(path, "transformers", precision, name, _with_chat_template(path, files, chat_template),
+                            None)
     merged = merged_copy(model, adapter_name, precision, variant_inputs, share_frozen=True)  # written, then dropped
     difference = None
     if example_inputs is not None:
@@ -207,7 +214,8 @@ def export_merged(
         merged.to(_dtype(precision))
     if transformers_model:
         files = _write_pretrained(merged, path, tokenizer or _name_or_path(model))
-        return ExportResult(path, "transformers", precision, name, files, difference)
+        return ExportResult(path, "transformers", precision, name, _with_chat_template(path, files, chat_template),
+                            difference)
     files = _write_tensors(merged.state_dict(), path, {**sidecar, "max_output_difference": difference},
                            checksum=checksum)  # fmt: skip
     return ExportResult(path, "safetensors", precision, name, files, difference)
@@ -244,6 +252,15 @@ def _write_pretrained(merged: nn.Module, folder: Path, tokenizer: Any) -> tuple[
         merged.save_pretrained(stage)
         _write_tokenizer(tokenizer, stage)
     return tuple(sorted(p for p in folder.rglob("*") if p.is_file()))
+
+
+def _with_chat_template(folder: Path, files: tuple[Path, ...], chat_template: str | None) -> tuple[Path, ...]:
+    """``files`` plus the folder's ``chat_template.jinja``, written when ``chat_template`` is given."""
+    if chat_template is None:
+        return files
+    target = folder / "chat_template.jinja"
+    atomic_write_text(target, chat_template)
+    return tuple(sorted(set(files) | {target}))
 
 
 def _write_tokenizer(tokenizer: Any, stage: Path) -> None:
