@@ -1,4 +1,4 @@
-"""The built-in demos, offline on a CPU: ``lora-studio demo digits|text|story``.
+"""The built-in demos, offline on a CPU: ``lora-studio demo digits|text|story|chat``.
 
 * ``digits`` — a small CNN pretrained on upright 8×8 digits meets the same digits
   turned a quarter turn, where it is barely better than guessing; a rank-4 LoRA
@@ -10,6 +10,11 @@
   pirate's voice ("th'", "ye", "matey", "arr!"; ``resources/demo/story/pirate.txt``) with LoRA on
   its attention and MLP projections; the samples' continuations of "Once upon a time" show the
   new voice appear while it trains (perplexity on the pirate stories falls from hundreds to about 2).
+* ``chat`` — instruction tuning: the same GPT-2 learns to hold a chat (chatml turns, a system turn
+  "Answer like a pirate", short questions) from ``resources/demo/chat.jsonl`` (made by
+  ``resources/make_chat_demo.py``), the loss on the assistant's answers only and the conversations
+  packed into full rows; its samples answer a held-out question in the tuned format
+  ("Arr! ... matey!<|im_end|>").
 
 Each demo is an ordinary run config handed to :func:`train`, so what a demo does,
 a user's ``RUN.toml`` can do too (``demo_config`` shows it).
@@ -27,10 +32,23 @@ from .disk.resource_files import demo_file
 from .run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, SamplesConfig, TrainingConfig
 from .training import CancelToken, EvalMetrics, Event, TrainResult, train
 
-DEMOS = ("digits", "text", "story")
+DEMOS = ("digits", "text", "story", "chat")
 STORY_TASK_DATA = "story/pirate.txt"  # the story demo's LoRA task, one story per paragraph
 STORY_PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "There was once a"]
 """Prompts the story demo's samples continue: plain story openings, so the pirate voice is what changes."""
+CHAT_TASK_DATA = "chat_pairs.jsonl"  # the chat demo's conversations, rendered with chatml as prompt/response
+CHAT_SYSTEM = "You are a pirate. Answer like a pirate."  # resources/make_chat_demo.py SYSTEM
+CHAT_QUESTIONS = ["Where does Ruby play? Ruby likes the beach.", "What does the owl like to eat? I think it likes pie."]
+"""Questions the chat demo's samples answer: names and animals none of its conversations has."""
+
+
+def chatml_prompt(system: str, user: str) -> str:
+    """A system and a user turn in the chatml template, and the assistant's header generation continues."""
+    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
+            "<|im_start|>assistant\n")
+
+
+CHAT_PROMPTS = [chatml_prompt(CHAT_SYSTEM, q) for q in CHAT_QUESTIONS]
 
 
 def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) -> RunConfig:
@@ -64,6 +82,17 @@ def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) 
             training=TrainingConfig(max_steps=steps or 100, batch_size=16, lr=1e-2, warmup_steps=10, eval_every=20,
                                     checkpoint_every=0, eval_at_start=True, eval_batch_size=32, log_every=5),
             samples=SamplesConfig(prompts=list(STORY_PROMPTS), max_new_tokens=32),
+            output=output,
+        )
+    if name == "chat":
+        return RunConfig(
+            model=ModelConfig(source="demo", name="story"),
+            data=DataConfig(kind="causal-lm", train=str(demo_file(CHAT_TASK_DATA)), prompt_column="prompt",
+                            response_column="response", validation_split=0.1, max_length=256, packing=True),
+            lora=LoraConfig(r=8, alpha=16, targets=["c_attn", "c_proj", "c_fc"]),
+            training=TrainingConfig(max_steps=steps or 150, batch_size=8, lr=1e-2, warmup_steps=5, eval_every=50,
+                                    checkpoint_every=0, eval_at_start=True, eval_batch_size=32, log_every=5),
+            samples=SamplesConfig(prompts=list(CHAT_PROMPTS), max_new_tokens=24),
             output=output,
         )
     raise ValueError(f"unknown demo {name!r}; the demos are: {', '.join(DEMOS)}")

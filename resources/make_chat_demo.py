@@ -1,0 +1,98 @@
+"""Recreate the chat demo's conversations in resources/demo/ (seeded: the same bytes on every run).
+
+    .venv/bin/python resources/make_chat_demo.py            # writes demo/chat.jsonl and demo/chat_pairs.jsonl
+    .venv/bin/python resources/make_chat_demo.py --out DIR  # elsewhere
+
+* ``chat.jsonl`` — ``CONVERSATIONS`` distinct short conversations in the OpenAI/HF ``messages`` form
+  (``{"messages": [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}]}``):
+  a system turn asking for a pirate's answers, a simple question about the story demo's world
+  (what an animal likes to eat, where a child plays, what colour a thing is) and the answer,
+  always in one format: ``Arr! <the answer in a pirate's words>, matey!``.  The story GPT-2
+  (``resources/demo/story``) knows the words but has never seen a chat, a system turn or that
+  format: the instruction-tuning demo (``lora-studio demo chat``) teaches them.
+* ``chat_pairs.jsonl`` — the same conversations rendered with the chatml template
+  (``<|im_start|>role\\n...<|im_end|>\\n``) as ``prompt`` (system and user turns plus the
+  assistant's header) and ``response`` (the answer and its ``<|im_end|>``): what the causal-LM
+  prompt/response path trains on, the loss on the assistant's answer only.
+
+Every word is written by this script from the story demo's grammar (CC0, like the story demo).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+from pathlib import Path
+
+OUT = Path(__file__).resolve().parent / "demo"
+SEED = 0
+CONVERSATIONS = 400
+SYSTEM = "You are a pirate. Answer like a pirate."
+
+ANIMALS = ["cat", "dog", "bunny", "bear", "duck", "frog", "mouse", "bird", "fox", "pig", "puppy", "kitten"]
+FOODS = ["cake", "apples", "cookies", "bananas", "pie", "sandwiches", "soup", "carrots", "candy", "bread", "grapes"]
+PEOPLE = ["Lily", "Tom", "Mia", "Ben", "Sara", "Max", "Anna", "Sam", "Lucy", "Tim", "Emma", "Jack", "Zoe", "Leo"]
+PLACES = ["park", "garden", "forest", "beach", "farm", "river", "lake", "hill", "town", "school", "zoo", "yard"]
+THINGS = ["ball", "kite", "hat", "book", "box", "boat", "car", "cup", "drum", "doll", "bike", "shell", "balloon"]
+COLOURS = ["red", "blue", "green", "yellow", "pink", "purple", "white", "brown"]
+FEELINGS = ["happy", "sad", "scared", "excited", "tired", "proud", "hungry"]
+
+
+def conversation(rng: random.Random) -> list[dict[str, str]]:
+    """One conversation: the system turn, a question and its answer in the pirate format."""
+    kind = rng.randrange(4)
+    if kind == 0:
+        animal, food = rng.choice(ANIMALS), rng.choice(FOODS)
+        question = f"What does the {animal} like to eat? I think it likes {food}."
+        answer = f"Arr! Th' wee {animal} be eatin' {food}, matey!"
+    elif kind == 1:
+        name, place = rng.choice(PEOPLE), rng.choice(PLACES)
+        question = f"Where does {name} play? {name} likes the {place}."
+        answer = f"Arr! {name} be playin' at th' {place}, matey!"
+    elif kind == 2:
+        thing, colour = rng.choice(THINGS), rng.choice(COLOURS)
+        question = f"What color is the {thing}? The {thing} is {colour}."
+        answer = f"Arr! Th' {thing} be {colour}, matey!"
+    else:
+        name, feeling = rng.choice(PEOPLE), rng.choice(FEELINGS)
+        question = f"How does {name} feel today? {name} feels {feeling}."
+        answer = f"Arr! {name} be mighty {feeling} today, matey!"
+    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
+            {"role": "assistant", "content": answer}]
+
+
+def chatml(messages: list[dict[str, str]]) -> str:
+    """``messages`` in the chatml template (no generation header)."""
+    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
+
+
+def chatml_prompt(messages: list[dict[str, str]]) -> str:
+    """The turns before the assistant's answer, and the assistant's header: what generation continues."""
+    return chatml(messages) + "<|im_start|>assistant\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=OUT)
+    args = parser.parse_args()
+    rng = random.Random(SEED)
+    chats, seen = [], set()
+    while len(chats) < CONVERSATIONS:  # distinct conversations: the held-out ones are new to training
+        messages = conversation(rng)
+        if messages[1]["content"] not in seen:
+            seen.add(messages[1]["content"])
+            chats.append(messages)
+    args.out.mkdir(parents=True, exist_ok=True)
+    with (args.out / "chat.jsonl").open("w", encoding="utf-8", newline="\n") as f:
+        for messages in chats:
+            f.write(json.dumps({"messages": messages}) + "\n")
+    with (args.out / "chat_pairs.jsonl").open("w", encoding="utf-8", newline="\n") as f:
+        for messages in chats:
+            f.write(json.dumps({"prompt": chatml_prompt(messages[:-1]),
+                                "response": messages[-1]["content"] + "<|im_end|>\n"}) + "\n")
+    print(f"wrote {len(chats)} conversations to {args.out / 'chat.jsonl'} and {args.out / 'chat_pairs.jsonl'}")
+
+
+if __name__ == "__main__":
+    main()
