@@ -162,6 +162,8 @@ from .adapter import (
 )
 from .disk import AdapterFacts, AdapterFit, check_adapter_fit, read_adapter_facts
 from .disk import REPORT_PREFIX, write_error_report
+from .disk.gguf_export import GGUF_TYPES, GGUFResult, export_gguf, export_gguf_adapter, gguf_problem, verify_gguf
+from .training.hub_push import PUSH_KINDS, PushResult, push_run
 
 from .data import BUILTIN_TEMPLATES, RenderedPreview, RenderedSample, preview_rendered
 from .disk import apply_saved_chat_template, write_chat_template
@@ -180,6 +182,16 @@ __all__ = [
     # unexpected errors: their report file (the CLI and the window write it)
     "REPORT_PREFIX",
     "write_error_report",
+    # shipping: llama.cpp's GGUF files and the Hugging Face Hub
+    "GGUF_TYPES",
+    "GGUFResult",
+    "export_gguf",
+    "export_gguf_adapter",
+    "gguf_problem",
+    "verify_gguf",
+    "PUSH_KINDS",
+    "PushResult",
+    "push_run",
     # runs: models, data, the run config and the training engine
     "DEMO_NAMES",
     "DEMOS",

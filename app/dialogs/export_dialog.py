@@ -9,6 +9,11 @@ live model, and shows the largest difference.  Writing and checking run on a
 A variant that cannot merge (``Variant.can_merge`` False) keeps "Export merged" greyed
 with its reason; one that merges for a chosen input (``Variant.merge_inputs``, e.g. a
 task id) asks for it.
+
+GGUF (llama.cpp, Ollama): the merged model or the adapter, read back with ``gguf``'s reader and
+compared with what it should hold (``verify_gguf``); greyed with the reason for an architecture
+GGUF export does not write.  Hugging Face Hub: the last run's adapter or merged model with its
+model card (``push_run``), on the same worker.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from typing import Any
 import torch
 from PySide6.QtCore import Qt, Signal
 from PySide6.QtWidgets import (
+    QCheckBox,
     QComboBox,
     QDialog,
     QDialogButtonBox,
@@ -36,17 +42,24 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core import (
     EXPORT_PRECISIONS,
+    GGUF_TYPES,
     LoadedModel,
+    PushResult,
     active_adapter,
     export_example_inputs,
+    export_gguf,
+    export_gguf_adapter,
     export_merged,
     get_adapter_config,
     get_variant,
+    gguf_problem,
     list_adapters,
+    push_run,
     record_verification,
     save_adapter,
     verify_adapter,
     verify_export,
+    verify_gguf,
 )
 
 from ..state.project_files import StudioSettings
@@ -57,7 +70,10 @@ from ..widgets.form_rows import row
 
 # Largest output difference an export may show and still count as faithful: float32 only
 # reorders sums; half precisions round every weight (bfloat16 keeps 8 bits of mantissa).
-TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-1}
+TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-1,
+             # GGUF files are checked tensor by tensor, relative to each tensor's largest magnitude: the
+             # stored type's own rounding (q8_0: half a 1/127 step, plus its f16 scale's rounding).
+             "gguf-f32": 1e-6, "gguf-f16": 2.0**-10, "gguf-bf16": 2.0**-7, "gguf-q8_0": 1 / 127}
 
 
 @dataclass(frozen=True)
@@ -67,8 +83,9 @@ class ExportCheck:
     what: str  # "adapter" or "merged"
     path: Path
     precision: str
-    difference: float  # largest |reloaded - live| output on the check batch
-    samples: int  # samples in the check batch
+    difference: float  # largest |reloaded - live| output on the check batch (GGUF: relative, per tensor)
+    samples: int  # samples in the check batch (GGUF: tensors compared)
+    unit: str = "samples"
 
     @property
     def within_tolerance(self) -> bool:
@@ -165,6 +182,39 @@ class ExportDialog(QDialog):
 
         self._run(work)
 
+    def export_gguf_file(self, kind: str = "model", path: str | None = None) -> None:
+        """Write the merged model (``kind="model"``) or the adapter as GGUF, then read it back and compare."""
+        path = path or self.gguf_path.text().strip()
+        gguf_type = self.gguf_type_combo.currentText()
+        model, name = self.model, self.adapter_name
+        tokenizer = getattr(self.trained or self.session.loaded, "tokenizer", None)
+
+        def work(on_event: Any) -> ExportCheck:
+            on_event(f"writing the GGUF {kind} ({gguf_type}) to {path}…")
+            if kind == "model":
+                result = export_gguf(model, path, tokenizer, precision=gguf_type)
+            else:
+                result = export_gguf_adapter(model, path, name, precision=gguf_type)
+            on_event("reading it back and comparing every tensor…")
+            return ExportCheck(f"GGUF {kind}", result.path, f"gguf-{gguf_type}", verify_gguf(result, model, name),
+                               result.tensors, unit="tensors")
+
+        self._run(work)
+
+    def push_to_hub(self, kind: str = "adapter") -> None:
+        """Upload the last run's adapter (or merged model) with its model card to the repository typed."""
+        repo_id, private = self.repo_edit.text().strip(), self.private_check.isChecked()
+        result = RunController.for_session(self.session).last_result()
+        if result is None:
+            self._show_failure("no finished run to push: train one first (the push sends the last run's folder)")
+            return
+
+        def work(on_event: Any) -> PushResult:
+            on_event(f"staging the {kind} and its model card, then uploading to {repo_id}…")
+            return push_run(result.run_dir, repo_id, kind=kind, private=private)
+
+        self._run(work)
+
     def merge_inputs(self) -> dict[str, Any]:
         """The variant's merge inputs as typed; ValueError names the one that does not parse."""
         values = {}
@@ -229,11 +279,45 @@ class ExportDialog(QDialog):
         self.merged_box = merged_box
         layout.addWidget(merged_box)
 
+        self.gguf_box = QGroupBox("GGUF (llama.cpp, Ollama, LM Studio: the merged model, or the adapter for --lora)")
+        self.gguf_path = QLineEdit(str(run_dir / "export" / "model.gguf"))
+        self.gguf_type_combo = QComboBox()
+        self.gguf_type_combo.addItems(list(GGUF_TYPES))
+        self.gguf_type_combo.setCurrentText("f16")
+        self.gguf_reason = QLabel(wordWrap=True)
+        self.gguf_reason.setStyleSheet("color: #b45309;")
+        self.gguf_model_button = QPushButton("Export GGUF model")
+        self.gguf_model_button.clicked.connect(lambda: self.export_gguf_file("model"))
+        self.gguf_adapter_button = QPushButton("Export GGUF adapter")
+        self.gguf_adapter_button.clicked.connect(lambda: self.export_gguf_file("adapter"))
+        form = QFormLayout(self.gguf_box)
+        form.addRow("File", row(self.gguf_path, self._browse_button(self.gguf_path, folder=False, kind="gguf")))
+        form.addRow("Type", self.gguf_type_combo)
+        form.addRow("", self.gguf_reason)
+        form.addRow("", row(self.gguf_model_button, self.gguf_adapter_button))
+        layout.addWidget(self.gguf_box)
+
+        self.hub_box = QGroupBox("Hugging Face Hub (the last run, with a model card and its loss plot)")
+        self.repo_edit = QLineEdit()
+        self.repo_edit.setPlaceholderText("owner/name, e.g. alice/minilm-sentiment-lora")
+        self.private_check = QCheckBox("Private repository")
+        self.push_adapter_button = QPushButton("Push adapter")
+        self.push_adapter_button.clicked.connect(lambda: self.push_to_hub("adapter"))
+        self.push_merged_button = QPushButton("Push merged")
+        self.push_merged_button.clicked.connect(lambda: self.push_to_hub("merged"))
+        self.repo_edit.textChanged.connect(lambda _text: self._set_busy(self.is_busy()))
+        form = QFormLayout(self.hub_box)
+        form.addRow("Repository", self.repo_edit)
+        form.addRow("", self.private_check)
+        form.addRow("", row(self.push_adapter_button, self.push_merged_button))
+        layout.addWidget(self.hub_box)
+
         self.progress = QProgressBar()
         self.progress.setRange(0, 0)  # writing and reloading report no fraction: a busy bar, honestly
         self.status_label = QLabel(wordWrap=True)
         self.result_label = QLabel(wordWrap=True)
-        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.result_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.result_label.setOpenExternalLinks(True)  # a push names its repository as a link
         layout.addWidget(self.progress)
         layout.addWidget(self.status_label)
         layout.addWidget(self.result_label)
@@ -249,7 +333,7 @@ class ExportDialog(QDialog):
         return (f"Adapter <b>{self.adapter_name}</b> · variant {self.variant.title or self.variant.name} · "
                 f"rank {config.r}, alpha {config.alpha:g} · {len(config.targets)} target pattern(s)")
 
-    def _browse_button(self, edit: QLineEdit, folder: bool) -> QPushButton:
+    def _browse_button(self, edit: QLineEdit, folder: bool, kind: str = "safetensors") -> QPushButton:
         button = QPushButton("Browse…")
 
         def browse() -> None:
@@ -259,7 +343,7 @@ class ExportDialog(QDialog):
             if folder:
                 path = QFileDialog.getExistingDirectory(self, "Export to folder", start)
             else:
-                path, _ = QFileDialog.getSaveFileName(self, "Export to file", start, "safetensors (*.safetensors)")
+                path, _ = QFileDialog.getSaveFileName(self, "Export to file", start, f"{kind} (*.{kind})")
             if path:
                 settings.set_last_folder("export", str(Path(path).parent))
                 edit.setText(path)
@@ -303,13 +387,25 @@ class ExportDialog(QDialog):
     def _on_progress(self, message: object) -> None:
         self.status_label.setText(str(message))
 
-    def _on_finished(self, check: ExportCheck) -> None:
+    def _on_finished(self, check: ExportCheck | PushResult) -> None:
         self._end_worker()
+        if isinstance(check, PushResult):
+            self.status_label.setText(f"Pushed to {check.url}")
+            self.result_label.setText(f"The {check.kind} and its model card ({len(check.files)} files) are in "
+                                      f"<a href='{check.url}'>{check.repo_id}</a>.")
+            return
         self.last_check = check
         tolerance = TOLERANCE[check.precision]
         verdict = "within" if check.within_tolerance else "ABOVE"
         colour = "#15803d" if check.within_tolerance else "#b45309"
         self.status_label.setText(f"Wrote {check.path}")
+        if check.unit == "tensors":
+            self.result_label.setText(
+                f"Read the {check.what} back and compared its {check.samples} tensors with the live model's: "
+                f"<span style='color:{colour}'><b>largest relative difference {check.difference:.3g}</b> "
+                f"({verdict} the {check.precision.removeprefix('gguf-')} rounding {tolerance:.3g})</span>")
+            self.sig_exported.emit(check)
+            return
         self.result_label.setText(
             f"Reloaded the {check.what} export and ran {check.samples} samples through it and the live model: "
             f"<span style='color:{colour}'><b>largest difference {check.difference:.3g}</b> "
@@ -345,6 +441,19 @@ class ExportDialog(QDialog):
             self.merge_reason.setText(f"{self.variant.title or self.variant.name} cannot be merged: {reason}")
             self.merged_button.setToolTip(self.merge_reason.text())
         self.merge_reason.setVisible(bool(self.merge_reason.text()))
+        problem = gguf_problem(self.model) if self.model is not None else "no model to export"
+        self.gguf_reason.setText(problem or "")
+        self.gguf_reason.setVisible(bool(problem))
+        self.gguf_model_button.setEnabled(has_adapter and not problem and not busy)
+        plain_lora = has_adapter and self.variant.name in ("lora", "lora_plus")
+        self.gguf_adapter_button.setEnabled(plain_lora and not problem and not busy)
+        self.gguf_adapter_button.setToolTip("" if plain_lora else "llama.cpp's adapters are plain LoRA; export a "
+                                            "GGUF model instead")
+        for widget in (self.gguf_path, self.gguf_type_combo):
+            widget.setEnabled(not problem)
+        can_push = has_adapter and "/" in self.repo_edit.text().strip() and not busy
+        self.push_adapter_button.setEnabled(can_push)
+        self.push_merged_button.setEnabled(can_push and self.variant.can_merge)
 
     def reject(self) -> None:
         """Close, but not while a worker still writes (its files would be left half-checked)."""

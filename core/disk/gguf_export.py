@@ -126,6 +126,57 @@ def export_gguf_adapter(model: nn.Module, path: str | Path, adapter_name: str | 
     return GGUFResult(Path(path), config.model_type, "adapter", precision, count)
 
 
+def gguf_problem(model: nn.Module) -> str | None:
+    """Why ``model`` cannot be written as GGUF (its architecture), or None when it can."""
+    try:
+        _architecture_config(model)
+    except ValueError as exc:
+        return str(exc)
+    return None
+
+
+def verify_gguf(result: GGUFResult, model: nn.Module, adapter_name: str | None = None) -> float:
+    """Read ``result``'s file back with ``gguf``'s reader and return the largest difference from what
+    it should hold, relative to each tensor's largest magnitude (0 for an exact ``f32`` file).
+
+    A model file is compared with ``model``'s merged weights in llama.cpp's layout; an adapter file's
+    ``alpha / r · lora_b @ lora_a`` with the live adapter's own update, layer by layer.
+    """
+    import gguf
+
+    reader = gguf.GGUFReader(str(result.path))
+    stored = {t.name: torch.from_numpy(gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32).reshape(
+        tuple(int(d) for d in reversed(t.shape)))) for t in reader.tensors}
+    config = _architecture_config(model)
+    if result.kind == "model":
+        names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
+        expected = {names.get_name(name, try_suffixes=(".weight", ".bias")): tensor
+                    for name, tensor in _model_tensors(merged_copy(model, share_frozen=True).state_dict(), config)}
+    else:
+        alpha = float(reader.fields[gguf.Keys.Adapter.LORA_ALPHA].contents())
+        root = adapted_root(model)
+        adapter_name = adapter_name or active_adapter(root)
+        names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
+        prefix, expected = _prefix_of(model, root), {}
+        for layer_name, layer in adapter_layers(root):
+            if adapter_name in layer.adapter_names:
+                a, b = (t.detach().float().cpu() for t in layer.stored_factors(adapter_name, "weight"))
+                weight_name = f"{prefix}{layer_name}.weight"
+                delta = _rotary_rows(float(layer.scaling[adapter_name]) * b @ a, weight_name, config) \
+                    if config.model_type == "llama" else float(layer.scaling[adapter_name]) * b @ a
+                gguf_name = names.get_name(weight_name, try_suffixes=(".weight",))
+                a_file, b_file = stored[f"{gguf_name}.lora_a"], stored[f"{gguf_name}.lora_b"]
+                stored[gguf_name] = alpha / a_file.shape[0] * b_file @ a_file
+                expected[gguf_name] = delta
+    if set(expected) - set(stored):
+        raise ValueError(f"{result.path} lacks tensors {sorted(set(expected) - set(stored))[:3]}; export it again")
+    worst = 0.0
+    for name, value in expected.items():
+        scale = float(value.abs().max()) or 1.0
+        worst = max(worst, float((stored[name] - value).abs().max()) / scale)
+    return worst
+
+
 # -- architectures ----------------------------------------------------------------------------------
 def _gguf_arch(model_type: str) -> Any:
     import gguf
@@ -308,4 +359,5 @@ def _add_tensor(writer: Any, name: str, tensor: torch.Tensor, precision: str) ->
     writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
 
-__all__ = ["GGUF_ARCHITECTURES", "GGUF_TYPES", "GGUFResult", "export_gguf", "export_gguf_adapter"]
+__all__ = ["GGUF_ARCHITECTURES", "GGUF_TYPES", "GGUFResult", "export_gguf", "export_gguf_adapter", "gguf_problem",
+           "verify_gguf"]

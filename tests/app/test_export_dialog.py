@@ -11,7 +11,15 @@ import torch
 
 from lora_studio.app.dialogs.export_dialog import TOLERANCE, ExportDialog, parse_merge_input
 from lora_studio.app.state.session import StudioSession
-from lora_studio.core import EXPORT_PRECISIONS, attach, demo_config, load_model, verify_adapter, verify_export
+from lora_studio.core import (
+    EXPORT_PRECISIONS,
+    GGUF_TYPES,
+    attach,
+    demo_config,
+    load_model,
+    verify_adapter,
+    verify_export,
+)
 
 # One tolerance for float32 exports of this model, stated once: merging only reorders float32 sums.
 FLOAT32_TOLERANCE = 1e-4
@@ -54,7 +62,8 @@ def _wait(qtbot, dialog: ExportDialog) -> None:
 def test_precisions_are_those_export_merged_writes(dialog: ExportDialog) -> None:
     offered = [dialog.precision_combo.itemText(i) for i in range(dialog.precision_combo.count())]
     assert offered == list(EXPORT_PRECISIONS)
-    assert set(TOLERANCE) == set(EXPORT_PRECISIONS)  # every precision offered has a tolerance
+    # every precision offered has a tolerance (GGUF's types too)
+    assert set(TOLERANCE) == set(EXPORT_PRECISIONS) | {f"gguf-{t}" for t in GGUF_TYPES}
 
 
 def test_export_adapter_and_its_check(qtbot, dialog: ExportDialog, tmp_path: Path) -> None:

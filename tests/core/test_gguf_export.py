@@ -196,3 +196,17 @@ def test_the_cli_exports_a_run_as_gguf(tmp_path, capsys) -> None:
     assert "GGUF model (gpt2, q8_0" in out and "GGUF adapter (gpt2, f32" in out
     assert main(["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "story.bin")]) == 2
     assert ".gguf" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("precision,bound", [("f32", 0.0), ("f16", 2 * F16_REL), ("q8_0", 1 / 127)])
+def test_verify_reads_the_file_back_and_reports_its_rounding(tmp_path, precision, bound) -> None:
+    from lora_studio.core.disk.gguf_export import verify_gguf
+
+    model, tokenizer = _story()
+    _perturbed(model, ["c_attn"])
+    assert verify_gguf(export_gguf(model, tmp_path / "m.gguf", tokenizer, precision=precision), model) <= bound
+    adapter = export_gguf_adapter(model, tmp_path / "a.gguf")
+    assert verify_gguf(adapter, model) <= 1e-6  # float32 factors: only the fold's rounding
+    with torch.no_grad():  # a file that no longer matches the model is reported, not passed
+        next(p for n, p in model.named_parameters() if "lora_B" in n).add_(1.0)
+    assert verify_gguf(adapter, model) > 0.1
