@@ -36,13 +36,24 @@ from .errors import DataError
 COUNTED_EXAMPLES = 2_000  # examples whose length the truncation count looks at (each is rendered and tokenised)
 
 
+def first_row_of(rows: Any) -> dict[str, Any]:
+    """The first row of a source, read without indexing the whole file (the stream is closed after it)."""
+    stream = iter(rows.iter_rows())
+    try:
+        return next(stream)
+    finally:
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
+
+
 def detected_format(config: Any) -> str:
     """The format of ``config.train``'s rows (a :class:`..run_config.DataConfig`): data.format unless auto,
     else found from its columns and first row."""
     if config.format != "auto":
         return config.format
     rows = open_rows(str(config.train), split=config.dataset_split, subset=config.dataset_subset)
-    return detect_format(rows.columns, next(iter(rows.iter_rows())), prompt_column=config.prompt_column,
+    return detect_format(rows.columns, first_row_of(rows), prompt_column=config.prompt_column,
                          text_column=config.text_column, source=str(getattr(rows, "path", config.train)))
 
 
@@ -72,7 +83,7 @@ class ChatDataset(Dataset):
         if self.name.lower().endswith(".txt"):
             text_column = "text"  # a text file's paragraphs (chat_sources.ParagraphRows)
         columns = self.rows.columns
-        first_row = next(iter(self.rows.iter_rows()))
+        first_row = first_row_of(self.rows)
         self.format = fmt if fmt != "auto" else detect_format(columns, first_row, prompt_column=prompt_column,
                                                                text_column=text_column, source=self.name)
         self.loss_on = resolve_loss_on(loss_on, self.format)

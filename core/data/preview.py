@@ -141,6 +141,10 @@ def _text_classification(config: DataConfig, count: int) -> DataPreview:
 
 
 def _causal_lm(config: DataConfig, count: int) -> DataPreview:
+    from .bundle import uses_chat_dataset  # here: bundle builds datasets, the plain previews need none of it
+
+    if uses_chat_dataset(config):
+        return _chat_rows(config, count)
     path = require_file(config.train)
     pairs = prompt_response_pairs(path, config.text_column, config.prompt_column, config.response_column,
                                   drop_empty=True)  # check_data names the rows with an empty cell
@@ -202,4 +206,33 @@ def preview_rendered(config: DataConfig, tokenizer: Any, count: int = PREVIEW_SA
     chat = dataset.format in CHAT_FORMATS
     return RenderedPreview(dataset.format, dataset.loss_on, name if chat else None, template if chat else None,
                            tuple(samples), len(dataset), note=(note or "") if chat else "")
+
+
+def _chat_rows(config: DataConfig, count: int) -> DataPreview:
+    """Instruction and chat rows (any source ChatDataset reads), without a tokenizer: the turns before the
+    last answer as the text, the last answer as the response; :func:`preview_rendered` shows the template."""
+    from .chat_dataset import first_row_of, resolve_loss_on
+    from .chat_formats import CONVERSATION_COLUMNS, conversation_column, detect_format, row_example
+    from .chat_sources import open_rows
+
+    rows = open_rows(str(config.train), split=config.dataset_split, subset=config.dataset_subset)
+    name, columns = str(getattr(rows, "path", config.train)), rows.columns
+    fmt = config.format if config.format != "auto" else detect_format(
+        columns, first_row_of(rows), prompt_column=config.prompt_column, text_column=config.text_column, source=name)
+    loss_on = resolve_loss_on(config.loss_on, fmt)
+    column = conversation_column(fmt, columns) if fmt in CONVERSATION_COLUMNS else ""
+    samples = []
+    for index in range(min(count, len(rows))):
+        example = row_example(rows.row(index), fmt, index + 1, name, loss_on=loss_on, column=column,
+                              text_column="text" if name.lower().endswith(".txt") else config.text_column,
+                              prompt_column=config.prompt_column, response_column=config.response_column)
+        if example.messages:
+            *before, last = example.messages
+            samples.append(PreviewSample(None, text="\n".join(f"{m['role']}: {m['content']}" for m in before),
+                                         response=last["content"]))
+        else:
+            samples.append(PreviewSample(None, text=example.prompt or example.response,
+                                         response=example.response if example.prompt else None))
+    return DataPreview("causal-lm", tuple(map(str, columns)), tuple(samples), {}, len(rows),
+                       note=f"format: {fmt}, loss on: {loss_on}")
 

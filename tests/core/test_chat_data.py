@@ -270,3 +270,13 @@ def test_the_rendered_preview_of_a_text_file_trains_every_token(tmp_path, tokeni
     assert (preview.format, preview.loss_on, preview.template_name, preview.total) == ("text", "all", None, 2)
     assert [s.text for s in preview.samples] == ["One cat." + tokenizer.eos_token, "Two dogs." + tokenizer.eos_token]
     assert all(s.trained_tokens == s.tokens for s in preview.samples)
+
+
+def test_the_plain_data_preview_reads_chat_rows_without_a_tokenizer(tmp_path):
+    from lora_studio.core.data.preview import preview_data
+
+    path = jsonl(tmp_path / "c.jsonl", [{"messages": [{"role": "system", "content": "Be kind."}] + TURNS}])
+    preview = preview_data(DataConfig(kind="causal-lm", train=path))
+    assert preview.total == 1 and preview.columns == ("messages",)
+    assert (preview.samples[0].text, preview.samples[0].response) == ("system: Be kind.\nuser: Hi", "Hello!")
+    assert preview.note == "format: messages, loss on: assistant"
