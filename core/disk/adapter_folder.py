@@ -134,12 +134,15 @@ def save_adapter(
     base_model_name_or_path: str | None = None,
     task_type: str | None = None,
     original_base: OriginalBase | None = None,
+    chat_template: str | None = None,
 ) -> Path:
     """Write ``adapter_name`` in PEFT's format below ``folder``; return the folder it went to.
 
     ``run_summary`` (plain JSON data) goes into the studio metadata.  ``task_type`` defaults
     to what the model's class says where that is unambiguous.  ``original_base`` is needed
-    only for PiSSA adapters (see the module docstring).
+    only for PiSSA adapters (see the module docstring).  ``chat_template``: the template a run's chat
+    data was rendered with, written beside the weights as ``chat_template.jinja`` (in the same atomic
+    folder write), so inference renders prompts as training did.
     """
     config = get_adapter_config(model, adapter_name)
     live = adapter_tensors(model, adapter_name)
@@ -198,7 +201,7 @@ def save_adapter(
     if converted:  # the per-layer truth lives in the patterns (our config must rebuild rank 2r exactly)
         studio["config"]["rank_pattern"] = peft_config["rank_pattern"]
         studio["config"]["alpha_pattern"] = peft_config["alpha_pattern"]
-    return _write_folder(adapter_folder(folder, adapter_name), tensors, peft_config, studio)
+    return _write_folder(adapter_folder(folder, adapter_name), tensors, peft_config, studio, chat_template)
 
 
 def _doubled_alpha(config: LoraConfig) -> float:
@@ -206,7 +209,8 @@ def _doubled_alpha(config: LoraConfig) -> float:
     return config.alpha * (2**0.5 if config.use_rslora else 2)
 
 
-def _write_folder(out: Path, tensors: dict[str, torch.Tensor], peft_config: dict, studio: dict) -> Path:
+def _write_folder(out: Path, tensors: dict[str, torch.Tensor], peft_config: dict, studio: dict,
+                  chat_template: str | None = None) -> Path:
     from safetensors.torch import save_file
 
     # Clone every tensor: contiguous, on the CPU, and never sharing storage (safetensors refuses aliases).
@@ -215,6 +219,8 @@ def _write_folder(out: Path, tensors: dict[str, torch.Tensor], peft_config: dict
         save_file(payload, str(stage / ADAPTER_WEIGHTS_NAME), metadata={"format": "pt"})
         (stage / ADAPTER_CONFIG_NAME).write_text(json.dumps(peft_config, indent=2, sort_keys=True) + "\n")
         (stage / STUDIO_METADATA_NAME).write_text(json.dumps(studio, indent=2, sort_keys=True) + "\n")
+        if chat_template is not None:
+            (stage / CHAT_TEMPLATE_NAME).write_text(chat_template, encoding="utf-8")
     return out
 
 

@@ -209,9 +209,16 @@ def test_the_rendered_preview_shades_what_the_loss_trains(tmp_path, tokenizer):
 
 def test_a_chat_run_of_the_story_demo_trains_and_saves_its_template(tmp_path):
     from lora_studio.core import train
+    from lora_studio.core.adapter.config import LoraConfig
+    from lora_studio.core.adapter.lifecycle import attach
     from lora_studio.core.data.bundle import build_datasets
     from lora_studio.core.demo import demo_config
-    from lora_studio.core.disk.adapter_folder import apply_saved_chat_template, write_chat_template
+    from lora_studio.core.disk.adapter_folder import (
+        apply_saved_chat_template,
+        load_adapter,
+        save_adapter,
+        write_chat_template,
+    )
     from lora_studio.core.disk.merged_export import export_merged
     from lora_studio.core.models.demo_models import load_demo_model
 
@@ -230,11 +237,17 @@ def test_a_chat_run_of_the_story_demo_trains_and_saves_its_template(tmp_path):
     bundle = build_datasets(config.data, loaded, None)
     assert bundle.chat_template == CHATML and loaded.tokenizer.chat_template == CHATML
     assert any("chatml" in w for w in bundle.warnings)
-    # Saved beside the adapter, read back onto a fresh tokenizer, and in a merged export's tokenizer files.
-    saved = write_chat_template(result.adapter_dir, bundle.chat_template)
+    # In the run folder, read back onto a fresh tokenizer; in an adapter folder (which still loads); and in a
+    # merged export's tokenizer files.
+    saved = write_chat_template(result.run_dir, bundle.chat_template)
     assert saved.read_text(encoding="utf-8") == CHATML
     fresh = load_demo_model("story").tokenizer
-    assert apply_saved_chat_template(fresh, result.adapter_dir) == CHATML and fresh.chat_template == CHATML
+    assert apply_saved_chat_template(fresh, result.adapter_dir, result.run_dir) == CHATML
+    assert fresh.chat_template == CHATML
+    attach(loaded.model, LoraConfig(r=2, alpha=4, targets=["c_attn"]))
+    adapter = save_adapter(loaded.model, tmp_path / "adapter", chat_template=bundle.chat_template)
+    assert (adapter / "chat_template.jinja").read_text(encoding="utf-8") == CHATML
+    load_adapter(load_demo_model("story").model, adapter)
     export = export_merged(loaded.model, tmp_path / "merged", tokenizer=loaded.tokenizer, chat_template=CHATML)
     assert (export.path / "chat_template.jinja").read_text(encoding="utf-8") == CHATML
     from transformers import AutoTokenizer
