@@ -1,7 +1,8 @@
 """The row formats of instruction and chat data, detected from the rows, each turned into one example.
 
-* ``alpaca``: ``instruction``, optional ``input``, ``output``, optional ``system`` — one user turn
-  (the instruction, then a blank line and the input when there is one) and one assistant turn;
+* ``alpaca``: ``instruction``, optional ``input``, ``output``, optional ``system`` and ``history``
+  (LLaMA-Factory's earlier [instruction, answer] pairs) — one user turn (the instruction, then a blank
+  line and the input when there is one) and one assistant turn, after the history's turns;
 * ``sharegpt``: ``conversations``, a list of ``{"from", "value"}`` (``human``/``user``,
   ``gpt``/``assistant``/``model``, ``system``);
 * ``messages``: OpenAI / Hugging Face ``messages``, a list of ``{"role", "content"}``
@@ -118,7 +119,7 @@ def row_example(row: dict[str, Any], fmt: str, number: int, source: str, *, loss
         extra = row.get("input")
         user = instruction + (f"\n\n{extra}" if _text(extra) else "")
         system = _text(row.get("system"))
-        turns = ([{"role": "system", "content": system}] if system else []) + [
+        turns = ([{"role": "system", "content": system}] if system else []) + _alpaca_history(row, where) + [
             {"role": "user", "content": user}, {"role": "assistant", "content": output}]
         return Example(messages=tuple(turns))
     if fmt in CONVERSATION_COLUMNS:
@@ -133,6 +134,27 @@ def row_example(row: dict[str, Any], fmt: str, number: int, source: str, *, loss
     if text is None:
         raise DataError(f"{where}: empty {text_column!r}; fill it in or delete the row")
     return Example(response=text)
+
+
+def _alpaca_history(row: dict[str, Any], where: str) -> list[dict[str, str]]:
+    """LLaMA-Factory's optional alpaca ``history``: earlier [instruction, answer] pairs, as turns before the row's."""
+    history = row.get("history")
+    if history is None or history == [] or history == "":
+        return []
+    if isinstance(history, str):
+        try:
+            history = json.loads(history)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{where}: 'history' is not a JSON list of [instruction, answer] pairs "
+                            f"({exc.msg})") from None
+    if hasattr(history, "tolist"):
+        history = history.tolist()
+    turns: list[dict[str, str]] = []
+    for index, pair in enumerate(history if isinstance(history, (list, tuple)) else [None], start=1):
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2 or not all(_text(p) for p in pair):
+            raise DataError(f"{where}: 'history' item {index} must be an [instruction, answer] pair of texts")
+        turns += [{"role": "user", "content": pair[0]}, {"role": "assistant", "content": pair[1]}]
+    return turns
 
 
 def _conversation(value: Any, fmt: str, where: str, source: str, number: int, column: str,

@@ -293,3 +293,16 @@ def test_the_plain_data_preview_reads_chat_rows_without_a_tokenizer(tmp_path):
     assert preview.total == 1 and preview.columns == ("messages",)
     assert (preview.samples[0].text, preview.samples[0].response) == ("system: Be kind.\nuser: Hi", "Hello!")
     assert preview.note == "format: messages, loss on: assistant"
+
+
+def test_alpaca_history_pairs_come_before_the_instruction(tmp_path, tokenizer):
+    path = jsonl(tmp_path / "a.jsonl", [{"instruction": "And 3?", "output": "Three", "history": [["Say 2", "Two"]]},
+                                        {"instruction": "x", "output": "y", "history": [["only one"]]}])
+    with pytest.raises(DataError, match=r"a\.jsonl, row 2: 'history' item 1 must be an \[instruction, answer\] pair"):
+        ChatDataset(path, tokenizer, template=CHATML)
+    path = jsonl(tmp_path / "b.jsonl", [{"instruction": "And 3?", "output": "Three", "history": [["Say 2", "Two"]]}])
+    data = ChatDataset(path, tokenizer, template=CHATML)
+    turns = [{"role": "user", "content": "Say 2"}, {"role": "assistant", "content": "Two"},
+             {"role": "user", "content": "And 3?"}, {"role": "assistant", "content": "Three"}]
+    assert "".join(t for t, _ in data.pieces(0)) == chatml(turns)
+    assert trained_text(tokenizer, data[0]) == "Three<|im_end|>\n"  # alpaca's default: the response only
