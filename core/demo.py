@@ -36,7 +36,7 @@ DEMOS = ("digits", "text", "story", "chat")
 STORY_TASK_DATA = "story/pirate.txt"  # the story demo's LoRA task, one story per paragraph
 STORY_PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "There was once a"]
 """Prompts the story demo's samples continue: plain story openings, so the pirate voice is what changes."""
-CHAT_TASK_DATA = "chat_pairs.jsonl"  # the chat demo's conversations, rendered with chatml as prompt/response
+CHAT_TASK_DATA = "chat.jsonl"  # the chat demo's conversations (OpenAI messages, with a system turn)
 CHAT_SYSTEM = "You are a pirate. Answer like a pirate."  # resources/make_chat_demo.py SYSTEM
 CHAT_QUESTIONS = ["Where does Ruby play? Ruby likes the beach.", "What does the owl like to eat? I think it likes pie."]
 """Questions the chat demo's samples answer: names and animals none of its conversations has."""
@@ -87,8 +87,9 @@ def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) 
     if name == "chat":
         return RunConfig(
             model=ModelConfig(source="demo", name="story"),
-            data=DataConfig(kind="causal-lm", train=str(demo_file(CHAT_TASK_DATA)), prompt_column="prompt",
-                            response_column="response", validation_split=0.1, max_length=256, packing=True),
+            data=DataConfig(kind="causal-lm", train=str(demo_file(CHAT_TASK_DATA)), format="messages",
+                            chat_template="chatml", loss_on="assistant", validation_split=0.1, max_length=256,
+                            packing=True),
             lora=LoraConfig(r=8, alpha=16, targets=["c_attn", "c_proj", "c_fc"]),
             training=TrainingConfig(max_steps=steps or 150, batch_size=8, lr=1e-2, warmup_steps=5, eval_every=50,
                                     checkpoint_every=0, eval_at_start=True, eval_batch_size=32, log_every=5),

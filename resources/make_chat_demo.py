@@ -1,6 +1,6 @@
 """Recreate the chat demo's conversations in resources/demo/ (seeded: the same bytes on every run).
 
-    .venv/bin/python resources/make_chat_demo.py            # writes demo/chat.jsonl and demo/chat_pairs.jsonl
+    .venv/bin/python resources/make_chat_demo.py            # writes demo/chat.jsonl
     .venv/bin/python resources/make_chat_demo.py --out DIR  # elsewhere
 
 * ``chat.jsonl`` — ``CONVERSATIONS`` distinct short conversations in the OpenAI/HF ``messages`` form
@@ -9,11 +9,9 @@
   (what an animal likes to eat, where a child plays, what colour a thing is) and the answer,
   always in one format: ``Arr! <the answer in a pirate's words>, matey!``.  The story GPT-2
   (``resources/demo/story``) knows the words but has never seen a chat, a system turn or that
-  format: the instruction-tuning demo (``lora-studio demo chat``) teaches them.
-* ``chat_pairs.jsonl`` — the same conversations rendered with the chatml template
-  (``<|im_start|>role\\n...<|im_end|>\\n``) as ``prompt`` (system and user turns plus the
-  assistant's header) and ``response`` (the answer and its ``<|im_end|>``): what the causal-LM
-  prompt/response path trains on, the loss on the assistant's answer only.
+  format: the instruction-tuning demo (``lora-studio demo chat``) teaches them, rendering the
+  conversations with the chatml template (``<|im_start|>role\\n...<|im_end|>\\n``) and taking the
+  loss on the assistant's answers only.
 
 Every word is written by this script from the story demo's grammar (CC0, like the story demo).
 """
@@ -62,16 +60,6 @@ def conversation(rng: random.Random) -> list[dict[str, str]]:
             {"role": "assistant", "content": answer}]
 
 
-def chatml(messages: list[dict[str, str]]) -> str:
-    """``messages`` in the chatml template (no generation header)."""
-    return "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages)
-
-
-def chatml_prompt(messages: list[dict[str, str]]) -> str:
-    """The turns before the assistant's answer, and the assistant's header: what generation continues."""
-    return chatml(messages) + "<|im_start|>assistant\n"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=OUT)
@@ -87,11 +75,7 @@ def main() -> None:
     with (args.out / "chat.jsonl").open("w", encoding="utf-8", newline="\n") as f:
         for messages in chats:
             f.write(json.dumps({"messages": messages}) + "\n")
-    with (args.out / "chat_pairs.jsonl").open("w", encoding="utf-8", newline="\n") as f:
-        for messages in chats:
-            f.write(json.dumps({"prompt": chatml_prompt(messages[:-1]),
-                                "response": messages[-1]["content"] + "<|im_end|>\n"}) + "\n")
-    print(f"wrote {len(chats)} conversations to {args.out / 'chat.jsonl'} and {args.out / 'chat_pairs.jsonl'}")
+    print(f"wrote {len(chats)} conversations to {args.out / 'chat.jsonl'}")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ import json
 import pytest
 
 from lora_studio.core import DEMOS, GenerationSettings, RunConfig, demo_config, generate_text, load_trained_run
-from lora_studio.core.demo import CHAT_PROMPTS, CHAT_QUESTIONS, run_demo
+from lora_studio.core.data.chat_templates import CHATML
+from lora_studio.core.demo import CHAT_PROMPTS, CHAT_QUESTIONS, CHAT_SYSTEM, run_demo
+from lora_studio.core.models.demo_models import load_demo_model
 from lora_studio.core.disk.resource_files import demo_file
 
 DROP = 2.0  # the held-out loss must fall at least this many times (measured: about 3.5x after 40 steps)
@@ -23,20 +25,21 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_chat_demo_data_is_conversations_with_a_system_turn() -> None:
     assert "chat" in DEMOS
     rows = [json.loads(line) for line in demo_file("chat.jsonl").read_text(encoding="utf-8").splitlines()]
-    pairs = [json.loads(line) for line in demo_file("chat_pairs.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert len(rows) == len(pairs) >= 200
+    assert len(rows) >= 200
     assert all([m["role"] for m in r["messages"]] == ["system", "user", "assistant"] for r in rows)
     assert len({r["messages"][1]["content"] for r in rows}) == len(rows)  # distinct: held-out ones are new
-    # the pairs are the conversations in chatml: prompt = system + user turns + the assistant's header
-    first, pair = rows[0]["messages"], pairs[0]
-    assert pair["prompt"] == "".join(f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in first[:2]) \
-        + "<|im_start|>assistant\n"
-    assert pair["response"] == first[2]["content"] + "<|im_end|>\n"
+    assert all(r["messages"][0]["content"] == CHAT_SYSTEM for r in rows)
     asked = {r["messages"][1]["content"] for r in rows}
     assert not asked & set(CHAT_QUESTIONS)  # the samples' questions are none of the training ones
     config = demo_config("chat", output_dir="unused")
-    assert config.data.packing and config.data.prompt_column == "prompt"
+    assert config.data.packing and (config.data.format, config.data.chat_template) == ("messages", "chatml")
+    assert all(p.startswith("<|im_start|>system\n") and p.endswith("<|im_start|>assistant\n") for p in CHAT_PROMPTS)
     assert RunConfig.from_toml(config.to_toml()) == config
+    # the samples' prompts are the conversations' own rendering: the chatml template's generation prompt
+    tokenizer = load_demo_model("story").tokenizer
+    tokenizer.chat_template = CHATML
+    turns = [{"role": "system", "content": CHAT_SYSTEM}, {"role": "user", "content": CHAT_QUESTIONS[0]}]
+    assert tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False) == CHAT_PROMPTS[0]
 
 
 def test_a_short_chat_demo_learns_the_format(tmp_path) -> None:
