@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..run_config import DataConfig
+from .bundle import uses_chat_dataset
 from .errors import require_file
 from .image_folder import check_image_file, folder_images, image_folder_classes
 from .table_files import RowTable, empty_cells_of
@@ -96,6 +97,8 @@ def _check_images(config: DataConfig, paths: list[str], cancelled: Callable[[], 
 
 
 def _check_tables(config: DataConfig, paths: list[str], cancelled: Callable[[], bool]) -> DataCheck:
+    if uses_chat_dataset(config):  # JSON lists, Parquet, datasets folders, hub ids: not rows of a CSV/JSONL
+        return DataCheck(config.kind, note="chat and instruction rows are checked, row by row, when training starts")
     bad: list[BadItem] = []
     checked = 0
     for path in paths:

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from ..data import read_label_names
-from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, load_adapter, read_adapter_folder
+from ..disk.adapter_folder import ADAPTER_CONFIG_NAME, apply_saved_chat_template, load_adapter, read_adapter_folder
 from ..disk.merged_export import sidecar_path_for
 from ..disk.safe_loading import load_safetensors, read_json_object
 from ..layers.behaviour import all_finite
@@ -61,19 +61,19 @@ def load_trained_run(run_dir: str | Path, which: str = "final") -> LoadedModel:
                                         "never evaluated, or had no validation data); use the final weights")
             loaded, labels, _ = build_model(config)
             load_checked_weights(loaded.model, best / WHOLE_MODEL_FILE, complete=True)
-            return _named(loaded, labels)
+            return _named(loaded, labels, run_dir)
         if not best.is_dir():
             raise FileNotFoundError(f"{run_dir} holds no best adapter ({BEST_DIR}/); use the final weights")
         loaded, labels, _ = build_model(config, attach_adapter=False)
         load_adapter(loaded.model, best)
-        return _named(loaded, labels)
+        return _named(loaded, labels, run_dir)
     checkpoint = latest_checkpoint(run_dir)
     if checkpoint is None:
         raise FileNotFoundError(f"{run_dir} holds no checkpoint to load the trained model from")
     loaded, labels, _ = build_model(config)
     # A checkpoint holds the trainable tensors (all of them in full fine-tuning) and the buffers.
     load_checked_weights(loaded.model, checkpoint / "model.safetensors", complete=False)
-    return _named(loaded, labels)
+    return _named(loaded, labels, run_dir)
 
 
 RUN_WEIGHTS_FIX = "the run folder is damaged or from another model; train it again (or use the other --which)"
@@ -114,9 +114,11 @@ def holds_whole_model(folder: str | Path) -> bool:
     return (folder / WHOLE_MODEL_FILE).is_file() and not (folder / ADAPTER_CONFIG_NAME).is_file()
 
 
-def _named(loaded: LoadedModel, labels: list[str] | None) -> LoadedModel:
+def _named(loaded: LoadedModel, labels: list[str] | None, run_dir: Path) -> LoadedModel:
+    """A run's loaded model with its classes' names and the chat template its data was rendered with."""
     if labels and loaded.task != "causal-lm":
         loaded.label_names = list(labels)
+    apply_saved_chat_template(loaded.tokenizer, run_dir)
     return loaded
 
 
@@ -166,6 +168,7 @@ def _adapter_on_base(folder: Path, base_model: str | None) -> LoadedModel:
     if width is not None and width != loaded.num_classes:  # the adapter's trained head has its own size
         loaded = _load_base(config, field, num_classes=width)
     load_adapter(loaded.model, folder)
+    apply_saved_chat_template(loaded.tokenizer, folder, folder.parent)  # prompts render as in training
     labels = adapter_label_names(folder, studio)
     if labels and loaded.task != "causal-lm" and (loaded.num_classes is None or len(labels) == loaded.num_classes):
         loaded.label_names = labels

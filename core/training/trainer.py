@@ -30,7 +30,7 @@ import torch
 
 from ..adapter.counting import count_parameters
 from ..data.errors import DataError
-from ..disk.adapter_folder import save_adapter
+from ..disk.adapter_folder import save_adapter, write_chat_template
 from ..disk.atomic_files import atomic_path, atomic_write_json
 from ..run_config import RunConfig
 from .checkpoint import (
@@ -122,6 +122,8 @@ def train(
         if dist.is_main:
             log = MetricsLog(out, config.output.tensorboard)
         setup = build_run(config, dist, device)
+        if dist.is_main and setup.data.chat_template:  # what the data was rendered with, for inference later
+            write_chat_template(out, setup.data.chat_template)
         for note in [*notes, *setup.warnings]:
             emit(TrainingWarning(note))
         state = TrainerState(total_steps=config.training.max_steps)
@@ -453,7 +455,8 @@ def _save_trained(setup: RunSetup, folder: Path, state: TrainerState, emit) -> P
         if setup.data.label_names:  # an adapter copied out of its run folder still names its classes
             summary["label_names"] = list(setup.data.label_names)
         return save_adapter(setup.model, folder, run_summary=summary,
-                            base_model_name_or_path=setup.loaded.name_or_path)
+                            base_model_name_or_path=setup.loaded.name_or_path,
+                            chat_template=setup.data.chat_template)
     except (ValueError, NotImplementedError) as exc:  # e.g. a variant PEFT's format cannot hold
         emit(TrainingWarning(f"could not save the adapter in PEFT format ({exc}); the checkpoint has it", state.step))
         return None

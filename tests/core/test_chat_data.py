@@ -306,3 +306,31 @@ def test_alpaca_history_pairs_come_before_the_instruction(tmp_path, tokenizer):
              {"role": "user", "content": "And 3?"}, {"role": "assistant", "content": "Three"}]
     assert "".join(t for t, _ in data.pieces(0)) == chatml(turns)
     assert trained_text(tokenizer, data[0]) == "Three<|im_end|>\n"  # alpaca's default: the response only
+
+
+def test_a_chat_runs_template_is_saved_by_the_run_and_comes_back_with_every_load(tmp_path):
+    from lora_studio.core import train
+    from lora_studio.core.data.checks import check_data
+    from lora_studio.core.demo import demo_config
+    from lora_studio.core.disk.merged_export import export_merged
+    from lora_studio.core.training.trained_run import load_for_inference, load_trained_run
+    from transformers import AutoTokenizer
+
+    rows = [{"messages": [{"role": "user", "content": f"Tell me about dog {i}."},
+                          {"role": "assistant", "content": f"Dog {i} dug a hole, arr!"}]} for i in range(12)]
+    config = demo_config("story", output_dir=tmp_path / "run", steps=2)
+    config = config.replace(data=DataConfig(kind="causal-lm", train=jsonl(tmp_path / "chat.jsonl", rows),
+                                            validation_split=0.25, max_length=64))
+    config = config.replace(training=type(config.training)(max_steps=2, batch_size=4, lr=1e-2, eval_every=0,
+                                                           checkpoint_every=0, log_every=1))
+    assert "checked, row by row, when training starts" in check_data(config.data).note  # the window's check
+    result = train(config)
+    assert result.status == "finished", result
+    run = tmp_path / "run"
+    assert (run / "chat_template.jinja").read_text(encoding="utf-8") == CHATML  # written by the run itself
+    assert (run / "adapter" / "chat_template.jinja").read_text(encoding="utf-8") == CHATML
+    assert load_trained_run(run).tokenizer.chat_template == CHATML
+    opened = load_for_inference(run / "adapter")  # an adapter folder opened on its own
+    assert opened.tokenizer.chat_template == CHATML
+    merged = export_merged(opened.model, tmp_path / "merged", tokenizer=opened.tokenizer)
+    assert AutoTokenizer.from_pretrained(str(merged.path)).chat_template == CHATML
