@@ -16,6 +16,7 @@ kind picker offers only the kinds that fit the model's task (core's ``data_kind_
 from __future__ import annotations
 
 import dataclasses
+import html
 from pathlib import Path
 from typing import Any
 
@@ -30,18 +31,23 @@ from PySide6.QtWidgets import (
     QListWidgetItem,
     QPushButton,
     QSplitter,
+    QTextBrowser,
     QVBoxLayout,
     QWidget,
 )
 
 from lora_studio.core import (
+    CHAT_TEMPLATE_CHOICES,
+    DATA_FORMATS,
     DATA_KINDS,
+    LOSS_ON_CHOICES,
     DataConfig,
     DataError,
     DataPreview,
     data_columns,
     data_kind_problem,
     preview_data,
+    preview_rendered,
 )
 
 from ..state.data_check import DataChecker, DataCheckResult, check_key
@@ -81,18 +87,22 @@ class _PreviewResult:
     preview: DataPreview | None
     error: str | None
     images: list[Any]
+    rendered: Any = None  # a language model's first examples as training renders them (RenderedPreview)
+    rendered_error: str = ""
 
 
-def guess_kind(path: str, current: str) -> str:
+def guess_kind(path: str, current: str, task: str | None = None) -> str:
     """The data kind a picked path suggests: folders hold images, .txt is language modelling,
-    tables are classification unless language modelling was already chosen."""
+    tables are classification unless language modelling was already chosen or the loaded model
+    (``task``) is a language model; a Parquet/Arrow file or a datasets folder is language data then."""
     p = Path(path)
+    language_model = current == "causal-lm" or task == "causal-lm"
     if p.is_dir():
-        return "image-folder"
-    if p.suffix.lower() == ".txt":
+        return "causal-lm" if task == "causal-lm" else "image-folder"
+    if p.suffix.lower() == ".txt" or (language_model and p.suffix.lower() in (".parquet", ".arrow")):
         return "causal-lm"
     if p.suffix.lower() in TABLE_SUFFIXES:
-        return current if current == "causal-lm" else "text-classification"
+        return "causal-lm" if language_model else "text-classification"
     return current
 
 
@@ -144,7 +154,7 @@ class DataPanel(QWidget):
         """Use ``path`` as the training data (as if picked in the file dialog); the kind follows it.
         Returns the validation message, or None when accepted."""
         data = self.session.config.data
-        kind = guess_kind(path, data.kind)
+        kind = guess_kind(path, data.kind, getattr(self.session.loaded, "task", None))
         self._automap = True
         # A new file brings its own label set: a stale one from the last file would refuse its labels.
         return self._update(kind=kind, train=path, label_names=None, validation=None)
@@ -209,6 +219,12 @@ class DataPanel(QWidget):
                                 QLabel("prompt"), self.prompt_combo, QLabel("response"), self.response_combo)
         form.addRow("Columns", self.columns_row)
         form.addRow("Bad images", self.bad_images_combo)
+        self.format_combo = self._choice_combo("format", DATA_FORMATS)
+        self.template_combo = self._choice_combo("chat_template", CHAT_TEMPLATE_CHOICES, editable=True)
+        self.loss_combo = self._choice_combo("loss_on", LOSS_ON_CHOICES)
+        self.chat_row = row(QLabel("format"), self.format_combo, QLabel("template"), self.template_combo,
+                            QLabel("loss on"), self.loss_combo)
+        form.addRow("Chat", self.chat_row)
 
         self.error_label = QLabel(wordWrap=True, textInteractionFlags=Qt.TextInteractionFlag.TextSelectableByMouse)
         self.error_label.setProperty("role", "error")
@@ -228,8 +244,14 @@ class DataPanel(QWidget):
 
         self.sample_preview = SamplePreview()
         self.balance_chart = ClassBalanceChart()
+        # A language model's examples as training sees them: template applied, trained text shaded.
+        self.rendered_view = QTextBrowser()
+        self.rendered_view.setToolTip("The first examples as training renders them; the loss trains on the "
+                                      "highlighted text only")
+        self.rendered_view.setVisible(False)
         split = QSplitter(Qt.Orientation.Horizontal)
         split.addWidget(self.sample_preview)
+        split.addWidget(self.rendered_view)
         split.addWidget(self.balance_chart)
         split.setStretchFactor(0, 1)
         split.setStretchFactor(1, 1)
@@ -242,6 +264,23 @@ class DataPanel(QWidget):
         layout.addWidget(self.check_row)
         layout.addWidget(self.bad_list)
         layout.addWidget(split, 1)
+
+    def _choice_combo(self, field: str, choices: tuple[str, ...], *, editable: bool = False) -> QComboBox:
+        combo = QComboBox(minimumContentsLength=9)
+        combo.addItems(list(choices))
+        combo.setEditable(editable)  # a template may also be Jinja text of the user's own
+        combo.setToolTip(DataConfig.__dataclass_fields__[field].metadata.get("help", ""))
+        if editable:
+            combo.lineEdit().editingFinished.connect(lambda: self._on_choice(field, combo.currentText()))
+            combo.activated.connect(lambda _i: self._on_choice(field, combo.currentText()))
+        else:
+            combo.currentIndexChanged.connect(lambda _i: self._on_choice(field, combo.currentText()))
+        return combo
+
+    def _on_choice(self, field: str, value: str) -> None:
+        if self._syncing or value == getattr(self.session.config.data, field):
+            return
+        self._update(**{field: value})
 
     def _column_combo(self, field: str) -> QComboBox:
         combo = QComboBox(minimumContentsLength=10)
@@ -335,6 +374,8 @@ class DataPanel(QWidget):
     def _on_model_loaded(self, _loaded: Any) -> None:
         self._update_kind_choices()
         self._show_head_note()
+        if self.session.config.data.kind == "causal-lm":  # its tokenizer renders the training text
+            self._refresh_timer.start()
 
     def _update_kind_choices(self) -> None:
         """Enable the kinds that fit the model's task; a disabled one's tooltip says why."""
@@ -367,6 +408,10 @@ class DataPanel(QWidget):
             self.path_edit.setText(data.train or "")
             self.validation_edit.setText(data.validation or "")
             self._fill_columns(data)
+            self._form.setRowVisible(self.chat_row, data.kind == "causal-lm")
+            for combo, value in ((self.format_combo, data.format), (self.template_combo, data.chat_template),
+                                 (self.loss_combo, data.loss_on)):
+                combo.setCurrentText(value)
         finally:
             self._syncing = False
 
@@ -409,7 +454,8 @@ class DataPanel(QWidget):
             self.check_label.setText("checking the files…")
             self.check_row.setVisible(data.kind in ("image-folder", "text-classification", "causal-lm"))
             self.checker.check(data)
-        worker = FunctionWorker(lambda _on_event: _read(generation, data))
+        tokenizer = getattr(self.session.loaded, "tokenizer", None) if data.kind == "causal-lm" else None
+        worker = FunctionWorker(lambda _on_event: _read(generation, data, tokenizer))
         # A bound method of this widget, not a lambda: Qt then queues the call to the UI thread
         # (a lambda has no thread of its own and would run on the worker's).
         worker.sig_finished.connect(self._on_read)
@@ -439,12 +485,23 @@ class DataPanel(QWidget):
             self._syncing = False
         self.preview = result.preview
         self.sample_preview.show_preview(result.preview, result.images)
+        self._show_rendered(result)
         self.balance_chart.set_counts(result.preview.label_counts if result.preview else {})
         self._show_error(result.error or "")
         self._show_summary()
         self._show_kind_problem()
         self._show_check()
         self.sig_preview_changed.emit(result.preview)
+
+    def _show_rendered(self, result: _PreviewResult) -> None:
+        """The rendered examples with their trained characters highlighted (language models only)."""
+        rendered = result.rendered
+        self.rendered_view.setVisible(rendered is not None or bool(result.rendered_error))
+        if rendered is None:
+            self.rendered_view.setHtml(f"<p style='color:#b91c1c'>{html.escape(result.rendered_error)}</p>"
+                                       if result.rendered_error else "")
+            return
+        self.rendered_view.setHtml(rendered_html(rendered))
 
     def _apply_column_guesses(self, data: DataConfig) -> bool:
         """Map a new file's columns by their names when the current mapping does not fit; True if changed."""
@@ -581,8 +638,29 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
-def _read(generation: int, data: DataConfig) -> _PreviewResult:
-    """Runs on the worker: the file's columns, the preview (or its error message) and the thumbnails."""
+TRAINED_COLOUR = "#fde68a"  # the highlighter yellow readable on both themes' text colours
+
+
+def rendered_html(rendered: Any) -> str:
+    """A :class:`RenderedPreview` as HTML: a header line, then each example with its trained text highlighted."""
+    template = rendered.template_name or "no template"
+    parts = [f"<p><b>{html.escape(rendered.format)}</b> rows · template {html.escape(template)} · loss on "
+             f"{html.escape(rendered.loss_on)} · {rendered.total:,} examples. "
+             f"<span style='background:{TRAINED_COLOUR}; color:#111'>Highlighted</span>: what the loss trains on."
+             + (f"<br><i>{html.escape(rendered.note)}</i>" if rendered.note else "") + "</p>"]
+    for number, sample in enumerate(rendered.samples, start=1):
+        pieces = []
+        for start, end, trained in sample.spans:
+            text = html.escape(sample.text[start:end])
+            pieces.append(f"<span style='background:{TRAINED_COLOUR}; color:#111'>{text}</span>" if trained else text)
+        parts.append(f"<p><b>Example {number}</b> · {sample.trained_tokens} of {sample.tokens} tokens trained"
+                     f"<pre style='white-space: pre-wrap'>{''.join(pieces)}</pre></p>")
+    return "".join(parts)
+
+
+def _read(generation: int, data: DataConfig, tokenizer: Any = None) -> _PreviewResult:
+    """Runs on the worker: the file's columns, the preview (or its error message) and the thumbnails;
+    for a language model with its tokenizer, the first examples as training renders them."""
     columns = None
     try:
         if data.kind in ("text-classification", "causal-lm") and data.train and \
@@ -593,4 +671,13 @@ def _read(generation: int, data: DataConfig) -> _PreviewResult:
         return _PreviewResult(generation, data, columns, None, str(exc), [])
     except Exception as exc:  # noqa: BLE001 - any failure must reach the user as a message, not a crash
         return _PreviewResult(generation, data, columns, None, f"{type(exc).__name__}: {exc}", [])
-    return _PreviewResult(generation, data, columns, preview, None, thumbnail_images(preview.samples))
+    rendered, rendered_error = None, ""
+    if tokenizer is not None and data.kind == "causal-lm":
+        try:
+            rendered = preview_rendered(data, tokenizer)
+        except (DataError, OSError, ValueError) as exc:
+            rendered_error = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a template's own error, say: a message, not a crash
+            rendered_error = f"{type(exc).__name__}: {exc}"
+    return _PreviewResult(generation, data, columns, preview, None, thumbnail_images(preview.samples), rendered,
+                          rendered_error)
