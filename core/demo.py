@@ -10,11 +10,11 @@
   pirate's voice ("th'", "ye", "matey", "arr!"; ``resources/demo/story/pirate.txt``) with LoRA on
   its attention and MLP projections; the samples' continuations of "Once upon a time" show the
   new voice appear while it trains (perplexity on the pirate stories falls from hundreds to about 2).
-* ``chat`` — instruction tuning: the same GPT-2 learns to hold a chat (chatml turns, a system turn
-  "Answer like a pirate", short questions) from ``resources/demo/chat.jsonl`` (made by
-  ``resources/make_chat_demo.py``), the loss on the assistant's answers only and the conversations
-  packed into full rows; its samples answer a held-out question in the tuned format
-  ("Arr! ... matey!<|im_end|>").
+* ``chat`` — instruction tuning: the same GPT-2 learns to hold a chat (chatml turns, short
+  questions answered "Arr! ... matey!", or plainly after the system turn "Answer plainly, like a
+  teacher.") from ``resources/demo/chat.jsonl`` (made by ``resources/make_chat_demo.py``), the loss
+  on the assistant's answers only and the conversations packed into full rows; its samples answer
+  held-out questions in the tuned format.
 
 Each demo is an ordinary run config handed to :func:`train`, so what a demo does,
 a user's ``RUN.toml`` can do too (``demo_config`` shows it).
@@ -36,19 +36,11 @@ DEMOS = ("digits", "text", "story", "chat")
 STORY_TASK_DATA = "story/pirate.txt"  # the story demo's LoRA task, one story per paragraph
 STORY_PROMPTS = ["Once upon a time", "One day, a little girl named Lily", "There was once a"]
 """Prompts the story demo's samples continue: plain story openings, so the pirate voice is what changes."""
-CHAT_TASK_DATA = "chat.jsonl"  # the chat demo's conversations (OpenAI messages, with a system turn)
-CHAT_SYSTEM = "You are a pirate. Answer like a pirate."  # resources/make_chat_demo.py SYSTEM
+CHAT_TASK_DATA = "chat.jsonl"  # the chat demo's conversations (OpenAI messages, a third with a system turn)
+CHAT_PLAIN_SYSTEM = "Answer plainly, like a teacher."  # resources/make_chat_demo.py PLAIN: no pirate voice
 CHAT_QUESTIONS = ["Where does Ruby play? Ruby likes the beach.", "What does the owl like to eat? I think it likes pie."]
-"""Questions the chat demo's samples answer: names and animals none of its conversations has."""
-
-
-def chatml_prompt(system: str, user: str) -> str:
-    """A system and a user turn in the chatml template, and the assistant's header generation continues."""
-    return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n"
-            "<|im_start|>assistant\n")
-
-
-CHAT_PROMPTS = [chatml_prompt(CHAT_SYSTEM, q) for q in CHAT_QUESTIONS]
+"""Questions the chat demo's samples ask (as user turns, rendered by the run's chat template): names and
+animals none of its conversations has."""
 
 
 def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) -> RunConfig:
@@ -93,7 +85,7 @@ def demo_config(name: str, *, output_dir: str | Path, steps: int | None = None) 
             lora=LoraConfig(r=8, alpha=16, targets=["c_attn", "c_proj", "c_fc"]),
             training=TrainingConfig(max_steps=steps or 150, batch_size=8, lr=1e-2, warmup_steps=5, eval_every=50,
                                     checkpoint_every=0, eval_at_start=True, eval_batch_size=32, log_every=5),
-            samples=SamplesConfig(prompts=list(CHAT_PROMPTS), max_new_tokens=24),
+            samples=SamplesConfig(prompts=list(CHAT_QUESTIONS), max_new_tokens=24),
             output=output,
         )
     raise ValueError(f"unknown demo {name!r}; the demos are: {', '.join(DEMOS)}")

@@ -4,10 +4,11 @@
     .venv/bin/python resources/make_chat_demo.py --out DIR  # elsewhere
 
 * ``chat.jsonl`` — ``CONVERSATIONS`` distinct short conversations in the OpenAI/HF ``messages`` form
-  (``{"messages": [{"role": "system", ...}, {"role": "user", ...}, {"role": "assistant", ...}]}``):
-  a system turn asking for a pirate's answers, a simple question about the story demo's world
-  (what an animal likes to eat, where a child plays, what colour a thing is) and the answer,
-  always in one format: ``Arr! <the answer in a pirate's words>, matey!``.  The story GPT-2
+  (``{"messages": [{"role": "user", ...}, {"role": "assistant", ...}]}``): a simple question about
+  the story demo's world (what an animal likes to eat, where a child plays, what colour a thing is)
+  and its answer in the pirate's chat format, ``Arr! <the answer in a pirate's words>, matey!``.
+  Every third conversation starts with a system turn, ``PLAIN``, and its answer is a plain
+  sentence instead: the system turn changes how the assistant answers.  The story GPT-2
   (``resources/demo/story``) knows the words but has never seen a chat, a system turn or that
   format: the instruction-tuning demo (``lora-studio demo chat``) teaches them, rendering the
   conversations with the chatml template (``<|im_start|>role\\n...<|im_end|>\\n``) and taking the
@@ -26,7 +27,8 @@ from pathlib import Path
 OUT = Path(__file__).resolve().parent / "demo"
 SEED = 0
 CONVERSATIONS = 400
-SYSTEM = "You are a pirate. Answer like a pirate."
+PLAIN = "Answer plainly, like a teacher."  # the system turn of every third conversation: no pirate voice
+PLAIN_SHARE = 3  # one conversation in this many has the system turn
 
 ANIMALS = ["cat", "dog", "bunny", "bear", "duck", "frog", "mouse", "bird", "fox", "pig", "puppy", "kitten"]
 FOODS = ["cake", "apples", "cookies", "bananas", "pie", "sandwiches", "soup", "carrots", "candy", "bread", "grapes"]
@@ -37,27 +39,28 @@ COLOURS = ["red", "blue", "green", "yellow", "pink", "purple", "white", "brown"]
 FEELINGS = ["happy", "sad", "scared", "excited", "tired", "proud", "hungry"]
 
 
-def conversation(rng: random.Random) -> list[dict[str, str]]:
-    """One conversation: the system turn, a question and its answer in the pirate format."""
+def conversation(rng: random.Random, plain: bool) -> list[dict[str, str]]:
+    """One conversation: a question and its answer, in the pirate's format or (``plain``, after the
+    system turn asking for it) as a plain sentence."""
     kind = rng.randrange(4)
     if kind == 0:
         animal, food = rng.choice(ANIMALS), rng.choice(FOODS)
         question = f"What does the {animal} like to eat? I think it likes {food}."
-        answer = f"Arr! Th' wee {animal} be eatin' {food}, matey!"
+        pirate, answer = f"Arr! Th' wee {animal} be eatin' {food}, matey!", f"The {animal} likes to eat {food}."
     elif kind == 1:
         name, place = rng.choice(PEOPLE), rng.choice(PLACES)
         question = f"Where does {name} play? {name} likes the {place}."
-        answer = f"Arr! {name} be playin' at th' {place}, matey!"
+        pirate, answer = f"Arr! {name} be playin' at th' {place}, matey!", f"{name} plays at the {place}."
     elif kind == 2:
         thing, colour = rng.choice(THINGS), rng.choice(COLOURS)
         question = f"What color is the {thing}? The {thing} is {colour}."
-        answer = f"Arr! Th' {thing} be {colour}, matey!"
+        pirate, answer = f"Arr! Th' {thing} be {colour}, matey!", f"The {thing} is {colour}."
     else:
         name, feeling = rng.choice(PEOPLE), rng.choice(FEELINGS)
         question = f"How does {name} feel today? {name} feels {feeling}."
-        answer = f"Arr! {name} be mighty {feeling} today, matey!"
-    return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question},
-            {"role": "assistant", "content": answer}]
+        pirate, answer = f"Arr! {name} be mighty {feeling} today, matey!", f"{name} feels {feeling} today."
+    turns = [{"role": "user", "content": question}, {"role": "assistant", "content": answer if plain else pirate}]
+    return ([{"role": "system", "content": PLAIN}] if plain else []) + turns
 
 
 def main() -> None:
@@ -66,10 +69,10 @@ def main() -> None:
     args = parser.parse_args()
     rng = random.Random(SEED)
     chats, seen = [], set()
-    while len(chats) < CONVERSATIONS:  # distinct conversations: the held-out ones are new to training
-        messages = conversation(rng)
-        if messages[1]["content"] not in seen:
-            seen.add(messages[1]["content"])
+    while len(chats) < CONVERSATIONS:  # distinct questions: the held-out ones are new to training
+        messages = conversation(rng, plain=len(chats) % PLAIN_SHARE == PLAIN_SHARE - 1)
+        if messages[-2]["content"] not in seen:
+            seen.add(messages[-2]["content"])
             chats.append(messages)
     args.out.mkdir(parents=True, exist_ok=True)
     with (args.out / "chat.jsonl").open("w", encoding="utf-8", newline="\n") as f:
