@@ -90,3 +90,43 @@ def test_a_token_does_not_see_the_other_examples_of_its_row(story) -> None:
     torch.testing.assert_close(logits[0, ends[0] - n:ends[0]], logits[1, ends[1] - n:ends[1]], rtol=0, atol=1e-5)
     alone = story.model(input_ids=torch.tensor([second["input_ids"]])).logits[0]
     torch.testing.assert_close(logits[0, ends[0] - n:ends[0]], alone, rtol=0, atol=1e-5)
+
+
+def _tiny_llama(attention: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=128)
+    config._attn_implementation = attention
+    return LlamaForCausalLM(config).eval()
+
+
+def _tiny_gpt2(attention: str):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=64, n_embd=32, n_layer=2, n_head=4, n_positions=128)
+    config._attn_implementation = attention
+    return GPT2LMHeadModel(config).eval()
+
+
+@pytest.mark.parametrize("build", [_tiny_llama, _tiny_gpt2], ids=["llama", "gpt2"])
+@pytest.mark.parametrize("attention", ["eager", "sdpa"])
+def test_llama_and_gpt2_take_the_mask_with_eager_and_sdpa_attention(build, attention: str) -> None:
+    """The 4D additive mask and restarting positions (rotary for Llama, learned for GPT-2) give each
+    attention implementation the unpacked loss."""
+    model = build(attention)
+    lengths = [5, 9, 3, 12, 7, 4]
+    g = torch.Generator().manual_seed(3)
+    examples = []
+    for n in lengths:
+        ids = torch.randint(1, 64, (n,), generator=g).tolist()
+        examples.append({"input_ids": ids, "labels": [IGNORE_INDEX, IGNORE_INDEX] + ids[2:]})
+    collate = make_collate(0)
+    with torch.no_grad():
+        alone = [score_batch(model, collate([e]), "causal-lm", "transformers") for e in examples]
+        packed = PackedDataset(examples, 16)
+        score = score_batch(model, collate([packed[i] for i in range(len(packed))]), "causal-lm", "transformers")
+    assert score.targets == sum(s.targets for s in alone)
+    assert float(score.loss_sum) == pytest.approx(sum(float(s.loss_sum) for s in alone), rel=1e-5, abs=1e-5)
