@@ -20,6 +20,7 @@ from .errors import DataError
 from .example_batch import EXAMPLE_BATCH, export_example_inputs
 from .image_folder import ImageFolderDataset, check_image_file
 from .kinds import KIND_TASKS, data_kind_problem, fitting_data_kinds
+from .packing import PackedDataset, truncation_note
 from .preview import (
     DataPreview,
     PreviewSample,
@@ -69,4 +70,6 @@ __all__ = [
     "preview_data",
     "read_label_names",
     "split_dataset",
+    "PackedDataset",
+    "truncation_note",
 ]
