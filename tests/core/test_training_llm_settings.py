@@ -13,7 +13,7 @@ import torch
 from lora_studio.core.adapter.config import LoraConfig
 from lora_studio.core.models.demo_models import load_demo_model
 from lora_studio.core.run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
-from lora_studio.core.training import Failed, TrainingWarning, train
+from lora_studio.core.training import Failed, StepMetrics, TrainingWarning, train
 from lora_studio.core.training.neftune import add_neftune, neftune_scale
 from lora_studio.core.training.optimizers import build_optimizer
 
@@ -115,6 +115,8 @@ def test_examples_cut_at_max_length_are_counted_in_a_warning(tmp_path, packing: 
     assert result.status == "finished", [e for e in events if isinstance(e, Failed)]
     cut = [e.message for e in events if isinstance(e, TrainingWarning) and "data.max_length" in e.message]
     assert cut and cut[0].startswith("3 of 5 examples are longer than data.max_length (16 tokens)")
+    speeds = [e.tokens_per_second for e in events if isinstance(e, StepMetrics)]
+    assert speeds and all(s is not None and s > 0 for s in speeds)  # a packed batch's tokens, not its 4D mask
 
 
 def test_a_run_with_neftune_trains_and_takes_its_hook_off(tmp_path, monkeypatch) -> None:
