@@ -161,6 +161,7 @@ class CausalLMDataset(Dataset):
             self.truncated, self.counted = self.packed.truncated, self.packed.counted
             return
         self.truncated, self.counted, learns = 0, 0, False
+        self.total = len(self.pairs)
         for index in range(min(len(self.pairs), COUNTED_EXAMPLES)):
             example = self._full_example(index)
             self.counted += 1

@@ -113,8 +113,8 @@ def _each(examples: Iterable[dict[str, Any]] | Dataset) -> Iterable[dict[str, An
 def truncation_note(*datasets: Any) -> str | None:
     """The warning for examples cut at ``max_length`` in ``datasets`` (None when none was cut).
 
-    A dataset reports cuts with ``truncated`` (examples cut), ``counted`` (examples looked at)
-    and ``max_length``; wrappers (``Subset``, the first-N view) are looked through by their
+    A dataset reports cuts with ``truncated`` (examples cut), ``counted`` (examples looked at),
+    ``max_length`` and optionally ``total`` (examples in all, when only the first were counted); wrappers (``Subset``, the first-N view) are looked through by their
     ``dataset`` attribute, and a dataset shared by the train and validation splits counts once.
     """
     seen: dict[int, Any] = {}
@@ -127,6 +127,8 @@ def truncation_note(*datasets: Any) -> str | None:
     if not cut:
         return None
     counted = sum(int(d.counted) for d in seen.values())
+    total = sum(int(getattr(d, "total", d.counted)) for d in seen.values())
     length = max(int(d.max_length) for d in seen.values())
-    return (f"{cut} of {counted} examples are longer than data.max_length ({length} tokens) and were cut to it; "
+    of = f"{counted}" if total <= counted else f"the first {counted} (of {total})"
+    return (f"{cut} of {of} examples are longer than data.max_length ({length} tokens) and were cut to it; "
             "raise data.max_length to train on their ends")

@@ -45,6 +45,8 @@ def test_rows_hold_whole_examples_in_order_with_positions_restarting() -> None:
     note = truncation_note(packed, torch.utils.data.Subset(packed, [0]))  # shared by both splits: counted once
     assert note is not None and note.startswith("1 of 5 examples are longer than data.max_length (8 tokens)")
     assert truncation_note(PackedDataset(examples[:2], 8)) is None
+    packed.total = 50  # a dataset that counted only its first examples says so
+    assert truncation_note(packed).startswith("1 of the first 5 (of 50) examples are longer")
 
 
 def test_block_mask_is_causal_within_examples_only() -> None:
