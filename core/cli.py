@@ -10,7 +10,7 @@
 * ``predict PATH INPUT...`` — a trained classifier on texts or images (a run folder, an adapter
   folder, ours or PEFT's, or a merged export), ``--base`` beside its base model.
 * ``generate PATH PROMPT`` — a trained language model continues a prompt, streamed; ``--base`` too.
-* ``demo digits|text|story`` — the built-in offline demos.
+* ``demo digits|text|story|chat`` — the built-in offline demos.
 * ``adapters list FOLDER...`` — one line per adapter folder (ours or PEFT's; a run folder lists its
   adapters); ``adapters show FOLDER`` — everything about one (``--json``).
 * ``combine BASE_SPEC A B ... --weights 0.5,0.5 --method ties --density 0.5 --out DIR`` — load the
@@ -40,6 +40,7 @@ from pathlib import Path
 
 from . import __version__
 from .adapter.config import ALL_LINEAR, LoraConfig
+from .demo import DEMOS
 from .disk import write_error_report
 from .inference.generation import GenerationSettings
 
@@ -233,12 +234,13 @@ def _build_parser() -> argparse.ArgumentParser:
 
     _add_adapter_commands(sub)
 
-    demo = sub.add_parser("demo", help="run a built-in demo offline on a CPU (digits: seconds; text, story: about "
-                          "a minute)",
+    demo = sub.add_parser("demo", help="run a built-in demo offline on a CPU (digits: seconds; text, story, chat: "
+                          "about a minute)",
                           description="digits: recover a rotated-digit domain with LoRA; text: topic classification "
                           "with the pretrained MiniLM encoder; story: a small story-telling GPT-2 learns a pirate's "
-                          "voice.")
-    demo.add_argument("name", nargs="?", default="digits", choices=("digits", "text", "story"),
+                          "voice; chat: the same GPT-2 is instruction-tuned on conversations (chatml, loss on the "
+                          "answers, packed).")
+    demo.add_argument("name", nargs="?", default="digits", choices=DEMOS,
                       help="which demo (default digits)")
     demo.add_argument("--steps", type=_count(1), help="training steps, 1 or more (default: the demo's own)")
     demo.add_argument("--output", help="run folder (default: a temporary folder)")
@@ -326,7 +328,7 @@ def _run_demo(args: argparse.Namespace) -> int:
         if args.name == "digits":
             print(f"accuracy on rotated digits: base model {before['accuracy']:.1%} -> with LoRA "
                   f"{after['accuracy']:.1%}")
-        elif args.name == "story":
+        elif args.name in ("story", "chat"):  # language models: perplexity, not accuracy
             print(f"validation perplexity {before['perplexity']:.2f} -> {after['perplexity']:.2f}")
         else:
             print(f"validation loss {before['loss']:.3f} -> {after['loss']:.3f}; accuracy "

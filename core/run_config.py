@@ -176,7 +176,8 @@ class DataConfig:
     response_column: str | None = field(default=None, metadata=_help("Causal LM: response column (with a prompt)."))
     max_length: int = field(default=128, metadata=_help("Tokens per example (longer ones are cut)."))
     packing: bool = field(
-        default=False, metadata=_help("Causal LM: join examples into full max_length blocks (no padding wasted).")
+        default=False, metadata=_help("Causal LM: pack whole examples side by side in rows of max_length tokens "
+                                      "(positions restart, attention stays within each example).")
     )
     format: str = field(
         default="auto",

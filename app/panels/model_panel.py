@@ -61,7 +61,8 @@ SOURCES = (
 DEFAULT_TASK = "sequence-classification"  # what most hub models are fine-tuned for
 DEMO_TITLES = {"digits": "Digits — a small CNN meets rotated digits (CPU, seconds)",
                "text": "Text — MiniLM sorts sentences into topics",
-               "story": "Story — a small GPT-2 learns a pirate's voice (causal LM, CPU)"}
+               "story": "Story — a small GPT-2 learns a pirate's voice (causal LM, CPU)",
+               "chat": "Chat — the small GPT-2 learns a chat format (instruction tuning, CPU)"}
 
 
 class ModelPanel(QWidget):

@@ -28,7 +28,7 @@ from .loaded_model import LoadedModel
 DIGITS_CHECKPOINT = "digits_cnn.safetensors"
 TEXT_DEMO_DATA = "sentences.csv"  # the text demo's sentences (core/data trains on the same file)
 STORY_FOLDER = "story"  # resources/demo/story: config.json, model.safetensors, tokenizer.json
-DEMO_NAMES = ("digits", "text", "story")
+DEMO_NAMES = ("digits", "text", "story", "chat")  # chat: the story model, instruction-tuned by its demo
 
 
 class DigitsNet(nn.Module):
@@ -97,7 +97,7 @@ def load_demo_model(name: str, *, num_classes: int | None = None, label_names: l
                                    label_names=label_names, meta=meta)
         loaded.name_or_path = "demo:text"
         return loaded
-    if name == "story":
+    if name in ("story", "chat"):
         from .transformers_models import load_transformers
 
         loaded = load_transformers(str(story_folder()), task="causal-lm", meta=meta)

@@ -53,3 +53,12 @@ def test_a_short_chat_demo_learns_the_format(tmp_path) -> None:
         assert texts["adapted"].startswith("Arr! "), texts  # the assistant's format, from the first token
         assert "matey" in texts["adapted"], texts
         assert "Arr" not in texts["base"], texts
+
+
+def test_the_chat_demo_runs_from_the_cli_and_its_model_opens_by_name(tmp_path) -> None:
+    from lora_studio.core.cli import main
+    from lora_studio.core.models.demo_models import load_demo_model
+
+    assert main(["demo", "chat", "--steps", "2", "--output", str(tmp_path / "run"), "--quiet"]) == 0
+    assert (tmp_path / "run" / "adapter" / "adapter_config.json").is_file()
+    assert load_demo_model("chat").name_or_path == "demo:story"  # the window opens the demo by this name
