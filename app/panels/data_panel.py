@@ -417,7 +417,7 @@ class DataPanel(QWidget):
 
     def _fill_columns(self, data: DataConfig) -> None:
         """Offer the file's columns (plus the configured one, so a wrong mapping stays visible)."""
-        table = data.kind in ("text-classification", "causal-lm")
+        table = data.kind in ("text-classification", "causal-lm") and data.format not in CONVERSATION_FORMATS
         self._form.setRowVisible(self.columns_row, table)
         self.columns_row.setEnabled(bool(self.columns))
         for combo, value, optional in (
@@ -502,6 +502,8 @@ class DataPanel(QWidget):
                                        if result.rendered_error else "")
             return
         self.rendered_view.setHtml(rendered_html(rendered))
+        if rendered.format in CONVERSATION_FORMATS:  # detected: its rows have no text or prompt column to map
+            self._form.setRowVisible(self.columns_row, False)
 
     def _apply_column_guesses(self, data: DataConfig) -> bool:
         """Map a new file's columns by their names when the current mapping does not fit; True if changed."""
@@ -638,6 +640,7 @@ def _relative(path: str, root: Path) -> str:
         return path
 
 
+CONVERSATION_FORMATS = ("alpaca", "sharegpt", "messages")  # rows read by their own fields, not mapped columns
 TRAINED_COLOUR = "#fde68a"  # the highlighter yellow readable on both themes' text colours
 
 
