@@ -132,7 +132,10 @@ def _stream(loaded: LoadedModel, prompt_ids: torch.Tensor, settings: GenerationS
     cache_name = cache_argument(parameters)
     options = {"logits_to_keep": 1} if "logits_to_keep" in parameters else {}  # the last position's only
     most = settings.max_new_tokens if limit is None else min(settings.max_new_tokens, limit - prompt_ids.shape[1])
-    states = [_Side(which, prompt_ids, settings.seed) for which in sides]
+    # A chat model's turn ends with its template's marker (chatml's <|im_end|>), which a tokenizer
+    # without chat tokens spells in several ordinary pieces: stop at the text, not only at an id.
+    stop_text = end_of_turn_text(tokenizer) if settings.chat_template and settings.stop_at_end_of_text else None
+    states = [_Side(which, prompt_ids, settings.seed, stop_text) for which in sides]
     while True:
         running = [s for s in states if not s.done]
         if not running:
@@ -154,6 +157,7 @@ def _stream(loaded: LoadedModel, prompt_ids: torch.Tensor, settings: GenerationS
             side.next_input = torch.tensor([[token]], device=device)
             side.done = len(side.ids) >= most
             text = side.flush(tokenizer) if side.done else side.new_text(tokenizer)
+            side.done = side.done or side.ended
             yield GeneratedPiece(side.which, text, index, done=side.done, token_id=token)
 
 
@@ -196,6 +200,25 @@ def position_limit(model: torch.nn.Module) -> int | None:
     return None
 
 
+def end_of_turn_text(tokenizer: Any) -> str | None:
+    """The text the tokenizer's chat template writes after an assistant's answer (chatml: ``<|im_end|>``),
+    found by rendering a one-answer conversation; None without a template or when it writes nothing."""
+    if not getattr(tokenizer, "chat_template", None):
+        return None
+    answer = "\u2063answer\u2063"  # a text no template writes on its own
+    try:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": "question"},
+                                              {"role": "assistant", "content": answer}], tokenize=False)
+    except Exception:  # noqa: BLE001 - a template that cannot render a plain exchange: ids-only stopping
+        return None
+    end = text.rfind(answer)
+    marker = text[end + len(answer):].strip() if end >= 0 else ""
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and marker.endswith(eos) and marker != eos:  # e.g. "<|im_end|></s>": the turn's own marker is enough
+        marker = marker[: -len(eos)].strip() or marker
+    return marker or None
+
+
 def eos_token_ids(loaded: LoadedModel) -> set[int]:
     """Every id that ends a generation: the tokenizer's end-of-text and the model's generation config's."""
     found: set[int] = set()
@@ -211,8 +234,10 @@ def eos_token_ids(loaded: LoadedModel) -> set[int]:
 class _Side:
     """One side's generation: its cache, its generator, the ids so far and the text shown so far."""
 
-    def __init__(self, which: str, prompt_ids: torch.Tensor, seed: int) -> None:
+    def __init__(self, which: str, prompt_ids: torch.Tensor, seed: int, stop_text: str | None = None) -> None:
         self.which = which
+        self.stop_text = stop_text or None  # the text that ends the turn (not shown); None: ids only
+        self.ended = False  # the stop text was generated
         self.next_input = prompt_ids  # the whole prompt first, then one new token at a time
         self.past: Any = None
         self.generator = torch.Generator().manual_seed(seed)  # CPU: the same draws on every device
@@ -227,15 +252,22 @@ class _Side:
         text = tokenizer.decode(self.ids, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""
-        return self._take(text)
+        return self._take(text, hold_back=True)
 
     def flush(self, tokenizer) -> str:
         """Everything not yet shown, complete or not (the side's last piece)."""
         return self._take(tokenizer.decode(self.ids, skip_special_tokens=True)) if self.ids else ""
 
-    def _take(self, text: str) -> str:
+    def _take(self, text: str, hold_back: bool = False) -> str:
+        if self.stop_text:
+            cut = text.find(self.stop_text)
+            if cut >= 0:  # the turn is over: the marker and anything after it are not the answer
+                text, self.ended, hold_back = text[:cut], True, False
+            elif hold_back:  # the text may be the start of the marker: show it once it is not
+                keep = next((k for k in range(len(self.stop_text) - 1, 0, -1) if text.endswith(self.stop_text[:k])), 0)
+                text = text[:len(text) - keep]
         new = text[len(self.shown):]
-        self.shown = text
+        self.shown = text if len(text) >= len(self.shown) else self.shown
         return new
 
 

@@ -196,3 +196,26 @@ def test_a_merged_adapter_generates_the_adapted_side_only(tokenizer):
     with pytest.raises(ValueError, match="merged"):
         generate_stream(loaded, PROMPT, settings)
     assert _ids(list(generate_stream(loaded, PROMPT, settings, sides=("adapted",))), "adapted") == before
+
+
+def test_a_chat_answer_stops_at_its_end_of_turn_text_and_never_shows_it(tokenizer):
+    from lora_studio.core.data.chat_templates import BUILTIN_TEMPLATES
+
+    # This tokenizer has no chat tokens: "<|im_end|>" is several ordinary pieces, as in the chat demo.
+    answer = "the cat sat."
+    script = tokenizer(answer + "<|im_end|>\nthe dog ran")["input_ids"] + [tokenizer.eos_token_id]
+    assert len(tokenizer("<|im_end|>")["input_ids"]) > 1
+    loaded = LoadedModel(model=_Scripted(script, len(tokenizer)), task="causal-lm", forward_style="transformers",
+                         tokenizer=tokenizer)
+    tokenizer.chat_template = BUILTIN_TEMPLATES["chatml"]
+    try:
+        pieces = list(generate_stream(loaded, "x", GenerationSettings(max_new_tokens=50, temperature=0),
+                                      sides=("adapted",)))
+        no_template = list(generate_stream(loaded, "x", GenerationSettings(max_new_tokens=50, temperature=0,
+                                                                           chat_template=False), sides=("adapted",)))
+    finally:
+        tokenizer.chat_template = None
+    assert "".join(p.text for p in pieces) == answer  # no marker, nothing after it
+    assert all("<" not in p.text for p in pieces)  # the marker's start was held back, never shown
+    assert pieces[-1].done and sum(p.done for p in pieces) == 1
+    assert "".join(p.text for p in no_template).startswith(answer + "<|im_end|>")  # plain text: no turns to end
