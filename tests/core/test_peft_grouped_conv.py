@@ -211,7 +211,7 @@ def test_grouped_conv_runs_op_by_op_with_the_same_output_and_gradients() -> None
     torch.testing.assert_close(a.grad, ref_a.grad, atol=0, rtol=0)
 
 
-# -- PEFT's own grouped cases (tests/test_custom_models.py: "Conv1d Groups", "Conv2d Groups", "Conv2d Groups2") --
+# -- PEFT's own grouped cases (its repository's tests/test_custom_models.py: Conv1d/Conv2d Groups, Groups2) --
 class MatrixConv1dGroups(nn.Module):
     """PEFT's ModelConv1DGroups: a (n, 10) input repeated over 8 channels into Conv1d(8, 8, 3, groups=2)."""
 

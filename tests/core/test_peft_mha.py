@@ -68,8 +68,9 @@ def tiny_vit() -> nn.Module:
 
 
 class PeftMatrixMha(nn.Module):
-    """The MultiheadAttention model of PEFT's custom-model test matrix (tests/test_custom_models.py, ModelMha):
-    sequence-first, unbatched input, attention weights returned, a Linear and a LogSoftmax after it."""
+    """The MultiheadAttention model of PEFT's custom-model test matrix (``ModelMha`` in PEFT's own
+    tests/test_custom_models.py): sequence-first, unbatched input, attention weights returned, a Linear
+    and a LogSoftmax after it."""
 
     def __init__(self) -> None:
         super().__init__()
