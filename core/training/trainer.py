@@ -231,6 +231,9 @@ def _prepare_folder(config: RunConfig, out: Path, resume: bool, extra_steps: int
     trained, found = holds_trained_run(out), latest_checkpoint(out)
     barrier(dist)  # every process looks before rank 0 changes anything below
     notes = []
+    if resume and found is None and trained:  # results without a checkpoint: a restart would delete them
+        raise ValueError(f"{out} holds a trained result but no checkpoint to resume from (checkpoints/ was "
+                         "removed?); export what it holds, or start it again with output.overwrite = true")
     if resume and found is None:
         notes.append(f"{out} holds no checkpoint yet (its run stopped before the first one): starting it "
                      "again from step 0")

@@ -127,3 +127,15 @@ def test_skipping_most_steps_is_a_failure_not_a_success(tmp_path) -> None:
     assert result.status == "failed" and failure.kind == "nonfinite"
     assert "5 of the run's 6 steps were skipped" in failure.message
     assert not (tmp_path / "run" / "adapter").exists()
+
+
+def test_resuming_results_without_a_checkpoint_is_refused_and_deletes_nothing(tmp_path) -> None:
+    import shutil
+
+    out = tmp_path / "run"
+    assert train(digits_run(out, max_steps=2, checkpoint_every=1)).status == "finished"
+    shutil.rmtree(out / "checkpoints")  # e.g. removed by hand to save space
+    events = []
+    assert resume_run(out, events.append, extra_steps=1).status == "failed"
+    assert "no checkpoint to resume from" in next(e for e in events if isinstance(e, Failed)).message
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()  # the trained adapter is still there
