@@ -20,24 +20,18 @@ start without them.
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..models.offline import offline
 from .causal_lm import Paragraphs
 from .errors import DataError, require_file
 from .table_files import BOM, RowTable
 
 HUB_PREFIX = "hf:"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE")
-
-
-def is_offline() -> bool:
-    """True when the environment forbids the hub (``HF_HUB_OFFLINE`` and its older names set to 1/true)."""
-    return any(os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on") for name in OFFLINE_VARIABLES)
 
 
 def hub_id(source: str) -> str | None:
@@ -191,7 +185,7 @@ def _pick_split(found: Any, name: str, split: str) -> Any:
 def open_hub_dataset(identifier: str, subset: str | None, split: str) -> HFRows:
     """The hub dataset ``identifier`` (``subset``, ``split``) as rows; refused offline, naming the id."""
     name = identifier + (f" (subset {subset})" if subset else "")
-    if is_offline():
+    if offline("HF_DATASETS_OFFLINE"):
         raise DataError(f"data.train {identifier!r} is a Hugging Face hub dataset, but HF_HUB_OFFLINE is set: "
                         "the hub cannot be reached offline; unset HF_HUB_OFFLINE to download it, or give a local "
                         "file or a save_to_disk folder")

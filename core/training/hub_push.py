@@ -3,9 +3,10 @@
 Everything is staged in a local temporary folder first (the adapter or merged export, ``README.md``
 with the model card, ``loss.svg``), then sent with one ``upload_folder`` call, which the Hub
 applies as one commit: a push that fails (offline, no token, no permission) leaves the repository
-as it was, and nothing half-written.  Offline (``HF_HUB_OFFLINE=1``) the push is refused before
-anything is staged.  The Hub client is ``huggingface_hub.HfApi`` (transformers already brings it);
-tests pass a stand-in with the same two methods (``create_repo``, ``upload_folder``).
+as it was, and nothing half-written.  Offline (the project's one rule, ``core/models/offline.py``)
+the push is refused before anything is staged.  The Hub client is ``huggingface_hub.HfApi``
+(transformers already brings it); tests pass a stand-in with the same two methods (``create_repo``,
+``upload_folder``).
 
 The card follows the Hub's model-card conventions: YAML front matter (``base_model``,
 ``library_name`` ``peft`` for an adapter or ``transformers`` for a model, ``tags``), then what was
@@ -15,7 +16,6 @@ plotting library needed for one polyline).
 
 from __future__ import annotations
 
-import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 from ..disk.adapter_folder import save_adapter
 from ..disk.merged_export import export_merged
 from ..disk.safe_loading import read_json_object
+from ..models.offline import offline
 from ..run_config import RunConfig
 from .metrics_log import read_metrics
 from .trained_run import load_trained_run
@@ -50,9 +51,10 @@ def push_run(run_dir: str | Path, repo_id: str, *, kind: str = "adapter", privat
         raise ValueError(f"push kind must be one of {', '.join(PUSH_KINDS)}, got {kind!r}")
     if not isinstance(repo_id, str) or repo_id.count("/") != 1 or not all(repo_id.split("/")):
         raise ValueError(f"repository id {repo_id!r} must be 'owner/name' (e.g. 'alice/minilm-sentiment-lora')")
-    if _offline():
-        raise OSError(f"cannot push to {repo_id}: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1); "
-                      "nothing was sent. Unset HF_HUB_OFFLINE and connect, or copy the export by hand")
+    if offline():
+        raise OSError(f"cannot push to {repo_id}: the Hugging Face Hub is switched off here (HF_HUB_OFFLINE=1, or "
+                      "TRANSFORMERS_OFFLINE / LORA_STUDIO_OFFLINE); nothing was sent. Unset it and connect, or copy "
+                      "the export by hand")
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     if kind == "adapter" and not config.training.trains_adapter:
@@ -81,10 +83,6 @@ def push_run(run_dir: str | Path, repo_id: str, *, kind: str = "adapter", privat
             raise OSError(f"pushing to {repo_id} failed ({type(exc).__name__}: {exc}); nothing was changed there "
                           "(the upload is one commit). Check the connection and `huggingface-cli login`") from None
     return PushResult(repo_id, str(url), kind, files)
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
 
 
 def model_card(run_dir: Path, config: RunConfig, kind: str, base: str | None) -> str:
