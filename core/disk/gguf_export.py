@@ -23,6 +23,7 @@ architectures listed in :data:`GGUF_ARCHITECTURES` are written; others are refus
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -56,25 +57,15 @@ class GGUFResult:
 
 def export_gguf(model: nn.Module, path: str | Path, tokenizer: Any, *, precision: str = "f16") -> GGUFResult:
     """Write ``model`` (its active adapter merged) as a llama.cpp GGUF model file at ``path``."""
-    import gguf
-
     config = _architecture_config(model)
     _check_precision(precision)
-    merged = merged_copy(model, precision="float32", share_frozen=True)
-    names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
-    state = merged.state_dict()
+    tensors = _named_model_tensors(model, config)
     with _writer(path, config.model_type) as writer:
         _write_hyperparameters(writer, config, precision)
         _write_tokenizer(writer, tokenizer, config)
-        count = 0
-        for name, tensor in _model_tensors(state, config):
-            gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
-            if gguf_name is None:
-                raise ValueError(f"GGUF export: no llama.cpp name for tensor {name!r} of this "
-                                 f"{config.model_type} model; export a safetensors model instead")
+        for gguf_name, tensor in tensors.items():
             _add_tensor(writer, gguf_name, tensor, precision)
-            count += 1
-    return GGUFResult(Path(path), config.model_type, "model", precision, count)
+    return GGUFResult(Path(path), config.model_type, "model", precision, len(tensors))
 
 
 def export_gguf_adapter(model: nn.Module, path: str | Path, adapter_name: str | None = None, *,
@@ -84,46 +75,16 @@ def export_gguf_adapter(model: nn.Module, path: str | Path, adapter_name: str | 
 
     config = _architecture_config(model)
     _check_precision(precision)
-    root = adapted_root(model)
-    state = adapter_state(root) if root is not None else None
-    if state is None:
-        raise ValueError("GGUF adapter export: the model carries no adapter")
-    adapter_name = adapter_name or active_adapter(root)
-    lora = state.configs[adapter_name]
-    if lora.variant not in ("lora", "lora_plus"):
-        raise ValueError(f"GGUF adapter export: llama.cpp's adapters are plain LoRA; adapter {adapter_name!r} uses "
-                         f"variant {lora.variant!r}. Export a merged GGUF model instead")
-    alpha = float(lora.alpha)
-    names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
-    prefix = _prefix_of(model, root)
+    alpha, factors = _adapter_factors(model, config, adapter_name)
     with _writer(path, config.model_type) as writer:
         writer.add_type(gguf.GGUFType.ADAPTER)
         writer.add_string(gguf.Keys.Adapter.TYPE, "lora")
         writer.add_float32(gguf.Keys.Adapter.LORA_ALPHA, alpha)
-        count = 0
-        for layer_name, layer in adapter_layers(root):
-            if adapter_name not in layer.adapter_names:
-                continue
-            if not isinstance(layer, LinearLora):
-                raise ValueError(f"GGUF adapter export: layer {layer_name!r} is a {type(layer.base_layer).__name__}; "
-                                 "llama.cpp's adapters hold linear layers only. Export a merged GGUF model instead")
-            a, b = (t.detach().float().cpu() for t in layer.stored_factors(adapter_name, "weight"))
-            rank = a.shape[0]
+        for gguf_name, a, b, scaling in factors:
             # llama.cpp scales by alpha / r of this tensor: fold the layer's own scale into B.
-            b = b * (float(layer.scaling[adapter_name]) * rank / alpha)
-            weight_name = f"{prefix}{layer_name}.weight"
-            if config.model_type == "llama":
-                b = _rotary_rows(b, weight_name, config)
-            gguf_name = names.get_name(weight_name, try_suffixes=(".weight",))
-            if gguf_name is None:
-                raise ValueError(f"GGUF adapter export: llama.cpp has no name for layer {layer_name!r}; "
-                                 "leave it out of the targets or export a merged GGUF model")
             _add_tensor(writer, f"{gguf_name}.lora_a", a.contiguous(), precision)
-            _add_tensor(writer, f"{gguf_name}.lora_b", b.contiguous(), precision)
-            count += 2
-    if not count:
-        raise ValueError(f"GGUF adapter export: adapter {adapter_name!r} adapts no layer")
-    return GGUFResult(Path(path), config.model_type, "adapter", precision, count)
+            _add_tensor(writer, f"{gguf_name}.lora_b", (b * (scaling * a.shape[0] / alpha)).contiguous(), precision)
+    return GGUFResult(Path(path), config.model_type, "adapter", precision, 2 * len(factors))
 
 
 def gguf_problem(model: nn.Module) -> str | None:
@@ -149,25 +110,14 @@ def verify_gguf(result: GGUFResult, model: nn.Module, adapter_name: str | None =
         tuple(int(d) for d in reversed(t.shape)))) for t in reader.tensors}
     config = _architecture_config(model)
     if result.kind == "model":
-        names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
-        expected = {names.get_name(name, try_suffixes=(".weight", ".bias")): tensor
-                    for name, tensor in _model_tensors(merged_copy(model, share_frozen=True).state_dict(), config)}
+        expected = _named_model_tensors(model, config)
     else:
         alpha = float(reader.fields[gguf.Keys.Adapter.LORA_ALPHA].contents())
-        root = adapted_root(model)
-        adapter_name = adapter_name or active_adapter(root)
-        names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
-        prefix, expected = _prefix_of(model, root), {}
-        for layer_name, layer in adapter_layers(root):
-            if adapter_name in layer.adapter_names:
-                a, b = (t.detach().float().cpu() for t in layer.stored_factors(adapter_name, "weight"))
-                weight_name = f"{prefix}{layer_name}.weight"
-                delta = _rotary_rows(float(layer.scaling[adapter_name]) * b @ a, weight_name, config) \
-                    if config.model_type == "llama" else float(layer.scaling[adapter_name]) * b @ a
-                gguf_name = names.get_name(weight_name, try_suffixes=(".weight",))
-                a_file, b_file = stored[f"{gguf_name}.lora_a"], stored[f"{gguf_name}.lora_b"]
-                stored[gguf_name] = alpha / a_file.shape[0] * b_file @ a_file
-                expected[gguf_name] = delta
+        expected = {}
+        for gguf_name, a, b, scaling in _adapter_factors(model, config, adapter_name)[1]:
+            a_file, b_file = stored[f"{gguf_name}.lora_a"], stored[f"{gguf_name}.lora_b"]
+            stored[gguf_name] = alpha / a_file.shape[0] * b_file @ a_file  # what llama.cpp adds
+            expected[gguf_name] = scaling * b @ a
     if set(expected) - set(stored):
         raise ValueError(f"{result.path} lacks tensors {sorted(set(expected) - set(stored))[:3]}; export it again")
     worst = 0.0
@@ -175,6 +125,57 @@ def verify_gguf(result: GGUFResult, model: nn.Module, adapter_name: str | None =
         scale = float(value.abs().max()) or 1.0
         worst = max(worst, float((stored[name] - value).abs().max()) / scale)
     return worst
+
+
+def _named_model_tensors(model: nn.Module, config: Any) -> dict[str, torch.Tensor]:
+    """The merged model's tensors by their llama.cpp names, in llama.cpp's layout."""
+    import gguf
+
+    names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
+    out = {}
+    for name, tensor in _model_tensors(merged_copy(model, precision="float32", share_frozen=True).state_dict(),
+                                       config):
+        gguf_name = names.get_name(name, try_suffixes=(".weight", ".bias"))
+        if gguf_name is None:
+            raise ValueError(f"GGUF export: no llama.cpp name for tensor {name!r} of this "
+                             f"{config.model_type} model; export a safetensors model instead")
+        out[gguf_name] = tensor
+    return out
+
+
+def _adapter_factors(model: nn.Module, config: Any, adapter_name: str | None
+                     ) -> tuple[float, list[tuple[str, torch.Tensor, torch.Tensor, float]]]:
+    """The adapter's alpha and, per adapted weight, (llama.cpp name, A, B in llama.cpp's row order, the
+    layer's own scale); what llama.cpp cannot hold is refused by name."""
+    import gguf
+
+    root = adapted_root(model)
+    state = adapter_state(root) if root is not None else None
+    if state is None:
+        raise ValueError("GGUF adapter export: the model carries no adapter")
+    adapter_name = adapter_name or active_adapter(root)
+    lora = state.configs[adapter_name]
+    if lora.variant not in ("lora", "lora_plus"):
+        raise ValueError(f"GGUF adapter export: llama.cpp's adapters are plain LoRA; adapter {adapter_name!r} uses "
+                         f"variant {lora.variant!r}. Export a merged GGUF model instead")
+    names = gguf.get_tensor_name_map(_gguf_arch(config.model_type), _block_count(config))
+    prefix, factors = _prefix_of(model, root), []
+    for layer_name, layer in adapter_layers(root):
+        if adapter_name not in layer.adapter_names:
+            continue
+        if not isinstance(layer, LinearLora):
+            raise ValueError(f"GGUF adapter export: layer {layer_name!r} is a {type(layer.base_layer).__name__}; "
+                             "llama.cpp's adapters hold linear layers only. Export a merged GGUF model instead")
+        weight_name = f"{prefix}{layer_name}.weight"
+        gguf_name = names.get_name(weight_name, try_suffixes=(".weight",))
+        if gguf_name is None:
+            raise ValueError(f"GGUF adapter export: llama.cpp has no name for layer {layer_name!r}; "
+                             "leave it out of the targets or export a merged GGUF model")
+        a, b = (t.detach().float().cpu() for t in layer.stored_factors(adapter_name, "weight"))
+        factors.append((gguf_name, a, _rotary_rows(b, weight_name, config), float(layer.scaling[adapter_name])))
+    if not factors:
+        raise ValueError(f"GGUF adapter export: adapter {adapter_name!r} adapts no layer")
+    return float(lora.alpha), factors
 
 
 # -- architectures ----------------------------------------------------------------------------------
@@ -231,7 +232,10 @@ def _model_tensors(state: dict[str, torch.Tensor], config: Any) -> Iterator[tupl
 
 
 def _rotary_rows(tensor: torch.Tensor, name: str, config: Any) -> torch.Tensor:
-    """Llama's q/k rows (weights, biases, a LoRA B) reordered as llama.cpp's rotary layout wants."""
+    """Llama's q/k rows (weights, biases, a LoRA B) reordered as llama.cpp's rotary layout wants
+    (other architectures' tensors as they are)."""
+    if config.model_type != "llama":
+        return tensor
     heads = int(config.num_attention_heads)
     if ".q_proj." in name:
         return _permute(tensor, heads)
@@ -246,31 +250,20 @@ def _permute(weights: torch.Tensor, heads: int) -> torch.Tensor:
 
 
 # -- writing ----------------------------------------------------------------------------------------
-class _writer:
+@contextlib.contextmanager
+def _writer(path: str | Path, arch: str) -> Iterator[Any]:
     """A GGUF writer on a temporary file that replaces ``path`` only when it is complete."""
+    import gguf
 
-    def __init__(self, path: str | Path, arch: str) -> None:
-        self.path, self.arch = Path(path), arch
-
-    def __enter__(self) -> Any:
-        import gguf
-
-        self._atomic = atomic_path(self.path)
-        tmp = self._atomic.__enter__()
-        self.writer = gguf.GGUFWriter(str(tmp), self.arch)
-        return self.writer
-
-    def __exit__(self, kind, value, tb) -> bool:
+    with atomic_path(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), arch)
         try:
-            if kind is None:
-                self.writer.write_header_to_file()
-                self.writer.write_kv_data_to_file()
-                self.writer.write_tensors_to_file()
-            self.writer.close()
-        except BaseException as exc:
-            self._atomic.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        return bool(self._atomic.__exit__(kind, value, tb))
+            yield writer
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
 
 
 def _file_type(precision: str) -> int:
