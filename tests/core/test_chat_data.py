@@ -207,12 +207,24 @@ def test_the_rendered_preview_shades_what_the_loss_trains(tmp_path, tokenizer):
     assert sample.trained_tokens == len(tokenizer("Hello!<|im_end|>\n", add_special_tokens=False)["input_ids"])
 
 
+def _story_chat_run(tmp_path, animal: str, deed: str, *, steps: int):
+    """The story demo trained a few steps on twelve one-answer chats about ``animal`` (run folder tmp/run)."""
+    from lora_studio.core.demo import demo_config
+
+    rows = [{"messages": [{"role": "user", "content": f"Tell me about {animal} {i}."},
+                          {"role": "assistant", "content": f"{animal.title()} {i} {deed}, arr!"}]} for i in range(12)]
+    config = demo_config("story", output_dir=tmp_path / "run", steps=steps)
+    config = config.replace(data=DataConfig(kind="causal-lm", train=jsonl(tmp_path / "chat.jsonl", rows),
+                                            validation_split=0.25, max_length=64))
+    return config.replace(training=type(config.training)(max_steps=steps, batch_size=4, lr=1e-2, eval_every=0,
+                                                         checkpoint_every=0, log_every=1))
+
+
 def test_a_chat_run_of_the_story_demo_trains_and_saves_its_template(tmp_path):
     from lora_studio.core import train
     from lora_studio.core.adapter.config import LoraConfig
     from lora_studio.core.adapter.lifecycle import attach
     from lora_studio.core.data.bundle import build_datasets
-    from lora_studio.core.demo import demo_config
     from lora_studio.core.disk.adapter_folder import (
         apply_saved_chat_template,
         load_adapter,
@@ -222,13 +234,7 @@ def test_a_chat_run_of_the_story_demo_trains_and_saves_its_template(tmp_path):
     from lora_studio.core.disk.merged_export import export_merged
     from lora_studio.core.models.demo_models import load_demo_model
 
-    rows = [{"messages": [{"role": "user", "content": f"Tell me about cat {i}."},
-                          {"role": "assistant", "content": f"Cat {i} sat on a mat, arr!"}]} for i in range(12)]
-    config = demo_config("story", output_dir=tmp_path / "run", steps=3)
-    config = config.replace(data=DataConfig(kind="causal-lm", train=jsonl(tmp_path / "chat.jsonl", rows),
-                                            validation_split=0.25, max_length=64))
-    config = config.replace(training=type(config.training)(max_steps=3, batch_size=4, lr=1e-2, eval_every=0,
-                                                           checkpoint_every=0, log_every=1))
+    config = _story_chat_run(tmp_path, "cat", "sat on a mat", steps=3)
     result = train(config)
     assert result.status == "finished", result
     assert result.final_loss is not None and math.isfinite(result.final_loss)
@@ -309,20 +315,14 @@ def test_alpaca_history_pairs_come_before_the_instruction(tmp_path, tokenizer):
 
 
 def test_a_chat_runs_template_is_saved_by_the_run_and_comes_back_with_every_load(tmp_path):
-    from lora_studio.core import train
-    from lora_studio.core.data.checks import check_data
-    from lora_studio.core.demo import demo_config
-    from lora_studio.core.disk.merged_export import export_merged
-    from lora_studio.core.training.trained_run import load_for_inference, load_trained_run
     from transformers import AutoTokenizer
 
-    rows = [{"messages": [{"role": "user", "content": f"Tell me about dog {i}."},
-                          {"role": "assistant", "content": f"Dog {i} dug a hole, arr!"}]} for i in range(12)]
-    config = demo_config("story", output_dir=tmp_path / "run", steps=2)
-    config = config.replace(data=DataConfig(kind="causal-lm", train=jsonl(tmp_path / "chat.jsonl", rows),
-                                            validation_split=0.25, max_length=64))
-    config = config.replace(training=type(config.training)(max_steps=2, batch_size=4, lr=1e-2, eval_every=0,
-                                                           checkpoint_every=0, log_every=1))
+    from lora_studio.core import train
+    from lora_studio.core.data.checks import check_data
+    from lora_studio.core.disk.merged_export import export_merged
+    from lora_studio.core.training.trained_run import load_for_inference, load_trained_run
+
+    config = _story_chat_run(tmp_path, "dog", "dug a hole", steps=2)
     assert "checked, row by row, when training starts" in check_data(config.data).note  # the window's check
     result = train(config)
     assert result.status == "finished", result
