@@ -340,9 +340,7 @@ def merge(
 def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, variant: Variant) -> None:
     """Refuse, before any change, layers the variant cannot adapt and ranks it cannot use there."""
     for name in targets:
-        layer = model.get_submodule(name)
-        if not isinstance(layer, AdapterLayer):
-            layer = wrapper_for(layer)[0](layer)  # a throw-away wrapper: only reads the layer
+        layer = _wrapped_view(model.get_submodule(name))
         reason = variant.unsupported_reason(layer)
         if reason:
             raise ValueError(
@@ -362,18 +360,19 @@ def oversized_ranks(model: nn.Module, config: LoraConfig) -> list[tuple[str, int
     refuses them, naming the layers (see ``core/training/setup.py``).
     """
     found = []
-    for name in match_targets(model, config):
-        layer = model.get_submodule(name)
-        if not isinstance(layer, AdapterLayer):
-            wrapper_cls = wrapper_for(layer)[0]
-            if wrapper_cls is None:
-                continue  # attach names these itself
-            layer = wrapper_cls(layer)  # a throw-away wrapper: only reads the layer
+    for name in match_targets(model, config):  # every target has a wrapper: match_targets refuses the rest
+        layer = _wrapped_view(model.get_submodule(name))
         rank = config.rank_for(name)
         limit = min(min(slot.matrix(slot.param).shape) for slot in layer.weight_slots().values())
         if rank > limit:
             found.append((name, rank, limit))
     return found
+
+
+def _wrapped_view(layer: nn.Module) -> AdapterLayer:
+    """``layer`` as its adapter wrapper sees it: itself when wrapped already, else a throw-away wrapper
+    (it only reads the layer; nothing in the model changes)."""
+    return layer if isinstance(layer, AdapterLayer) else wrapper_for(layer)[0](layer)
 
 
 def _shared_parameter_ids(model: nn.Module) -> set[int]:

@@ -11,8 +11,11 @@ from .events import CheckpointSaved, EvalMetrics, Event, Failed, Finished, Sampl
 
 # The events a log holds, by the name ``event_record`` writes: a record of one is kept only with
 # every field its class requires, so readers may index them without guarding each key.
-_LOGGED = {cls.__name__: cls for cls in (StepMetrics, EvalMetrics, Samples, CheckpointSaved, TrainingWarning,
-                                         Finished, Failed)}
+_REQUIRED = {  # event name -> the fields its class has no default for (read once, not per record)
+    cls.__name__: tuple(f.name for f in dataclasses.fields(cls)
+                        if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
+    for cls in (StepMetrics, EvalMetrics, Samples, CheckpointSaved, TrainingWarning, Finished, Failed)
+}
 
 
 def event_record(event: Event) -> dict[str, Any]:
@@ -90,13 +93,12 @@ def read_metrics(run_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _intact(record: dict[str, Any]) -> bool:
-    cls = _LOGGED.get(record.get("event"))  # type: ignore[arg-type]
-    if cls is None:
-        return isinstance(record.get("event"), str)  # an event of a newer version: kept, readers skip it
-    required = [f.name for f in dataclasses.fields(cls)
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    event = record.get("event")
+    required = _REQUIRED.get(event) if isinstance(event, str) else None
+    if required is None:
+        return isinstance(event, str)  # an event of a newer version: kept, readers skip it
     if any(name not in record for name in required):
         return False
     if "step" in record and not isinstance(record["step"], int):
         return False
-    return cls is not Finished or isinstance(record["result"], dict)
+    return event != Finished.__name__ or isinstance(record["result"], dict)
