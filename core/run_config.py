@@ -42,6 +42,7 @@ PRECISIONS = ("float32", "bfloat16", "float16")
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")  # and cuda:N, a CUDA device by index
 NONFINITE_ACTIONS = ("stop", "skip")
 OPTIMIZERS = ("adamw", "adamw_8bit")
+DISTRIBUTED_STRATEGIES = ("ddp", "fsdp")  # core/training/distributed.py, core/training/fsdp.py
 BAD_IMAGE_ACTIONS = ("skip", "error")
 MODES = ("lora", "full", "head")
 MODE_TITLES = {"lora": "LoRA", "full": "full fine-tuning", "head": "head-only"}  # "a full fine-tuning run"
@@ -298,6 +299,12 @@ class TrainingConfig:
     )
     seed: int = field(default=0, metadata=_help("Seed of initialisation, data order and dropout."))
     device: str = field(default="auto", metadata=_help("auto (CUDA, then Apple MPS, then CPU), cpu, cuda, cuda:N, mps."))
+    processes: int = field(default=1, metadata=_help(
+        "Processes that train together, one per device: 1 trains in this process; N > 1 starts N under torchrun "
+        "(GPUs 0..N-1 with device cuda, gloo processes with cpu). Under a torchrun started by hand, its count rules."))
+    distributed: str = field(default="ddp", metadata=_help(
+        "How several processes share the model: ddp (a whole copy each, gradients averaged) or fsdp (each holds a "
+        "shard of every transformer block: models larger than one device)."))
     eval_every: int = field(default=50, metadata=_help("Evaluate every N steps (and at the end); 0 = only at the end."))
     eval_at_start: bool = field(
         default=False, metadata=_help("Also evaluate before the first step: the baseline the run improves on.")
@@ -357,6 +364,11 @@ class TrainingConfig:
             self.device in DEVICE_CHOICES or self.device.startswith("cuda:")
         ):
             raise _fail(s, "device", "must be auto, cpu, cuda, cuda:N or mps", self.device)
+        _int(s, self, "processes", 1)
+        if self.processes > 1 and (self.device == "mps" or self.device.startswith("cuda:")):
+            raise _fail(s, "processes", f"must be 1 with device {self.device!r} (one device); use device 'cuda' to "
+                        "train on GPUs 0..N-1, or 'cpu'", self.processes)
+        _choice(s, self, "distributed", DISTRIBUTED_STRATEGIES)
         _int(s, self, "eval_every", 0)
         _bool(s, self, "eval_at_start")
         _int(s, self, "eval_batch_size", 1)
