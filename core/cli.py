@@ -116,7 +116,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="lora-studio",
         description="LoRA Studio: fine-tune PyTorch models with LoRA. The engine, from the command line.",
-        epilog=EXIT_CODES_TEXT + " Scale out: torchrun --nproc_per_node N -m lora_studio.core train RUN.toml",
+        epilog=EXIT_CODES_TEXT + " Scale out: training.processes = N (or train --processes N) launches N processes "
+        "under torchrun; torchrun --nproc_per_node N -m lora_studio.core train RUN.toml by hand works too.",
     )
     parser.add_argument("--version", action="version", version=f"lora-studio {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -127,7 +128,13 @@ def _build_parser() -> argparse.ArgumentParser:
     train.add_argument("--output", help="override output.dir")
     train.add_argument("--max-steps", type=int, help="override training.max_steps")
     train.add_argument("--device", help="override training.device (auto, cpu, cuda, cuda:N, mps)")
+    train.add_argument("--processes", type=_count(1), help="override training.processes: N > 1 trains in N "
+                       "processes launched under torchrun (GPUs 0..N-1 with device cuda, CPU processes with cpu)")
     train.add_argument("--overwrite", action="store_true", help="start afresh in an output folder that holds a run")
+    train.add_argument("--resume", action="store_true", help="continue the run in output.dir from its newest "
+                       "checkpoint with this config (what `resume RUN_DIR` does with the folder's own)")
+    train.add_argument("--extra-steps", type=_count(0), default=0,
+                       help="with --resume: train this many steps past the run's end")
     train.add_argument("--quiet", action="store_true", help="no progress bar")
     train.set_defaults(run=_run_train)
 
@@ -136,6 +143,8 @@ def _build_parser() -> argparse.ArgumentParser:
     resume.add_argument("run_dir", help="the run folder (holds run.toml and checkpoints/)")
     resume.add_argument("--extra-steps", type=_count(0), default=0,
                         help="train this many steps past the run's end (0 or more; default 0)")
+    resume.add_argument("--processes", type=_count(1), help="override training.processes (N > 1: N processes "
+                        "under torchrun; a checkpoint resumes under any process count)")
     resume.add_argument("--quiet", action="store_true", help="no progress bar")
     resume.set_defaults(run=_run_resume)
 
@@ -269,7 +278,6 @@ def _run_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     from .run_config import RunConfig
-    from .training import train
 
     config = RunConfig.load(args.config)
     if args.output or args.overwrite:
@@ -278,14 +286,36 @@ def _run_train(args: argparse.Namespace) -> int:
     if args.max_steps is not None and args.max_steps < 1:  # 0 is a choice, not "unset" (issue 15)
         raise ValueError(f"--max-steps must be at least 1, got {args.max_steps}; leave it out to use "
                          "training.max_steps from the config")
-    if args.max_steps is not None or args.device:
+    if args.max_steps is not None or args.device or args.processes:
         config = config.replace(training=dataclasses.replace(
             config.training, max_steps=config.training.max_steps if args.max_steps is None else args.max_steps,
-            device=args.device or config.training.device))
+            device=args.device or config.training.device, processes=args.processes or config.training.processes))
+    if args.extra_steps and not args.resume:
+        raise ValueError("--extra-steps extends a resumed run; add --resume (or use `resume RUN_DIR --extra-steps N`)")
     check_output_folder(config.output.dir, "--output" if args.output else f"output.dir in {args.config}",
                         fix="train --output DIR, or output.dir in the config")
     args.report_dir = config.output.dir  # an unexpected error's report goes into the run folder
-    return _drive(lambda on_event, cancel: train(config, on_event, cancel), args.quiet)
+    return _train_or_launch(config, args, resume=args.resume, extra_steps=args.extra_steps)
+
+
+def _train_or_launch(config, args: argparse.Namespace, *, resume: bool, extra_steps: int) -> int:
+    """Train in this process, or, with training.processes > 1 outside torchrun, launch the processes
+    under torchrun and follow them (a torchrun started by hand has its own count: it trains here)."""
+    from .training import train
+    from .training.launcher import launch_processes
+
+    if config.training.processes > 1 and not under_torchrun():
+        print(f"training in {config.training.processes} processes under torchrun "
+              f"({config.training.distributed.upper()}) ...", file=sys.stderr)
+        return _drive(lambda on_event, cancel: launch_processes(config, on_event, cancel, resume=resume,
+                                                                extra_steps=extra_steps), args.quiet, launched=True)
+    return _drive(lambda on_event, cancel: train(config, on_event, cancel, resume=resume, extra_steps=extra_steps),
+                  args.quiet)
+
+
+def under_torchrun() -> bool:
+    """Whether this process is one of several torchrun started (``WORLD_SIZE`` set above 1)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or "1") > 1
 
 
 def check_output_folder(folder: str | Path, field: str, *, what: str = "the run folder", fix: str = "") -> None:
@@ -302,10 +332,14 @@ def check_output_folder(folder: str | Path, field: str, *, what: str = "the run 
 
 
 def _run_resume(args: argparse.Namespace) -> int:
-    from .training import resume_run
+    import dataclasses
 
-    return _drive(lambda on_event, cancel: resume_run(args.run_dir, on_event, cancel, extra_steps=args.extra_steps),
-                  args.quiet)
+    from .training import load_run_config
+
+    config = load_run_config(args.run_dir)
+    if args.processes:
+        config = config.replace(training=dataclasses.replace(config.training, processes=args.processes))
+    return _train_or_launch(config, args, resume=True, extra_steps=args.extra_steps)
 
 
 def _run_demo(args: argparse.Namespace) -> int:
@@ -336,16 +370,25 @@ def _run_demo(args: argparse.Namespace) -> int:
     return code
 
 
-def _drive(start, quiet: bool) -> int:
-    """Run ``start(on_event, cancel)`` with a progress bar; Ctrl-C cancels cleanly (twice: at once)."""
+def _drive(start, quiet: bool, *, launched: bool = False) -> int:
+    """Run ``start(on_event, cancel)`` with a progress bar; Ctrl-C cancels cleanly (twice: at once).
+
+    ``launched``: ``start`` runs processes of its own (``launch_processes``), ended first by a second Ctrl-C.
+    Under a launch (the launcher's stop file named in the environment) a rank also stops when the
+    file appears, and a rank that fails writes its report for the launcher.
+    """
     from .training import CancelToken, Failed
+    from .training.launcher import kill_launched_processes
     from .training.progress import ProgressPrinter
 
     cancel = CancelToken()
     printer = ProgressPrinter(enabled=not quiet and os.environ.get("RANK", "0") == "0", details=debugging())
+    _watch_stop_file(cancel)
 
     def on_interrupt(signum, frame):  # first Ctrl-C: stop after this step, with a checkpoint
         if cancel.cancelled:
+            if launched:
+                kill_launched_processes()
             _abort_now()
         cancel.cancel()
         print("\ncancelling after this step (Ctrl-C again to abort now) ...", file=sys.stderr, flush=True)
@@ -367,6 +410,7 @@ def _drive(start, quiet: bool) -> int:
             signal.signal(signal.SIGINT, previous)
     if result.status == "failed":
         message = failure.message if failure else result.error
+        _report_rank_failure(message or "the run failed", failure)
         if failure is not None and failure.details and not debugging():  # a traceback: to a file, not the terminal
             message = f"{message}; {_report_text(write_error_report(failure.details, result.run_dir))}"
         print(f"lora-studio: error: {message}", file=sys.stderr)
@@ -374,6 +418,37 @@ def _drive(start, quiet: bool) -> int:
     if os.environ.get("RANK", "0") == "0":  # under torchrun only rank 0 reports
         printer.summary(result)
     return EXIT_CANCELLED if result.status == "cancelled" else EXIT_OK
+
+
+def _watch_stop_file(cancel) -> None:
+    """Under a launch: cancel this rank's run when the launcher's stop file appears (polled on a
+    daemon thread; the trainer's all-reduce of the flag makes every rank stop at the same step)."""
+    import threading
+
+    from .training.launcher import STOP_FILE_ENV
+
+    path = os.environ.get(STOP_FILE_ENV)
+    if not path or not under_torchrun():
+        return
+
+    def watch() -> None:
+        while not cancel.cancelled:
+            if os.path.exists(path):
+                cancel.cancel()
+                return
+            time.sleep(0.1)
+
+    threading.Thread(target=watch, name="lora-studio-stop-file", daemon=True).start()
+
+
+def _report_rank_failure(message: str, failure) -> None:
+    """Under a launch: tell the launcher what failed on this rank and when (only rank 0 emits events)."""
+    from .training.launcher import RANK_REPORTS_ENV, write_rank_report
+
+    folder = os.environ.get(RANK_REPORTS_ENV)
+    if folder and under_torchrun():
+        write_rank_report(folder, int(os.environ.get("RANK", "0")), message,
+                          failure.kind if failure is not None else "error", failure.details if failure else "")
 
 
 def _main_thread() -> bool:

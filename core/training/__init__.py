@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from .checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .class_changes import ClassChange, class_changes
-from .devices import device_description, device_total_memory, resolve_device
+from .devices import DeviceInfo, available_devices, device_description, device_total_memory, resolve_device
 from .evaluation import EvalResult, evaluate
 from .events import (
     CancelToken,
@@ -25,8 +25,9 @@ from .events import (
     TrainingWarning,
     TrainResult,
 )
+from .launcher import launch_processes
 from .live_model import LiveModel, LiveParts
-from .metrics_log import event_record, read_metrics
+from .metrics_log import event_from_record, event_record, read_metrics
 from .schedule import lr_factor
 from .setup import build_model, build_run, training_lora_config
 from .trained_run import load_for_inference, load_trained_run
@@ -41,6 +42,7 @@ __all__ = [
     "CancelToken",
     "CheckpointSaved",
     "ClassChange",
+    "DeviceInfo",
     "EvalMetrics",
     "EvalResult",
     "Event",
@@ -54,14 +56,17 @@ __all__ = [
     "TrainResult",
     "TrainingWarning",
     "after_optimizer_step",
+    "available_devices",
     "build_model",
     "build_run",
     "class_changes",
     "device_description",
     "device_total_memory",
     "evaluate",
+    "event_from_record",
     "event_record",
     "latest_checkpoint",
+    "launch_processes",
     "layer_update_norms",
     "list_checkpoints",
     "load_checkpoint",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 
 import torch
 
@@ -141,3 +142,32 @@ def free_device_memory(device: torch.device) -> None:
         torch.cuda.empty_cache()
     elif device.type == "mps":
         torch.mps.empty_cache()
+
+
+@dataclass(frozen=True)
+class DeviceInfo:
+    """One device this machine can train on, as the window's device list shows it."""
+
+    kind: str  # 'cpu', 'cuda' or 'mps'
+    index: int | None  # CUDA: the device's index; None otherwise
+    name: str  # 'NVIDIA H200', 'Apple GPU', 'CPU'
+    total_memory: int | None  # bytes, or None when this machine cannot tell
+
+    @property
+    def device(self) -> str:
+        """The ``training.device`` value that picks exactly this device ('cpu', 'cuda:1', 'mps')."""
+        return f"cuda:{self.index}" if self.kind == "cuda" else self.kind
+
+
+def available_devices() -> list[DeviceInfo]:
+    """The devices a run could use here: the CPU, each CUDA device by index, and Apple's GPU when
+    MPS is there.  Reads only the devices' properties (no tensor is allocated); cheap enough for
+    the UI thread once, not for every repaint."""
+    found = [DeviceInfo("cpu", None, "CPU", _system_memory())]
+    if torch.cuda.is_available():
+        for index in range(torch.cuda.device_count()):
+            properties = torch.cuda.get_device_properties(index)
+            found.append(DeviceInfo("cuda", index, properties.name, int(properties.total_memory)))
+    if torch.backends.mps.is_available():
+        found.append(DeviceInfo("mps", None, "Apple GPU", device_total_memory(torch.device("mps"))))
+    return found
