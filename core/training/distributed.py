@@ -2,7 +2,9 @@
 
 ``torchrun`` sets ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``; the trainer then joins a
 process group (NCCL on GPUs, gloo on CPUs) and wraps the model in
-DistributedDataParallel.  Only rank 0 writes files and logs.
+DistributedDataParallel, or shards it with FSDP2 (``training.distributed = "fsdp"``,
+:mod:`.fsdp`).  Only rank 0 logs; rank 0 writes files, except a sharded checkpoint's
+per-process files, which every process writes into the folder rank 0 names.
 """
 
 from __future__ import annotations
@@ -66,3 +68,18 @@ def barrier(context: DistContext) -> None:
     """Wait for every process (e.g. while rank 0 writes a checkpoint)."""
     if context.distributed:
         dist.barrier()
+
+
+def broadcast_text(text: str, context: DistContext, device: torch.device) -> str:
+    """Rank 0's ``text`` on every process (e.g. the staging folder all of them write into).
+
+    Sent as UTF-8 bytes in a tensor, not ``broadcast_object_list``: nothing is unpickled.
+    """
+    if not context.distributed:
+        return text
+    data = torch.tensor(list(text.encode("utf-8")) if context.is_main else [], dtype=torch.uint8)
+    size = torch.tensor([data.numel()], dtype=torch.int64, device=device)
+    dist.broadcast(size, src=0)
+    buffer = data.to(device) if context.is_main else torch.empty(int(size.item()), dtype=torch.uint8, device=device)
+    dist.broadcast(buffer, src=0)
+    return bytes(buffer.cpu().tolist()).decode("utf-8")

@@ -24,6 +24,7 @@ from ..models import LoadedModel, load_model
 from ..run_config import RunConfig
 from .batch_plan import BatchPlan
 from .distributed import DistContext
+from .fsdp import fsdp_problem, shard_model
 from .neftune import add_neftune
 from .optimizers import build_optimizer
 from .variant_hooks import optimizer_param_groups
@@ -37,7 +38,7 @@ class RunSetup:
 
     config: RunConfig
     loaded: LoadedModel
-    model: nn.Module  # the plain (unwrapped) model: adapters, checkpoints and evaluation use it
+    model: nn.Module  # the plain (unwrapped) model: adapters, checkpoints and evaluation use it (FSDP shards it)
     train_model: nn.Module  # what the loop calls: the model, or its DistributedDataParallel wrapper
     data: DataBundle
     plan: BatchPlan
@@ -48,6 +49,9 @@ class RunSetup:
     autocast: Callable[[], AbstractContextManager]
     warnings: list[str] = field(default_factory=list)
     hooks: list[RemovableHandle] = field(default_factory=list)  # on the model for this run only (NEFTune)
+    # FSDP2 (training.distributed = "fsdp" under torchrun): every parameter is a shard, so every process
+    # runs each forward (evaluation, samples) and takes part in gathering what is saved
+    sharded: bool = False
 
     def remove_hooks(self) -> None:
         """Take this run's hooks off the model (the run has ended; the model may be used on)."""
@@ -132,7 +136,15 @@ def training_lora_config(lora: LoraConfig, head: str | None) -> LoraConfig:
 
 
 def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> RunSetup:
-    """Model, data, batch plan, optimizer, scaler and autocast for ``config`` on ``device``."""
+    """Model, data, batch plan, optimizer, scaler and autocast for ``config`` on ``device``.
+
+    Under torchrun the model is wrapped in DistributedDataParallel, or with ``training.distributed =
+    "fsdp"`` sharded in place by FSDP2 (:mod:`.fsdp`; what it cannot train is refused here, first).
+    """
+    sharded = dist.distributed and config.training.distributed == "fsdp"
+    problem = fsdp_problem(config) if sharded else None
+    if problem:
+        raise ValueError(problem)
     loaded, labels, notes = build_model(config, check_ranks=True)
     data = build_datasets(config.data, loaded, labels)
     if data.skipped:
@@ -146,7 +158,9 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
     t = config.training
     plan = BatchPlan(len(data.train), t.batch_size, dist.world_size, t.grad_accumulation, t.seed)
     train_model: nn.Module = model
-    if dist.distributed:
+    if sharded:  # in place: the model itself all-gathers each block in its forward
+        notes += shard_model(model, dist, device)
+    elif dist.distributed:
         from torch.nn.parallel import DistributedDataParallel
 
         train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
@@ -170,7 +184,7 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
         return torch.autocast("cuda", dtype=_AUTOCAST_DTYPES[t.precision])
 
     return RunSetup(config, loaded, model, train_model, data, plan, optimizer, scaler, device, dist, autocast, notes,
-                    hooks)
+                    hooks, sharded)
 
 
 def _mask_in_model_dtype(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:

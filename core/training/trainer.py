@@ -6,7 +6,7 @@ dataclasses from :mod:`.events`) and checks ``cancel`` between steps.  One step:
     seed dropout from (seed, step, rank)          -> exact resume under any process count
     for each micro-batch of this process's share of the global batch:
         loss = summed cross-entropy × processes / targets in the global batch
-        (+ the variant's regularisation once per step), backward (DDP syncs on the last)
+        (+ the variant's regularisation once per step), backward (DDP syncs on the last; FSDP on each)
     stop or skip on a non-finite loss or gradient  -> no checkpoint from a poisoned state
     clip, set each group's lr from the schedule, AdamW step, variant hook
     every N steps: metrics, evaluation (keep the best) and the fixed samples, checkpoint (atomic)
@@ -39,8 +39,11 @@ from .checkpoint import (
     checkpoint_name,
     latest_checkpoint,
     load_checkpoint,
+    load_sharded_checkpoint,
     prune_checkpoints,
+    resume_problem,
     save_checkpoint,
+    save_sharded_checkpoint,
 )
 from .devices import PeakMemory, free_device_memory, resolve_device
 from .distributed import DistContext, all_sum, barrier, close_distributed, init_distributed
@@ -56,6 +59,7 @@ from .events import (
     TrainingWarning,
     TrainResult,
 )
+from .fsdp import full_parameters_on_main
 from .live_model import LiveModel
 from .metrics_log import MetricsLog
 from .run_folder import RunFolderBusy, RunFolderLock, clear_leftovers
@@ -128,14 +132,22 @@ def train(
             emit(TrainingWarning(note))
         state = TrainerState(total_steps=config.training.max_steps)
         if found is not None:
-            state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
+            problem = resume_problem(found, dist, setup.sharded)  # a sharded checkpoint needs its process count
+            if problem:
+                raise ValueError(problem)
+            if setup.sharded:
+                state = load_sharded_checkpoint(found, setup.model, setup.optimizer, setup.scaler, dist)
+            else:
+                state = load_checkpoint(found, setup.model, setup.optimizer, setup.scaler)
             state.total_steps = config.training.max_steps
         plan, notes = plan_samples(config, setup.loaded.task, setup.data.validation)
         for note in notes:
             emit(TrainingWarning(note))
         if live is not None:
             live.publish(setup.loaded, setup.device, setup.autocast, state.step)
-        return _loop(setup, state, emit, cancel, out, started, meter, _Run(live, plan if dist.is_main else None))
+        # FSDP: every process generates the samples too (each forward gathers shards); only rank 0 emits them
+        samples = plan if dist.is_main or setup.sharded else None
+        return _loop(setup, state, emit, cancel, out, started, meter, _Run(live, samples))
     except _NonFinite as exc:
         return failed(str(exc), "nonfinite")
     except torch.OutOfMemoryError:
@@ -174,7 +186,7 @@ class _Run:
     """What the loop carries besides the built run: the lent model and the sample plan."""
 
     live: LiveModel | None
-    samples: SamplePlan | None  # None: no samples (not the main process, or they failed once)
+    samples: SamplePlan | None  # None: no samples (not the main process without FSDP, or they failed once)
 
     def hold(self, step: int, *, after: int | None = None) -> AbstractContextManager:
         """Keep readers of the live model out while the weights change (or are saved)."""
@@ -357,14 +369,17 @@ def _refuse_mostly_skipped(skipped: int, steps: int, out: Path) -> None:
 def _forward_backward(setup: RunSetup, batches: list[dict], global_targets: float) -> tuple[float, int | None]:
     """Accumulate the step's gradients over this process's micro-batches; return (summed loss, tokens)."""
     task, style = setup.loaded.task, setup.loaded.forward_style
-    # DDP averages gradients over processes, so each scales by processes / global targets: the
-    # result is the mean over every target of the global batch, whatever the split.
+    # DDP (and FSDP's reduce-scatter) averages gradients over processes, so each scales by processes /
+    # global targets: the result is the mean over every target of the global batch, whatever the split.
     scale = setup.dist.world_size / max(global_targets, 1.0)
     loss_sum, tokens = 0.0, None
     for index, batch in enumerate(batches):
         batch = to_device(batch, setup.device)
         last = index == len(batches) - 1
-        sync = setup.train_model.no_sync() if setup.dist.distributed and not last else _nothing()
+        # DDP syncs only the last micro-batch; FSDP reduce-scatters each one into the sharded gradients (a
+        # skipped sync would keep whole unsharded gradients until the last: the memory FSDP is there to save)
+        ddp = setup.dist.distributed and not setup.sharded
+        sync = setup.train_model.no_sync() if ddp and not last else _nothing()
         with sync, setup.autocast(), batch_variant_inputs(setup.model, batch):
             score = score_batch(setup.train_model, batch, task, style)
             loss = score.loss_sum * scale
@@ -408,9 +423,9 @@ def _evaluate_held(setup: RunSetup, state: TrainerState, emit, out: Path, run: _
     names = None if result.confusion is None else output_names(setup.data.label_names, len(result.confusion))
     emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best, norms,
                      confusion=result.confusion, class_names=names))
-    if run.samples is not None:  # the main process only (None elsewhere): no collective inside
+    if run.samples is not None:  # the main process only (None elsewhere), or with FSDP every process in step
         _emit_samples(setup, run, state.step, emit)
-    if best and setup.dist.is_main:
+    if best and (setup.dist.is_main or setup.sharded):  # FSDP: every process takes part in the gather
         path = _save_trained(setup, out / BEST_DIR, state, emit)
         if path is not None:
             emit(CheckpointSaved(state.step, str(path), "best"))
@@ -435,16 +450,29 @@ def _emit_samples(setup: RunSetup, run: _Run, step: int, emit) -> None:
 
 
 def _checkpoint(setup: RunSetup, state: TrainerState, emit, out: Path, kind: str) -> None:
+    folder = out / CHECKPOINTS / checkpoint_name(state.step)
+    if setup.sharded:  # every process writes its shards into the folder rank 0 stages
+        save_sharded_checkpoint(folder, setup.model, setup.optimizer, setup.scaler, state, setup.dist, setup.device)
+    elif setup.dist.is_main:
+        save_checkpoint(folder, setup.model, setup.optimizer, setup.scaler, state)
     if setup.dist.is_main:
-        path = save_checkpoint(out / CHECKPOINTS / checkpoint_name(state.step), setup.model, setup.optimizer,
-                               setup.scaler, state)
         prune_checkpoints(out, setup.config.training.keep_checkpoints)
-        emit(CheckpointSaved(state.step, str(path), kind))
+        emit(CheckpointSaved(state.step, str(folder), kind))
     barrier(setup.dist)  # nobody runs ahead (or exits) while rank 0 is still writing
 
 
 def _save_trained(setup: RunSetup, folder: Path, state: TrainerState, emit) -> Path | None:
-    """The trained adapter in PEFT's format (full fine-tuning: the whole model as safetensors)."""
+    """The trained adapter in PEFT's format (full fine-tuning: the whole model as safetensors).
+
+    FSDP: every process calls it (the whole tensors are gathered onto rank 0, which writes); None elsewhere.
+    """
+    if setup.sharded:
+        with full_parameters_on_main(setup.model, setup.dist) as main:
+            return _save_whole(setup, folder, state, emit) if main else None
+    return _save_whole(setup, folder, state, emit)
+
+
+def _save_whole(setup: RunSetup, folder: Path, state: TrainerState, emit) -> Path | None:
     if not setup.config.training.trains_adapter:
         from safetensors.torch import save_file
 
@@ -468,7 +496,7 @@ def _save_trained(setup: RunSetup, folder: Path, state: TrainerState, emit) -> P
 def _finish(setup: RunSetup, state: TrainerState, status: str, last_eval: EvalResult | None, out: Path,
             started: float) -> TrainResult:
     adapter_dir = None
-    if setup.dist.is_main:
+    if setup.dist.is_main or setup.sharded:
         saved = _save_trained(setup, out / ADAPTER_DIR, state, lambda e: None)
         adapter_dir = str(saved) if saved else None
     counts = count_parameters(setup.model)
