@@ -175,11 +175,11 @@ def estimate_training_memory(
 
 
 def nf4_bytes(numel: int, block_size: int = 64, double_quant: bool = True, double_quant_block_size: int = 256) -> int:
-    """Bytes an NF4 weight of ``numel`` values is stored in (``core/layers/nf4_format.py``): two 4-bit
-    indices per byte over padded blocks, plus one float32 absmax per block, or with double
-    quantisation one float8 per block, one float32 scale per ``double_quant_block_size`` blocks and a mean."""
+    """Bytes an NF4 weight of ``numel`` values is stored in (``core/layers/nf4_format.py``, bitsandbytes'
+    layout): two 4-bit indices per byte, plus one float32 absmax per block, or with double
+    quantisation one 8-bit code per block, one float32 scale per ``double_quant_block_size`` blocks and a mean."""
     blocks = -(-numel // block_size)
-    packed = blocks * block_size // 2
+    packed = -(-numel // 2)
     if not double_quant:
         return packed + blocks * 4
     return packed + blocks + 4 * -(-blocks // double_quant_block_size) + 4

@@ -103,6 +103,9 @@ def _added_parameters(module: nn.Module, name: str, config: LoraConfig, variant:
     without a formula of its own and without allocating a byte."""
     cls = wrapper_for(module)[0]
     rank = config.rank_for(name)
+    refusal = variant.base_refusal(getattr(module, "base_layer", module))
+    if refusal:
+        raise ValueError(f"variant {variant.name!r} cannot adapt layer {name!r}: {refusal}")
     if type(variant) is Lora:
         return cls.added_parameters(module, rank)
     memo = {id(t): torch.empty_like(t, device="meta") for t in [*module.parameters(), *module.buffers()]}

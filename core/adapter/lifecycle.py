@@ -341,7 +341,7 @@ def _precheck_layers(model: nn.Module, targets: list[str], config: LoraConfig, v
     """Refuse, before any change, layers the variant cannot adapt and ranks it cannot use there."""
     for name in targets:
         layer = _wrapped_view(model.get_submodule(name))
-        reason = variant.unsupported_reason(layer)
+        reason = variant.base_refusal(layer.base_layer) or variant.unsupported_reason(layer)
         if reason:
             raise ValueError(
                 f"variant {variant.name!r} cannot adapt layer {name!r} ({type(layer.base_layer).__name__}): "

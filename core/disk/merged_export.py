@@ -47,6 +47,7 @@ from ..adapter.lifecycle import (
     set_active_adapter,
 )
 from ..adapter.lifecycle import variant_inputs as variant_inputs_context
+from ..layers.nf4_linear import NF4Linear
 from ..variants import get_variant
 from .atomic_files import atomic_write_json, atomic_write_text, replace_folder
 from .export_checks import adapter_free_copy, max_output_difference, model_outputs
@@ -113,7 +114,21 @@ def merged_copy(
             # Base weights shared with the live model get new merged tensors, never an in-place write.
             merge(root, fresh_weights=True, **inputs)
         merge_and_unload(root, **inputs)  # unwraps in place, inside ``merged``
+    _dequantise_unadapted(merged)
     return merged.to(dtype).requires_grad_(False)
+
+
+def _dequantise_unadapted(merged: nn.Module) -> None:
+    """4-bit layers no adapter merged into (a ``*-bnb-4bit`` base's untargeted layers) become float layers,
+    and the config forgets the quantisation: a merged model is a plain float model every loader reads."""
+    for name, module in list(merged.named_modules()):
+        if isinstance(module, NF4Linear):
+            parent, _, child = name.rpartition(".")
+            setattr(merged.get_submodule(parent) if parent else merged, child,
+                    module.to_float_module(module.dequantized_weight(torch.float32), torch.float32))
+    config = getattr(merged, "config", None)
+    if config is not None and getattr(config, "quantization_config", None) is not None:
+        del config.quantization_config
 
 
 def _frozen_tensors_to_share(model: nn.Module, dtype: torch.dtype) -> dict[int, torch.Tensor]:

@@ -15,7 +15,7 @@ the live model alone:
 
 This is a second statement of what merging and unwrapping do, so it is used only where it is
 plainly the same -- the active adapter, a behaviour that merges through the standard
-:meth:`AdapterBehaviour.merge`, nothing merged yet, no merge inputs -- and
+:meth:`AdapterBehaviour.merge`, nothing merged yet, no merge inputs, no 4-bit layer -- and
 ``tests/core/test_merged_tensors.py`` checks it against ``merged_copy`` bit for bit for every
 registered variant.  Everything else returns None and goes the copy's way.
 """
@@ -31,6 +31,7 @@ from torch import nn
 from ..adapter.lifecycle import adapted_root, adapter_state
 from ..layers import AdapterLayer, ModulesToSave
 from ..layers.behaviour import NonFiniteDeltaError, all_finite
+from ..layers.nf4_linear import NF4Linear
 from ..variants import get_variant
 from .safetensors_writer import PendingTensor
 
@@ -45,6 +46,8 @@ def merged_tensors(
 ) -> dict[str, torch.Tensor | PendingTensor] | None:
     """The tensors of ``merged_copy(model, adapter_name, ...).state_dict()`` in ``dtype``, merged weights
     pending; None where only the copy can say (see the module docstring)."""
+    if any(isinstance(m, NF4Linear) for m in model.modules()):
+        return None  # a 4-bit layer (QLoRA's, or a *-bnb-4bit base's) becomes a float layer in the copy
     root = adapted_root(model)
     state = adapter_state(root) if root is not None else None
     if state is None or variant_inputs or state.active is None or adapter_name not in (None, state.active):

@@ -1,23 +1,29 @@
-"""4-bit NormalFloat (NF4) block-wise quantisation in plain PyTorch (QLoRA, Dettmers et al. 2023, arXiv:2305.14314).
+"""4-bit block-wise quantisation (NF4, and FP4) in plain PyTorch, in bitsandbytes' layout (QLoRA,
+Dettmers et al. 2023, arXiv:2305.14314).
 
-One weight tensor becomes a handful of small tensors::
+One weight tensor becomes a handful of small tensors, exactly as bitsandbytes' ``quantize_4bit``
+stores them (so a ``*-bnb-4bit`` checkpoint loads without re-quantising, and our base hands to
+``bnb.nn.Linear4bit`` as it is — ``core/disk/bnb_4bit.py`` maps the keys)::
 
-    W (any shape, float) ── flatten, pad with zeros ──► blocks of ``block_size`` values
-        per block  c = max |w|                          (section 2, block-wise k-bit quantisation)
-                   x = w / c ∈ [-1, 1] ──► nearest NF4 level, a 4-bit index   (section 3, NF4)
-        two indices per byte, the first value in the high nibble  (bitsandbytes' order)
-    optional double quantisation of the absmax values c             (section 3, double quantisation)
-        c − mean(c) in blocks of ``double_quant_block_size``, scaled by its own absmax to
-        8-bit floats (float8 e4m3), one float32 scale per block and one float32 mean
+    W (any shape, float) ── flatten ──► blocks of ``block_size`` values (the last one may be short)
+        per block  c = max |w|                           (section 2, block-wise k-bit quantisation)
+                   x = clamp(w · (1/c), -1, 1) ──► nearest code-book value, a 4-bit index (section 3)
+        two indices per byte, the first value in the high nibble: ``packed``, ceil(n/2) bytes
+    optional double quantisation of the absmax values c              (section 3, double quantisation)
+        offset = mean(c); c − offset in blocks of ``double_quant_block_size`` (256), each scaled by its
+        own absmax (``nested_absmax``, float32) to 8-bit codes of bitsandbytes' signed "dynamic" map
 
-Dequantising reverses it: ``w' = level[index] · c'`` where ``c'`` is the (double-)dequantised
-absmax.  The error bound per element is ``|w − w'| ≤ c · g/2 + |c − c'|`` with ``g`` the widest
-gap between adjacent NF4 levels (0.3038, between −1 and −0.6962): the first term is rounding
-to the nearest level, the second the double-quantisation error of the scale.
+Dequantising reverses it: ``w' = code[index] · c'`` in float32, then the weight's dtype, where ``c'``
+is the (double-)dequantised absmax.  The arithmetic is bitsandbytes' reference order, so the result
+equals its ``dequantize_4bit`` bit for bit (``tests/core/test_bnb_4bit.py`` checks against tensors
+bitsandbytes wrote).  The error bound per element is ``|w − w'| ≤ c · g/2 + |c − c'|`` with ``g`` the
+widest gap between adjacent code-book values (NF4: 0.3038, between −1 and −0.6962).
 
 When bitsandbytes is installed and the tensors sit on a CUDA device, the 4-bit dequantisation
 runs in its kernel (same code book, same packing); everything else is plain PyTorch.  The
 stored format is the same either way, so a model quantised on one device loads on the other.
+Hand-written rather than importing bitsandbytes: it is a CUDA-first package the studio cannot
+require on every machine, and the format is a few look-ups.
 """
 
 from __future__ import annotations
@@ -37,18 +43,26 @@ NF4_LEVELS: tuple[float, ...] = (
     0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
 )  # fmt: skip
 
-#: Largest finite float8 e4m3 value: the double-quantised scales use the whole range.
-_FP8_MAX = 448.0
+#: bitsandbytes' FP4 (1 sign, 2 exponent, 1 mantissa bit) in bit-pattern order, before it is
+#: divided by its largest magnitude (12) into [-1, 1]; codes 0 and 8 both stand for zero.
+_FP4_PATTERNS: tuple[float, ...] = (0, 0.0625, 8.0, 12.0, 4.0, 6.0, 2.0, 3.0, 0, -0.0625, -8.0, -12.0, -4.0, -6.0,
+                                    -2.0, -3.0)
+QUANT_TYPES = ("nf4", "fp4")
 
 
 @dataclass(frozen=True)
 class NF4Layout:
-    """What is needed besides the tensors to undo the quantisation."""
+    """What is needed besides the tensors to undo the quantisation (bitsandbytes' quant state)."""
 
     shape: tuple[int, ...]
     block_size: int = 64  # section 3: blocks of 64 for the weights
     double_quant: bool = True
     double_quant_block_size: int = 256  # section 3: blocks of 256 for the second quantisation
+    quant_type: str = "nf4"  # or "fp4" (read from bitsandbytes checkpoints; NF4 is what QLoRA uses)
+
+    def __post_init__(self) -> None:
+        if self.quant_type not in QUANT_TYPES:
+            raise ValueError(f"quant_type must be one of {', '.join(QUANT_TYPES)}, got {self.quant_type!r}")
 
     @property
     def numel(self) -> int:
@@ -64,86 +78,131 @@ def nf4_levels(device: torch.device | str | None = None) -> torch.Tensor:
     return torch.tensor(NF4_LEVELS, dtype=torch.float32, device=device)
 
 
-def max_half_gap() -> float:
-    """Half the widest gap between adjacent NF4 levels: the rounding bound on a normalised value."""
-    return max(b - a for a, b in zip(NF4_LEVELS, NF4_LEVELS[1:])) / 2
+def code_book(quant_type: str, device: torch.device | str | None = None) -> torch.Tensor:
+    """The 16 values a 4-bit index stands for (bitsandbytes' ``quant_map``), float32, by index."""
+    if quant_type == "nf4":
+        return nf4_levels(device)
+    patterns = torch.tensor(_FP4_PATTERNS, dtype=torch.float32, device=device)
+    return patterns / patterns.abs().max()
+
+
+@functools.cache
+def _dynamic_map_cpu() -> torch.Tensor:
+    # bitsandbytes' create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), step by step
+    # in the same float32 operations, so the 256 values are its own bit for bit.
+    data: list[float] = []
+    for i in range(7):
+        boundaries = torch.linspace(0.1, 1, 2**i + 1, dtype=torch.float32)
+        means = (boundaries[:-1] + boundaries[1:]) / 2.0
+        data += ((10 ** (-6 + i)) * means).tolist()
+        data += (-(10 ** (-6 + i)) * means).tolist()
+    data += [0, 1.0]
+    data += [0] * (256 - len(data))
+    return torch.tensor(sorted(data), dtype=torch.float32)
+
+
+def dynamic_map(device: torch.device | str | None = None) -> torch.Tensor:
+    """bitsandbytes' signed 8-bit "dynamic" code book (ascending): the double-quantised scales' values."""
+    return _dynamic_map_cpu().to(device, copy=True)  # a copy: the cached one must never be written to
+
+
+def max_half_gap(quant_type: str = "nf4") -> float:
+    """Half the widest gap between adjacent code-book values: the rounding bound on a normalised value."""
+    values = sorted(code_book(quant_type).tolist())
+    return max(b - a for a, b in zip(values, values[1:])) / 2
 
 
 # -- quantising ---------------------------------------------------------------------------------
 def quantize_nf4(weight: torch.Tensor, layout: NF4Layout) -> dict[str, torch.Tensor]:
-    """Quantise ``weight`` (float, ``layout.shape``) to NF4; returns the tensors to store.
+    """Quantise ``weight`` (float, ``layout.shape``) as bitsandbytes does; returns the tensors to store.
 
-    Keys: ``packed`` (uint8, two indices per byte) and either ``absmax`` (float32, one per block) or,
-    with double quantisation, ``absmax_codes`` (uint8 float8-e4m3 bits), ``absmax_scales`` (float32)
-    and ``absmax_offset`` (float32 scalar).
+    Keys: ``packed`` (uint8, ceil(n/2) bytes) and ``absmax`` (float32, one per block), or with
+    double quantisation ``absmax`` as uint8 codes of the dynamic map plus ``nested_absmax`` (float32,
+    one per scale block) and ``nested_offset`` (float32 scalar).
     """
     if tuple(weight.shape) != layout.shape:
         raise ValueError(f"weight shape {tuple(weight.shape)} differs from the layout's {layout.shape}")
-    blocks = _padded_blocks(weight.detach().float().reshape(-1), layout.block_size)
-    absmax = blocks.abs().amax(dim=1)
-    # An all-zero block would divide by zero; any divisor gives index 7 (level 0.0) there.
-    normalised = blocks / torch.where(absmax > 0, absmax, torch.ones_like(absmax))[:, None]
-    levels = nf4_levels(weight.device)
-    midpoints = (levels[1:] + levels[:-1]) / 2
-    indices = torch.bucketize(normalised, midpoints).to(torch.uint8).reshape(-1)  # nearest level
+    code = code_book(layout.quant_type, weight.device)
+    indices, absmax = _quantize_blocks(weight.detach().reshape(-1).float(), code, layout.block_size)
+    if indices.numel() % 2:
+        indices = torch.cat([indices, _zero_index(code)])
     out = {"packed": (indices[0::2] << 4) | indices[1::2]}
     if layout.double_quant:
-        out.update(_quantize_scales(absmax, layout.double_quant_block_size))
+        offset = absmax.mean()
+        codes, nested = _quantize_blocks(absmax - offset, dynamic_map(weight.device), layout.double_quant_block_size)
+        out.update({"absmax": codes, "nested_absmax": nested, "nested_offset": offset.reshape(())})
     else:
         out["absmax"] = absmax
     return out
 
 
-def _padded_blocks(flat: torch.Tensor, block_size: int) -> torch.Tensor:
-    """``flat`` as rows of ``block_size``, the last one padded with zeros (they never raise an absmax)."""
-    pad = -flat.numel() % block_size
-    if pad:
-        flat = torch.cat([flat, flat.new_zeros(pad)])
-    return flat.reshape(-1, block_size)
+def _quantize_blocks(flat: torch.Tensor, code: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Indices (uint8) of the nearest ``code`` value to each value over its block's absmax, and the absmaxes.
+
+    bitsandbytes' reference arithmetic: ``clamp(x · (1/absmax), -1, 1)`` (a zero block divides by
+    1e-38, giving zeros), then the nearest value by its midpoints (a code book out of order, FP4's,
+    through its sorting permutation).
+    """
+    count = flat.numel()
+    full = count - count % block_size
+    absmax = flat[:full].reshape(-1, block_size).abs().amax(dim=1)
+    scaled = torch.clamp(flat[:full].reshape(-1, block_size) * (1.0 / absmax.clamp(min=1e-38).view(-1, 1)), -1, 1)
+    scaled = scaled.reshape(-1)
+    if full < count:
+        last = flat[full:].abs().max().clamp(min=1e-38)
+        absmax = torch.cat([absmax, last.reshape(1)])
+        scaled = torch.cat([scaled, torch.clamp(flat[full:] / last, -1, 1)])
+    order = torch.argsort(code)
+    midpoints = (code[order[:-1]] + code[order[1:]]) / 2
+    return order[torch.bucketize(scaled, midpoints)].to(torch.uint8), absmax
 
 
-def _quantize_scales(absmax: torch.Tensor, block_size: int) -> dict[str, torch.Tensor]:
-    """Double quantisation (section 3): centre the positive scales on their mean, then 8-bit floats."""
-    offset = absmax.mean()
-    blocks = _padded_blocks(absmax - offset, block_size)
-    top = blocks.abs().amax(dim=1)
-    scales = torch.where(top > 0, top / _FP8_MAX, torch.ones_like(top))
-    # Clamped: a quotient a rounding step above 448 would become NaN in e4m3 (it has no infinity).
-    scaled = (blocks / scales[:, None]).clamp(-_FP8_MAX, _FP8_MAX)
-    codes = scaled.to(torch.float8_e4m3fn).view(torch.uint8).reshape(-1)[: absmax.numel()]
-    return {"absmax_codes": codes, "absmax_scales": scales, "absmax_offset": offset.reshape(())}
+def _zero_index(code: torch.Tensor) -> torch.Tensor:
+    """The index bitsandbytes pads an odd count with (the nearest value to 0)."""
+    indices, _ = _quantize_blocks(torch.zeros(1, device=code.device), code, 1)
+    return indices
 
 
 # -- dequantising -------------------------------------------------------------------------------
 def dequantize_absmax(tensors: dict[str, torch.Tensor], layout: NF4Layout) -> torch.Tensor:
     """The per-block scales ``c'`` in float32 (undoing double quantisation when it was used)."""
+    absmax = tensors["absmax"]
     if not layout.double_quant:
-        return tensors["absmax"].float()
-    codes = tensors["absmax_codes"]
-    values = _padded_blocks(codes.view(torch.float8_e4m3fn).float(), layout.double_quant_block_size)
-    scaled = values * tensors["absmax_scales"][:, None]
-    return scaled.reshape(-1)[: codes.numel()] + tensors["absmax_offset"]
+        return absmax.float()
+    values = dynamic_map(absmax.device)[absmax.long()]
+    return _times_block_scale(values, tensors["nested_absmax"].float(), layout.double_quant_block_size) + \
+        tensors["nested_offset"].float()
 
 
 def dequantize_nf4(
     tensors: dict[str, torch.Tensor], layout: NF4Layout, dtype: torch.dtype = torch.float32, *, use_bnb: bool = True
 ) -> torch.Tensor:
-    """The weight back in ``layout.shape`` and ``dtype``: ``level[index] · c'`` per element."""
+    """The weight back in ``layout.shape`` and ``dtype``: ``code[index] · c'`` per element, in float32."""
     absmax = dequantize_absmax(tensors, layout)
     packed = tensors["packed"]
     if use_bnb and bitsandbytes_applies(packed, layout, dtype):
         return _bnb_dequantize()(packed, absmax, layout, dtype)
     # One look-up per byte gives both of its values: ~40x faster on CPU than unpacking nibbles first.
-    pairs = torch.index_select(_byte_to_levels(packed.device), 0, packed.int())
-    values = pairs.reshape(-1, layout.block_size) * absmax[:, None]
-    return values.reshape(-1)[: layout.numel].reshape(layout.shape).to(dtype)
+    pairs = torch.index_select(_byte_table(layout.quant_type, packed.device), 0, packed.reshape(-1).int())
+    values = _times_block_scale(pairs.reshape(-1)[: layout.numel], absmax, layout.block_size)
+    return values.reshape(layout.shape).to(dtype)
+
+
+def _times_block_scale(values: torch.Tensor, scales: torch.Tensor, block_size: int) -> torch.Tensor:
+    """``values`` (float32) times the scale of their block, a short last block included, as bitsandbytes does."""
+    count = values.numel()
+    full = count - count % block_size
+    head = (values[:full].reshape(-1, block_size) * scales[: full // block_size].view(-1, 1)).reshape(full)
+    if full == count:
+        return head
+    return torch.cat([head, values[full:] * scales[full // block_size]])
 
 
 @functools.cache
-def _byte_to_levels(device: torch.device) -> torch.Tensor:
-    """(256, 2) table: byte b -> (level[b >> 4], level[b & 15]), the two values it packs."""
-    levels = nf4_levels(device)
-    return torch.stack([levels.repeat_interleave(16), levels.repeat(16)], dim=1)
+def _byte_table(quant_type: str, device: torch.device) -> torch.Tensor:
+    """(256, 2) table: byte b -> (code[b >> 4], code[b & 15]), the two values it packs."""
+    code = code_book(quant_type, device)
+    return torch.stack([code.repeat_interleave(16), code.repeat(16)], dim=1)
 
 
 @functools.cache
@@ -155,12 +214,11 @@ def _bnb_dequantize():
         return None
 
     def run(packed: torch.Tensor, absmax: torch.Tensor, layout: NF4Layout, dtype: torch.dtype) -> torch.Tensor:
-        # bitsandbytes stores (ceil(n/2), 1) bytes and one float32 absmax per block: our first bytes exactly.
-        nbytes = -(-layout.numel // 2)
+        # bitsandbytes' kernel reads (ceil(n/2), 1) bytes and one float32 absmax per block: ours, reshaped.
         out = torch.empty(layout.shape, dtype=dtype, device=packed.device)
         return bnb_functional.dequantize_4bit(
-            packed[:nbytes].reshape(-1, 1), absmax=absmax.contiguous(), out=out,
-            blocksize=layout.block_size, quant_type="nf4",
+            packed.reshape(-1, 1), absmax=absmax.contiguous(), out=out,
+            blocksize=layout.block_size, quant_type=layout.quant_type,
         )  # fmt: skip
 
     return run
@@ -189,10 +247,13 @@ def stored_bytes(tensors: dict[str, torch.Tensor]) -> int:
 __all__ = [
     "NF4Layout",
     "NF4_LEVELS",
+    "QUANT_TYPES",
     "bitsandbytes_applies",
     "bitsandbytes_available",
+    "code_book",
     "dequantize_absmax",
     "dequantize_nf4",
+    "dynamic_map",
     "max_half_gap",
     "nf4_levels",
     "quantize_nf4",

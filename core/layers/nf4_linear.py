@@ -46,7 +46,8 @@ class _DequantisingMatmul(torch.autograd.Function):
 
 
 class NF4Linear(nn.Linear):
-    """A frozen linear layer stored as NF4 (``weight_packed`` + absmax buffers), bias kept as is."""
+    """A frozen linear layer stored in 4 bits (``weight_packed`` + absmax buffers, bitsandbytes' layout), bias
+    kept as is.  NF4 when the studio quantised it; a ``*-bnb-4bit`` checkpoint may bring FP4."""
 
     def __init__(
         self,
@@ -106,9 +107,10 @@ class NF4Linear(nn.Linear):
         source_dtype: torch.dtype,
         source_kind: SourceKind,
         use_bitsandbytes: bool = True,
+        quant_type: str = "nf4",
     ) -> NF4Linear:
-        """Quantise an ``(out, in)`` weight matrix."""
-        layout = NF4Layout(tuple(matrix.shape), block_size, double_quant, double_quant_block_size)
+        """Quantise an ``(out, in)`` weight matrix (NF4, or FP4 for a base that came in FP4)."""
+        layout = NF4Layout(tuple(matrix.shape), block_size, double_quant, double_quant_block_size, quant_type)
         out_features, in_features = matrix.shape
         return cls(
             in_features, out_features, quantize_nf4(matrix, layout), layout, bias=bias,
@@ -118,7 +120,7 @@ class NF4Linear(nn.Linear):
 
     # -- the weight ---------------------------------------------------------------------------
     def quantised_tensors(self) -> dict[str, torch.Tensor]:
-        """The stored NF4 tensors, by the keys :func:`~.quantization_nf4.quantize_nf4` returns."""
+        """The stored 4-bit tensors, by the keys :func:`~.nf4_format.quantize_nf4` returns."""
         return {name.removeprefix("weight_"): buf for name, buf in self.named_buffers(recurse=False)}
 
     def dequantized_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
@@ -179,7 +181,7 @@ class NF4Linear(nn.Linear):
         dq = f", double_quant={lay.double_quant_block_size}" if lay.double_quant else ""
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, bias={self.bias is not None}, "
-            f"nf4 block_size={lay.block_size}{dq}, compute_dtype={self.compute_dtype}"
+            f"{lay.quant_type} block_size={lay.block_size}{dq}, compute_dtype={self.compute_dtype}"
         )
 
 

@@ -9,6 +9,13 @@ from pathlib import Path
 
 import torch
 
+from .bnb_checkpoint import (
+    checkpoint_tensors,
+    load_bnb_4bit_into,
+    parameters_on_meta,
+    quantization_kind,
+    refuse_unreadable_quantization,
+)
 from .heads import TRANSFORMERS_HEAD_NAMES
 from .loaded_model import LoadedModel
 
@@ -67,9 +74,16 @@ def load_transformers(
         config.id2label = dict(enumerate(label_names))
         config.label2id = {n: i for i, n in enumerate(label_names)}
     auto = _auto_class(task)
+    quantised = quantization_kind(config)
+    if quantised not in (None, "bnb-4bit"):
+        refuse_unreadable_quantization(name, quantised)
+    info: dict | None = None  # from_pretrained's loading report
+    note = None
     if meta:
         with torch.device("meta"):
             model = auto.from_config(config, trust_remote_code=trust_remote_code)
+    elif quantised == "bnb-4bit":
+        model, note = _load_bnb_4bit(name, auto, config, task, _DTYPES[dtype], trust_remote_code)
     else:
         try:
             with _no_load_report():
@@ -79,24 +93,45 @@ def load_transformers(
                 )
         except OSError as exc:
             raise _offline_message(name, "weights", exc) from None
-        if gradient_checkpointing:
-            # Non-reentrant checkpointing works with a frozen embedding (no input grads needed).
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if not meta and gradient_checkpointing:
+        # Non-reentrant checkpointing works with a frozen embedding (no input grads needed).
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     head = next((h for h in TRANSFORMERS_HEAD_NAMES if task != "causal-lm" and hasattr(model, h)), None)
+    if info is not None:
+        note = _fresh_weights_note(name, info, head)
     loaded = LoadedModel(
         model=model, task=task, forward_style="transformers", head=head,
         num_classes=num_classes if task != "causal-lm" else None, name_or_path=name,
         label_names=list(label_names) if label_names and task != "causal-lm" else None,
     )
-    if not meta:
-        note = _fresh_weights_note(name, info, head)
-        if note:
-            loaded.notes.append(note)
+    if note:
+        loaded.notes.append(note)
     if task == "image-classification":
         loaded.image_transform = _image_processor(name, trust_remote_code)
     else:
         loaded.tokenizer = _tokenizer(name, trust_remote_code)
     return loaded
+
+
+def _load_bnb_4bit(name: str, auto, config, task: str, dtype: torch.dtype, trust_remote_code: bool):
+    """A ``*-bnb-4bit`` checkpoint as a model whose 4-bit layers keep their stored bytes; returns (model, note)."""
+    tensors = checkpoint_tensors(name)
+    with parameters_on_meta():
+        model = auto.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    head = next((h for h in TRANSFORMERS_HEAD_NAMES if task != "causal-lm" and hasattr(model, h)), None)
+    fresh: tuple[str, ...] = ()
+    if head is not None:
+        shapes = {f"{head}.{k}": tuple(v.shape) for k, v in model.get_submodule(head).state_dict().items()}
+        if any(tuple(tensors[k].shape) != shape for k, shape in shapes.items() if k in tensors) or not any(
+                k in tensors for k in shapes):
+            tensors = {k: v for k, v in tensors.items() if not k.startswith(f"{head}.")}
+            fresh = (head,)
+    layers = load_bnb_4bit_into(model, tensors, compute_dtype=dtype, fresh=fresh)
+    note = (f"{name} is a bitsandbytes 4-bit checkpoint: its {layers} 4-bit layers were loaded as stored (no "
+            "re-quantising) and train with lora.variant = 'qlora'")
+    if fresh:
+        note += f"; its {head!r} head is new and trains with the adapter"
+    return model, note
 
 
 @contextmanager

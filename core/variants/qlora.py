@@ -173,6 +173,7 @@ class QLoraBehaviour(AdapterBehaviour):
                 matrix, nf4.bias, block_size=nf4.layout.block_size, double_quant=nf4.layout.double_quant,
                 double_quant_block_size=nf4.layout.double_quant_block_size, compute_dtype=nf4.compute_dtype,
                 source_dtype=nf4.source_dtype, source_kind=nf4.source_kind, use_bitsandbytes=nf4.use_bitsandbytes,
+                quant_type=nf4.layout.quant_type,
             )  # fmt: skip
             error = (new.dequantized_weight(torch.float32) - matrix).abs().max().item()
             warnings.warn(
@@ -250,6 +251,7 @@ class QLora(Variant):
         "default); with requantize_after_merge the result is stored in NF4 again and the added error is reported"
     )
     settings_class = QLoraSettings
+    adapts_quantised_base = True
     peft_type = "LORA"  # the adapter is plain LoRA; PEFT pairs it with a 4-bit base the same way
 
     def unsupported_reason(self, layer: AdapterLayer) -> str | None:

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..layers import AdapterBehaviour, AdapterLayer
+from ..layers.nf4_linear import NF4Linear
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,18 @@ class Variant:
         return dict(merge_kwargs)
 
     # -- per layer -------------------------------------------------------------------------------
+    #: Whether this variant adapts a base stored in 4 bits (``NF4Linear``: a ``*-bnb-4bit`` checkpoint's
+    #: layers, or a QLoRA base): only QLoRA, whose merge dequantises; the others would write into it.
+    adapts_quantised_base = False
+
+    def base_refusal(self, base: nn.Module) -> str | None:
+        """The rule every variant shares, on the layer to be wrapped: a 4-bit base only under a variant that
+        adapts one.  None when the base is fine."""
+        if isinstance(base, NF4Linear) and not self.adapts_quantised_base:
+            return ("its weight is stored in 4 bits (a *-bnb-4bit checkpoint, or a QLoRA base), which only variant "
+                    "'qlora' adapts; set lora.variant = 'qlora', or load the model's float weights")
+        return None
+
     def unsupported_reason(self, layer: AdapterLayer) -> str | None:
         """Why this variant cannot adapt ``layer`` (a wrapper of its type), or None when it can."""
         return None

@@ -1,6 +1,7 @@
 """Write ``data/bnb_4bit_fixture.safetensors``: weights quantised by bitsandbytes itself, in the layout its
 ``Linear4bit`` saves (``W``, ``W.absmax``, ``W.quant_map``, ``W.nested_absmax``, ``W.nested_quant_map``,
-``W.quant_state.bitsandbytes__nf4|fp4``), with bitsandbytes' reference dequantised result under ``expected.W``.
+``W.quant_state.bitsandbytes__nf4|fp4``), with bitsandbytes' reference dequantised result under ``expected.W``
+and the float weight it quantised under ``source.W``.
 
 The oracle for ``tests/core/test_bnb_4bit.py``; run it once where bitsandbytes imports (its CPU backend
 is enough): ``python tests/core/make_bnb_4bit_fixture.py``.
@@ -44,6 +45,7 @@ def main() -> None:
         for key, value in state.as_dict(packed=True).items():
             tensors[f"{name}.{key}"] = value
         tensors[f"expected.{name}"] = reference_dequantize(packed, state)
+        tensors[f"source.{name}"] = weight
     out = Path(__file__).parent / "data" / "bnb_4bit_fixture.safetensors"
     save_file({k: v.contiguous() for k, v in tensors.items()}, str(out))
     print(f"wrote {out}: {', '.join(CASES)}")

@@ -115,13 +115,17 @@ def test_real_minilm_merged_export_with_tokenizer(tmp_path):
     tokenizer = AutoTokenizer.from_pretrained(minilm_folder())
     x = dict(tokenizer(["a tiny adapter test", "merged and reopened"], padding=True, return_tensors="pt"))
     result = export_merged(model, tmp_path / "minilm-merged", example_inputs=x)
-    assert result.max_output_difference < TOL["float32"]
+    # Six layers of reordered float32 sums and LayerNorms: a few dozen ulps of the largest output (seen:
+    # 1.9e-5 on outputs up to ~6 on an AMD EPYC, under 1e-5 elsewhere), so the bound scales with the output.
+    live = call(model, x)
+    bound = TOL["float32"] * float(live.abs().max())
+    assert result.max_output_difference < bound
     reopened = AutoModel.from_pretrained(result.path).eval()
-    torch.testing.assert_close(call(reopened, x), call(model, x), atol=TOL["float32"], rtol=0)
+    torch.testing.assert_close(call(reopened, x), live, atol=bound, rtol=0)
     # The tokenizer came along (copied from the model's own folder) and tokenizes identically.
     again = AutoTokenizer.from_pretrained(result.path)
     assert again("a tiny adapter test")["input_ids"] == tokenizer("a tiny adapter test")["input_ids"]
-    assert verify_export(result, model, x) < TOL["float32"]
+    assert verify_export(result, model, x) < bound
 
 
 def test_a_failed_export_leaves_the_previous_one(tmp_path, monkeypatch):
