@@ -104,6 +104,7 @@ from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_mo
 from .run_config import (
     DATA_KINDS,
     DEVICE_CHOICES,
+    DISTRIBUTED_STRATEGIES,
     MODEL_SOURCES,
     PRECISIONS,
     TASKS,
@@ -253,6 +254,7 @@ __all__ = [
     # the choices the run config accepts (the window's pickers offer exactly these)
     "DATA_KINDS",
     "DEVICE_CHOICES",
+    "DISTRIBUTED_STRATEGIES",
     "INIT_CHOICES",
     "MODEL_SOURCES",
     "PRECISIONS",

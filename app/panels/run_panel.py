@@ -58,7 +58,7 @@ from lora_studio.core import (
     TrainResult,
 )
 
-from ..state.run_controller import IDLE, PAUSED, STOPPING, RunController
+from ..state.run_controller import IDLE, PAUSED, PAUSING, STOPPING, RunController, pause_note
 from ..state.run_history import earlier_samples, next_free_run_dir
 from ..state.run_summary import RunSummary
 from ..state.session import StudioSession
@@ -238,7 +238,10 @@ class RunPanel(QWidget):
 
     def _on_state(self, state: str) -> None:
         self.pause_button.setText("Resume" if state == PAUSED else "Pause")
-        text = {IDLE: "Ready", PAUSED: "Paused", STOPPING: "Stopping…"}.get(state, "Training…")
+        text = {IDLE: "Ready", PAUSED: "Paused", STOPPING: "Stopping…",
+                PAUSING: "Pausing: saving a checkpoint…"}.get(state, "Training…")
+        if state == PAUSED and self.controller.launched:  # nothing runs: the processes ended after saving
+            text = "Paused (checkpoint saved, processes stopped)"
         self.state_label.setText(text)
         if self._last_step is not None and state in (PAUSED, "running"):
             self.stats_label.setText(step_stats(self._last_step, paused=state == PAUSED))  # no ETA while paused
@@ -255,6 +258,11 @@ class RunPanel(QWidget):
                                      else "Train the current config (Ctrl+Enter)")
         self.pause_button.setEnabled(state in (PAUSED, "running"))
         self.stop_button.setEnabled(state not in (IDLE, STOPPING))
+        config = self.controller.config
+        if self.controller.launched and config is not None and state != IDLE:
+            self.pause_button.setToolTip(f"{pause_note(config.training.processes)} (Ctrl+P)")
+        else:
+            self.pause_button.setToolTip("Hold the run between steps; Resume goes on (Ctrl+P)")
 
     def _on_started(self, config: RunConfig) -> None:
         self.summary_card.hide()

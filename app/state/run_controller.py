@@ -18,6 +18,13 @@ worker also summarises it from its folder (:class:`~.run_summary.RunSummary`), f
 
 Each run gets a :class:`~lora_studio.core.LiveModel` (:attr:`RunController.live_model`): the
 trainer lends its model through it between steps, and the Try tab borrows it during a pause.
+
+A run with ``training.processes > 1`` goes through ``launch_processes`` (torchrun, started from
+the worker thread) instead of ``train``; it has no live model (its model lives in other
+processes).  Such a run cannot hold a pause inside its collectives (gloo and NCCL time out), so
+:meth:`RunController.pause` saves a checkpoint and stops its processes (state 'pausing', then
+'paused' with no process left), and :meth:`RunController.resume` relaunches them from that
+checkpoint; the curves go on in the same run, and ``sig_run_finished`` comes once, at its end.
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from lora_studio.core import (
     RunConfig,
     TrainingWarning,
     TrainResult,
+    launch_processes,
     load_run_config,
     load_trained_run,
     resume_run,
@@ -49,6 +57,18 @@ from .run_summary import RunSummary, earlier_events, summarize_run
 from .workers import FunctionWorker
 
 IDLE, RUNNING, PAUSED, STOPPING = "idle", "running", "paused", "stopping"
+PAUSING = "pausing"  # a run over several processes saving its checkpoint before it stops (then PAUSED)
+
+
+def launched(config: RunConfig) -> bool:
+    """Whether ``config`` trains in several processes (launched under torchrun, not in this one)."""
+    return config.training.processes > 1
+
+
+def pause_note(processes: int) -> str:
+    """What Pause does to a run over ``processes`` processes: the Train tab's tooltip and status."""
+    return (f"A run over {processes} processes cannot wait inside its collectives (they time out): Pause saves a "
+            "checkpoint and stops the processes; Resume relaunches them from it")
 
 
 @dataclass(frozen=True)
@@ -78,7 +98,8 @@ class RunController(QObject):
     sig_event = Signal(object)
     """An engine event of the current run (StepMetrics, EvalMetrics, CheckpointSaved, ...)."""
     sig_state_changed = Signal(str)
-    """The run's state changed: 'idle', 'running', 'paused' or 'stopping'."""
+    """The run's state changed: 'idle', 'running', 'pausing' (several processes saving before they
+    stop), 'paused' or 'stopping'."""
     sig_run_finished = Signal(object)
     """The run ended, however it ended (payload: its TrainResult; status 'failed' on failure)."""
     sig_error = Signal(str, str)
@@ -102,6 +123,9 @@ class RunController(QObject):
         self._summary: RunSummary | None = None
         self._continuing = False
         self._live: LiveModel | None = None
+        self._launched = False  # the current run trains in several processes (launch_processes)
+        self._parking = False  # a launched run asked to pause: its processes save and stop
+        self._parked: RunOutcome | None = None  # a launched run paused: its processes are gone
         # Held off the UI thread by whoever runs or writes the finished run's model (the Try tab's
         # requests, the export dialog's writes): one at a time, so neither sees the other's eval
         # mode, disabled adapters or device move.
@@ -116,8 +140,13 @@ class RunController(QObject):
     # -- public API --------------------------------------------------------------------------------
     @property
     def state(self) -> str:
-        """'idle', 'running', 'paused' or 'stopping'."""
+        """'idle', 'running', 'pausing', 'paused' or 'stopping'."""
         return self._state
+
+    @property
+    def launched(self) -> bool:
+        """True when the current (or last) run trains in several processes under torchrun."""
+        return self._launched
 
     @property
     def config(self) -> RunConfig | None:
@@ -150,7 +179,10 @@ class RunController(QObject):
         """Train ``config`` on a worker thread; raises RuntimeError while another run is going."""
         cancel = self._begin(config, continuing=False)
         live = self._live
-        self._launch(_run_and_load(lambda on_event: train(config, on_event, cancel, live=live)))
+        if self._launched:
+            self._launch(self._run_and_load(lambda on_event: launch_processes(config, on_event, cancel)))
+        else:
+            self._launch(self._run_and_load(lambda on_event: train(config, on_event, cancel, live=live)))
 
     def continue_run(self, run_dir: str | Path, extra_steps: int = 0) -> RunConfig:
         """Resume the run in ``run_dir`` from its newest checkpoint, ``extra_steps`` past its end
@@ -171,10 +203,12 @@ class RunController(QObject):
             events, from_step = earlier_events(folder)
             steps = [e.step for e in events]
             on_event(EarlierEvents(events, from_step if from_step is not None else max(steps, default=0)))
+            if launched(config):
+                return launch_processes(load_run_config(folder), on_event, cancel, resume=True, extra_steps=extra_steps)
             return resume_run(folder, on_event, cancel, extra_steps=extra_steps, live=live)
 
         self.sig_run_continued.emit(folder)
-        self._launch(_run_and_load(work))
+        self._launch(self._run_and_load(work))
         return config
 
     def _begin(self, config: RunConfig, *, continuing: bool) -> CancelToken:
@@ -185,7 +219,8 @@ class RunController(QObject):
         self._config, self._error_sent, self._continuing = config, False, continuing
         self._summary = None
         self._cancel = CancelToken()
-        self._live = LiveModel()
+        self._launched, self._parking, self._parked = launched(config), False, None
+        self._live = None if self._launched else LiveModel()  # a launched run's model is in other processes
         return self._cancel
 
     def _launch(self, work: Callable[[Callable[[Any], None]], RunOutcome]) -> None:
@@ -198,20 +233,35 @@ class RunController(QObject):
         self._worker.start()
 
     def pause(self) -> None:
-        """Hold the run before its next step."""
+        """Hold the run before its next step; a launched run saves a checkpoint and stops its
+        processes instead ('pausing', then 'paused')."""
         if self._state == RUNNING and self._cancel is not None:
-            self._cancel.pause()
-            self._set_state(PAUSED)
+            self._cancel.pause()  # a launch takes it as "save and stop" (launch_processes)
+            if self._launched:
+                self._parking = True
+                self._set_state(PAUSING)
+            else:
+                self._set_state(PAUSED)
 
     def resume(self) -> None:
-        """Let a paused run go on."""
-        if self._state == PAUSED and self._cancel is not None:
+        """Let a paused run go on; a launched run's processes are started again from its checkpoint."""
+        if self._state != PAUSED:
+            return
+        if self._parked is not None:
+            self._relaunch(self._parked.result.run_dir)
+        elif self._cancel is not None:
             self._cancel.resume()
             self._set_state(RUNNING)
 
     def stop(self) -> None:
-        """Ask the run to end after the step in progress (it writes a checkpoint and its adapter)."""
-        if self._state in (RUNNING, PAUSED) and self._cancel is not None:
+        """Ask the run to end after the step in progress (it writes a checkpoint and its adapter);
+        a paused launched run, whose processes are already gone, ends at once."""
+        if self._parked is not None:
+            outcome, self._parked = self._parked, None
+            self._on_finished(outcome)
+            return
+        if self._state in (RUNNING, PAUSED, PAUSING) and self._cancel is not None:
+            self._parking = False
             self._cancel.cancel()
             self._set_state(STOPPING)
 
@@ -267,6 +317,11 @@ class RunController(QObject):
             session_signal.emit(event)
 
     def _on_finished(self, outcome: RunOutcome) -> None:
+        if self._parking and outcome.result.status == "cancelled":  # saved and stopped: paused, not ended
+            self._parking, self._parked = False, outcome
+            self._set_state(PAUSED)
+            return
+        self._parking = False
         if outcome.model is not None:
             self._model = outcome.model
         self._summary = outcome.summary
@@ -277,6 +332,28 @@ class RunController(QObject):
         config = self._config
         total = config.training.max_steps if config else 0
         self._end(TrainResult("failed", 0, total, config.output.dir if config else "", error=message))
+
+    def _relaunch(self, run_dir: str) -> None:
+        """Start a paused launched run's processes again from the checkpoint its pause saved."""
+        self._parked = None
+        self._cancel = cancel = CancelToken()
+
+        def work(on_event: Callable[[Any], None]) -> TrainResult:
+            return launch_processes(load_run_config(run_dir), on_event, cancel, resume=True)
+
+        self._worker = FunctionWorker(self._run_and_load(work), parent=self)
+        self._worker.sig_event.connect(self._on_event)
+        self._worker.sig_finished.connect(self._on_finished)
+        self._worker.sig_failed.connect(self._on_crashed)
+        self._set_state(RUNNING)
+        self._worker.start()
+
+    def _run_and_load(
+        self, run: Callable[[Callable[[Any], None]], TrainResult],
+    ) -> Callable[[Callable[[Any], None]], RunOutcome]:
+        """The worker's function (see :func:`run_and_load`); a launched run stopped to pause is not
+        reloaded: it goes on later."""
+        return run_and_load(run, reload=lambda: not self._parking)
 
     def _send_error(self, message: str, details: str) -> None:
         if not self._error_sent:  # a Failed event and a crash of the same run make one dialog
@@ -290,16 +367,16 @@ class RunController(QObject):
         self.sig_run_finished.emit(result)
 
 
-def _run_and_load(
-    run: Callable[[Callable[[Any], None]], TrainResult],
+def run_and_load(
+    run: Callable[[Callable[[Any], None]], TrainResult], reload: Callable[[], bool] = lambda: True,
 ) -> Callable[[Callable[[Any], None]], RunOutcome]:
-    """The worker's function: ``run`` (train or resume), then rebuild the trained model from the
-    run folder and summarise the run, all off the UI thread."""
+    """The worker's function: ``run`` (train, resume or a launch), then rebuild the trained model
+    from the run folder (unless ``reload()`` says no) and summarise the run, all off the UI thread."""
 
     def work(on_event: Callable[[Any], None]) -> RunOutcome:
         result = run(on_event)
         model = None
-        if result.status != "failed" and result.checkpoint_dir:
+        if result.status != "failed" and result.checkpoint_dir and reload():
             try:
                 model = load_trained_run(result.run_dir)
             except (OSError, ValueError, RuntimeError) as exc:  # the run stands; only the export is lost
