@@ -1,6 +1,6 @@
-"""Training-memory estimate against the measured peak, on four models, a few real steps on the CPU.
+"""Training-memory estimate against the measured peak, on four models, a few real steps on the CPU (or a GPU).
 
-    .venv/bin/python bench/bench_memory_estimate.py [--steps 3] [--threads 2]
+    .venv/bin/python bench/bench_memory_estimate.py [--steps 3] [--threads 2] [--device cuda]
 
 For each model the adapter is attached with core's ``attach``, then AdamW steps run
 (forward, summed cross-entropy, backward, step, ``zero_grad(set_to_none=True)``: the trainer's
@@ -10,6 +10,9 @@ free.  The measured peak is the bytes of the tensors alive before those steps (p
 buffers, optimizer states) plus the highest running sum of allocations minus frees during them:
 the tensor memory the estimate claims (weights + gradients + optimizer states + activations),
 without the interpreter, the libraries or the allocator's caches (the process RSS holds those too).
+With ``--device cuda`` the same steps run on the GPU and the measured peak is
+``torch.cuda.max_memory_allocated`` over them (tensor bytes too; the caching allocator's reserve and
+cuBLAS workspaces are not counted, as the estimate does not count them).
 
 The estimate is ``estimate_training_memory(model, lora, batch=BatchShape(...))`` taken before
 attaching, as the window shows it.  The bar: estimate / measured within 0.7-1.3.
@@ -57,18 +60,27 @@ def loss_of(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.float(), batch["labels"], reduction="sum")
 
 
-def measured_peak(model, make_batch, steps: int) -> int:
+def measured_peak(model, make_batch, steps: int, device: torch.device) -> int:
     """Tensor bytes at the peak of ``steps`` training steps (see the module docstring)."""
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
 
     def step() -> None:
-        loss_of(model, make_batch()).backward()
+        batch = {k: v.to(device) for k, v in make_batch().items()}
+        loss_of(model, batch).backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     model.train()
     step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+        return int(torch.cuda.max_memory_allocated())
     alive = tensor_bytes([*model.parameters(), *model.buffers()])
     alive += tensor_bytes(v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
     with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
@@ -125,17 +137,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=3, help="profiled steps per model (after one warm-up step)")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda (the peak from torch.cuda.max_memory_allocated)")
     args = parser.parse_args(argv)
+    device = torch.device(args.device)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
     for name, model, lora, shape, make_batch in cases():
         estimate = estimate_training_memory(model, lora, batch=shape)
         attach(model, lora)
-        measured = measured_peak(model, make_batch, args.steps)
+        measured = measured_peak(model, make_batch, args.steps, device)
         rows.append((name, estimate, measured))
-    print(f"Training memory on the CPU, float32, AdamW; measured = tensor bytes at the peak of {args.steps} steps "
-          "(torch.profiler profile_memory)")
+    how = "torch.cuda.max_memory_allocated" if device.type == "cuda" else "torch.profiler profile_memory"
+    print(f"Training memory on {device.type}, float32, AdamW; measured = tensor bytes at the peak of {args.steps} "
+          f"steps ({how})")
     print(f"{'model':<44} {'weights':>8} {'grads':>7} {'optim':>7} {'activ.':>8} {'estimate':>9} {'measured':>9} "
           f"{'ratio':>6}")
     worst = 1.0

@@ -3,22 +3,28 @@ dequantising on the fly against a plain LoRA step on the same model (arXiv:2305.
 
 Peers in the same run: the same MLP (``--layers`` linear layers of ``--width``², float32) with
 LoRA r=16 on every layer, once over the float32 base (plain LoRA) and once over the NF4 base
-(QLoRA, double quantisation on and off).  Memory is counted in bytes of the stored tensors;
-time is the minimum (and median) of interleaved training steps (forward, backward, AdamW step).
+(QLoRA, double quantisation on and off), and -- where bitsandbytes and PEFT import -- PEFT's LoRA
+over ``bnb.nn.Linear4bit`` layers holding the very same 4-bit bytes (``to_bnb_linear4bit``): the
+QLoRA stack most users run.  Memory is counted in bytes of the stored tensors; time is the minimum
+(and median) of interleaved training steps (forward, backward, AdamW step); on CUDA also the peak
+memory of a step (``torch.cuda.max_memory_allocated``).
 
-    .venv/bin/python bench/bench_qlora_memory.py
+    .venv/bin/python bench/bench_qlora_memory.py             # --device cuda where a GPU is
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import importlib.util
 import statistics
 import time
 
 import torch
 from torch import nn
 
-from lora_studio.core import LoraConfig, attach, optimizer_param_groups, variant_summary
+from lora_studio.core import LoraConfig, attach, variant_summary
+from lora_studio.core.disk.bnb_4bit import to_bnb_linear4bit
 
 
 def build(width: int, layers: int) -> nn.Module:
@@ -29,10 +35,26 @@ def build(width: int, layers: int) -> nn.Module:
     return nn.Sequential(*mods[:-1])
 
 
+def peft_over_bnb(qlora_model: nn.Module, targets: list[str]) -> nn.Module | None:
+    """PEFT's LoRA over bitsandbytes' Linear4bit layers holding ``qlora_model``'s 4-bit bases; None without them."""
+    if importlib.util.find_spec("bitsandbytes") is None or importlib.util.find_spec("peft") is None:
+        return None
+    import peft
+
+    model = copy.deepcopy(qlora_model)
+    for name in targets:
+        layer = model.get_submodule(name)
+        setattr(model, name, to_bnb_linear4bit(layer.base_layer))
+    return peft.get_peft_model(model, peft.LoraConfig(r=16, lora_alpha=32, target_modules=targets))
+
+
 def stepper(model: nn.Module, x: torch.Tensor):
-    optimizer = torch.optim.AdamW(optimizer_param_groups(model, lr=1e-3))
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=1e-3)
 
     def step() -> float:
+        if x.is_cuda:
+            torch.cuda.synchronize()
         start = time.perf_counter()
         model(x).square().mean().backward()
         optimizer.step()
@@ -65,10 +87,19 @@ def main() -> None:
         name = f"QLoRA (NF4, double quant {'on' if dq else 'off'})"
         runs[name] = stepper(model, x)
         reports[name] = variant_summary(model)
+        peer = peft_over_bnb(model, targets) if dq else None
+        if peer is not None:
+            runs["PEFT over bnb Linear4bit (same bytes)"] = stepper(peer, x)
 
     times: dict[str, list[float]] = {name: [] for name in runs}
-    for name, step in runs.items():  # warm-up: allocator, AdamW state
+    peaks: dict[str, int] = {}
+    for name, step in runs.items():  # warm-up: allocator, AdamW state; then one step's peak on CUDA
         step()
+        if x.is_cuda:
+            torch.cuda.reset_peak_memory_stats()
+            before = torch.cuda.memory_allocated()
+            step()
+            peaks[name] = torch.cuda.max_memory_allocated() - before
     for _ in range(args.steps):  # interleaved, so a noisy neighbour hits every peer alike
         for name, step in runs.items():
             times[name].append(step())
@@ -93,7 +124,8 @@ def main() -> None:
     )
     for name, samples in times.items():
         low, med = min(samples), statistics.median(samples)
-        print(f"{name:34s} {low * 1000:10.2f} {low / base_min:8.2f} {med * 1000:10.2f} {med / base_med:8.2f}")
+        peak = f" {peaks[name] / 2**20:10.1f} MB step peak" if name in peaks else ""
+        print(f"{name:34s} {low * 1000:10.2f} {low / base_min:8.2f} {med * 1000:10.2f} {med / base_med:8.2f}{peak}")
     kernel = any(r["bitsandbytes_kernel"] for r in reports.values())
     print(f"dequantisation kernel: {'bitsandbytes' if kernel else 'pure PyTorch'}")
 
