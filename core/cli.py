@@ -1,6 +1,9 @@
 """The ``lora-studio`` command line: the same engine the window drives, headless.
 
 * ``train RUN.toml`` — run a training config; ``resume RUN_DIR`` — continue (or extend) it.
+  With ``training.processes`` (or ``--processes``) N > 1 either command launches N processes under
+  torchrun itself (``launch_processes``) and shows rank 0's progress; under a torchrun started by
+  hand (``WORLD_SIZE`` set) the process trains as one of its ranks.
 * ``inspect MODEL`` — a model's layer tree with counts (built on the meta device);
   ``describe`` is the same command under its first name.
 * ``export RUN_DIR --adapter OUT | --merged OUT | --gguf OUT.gguf | --gguf-adapter OUT.gguf`` — the trained
