@@ -100,7 +100,15 @@ from .inference import (
     label_names_of,
     predict,
 )
-from .models import DEMO_NAMES, LoadedModel, build_on_meta, load_model, parse_model_spec, torchvision_names
+from .models import (
+    DEMO_NAMES,
+    LoadedModel,
+    build_on_meta,
+    load_model,
+    parse_model_spec,
+    stored_quantization,
+    torchvision_names,
+)
 from .run_config import (
     DATA_KINDS,
     DEVICE_CHOICES,
@@ -228,6 +236,7 @@ __all__ = [
     "load_run_config",
     "load_trained_run",
     "parse_model_spec",
+    "stored_quantization",
     "read_label_names",
     "read_metrics",
     "resume_run",

@@ -7,7 +7,8 @@ When the user loads another model, the run config being edited was written for t
   ``num_classes`` and ``head`` follow the new data/model), the targets (the demo's own, else
   attention projections for a transformer, else all linear layers, else the convolutions of
   the last block for a CNN), the data kind (it follows the model's task), the run name;
-* **kept when the user set them by hand** — rank, alpha, dropout, variant and its settings,
+* **kept when the user set them by hand** — rank, alpha, dropout, variant and its settings (a
+  ``*-bnb-4bit`` checkpoint always gets QLoRA: no other variant adapts its 4-bit layers),
   init, rsLoRA, bias, every training setting, the output options, a hand-picked run folder,
   hand-picked targets when every layer they adapted exists in the new model, per-layer ranks
   and alphas whose layers exist in the new model, data that fits the new model's task (a
@@ -45,6 +46,7 @@ from lora_studio.core import (
 from .project_files import default_run_dir
 from .target_selection import is_attention, targets_for
 
+QUANTISED_VARIANT = "qlora"  # the variant that adapts a 4-bit base (core's base_refusal says why no other)
 LORA_SCALARS = ("r", "alpha", "dropout", "init", "use_rslora", "bias", "variant", "variant_settings")
 """The LoRA fields that mean the same on any model: kept when the user set them."""
 PROJECTION = re.compile(r"query|key|value|q_proj|k_proj|v_proj|qkv|qkv_proj|c_attn|in_proj|Wqkv|q|k|v", re.I)
@@ -69,6 +71,7 @@ class ModelFacts:
     wrappable: list[str]  # layers LoRA can wrap (the head excluded), in model order
     all_linear: list[str] = field(default_factory=list)  # core's all-linear rule on this model
     convolutions: list[str] = field(default_factory=list)  # wrappable Conv layers, in model order
+    four_bit: bool = False  # a *-bnb-4bit checkpoint: only variant qlora adapts its layers
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,8 @@ def defaults_for(model: ModelConfig, facts: ModelFacts | None = None) -> RunConf
     config = config.replace(output=dataclasses.replace(config.output, dir=output_dir))
     if facts is not None:
         config = config.replace(lora=config.lora.replace(targets=default_targets(facts)))
+    if facts is not None and facts.four_bit:
+        config = config.replace(lora=config.lora.replace(variant=QUANTISED_VARIANT, variant_settings={}))
     return config
 
 
@@ -171,6 +176,10 @@ def carry_over(
     lora = new_defaults.lora
     scalars = {n: getattr(old.lora, n) for n in LORA_SCALARS if hand("lora", n)}
     lora = lora.replace(**scalars) if scalars else lora
+    if facts.four_bit and lora.variant != QUANTISED_VARIANT:
+        notices.append(f"variant {lora.variant} cannot adapt {title}'s 4-bit layers (a bitsandbytes checkpoint): "
+                       "set to QLoRA")
+        lora = lora.replace(variant=QUANTISED_VARIANT, variant_settings={})
     targets_hand = any(hand("lora", n) for n in ("targets", "exclude", "layers"))
     if targets_hand and old_targeted:
         missing = [n for n in old_targeted if n not in names]

@@ -46,6 +46,7 @@ from lora_studio.core import (
     TargetPreview,
     describe,
     preview_targets,
+    stored_quantization,
     training_lora_config,
 )
 
@@ -76,6 +77,7 @@ def model_facts(model: Any, head: str | None, task: str) -> ModelFacts:
         task=task, names=[n.name for n in nodes], wrappable=[n.name for n in wrappable],
         all_linear=[n.name for n in nodes if n.targeted],
         convolutions=[n.name for n in wrappable if n.type_name.startswith("Conv") and n.type_name != "Conv1D"],
+        four_bit=stored_quantization(model) == "bnb-4bit",
     )
 
 

@@ -7,6 +7,7 @@ browsing (the layer tree and every count, no weights allocated)::
     loaded.model, loaded.head   # resnet18 with a 3-class 'fc', which trains with the adapter
 """
 
+from .bnb_checkpoint import stored_quantization
 from .demo_models import DEMO_NAMES, DigitsNet, load_demo_model, minilm_folder
 from .heads import find_head, replace_head
 from .loaded_model import LoadedModel
@@ -30,5 +31,6 @@ __all__ = [
     "minilm_folder",
     "parse_model_spec",
     "replace_head",
+    "stored_quantization",
     "torchvision_names",
 ]

@@ -45,6 +45,13 @@ def quantization_kind(config: Any) -> str | None:
     return method
 
 
+def stored_quantization(model: nn.Module) -> str | None:
+    """How ``model``'s checkpoint stores its weights, read off its transformers config (a meta build will
+    do): 'bnb-4bit', another method's name, or None for float weights or a model without a config."""
+    config = getattr(model, "config", None)
+    return quantization_kind(config) if config is not None else None
+
+
 def refuse_unreadable_quantization(name: str, kind: str) -> None:
     """A quantised checkpoint of a kind the studio cannot read, refused by name with the way out."""
     raise ValueError(f"{name!r} is a {kind}-quantised checkpoint, which the studio cannot load; pick the model's "
@@ -171,4 +178,4 @@ def load_bnb_4bit_into(model: nn.Module, tensors: dict[str, torch.Tensor], *, co
 
 
 __all__ = ["checkpoint_tensors", "load_bnb_4bit_into", "parameters_on_meta", "quantization_kind",
-           "refuse_unreadable_quantization"]
+           "refuse_unreadable_quantization", "stored_quantization"]

@@ -106,6 +106,38 @@ def test_per_layer_ranks_carry_over_only_for_layers_the_new_model_has() -> None:
     assert any("fc1" in notice for notice in change.notices)
 
 
+def _four_bit_llama(folder: Path) -> ModelConfig:
+    """A tiny Llama config saved as a *-bnb-4bit checkpoint's (no weights: the window browses it on meta)."""
+    import json
+    import shutil
+
+    from transformers import LlamaConfig
+
+    from lora_studio.core.models.demo_models import story_folder
+
+    folder.mkdir()
+    config = LlamaConfig(vocab_size=1024, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2).to_dict()
+    config.update(architectures=["LlamaForCausalLM"],
+                  quantization_config={"quant_method": "bitsandbytes", "load_in_4bit": True})
+    (folder / "config.json").write_text(json.dumps(config), encoding="utf-8")
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(story_folder() / name, folder / name)
+    return ModelConfig(source="transformers", name=str(folder), task="causal-lm")
+
+
+def test_a_4bit_checkpoint_comes_with_qlora_and_a_hand_set_variant_gives_way_with_a_notice(tmp_path) -> None:
+    four_bit = _four_bit_llama(tmp_path / "tiny-bnb-4bit")
+    facts = _facts(four_bit)
+    assert facts.four_bit and not _facts(TEXT_DEMO).four_bit
+    assert defaults_for(four_bit, facts).lora.variant == "qlora"
+    old = defaults_for(TEXT_DEMO, _facts(TEXT_DEMO))
+    edited = old.replace(lora=old.lora.replace(variant="dora"))
+    change = carry_over(edited, old, [], defaults_for(four_bit, facts), facts)
+    assert change.config.lora.variant == "qlora"
+    assert any("variant dora cannot adapt" in n and "4-bit" in n and "QLoRA" in n for n in change.notices)
+
+
 def test_data_must_fit_the_model_and_the_message_names_the_fix() -> None:
     assert data_problem(DataConfig(kind="digits"), DIGITS_DEMO, "image-classification") is None
     problem = data_problem(DataConfig(kind="digits"), RESNET18, "image-classification")
