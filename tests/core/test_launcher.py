@@ -232,3 +232,28 @@ def test_the_tail_skips_an_earlier_log_and_follows_a_recreated_one(tmp_path) -> 
     assert [r["message"] for r in tail.read()] == ["second"]
     log.close()
     tail.close()
+
+
+def test_the_cli_relaunches_itself_under_torchrun_for_several_processes(tmp_path) -> None:
+    import os
+    import sys
+
+    config = with_training(digits_run(tmp_path / "run", max_steps=3), processes=1)
+    config.save(tmp_path / "run.toml")
+    done = subprocess.run(
+        [sys.executable, "-m", "lora_studio.core", "train", str(tmp_path / "run.toml"), "--processes", "2", "--quiet"],
+        capture_output=True, text=True, timeout=HANG_GUARD_SECONDS,
+        env={k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")},
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "training in 2 processes under torchrun (DDP)" in done.stderr
+    assert done.stdout.count("finished: 3/3 steps") == 1, done.stdout  # rank 0's result, printed once
+    assert (tmp_path / "run" / "adapter").is_dir()
+
+
+def test_extra_steps_without_resume_is_refused_by_name(tmp_path, capsys) -> None:
+    from lora_studio.core.cli import main
+
+    digits_run(tmp_path / "run").save(tmp_path / "run.toml")
+    assert main(["train", str(tmp_path / "run.toml"), "--extra-steps", "2"]) == 2
+    assert "--extra-steps extends a resumed run; add --resume" in capsys.readouterr().err
