@@ -53,7 +53,7 @@ POLL_SECONDS = 0.2  # how often the log is read and the processes looked at: eve
 STOP_GRACE_SECONDS = 20.0  # torchrun's own SIGTERM -> SIGKILL wait is 30 s; ours ends sooner on an error
 ERROR_LINES = 20  # the lines of a failed rank's stderr kept in Failed.details
 
-_running: set[subprocess.Popen] = set()  # launches in progress, for kill_launched_processes
+_running: dict[subprocess.Popen, Path] = {}  # launches in progress and their work folders, for kill_launched_processes
 _running_lock = threading.Lock()
 
 
@@ -103,9 +103,10 @@ def launch_processes(
 def kill_launched_processes() -> None:
     """End every run this process launched, at once (a second Ctrl-C): no checkpoint is written."""
     with _running_lock:
-        launched = list(_running)
-    for proc in launched:
+        launched = list(_running.items())
+    for proc, work in launched:
         _end_processes(proc, grace=2.0)
+        shutil.rmtree(work, ignore_errors=True)  # the caller exits at once: no finally tidies it
 
 
 def rank_report_path(folder: str | Path, rank: int) -> Path:
@@ -186,7 +187,7 @@ def _follow(config_path: Path, config: RunConfig, work: Path, tail: MetricsTail,
             start_new_session=os.name == "posix",  # a terminal's Ctrl-C reaches us only: we stop the run cleanly
         )
         with _running_lock:
-            _running.add(proc)
+            _running[proc] = work
         try:
             while proc.poll() is None:
                 deliver(tail.read())
@@ -201,7 +202,7 @@ def _follow(config_path: Path, config: RunConfig, work: Path, tail: MetricsTail,
         finally:
             _end_processes(proc, grace=STOP_GRACE_SECONDS)
             with _running_lock:
-                _running.discard(proc)
+                _running.pop(proc, None)
     deliver(tail.read())
     finished = next((e for e in held if isinstance(e, Finished)), None)
     if finished is not None:
