@@ -11,7 +11,7 @@ from torch import nn
 
 from lora_studio.app.panels.data_panel import DataPanel
 from lora_studio.app.panels.model_panel import CHECKPOINT, ModelPanel
-from lora_studio.app.panels.settings_panel import SettingsPanel
+from lora_studio.app.panels.settings_panel import SettingsPanel, device_choices
 from lora_studio.app.resources import THEMES as RESOURCE_THEMES
 from lora_studio.app.state.counts_estimate import device_memory
 from lora_studio.app.state.project_files import THEMES
@@ -19,13 +19,13 @@ from lora_studio.app.state.session import StudioSession
 from lora_studio.app.widgets.layer_tree_model import LayerTreeModel
 from lora_studio.core import (
     DATA_KINDS,
-    DEVICE_CHOICES,
     INIT_CHOICES,
     MODEL_SOURCES,
     PRECISIONS,
     TASKS,
     LoraConfig,
     ModelConfig,
+    available_devices,
     describe,
     device_description,
     device_total_memory,
@@ -43,7 +43,8 @@ def test_settings_offer_cores_choices(qtbot) -> None:
     qtbot.addWidget(panel)
     assert _items(panel.row("lora.init").editor) == list(INIT_CHOICES)
     assert _items(panel.row("training.precision").editor) == list(PRECISIONS)
-    assert _items(panel.row("training.device").editor) == list(DEVICE_CHOICES)
+    # The devices this machine has, as core reports them (not the config's spellings, DEVICE_CHOICES).
+    assert _items(panel.row("training.device").editor) == [c.label for c in device_choices(available_devices())]
 
 
 def test_model_and_data_pickers_offer_cores_sources_tasks_and_kinds(qtbot) -> None:
