@@ -174,7 +174,15 @@ from .adapter import (
 )
 from .disk import AdapterFacts, AdapterFit, check_adapter_fit, read_adapter_facts
 from .disk import REPORT_PREFIX, write_error_report
-from .disk.gguf_export import GGUF_TYPES, GGUFResult, export_gguf, export_gguf_adapter, gguf_problem, verify_gguf
+from .disk.gguf_export import (
+    GGUF_TOLERANCE,
+    GGUF_TYPES,
+    GGUFResult,
+    export_gguf,
+    export_gguf_adapter,
+    gguf_problem,
+    verify_gguf,
+)
 from .training.hub_push import PUSH_KINDS, PushResult, push_run
 
 from .data import BUILTIN_TEMPLATES, RenderedPreview, RenderedSample, preview_rendered
@@ -195,6 +203,7 @@ __all__ = [
     "REPORT_PREFIX",
     "write_error_report",
     # shipping: llama.cpp's GGUF files and the Hugging Face Hub
+    "GGUF_TOLERANCE",
     "GGUF_TYPES",
     "GGUFResult",
     "export_gguf",

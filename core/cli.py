@@ -535,15 +535,7 @@ def _run_export(args: argparse.Namespace) -> int:
         _no_loading_bar()
         loaded = load_trained_run(run_dir, args.which)
     if gguf_flag:
-        from .disk.gguf_export import export_gguf, export_gguf_adapter
-
-        if args.gguf:
-            written = export_gguf(loaded.model, out, loaded.tokenizer, precision=args.gguf_type or "f16")
-        else:
-            written = export_gguf_adapter(loaded.model, out, precision=args.gguf_type or "f32")
-        print(f"GGUF {written.kind} ({written.architecture}, {written.precision}, {written.tensors} tensors) "
-              f"written to {written.path}")
-        return EXIT_OK
+        return _export_gguf(args, loaded, out)
     if args.adapter:
         summary = {"label_names": loaded.label_names} if loaded.label_names else None  # predict names its classes
         path = save_adapter(loaded.model, args.adapter, base_model_name_or_path=loaded.name_or_path,
@@ -568,6 +560,28 @@ def _run_push(args: argparse.Namespace) -> int:
 
 
 # -- predict / generate ----------------------------------------------------------------------------
+def _export_gguf(args: argparse.Namespace, loaded, out: Path) -> int:
+    """Write the GGUF file, read it back with gguf's reader and compare it with the model; a file that
+    does not hold what it should is removed and the export fails (nothing wrong is left to load)."""
+    from .disk.gguf_export import GGUF_TOLERANCE, export_gguf, export_gguf_adapter, verify_gguf
+
+    if args.gguf:
+        written = export_gguf(loaded.model, out, loaded.tokenizer, precision=args.gguf_type or "f16")
+    else:
+        written = export_gguf_adapter(loaded.model, out, precision=args.gguf_type or "f32")
+    difference, bound = verify_gguf(written, loaded.model), GGUF_TOLERANCE[written.precision]
+    if difference > bound:
+        written.path.unlink(missing_ok=True)
+        print(f"error: the GGUF file read back differs from the model by {difference:.3g} (relative; "
+              f"{written.precision} allows {bound:.3g}), so it was removed; export it again, or report the model",
+              file=sys.stderr)
+        return EXIT_FAILED
+    print(f"GGUF {written.kind} ({written.architecture}, {written.precision}, {written.tensors} tensors) "
+          f"written to {written.path}; read back with gguf's reader: largest difference {difference:.2g} "
+          f"(relative, within the {written.precision} rounding {bound:.2g})")
+    return EXIT_OK
+
+
 def _trained_model_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--which", choices=("final", "best"), default="final",
                         help="run folders: the final weights or the best evaluation's adapter (default final)")

@@ -42,6 +42,7 @@ from PySide6.QtWidgets import (
 
 from lora_studio.core import (
     EXPORT_PRECISIONS,
+    GGUF_TOLERANCE,
     GGUF_TYPES,
     LoadedModel,
     PushResult,
@@ -71,9 +72,9 @@ from ..widgets.form_rows import row
 # Largest output difference an export may show and still count as faithful: float32 only
 # reorders sums; half precisions round every weight (bfloat16 keeps 8 bits of mantissa).
 TOLERANCE = {"float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-1,
-             # GGUF files are checked tensor by tensor, relative to each tensor's largest magnitude: the
-             # stored type's own rounding (q8_0: half a 1/127 step, plus its f16 scale's rounding).
-             "gguf-f32": 1e-6, "gguf-f16": 2.0**-10, "gguf-bf16": 2.0**-7, "gguf-q8_0": 1 / 127}
+             # GGUF files are checked tensor by tensor, relative to each tensor's largest magnitude: core's
+             # bound per stored type (the type's own rounding).
+             **{f"gguf-{kind}": bound for kind, bound in GGUF_TOLERANCE.items()}}
 
 
 @dataclass(frozen=True)

@@ -40,6 +40,10 @@ from .atomic_files import atomic_path
 from .merged_export import merged_copy
 
 GGUF_TYPES = ("f32", "f16", "bf16", "q8_0")
+#: The largest difference :func:`verify_gguf` may find per stored type, relative to each tensor's largest
+#: magnitude: the type's own rounding (f16: 2^-11 relative, doubled for values near a power of two;
+#: bf16: 2^-8, likewise; q8_0: half a 1/127 step, plus its f16 scale's rounding).
+GGUF_TOLERANCE = {"f32": 1e-6, "f16": 2.0**-10, "bf16": 2.0**-7, "q8_0": 1 / 127}
 GGUF_ARCHITECTURES = ("gpt2", "llama")
 _GPT2_CONV1D = (".attn.c_attn.weight", ".attn.c_proj.weight", ".mlp.c_fc.weight", ".mlp.c_proj.weight")
 
@@ -352,5 +356,5 @@ def _add_tensor(writer: Any, name: str, tensor: torch.Tensor, precision: str) ->
     writer.add_tensor(name, gguf.quants.quantize(data, kind), raw_dtype=kind)
 
 
-__all__ = ["GGUF_ARCHITECTURES", "GGUF_TYPES", "GGUFResult", "export_gguf", "export_gguf_adapter", "gguf_problem",
-           "verify_gguf"]
+__all__ = ["GGUF_ARCHITECTURES", "GGUF_TOLERANCE", "GGUF_TYPES", "GGUFResult", "export_gguf", "export_gguf_adapter",
+           "gguf_problem", "verify_gguf"]

@@ -194,8 +194,23 @@ def test_the_cli_exports_a_run_as_gguf(tmp_path, capsys) -> None:
     assert main(["export", str(tmp_path / "run"), "--gguf-adapter", str(tmp_path / "story-lora.gguf")]) == 0
     out = capsys.readouterr().out
     assert "GGUF model (gpt2, q8_0" in out and "GGUF adapter (gpt2, f32" in out
+    assert out.count("read back with gguf's reader: largest difference") == 2
     assert main(["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "story.bin")]) == 2
     assert ".gguf" in capsys.readouterr().err
+
+
+def test_the_cli_removes_a_gguf_file_that_does_not_read_back_as_the_model(tmp_path, capsys, monkeypatch) -> None:
+    from lora_studio.core.cli import main
+    from lora_studio.core.demo import demo_config
+    from lora_studio.core.disk import gguf_export
+
+    config = demo_config("story", output_dir=tmp_path / "run", steps=1)
+    (tmp_path / "RUN.toml").write_text(config.to_toml())
+    assert main(["train", str(tmp_path / "RUN.toml"), "--quiet"]) == 0
+    monkeypatch.setattr(gguf_export, "verify_gguf", lambda result, model, adapter_name=None: 0.5)  # a bad file
+    assert main(["export", str(tmp_path / "run"), "--gguf", str(tmp_path / "story.gguf")]) == 1
+    assert not (tmp_path / "story.gguf").exists()
+    assert "differs from the model by 0.5" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("precision,bound", [("f32", 0.0), ("f16", 2 * F16_REL), ("q8_0", 1 / 127)])
