@@ -19,11 +19,12 @@ reduce-scatters only the gradients that exist.  No ``MixedPrecisionPolicy`` cast
 gathered in their stored dtype (LoRA factors stay float32) and the run's autocast computes in its
 precision, exactly as a one-process or DDP run does, so FSDP changes where the weights live, not the
 numbers.  Buffers (BatchNorm statistics, the NF4 base's packed 4-bit weights) are not sharded: every
-process keeps them whole.
+process keeps them whole (a QLoRA run says so in a warning; it trains, measured equal to one process).
 
 What cannot run sharded is refused before the model is built (:func:`fsdp_problem`): the variants whose
-between-step hooks read or rewrite whole factors (AdaLoRA, pruning, sparse), bitsandbytes' 8-bit optimizer
-(its state is not DTensor-aware).  Saving needs the whole tensors on one process: :func:`full_parameters_on_main`
+between-step hooks read or rewrite whole factors (AdaLoRA, pruning, sparse), float16 on CUDA (its loss
+scaler would decide to skip a step from one process's gradient shard), bitsandbytes' 8-bit optimizer (its
+state is not DTensor-aware).  Saving needs the whole tensors on one process: :func:`full_parameters_on_main`
 gathers them (onto rank 0's CPU) for the PEFT adapter folder.
 """
 
@@ -35,8 +36,11 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from ..layers import adapter_layers
+from ..layers.nf4_linear import NF4Linear
 from ..run_config import RunConfig
 from .distributed import DistContext
+from .update_norms import layer_update_norms
 
 # Variants whose between-step hooks (after_optimizer_step, regularization_loss) read or rewrite whole
 # factors outside a forward: on DTensor shards they would need collectives nobody issues in step.
@@ -47,14 +51,19 @@ _HOOKED_VARIANTS = {
 }
 
 
-def fsdp_problem(config: RunConfig) -> str | None:
-    """Why ``config`` cannot train with ``training.distributed = "fsdp"`` (None: it can), naming the fix."""
+def fsdp_problem(config: RunConfig, device: torch.device) -> str | None:
+    """Why ``config`` cannot train on ``device`` with ``training.distributed = "fsdp"`` (None: it can),
+    naming the fix."""
     t = config.training
     variant = config.lora.variant
     if t.trains_adapter and t.mode == "lora" and variant in _HOOKED_VARIANTS:
         return (f"training.distributed = 'fsdp' cannot train lora.variant = {variant!r}: it "
                 f"{_HOOKED_VARIANTS[variant]}, which sharded weights do not allow; use training.distributed = "
                 "'ddp' (every process holds the whole model), or another variant")
+    if t.precision == "float16" and device.type == "cuda":  # elsewhere the run trains in float32 anyway
+        return ("training.distributed = 'fsdp' cannot train with training.precision = 'float16': its loss scaler "
+                "would decide to skip a step from this process's gradient shard alone; use training.precision = "
+                "'bfloat16' (no loss scaling), or training.distributed = 'ddp'")
     if t.optimizer == "adamw_8bit":
         return ("training.distributed = 'fsdp' cannot use training.optimizer = 'adamw_8bit' (bitsandbytes' state "
                 "is not shard-aware); use training.optimizer = 'adamw', or training.distributed = 'ddp'")
@@ -99,10 +108,15 @@ def shard_model(model: nn.Module, dist: DistContext, device: torch.device) -> li
     for _, block in reversed(blocks):  # inner groups before the ones that hold them
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
-    if blocks:
-        return []
-    return [f"training.distributed = 'fsdp': {type(model).__name__} has no repeated blocks to shard, so it is "
-            "one shard gathered whole for every forward (no memory saved over training.distributed = 'ddp')"]
+    notes = []
+    if not blocks:
+        notes.append(f"training.distributed = 'fsdp': {type(model).__name__} has no repeated blocks to shard, so "
+                     "it is one shard gathered whole for every forward (no memory saved over training.distributed = "
+                     "'ddp')")
+    if any(isinstance(m, NF4Linear) for m in model.modules()):
+        notes.append("training.distributed = 'fsdp': the 4-bit (NF4) base weights are buffers, which FSDP does not "
+                     "shard: every process keeps all of them; the adapters and the other weights are sharded")
+    return notes
 
 
 def is_sharded(model: nn.Module) -> bool:
@@ -128,7 +142,6 @@ def full_parameters_on_main(model: nn.Module, dist: DistContext) -> Iterator[boo
     no forward may run inside.  The sharded parameters are put back on leaving.
     """
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
     from torch.distributed.fsdp import FSDPModule
 
     full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
@@ -158,3 +171,26 @@ def full_parameters_on_main(model: nn.Module, dist: DistContext) -> Iterator[boo
             module._parameters[name] = param
         for module, cls in classes:
             module.__class__ = cls
+
+
+def sharded_update_norms(model: nn.Module) -> dict[str, float]:
+    """:func:`layer_update_norms` of a sharded model, every process calling it (the same values on each).
+
+    On DTensor shards a norm's ``float()`` reads this process's part only (measured: 1/sqrt(2) of the
+    norm with two processes), so each FSDP group is all-gathered in turn (``unshard``, FSDP2's own
+    call; one block at a time, never the whole model) and the layers it holds whole are measured.
+    """
+    from torch.distributed.fsdp import FSDPModule
+    from torch.distributed.tensor import DTensor
+
+    layers = list(adapter_layers(model))
+    norms: dict[str, float] = {}
+    for group in [m for m in model.modules() if isinstance(m, FSDPModule)]:
+        group.unshard()
+        try:
+            for name, layer in layers:
+                if name not in norms and not any(isinstance(p, DTensor) for p in layer.parameters()):
+                    norms.update({name: value for value in layer_update_norms(layer).values()})
+        finally:
+            group.reshard()
+    return {name: norms[name] for name, _ in layers if name in norms}

@@ -142,7 +142,7 @@ def build_run(config: RunConfig, dist: DistContext, device: torch.device) -> Run
     "fsdp"`` sharded in place by FSDP2 (:mod:`.fsdp`; what it cannot train is refused here, first).
     """
     sharded = dist.distributed and config.training.distributed == "fsdp"
-    problem = fsdp_problem(config) if sharded else None
+    problem = fsdp_problem(config, device) if sharded else None
     if problem:
         raise ValueError(problem)
     loaded, labels, notes = build_model(config, check_ranks=True)

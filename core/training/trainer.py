@@ -59,7 +59,7 @@ from .events import (
     TrainingWarning,
     TrainResult,
 )
-from .fsdp import full_parameters_on_main
+from .fsdp import full_parameters_on_main, sharded_update_norms
 from .live_model import LiveModel
 from .metrics_log import MetricsLog
 from .run_folder import RunFolderBusy, RunFolderLock, clear_leftovers
@@ -280,7 +280,8 @@ def _loop(setup: RunSetup, state: TrainerState, emit, cancel: CancelToken, out: 
         epoch = step // plan.steps_per_epoch
         if epoch != order_epoch:
             order_epoch, order = epoch, plan.epoch_order(epoch)
-        batches = [setup.data.collate([setup.data.train[i] for i in idx]) for idx in plan.micro_batches(step, dist.rank, order)]
+        batches = [setup.data.collate([setup.data.train[i] for i in idx])
+                   for idx in plan.micro_batches(step, dist.rank, order)]
         local_targets = sum(count_targets(b, setup.loaded.task) for b in batches)
         global_targets, cancelled = all_sum([float(local_targets), float(cancel.cancelled)], dist, setup.device)
         if cancelled:
@@ -379,14 +380,14 @@ def _forward_backward(setup: RunSetup, batches: list[dict], global_targets: floa
         # DDP syncs only the last micro-batch; FSDP reduce-scatters each one into the sharded gradients (a
         # skipped sync would keep whole unsharded gradients until the last: the memory FSDP is there to save)
         ddp = setup.dist.distributed and not setup.sharded
-        sync = setup.train_model.no_sync() if ddp and not last else _nothing()
-        with sync, setup.autocast(), batch_variant_inputs(setup.model, batch):
-            score = score_batch(setup.train_model, batch, task, style)
-            loss = score.loss_sum * scale
-            if index == 0 and setup.config.training.trains_adapter:
-                extra = regularization_loss(setup.model)
-                loss = loss if extra is None else loss + extra
-        with sync:
+        # one no_sync around forward and backward: its context manager cannot be entered twice
+        with setup.train_model.no_sync() if ddp and not last else _nothing():
+            with setup.autocast(), batch_variant_inputs(setup.model, batch):
+                score = score_batch(setup.train_model, batch, task, style)
+                loss = score.loss_sum * scale
+                if index == 0 and setup.config.training.trains_adapter:
+                    extra = regularization_loss(setup.model)
+                    loss = loss if extra is None else loss + extra
             setup.scaler.scale(loss).backward()
         loss_sum += float(score.loss_sum.detach())
         tokens = None if score.tokens is None else (tokens or 0) + score.tokens
@@ -419,7 +420,8 @@ def _evaluate_held(setup: RunSetup, state: TrainerState, emit, out: Path, run: _
         state.best_loss, state.best_step, state.evals_since_best = result.loss, state.step, 0
     else:
         state.evals_since_best += 1
-    norms = layer_update_norms(setup.model) if setup.config.training.trains_adapter else None
+    measure = sharded_update_norms if setup.sharded else layer_update_norms
+    norms = measure(setup.model) if setup.config.training.trains_adapter else None
     names = None if result.confusion is None else output_names(setup.data.label_names, len(result.confusion))
     emit(EvalMetrics(state.step, result.loss, result.accuracy, result.perplexity, best, norms,
                      confusion=result.confusion, class_names=names))
