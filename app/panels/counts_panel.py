@@ -124,8 +124,10 @@ class CountsPanel(QWidget):
         self.file_label.setText(f"≈ {human_bytes(e.adapter_file_bytes)} ({e.adapter:,} float32 values)")
         micro = max(1, config.training.batch_size // config.training.grad_accumulation)
         if e.memory is None:
-            self.memory_label.setText(f"the data does not fit the model: {e.data_problem}")
-            self.memory_label.setToolTip("Choose a data kind this model trains on (the Data tab).")
+            # Short in the row (the counts column is narrow and a long wrapped line was cut off there); the
+            # whole problem and the fix in the tooltip and in the Data tab.
+            self.memory_label.setText("the data does not fit the model (see the Data tab)")
+            self.memory_label.setToolTip(f"{e.data_problem}. Choose a data kind this model trains on (the Data tab).")
         else:
             m = e.memory
             self.memory_label.setText(f"≈ {human_bytes(m.total)} estimated at {config.training.precision}")

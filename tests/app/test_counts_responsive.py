@@ -52,6 +52,7 @@ def test_data_that_does_not_fit_the_model_gives_no_estimate(qtbot, tmp_path) -> 
     counts.wait_until_current()
     assert counts.estimate.memory is None and counts.estimate.data_problem
     assert counts.memory_label.text().startswith("the data does not fit the model")
+    assert counts.estimate.data_problem in counts.memory_label.toolTip()  # the whole reason, where it fits
     assert not counts.warning_label.isVisibleTo(window)
 
 
