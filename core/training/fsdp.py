@@ -104,13 +104,13 @@ def shard_model(model: nn.Module, dist: DistContext, device: torch.device) -> li
     if device.type == "cuda":
         torch.cuda.set_device(device)
     mesh = init_device_mesh(device.type, (dist.world_size,))
-    blocks = transformer_blocks(model)
+    blocks, name = transformer_blocks(model), type(model).__name__  # before fully_shard renames the class
     for _, block in reversed(blocks):  # inner groups before the ones that hold them
         fully_shard(block, mesh=mesh)
     fully_shard(model, mesh=mesh)
     notes = []
     if not blocks:
-        notes.append(f"training.distributed = 'fsdp': {type(model).__name__} has no repeated blocks to shard, so "
+        notes.append(f"training.distributed = 'fsdp': {name} has no repeated blocks to shard, so "
                      "it is one shard gathered whole for every forward (no memory saved over training.distributed = "
                      "'ddp')")
     if any(isinstance(m, NF4Linear) for m in model.modules()):
