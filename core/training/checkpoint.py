@@ -39,6 +39,7 @@ from torch import nn
 
 from ..disk.atomic_files import is_staging_name, replace_folder
 from ..disk.safe_loading import load_safetensors, read_json_object, safetensors_metadata
+from ..layers.nf4_linear import NF4Linear
 from .distributed import DistContext, all_sum, broadcast_text
 from .fsdp import local_tensor
 
@@ -61,10 +62,22 @@ class TrainerState:
 
 
 def checkpoint_tensors(model: nn.Module) -> dict[str, torch.Tensor]:
-    """What a checkpoint stores of the model: trainable parameters and all buffers, by state-dict key."""
+    """What a checkpoint stores of the model: trainable parameters and all buffers, by state-dict key.
+
+    Except a 4-bit base's packed weights and scales (``NF4Linear``'s buffers): they never change in
+    training and a resume rebuilds them bit for bit (QLoRA's quantisation is deterministic, a
+    ``*-bnb-4bit`` checkpoint's bytes are read as stored), so storing them would copy most of a model
+    into every checkpoint.
+    """
     trainable = {n for n, p in model.named_parameters() if p.requires_grad}
-    buffers = {n for n, _ in model.named_buffers()}
+    buffers = {n for n, _ in model.named_buffers()} - quantised_base_buffers(model)
     return {k: v for k, v in model.state_dict().items() if k in trainable or k in buffers}
+
+
+def quantised_base_buffers(model: nn.Module) -> set[str]:
+    """The state-dict keys of ``model``'s 4-bit base weights (packed codes and scales)."""
+    return {f"{name}.{key}" if name else key for name, module in model.named_modules()
+            if isinstance(module, NF4Linear) for key, _ in module.named_buffers(recurse=False)}
 
 
 def save_checkpoint(
@@ -91,12 +104,7 @@ def load_checkpoint(
     """Restore model tensors, optimizer, scaler and generators from ``folder``; return the trainer state."""
     folder = Path(folder)
     meta = read_checkpoint_state(folder)
-    tensors = load_safetensors(folder / "model.safetensors")
-    expected = checkpoint_tensors(model)
-    missing, unknown = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unknown:
-        raise ValueError(f"{folder} does not fit this run's model: missing {missing[:3]}, unexpected {unknown[:3]} "
-                         "(was the run config changed?)")
+    tensors, expected = _model_tensors_fitting(folder, model)
     model.load_state_dict(tensors, strict=False)
     optimizer.load_state_dict(_unflatten_optimizer(load_safetensors(folder / "optimizer.safetensors"),
                                                    meta["optimizer"]))
@@ -196,12 +204,7 @@ def load_sharded_checkpoint(
     problem = resume_problem(folder, dist, sharded=True)
     if problem:
         raise ValueError(problem)
-    tensors = load_safetensors(folder / "model.safetensors")
-    expected = checkpoint_tensors(model)
-    missing, unknown = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
-    if missing or unknown:
-        raise ValueError(f"{folder} does not fit this run's model: missing {missing[:3]}, unexpected {unknown[:3]} "
-                         "(was the run config changed?)")
+    tensors, expected = _model_tensors_fitting(folder, model)
     with torch.no_grad():
         for key, target in expected.items():
             value = tensors[key]
@@ -277,6 +280,21 @@ def _state_record(state: TrainerState, opt_json: dict[str, Any], scaler: torch.a
         "python_random": _jsonable(random.getstate()),
         "numpy_random": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
     }
+
+
+def _model_tensors_fitting(folder: Path, model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The checkpoint's model tensors and the model's own they restore, refused when they do not pair up.
+
+    A 4-bit base's buffers that an older checkpoint stored are dropped: the model has them already."""
+    tensors = load_safetensors(folder / "model.safetensors")
+    for key in quantised_base_buffers(model) & set(tensors):
+        del tensors[key]
+    expected = checkpoint_tensors(model)
+    missing, unknown = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or unknown:
+        raise ValueError(f"{folder} does not fit this run's model: missing {missing[:3]}, unexpected {unknown[:3]} "
+                         "(was the run config changed?)")
+    return tensors, expected
 
 
 _STATE_KEYS = ("trainer", "optimizer", "scaler", "python_random", "numpy_random")

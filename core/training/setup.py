@@ -20,6 +20,7 @@ from ..adapter.lifecycle import attach, oversized_ranks
 from ..adapter.target_matching import in_modules_to_save
 from ..data import DataBundle, build_datasets, read_label_names
 from ..data.packing import truncation_note
+from ..layers.nf4_linear import NF4Linear
 from ..models import LoadedModel, load_model
 from ..run_config import RunConfig
 from .batch_plan import BatchPlan
@@ -80,6 +81,10 @@ def build_model(config: RunConfig, *, attach_adapter: bool = True,
         train_only_the_head(loaded.model, [loaded.head, *config.lora.modules_to_save] if loaded.head
                             else list(config.lora.modules_to_save))
         return loaded, labels, notes
+    if config.training.mode == "full" and any(isinstance(m, NF4Linear) for m in loaded.model.modules()):
+        raise ValueError(f"training.mode = 'full' cannot train {config.model.name}: its layers are stored in 4 bits "
+                         "(a bitsandbytes checkpoint), which are not parameters to update; use training.mode = "
+                         "'lora' with lora.variant = 'qlora', or load the model's float weights")
     if config.training.mode == "full" or not attach_adapter:
         loaded.model.requires_grad_(config.training.mode == "full")
         return loaded, labels, notes

@@ -11,6 +11,7 @@ same arithmetic; the float model's layers multiply in another order).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -23,11 +24,12 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from lora_studio.core import LoraConfig
 from lora_studio.core.disk.bnb_4bit import nf4_linear_entries
 from lora_studio.core.disk.merged_export import export_merged
+from lora_studio.core.disk.safe_loading import load_safetensors
 from lora_studio.core.layers.nf4_linear import NF4Linear
 from lora_studio.core.models.demo_models import story_folder
 from lora_studio.core.models.transformers_models import load_transformers
 from lora_studio.core.run_config import DataConfig, ModelConfig, OutputConfig, RunConfig, TrainingConfig
-from lora_studio.core.training import load_for_inference, train
+from lora_studio.core.training import latest_checkpoint, load_for_inference, resume_run, train
 from lora_studio.core.training.events import Failed
 
 QUANTISED = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -136,6 +138,35 @@ def test_the_merged_export_is_a_plain_float_model_equal_to_the_adapted_one(tmp_p
         torch.testing.assert_close(merged(ids).logits, live(ids).logits, atol=1e-4, rtol=0)
 
 
+def test_checkpoints_leave_the_4bit_base_out_and_resume_exactly(tmp_path, checkpoint) -> None:
+    """The packed weights never change, so checkpoints hold only the adapter; a resume rebuilds the base
+    from the checkpoint folder and continues bit for bit (constant schedule: the extension does not move it)."""
+    folder, _, _ = checkpoint
+
+    def run(out: Path, steps: int) -> RunConfig:
+        out.mkdir(exist_ok=True)
+        config = _run(out, folder, "qlora")
+        training = dataclasses.replace(config.training, max_steps=steps, schedule="constant")
+        return config.replace(training=training, output=dataclasses.replace(config.output, dir=str(out / "run")))
+
+    assert train(run(tmp_path / "whole", 4)).status == "finished"
+    assert train(run(tmp_path / "parts", 2)).status == "finished"
+    stored = load_safetensors(latest_checkpoint(tmp_path / "parts" / "run") / "model.safetensors")
+    assert stored and all("lora_" in key for key in stored), sorted(stored)[:3]
+    assert resume_run(tmp_path / "parts" / "run", extra_steps=2).status == "finished"
+    whole = load_safetensors(tmp_path / "whole" / "run" / "adapter" / "adapter_model.safetensors")
+    parts = load_safetensors(tmp_path / "parts" / "run" / "adapter" / "adapter_model.safetensors")
+    assert sorted(whole) == sorted(parts) and all(torch.equal(whole[k], parts[k]) for k in whole)
+
+
+def test_full_fine_tuning_of_a_4bit_checkpoint_is_refused_naming_the_way(tmp_path, checkpoint) -> None:
+    folder, _, _ = checkpoint
+    config = _run(tmp_path, folder, "qlora")
+    result = train(config.replace(training=dataclasses.replace(config.training, mode="full")))
+    assert result.status == "failed" and "training.mode = 'full' cannot train" in result.error
+    assert "lora.variant = 'qlora'" in result.error
+
+
 def test_a_float_variant_on_the_4bit_checkpoint_is_refused_naming_qlora(tmp_path, checkpoint) -> None:
     folder, _, _ = checkpoint
     events: list = []
@@ -153,8 +184,6 @@ def test_quantised_checkpoints_of_other_kinds_are_refused_by_name(tmp_path) -> N
 
 
 def test_a_checkpoint_missing_a_tensor_is_refused_naming_it(tmp_path) -> None:
-    from lora_studio.core.disk.safe_loading import load_safetensors
-
     folder = tmp_path / "broken"
     _write_checkpoint(folder, _float_llama())
     tensors = load_safetensors(folder / "model.safetensors")
