@@ -91,7 +91,9 @@ def test_every_method_equals_peft(case, method, tmp_path, monkeypatch):
     set_active_adapter(model, None)
     base = call(model, x)
     assert (ours - base).abs().max() > 1e-3, "the combined adapter changes the output"
-    torch.testing.assert_close(ours, theirs, atol=TOL, rtol=0)
+    # Relative to the outputs' size, as below: the SVD methods' float32 factorisations differ between CPUs'
+    # LAPACK builds (seen: 2.7e-5 on outputs up to ~10 on an AMD EPYC, 2.7e-6 relative).
+    torch.testing.assert_close(ours, theirs, atol=TOL * max(1.0, float(theirs.abs().max())), rtol=0)
 
 
 @pytest.mark.parametrize("method", ["ties", "magnitude_prune_svd", "dare_ties_svd"])
