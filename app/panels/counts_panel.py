@@ -124,9 +124,9 @@ class CountsPanel(QWidget):
         self.file_label.setText(f"≈ {human_bytes(e.adapter_file_bytes)} ({e.adapter:,} float32 values)")
         micro = max(1, config.training.batch_size // config.training.grad_accumulation)
         if e.memory is None:
-            # Short in the row (the counts column is narrow and a long wrapped line was cut off there); the
-            # whole problem and the fix in the tooltip and in the Data tab.
-            self.memory_label.setText("the data does not fit the model (see the Data tab)")
+            # One short line (a text that wraps after the form was laid out is cut off in the narrow counts
+            # column, seen at 1366x768 and 1920x1080); the whole problem and the fix in the tooltip and the Data tab.
+            self.memory_label.setText("the data does not fit the model")
             self.memory_label.setToolTip(f"{e.data_problem}. Choose a data kind this model trains on (the Data tab).")
         else:
             m = e.memory
