@@ -17,6 +17,15 @@ from ..state.session import StudioSession
 ERROR_STYLE = "color: #c0392b"
 
 
+def error_message() -> QLabel:
+    """The hidden, wrapping red line under a field that shows why its value was refused."""
+    label = QLabel()
+    label.setStyleSheet(ERROR_STYLE)
+    label.setWordWrap(True)
+    label.hide()
+    return label
+
+
 def parse_value(text: str, type_name: str) -> Any:
     """``text`` as a value of ``type_name`` ('int', 'float', 'str'); raises ValueError with a message."""
     text = text.strip()
@@ -58,10 +67,7 @@ class FieldRow(QWidget):
         super().__init__(parent)
         self.session, self.key, self.type_name = session, key, type_name
         self._read, self._write, self._choices = read, write, choices
-        self.message = QLabel()
-        self.message.setStyleSheet(ERROR_STYLE)
-        self.message.setWordWrap(True)
-        self.message.hide()
+        self.message = error_message()
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         if type_name == "bool":

@@ -50,7 +50,7 @@ from lora_studio.core import (
 
 from ..state.run_controller import pause_note
 from ..state.session import StudioSession
-from .settings_form import ERROR_STYLE, FieldRow
+from .settings_form import FieldRow, error_message
 
 # (field, label, type) of the LoRA and training sections shown in the form, in this order.
 LORA_FIELDS = (("r", "Rank", "int"), ("alpha", "Alpha", "float"), ("dropout", "Dropout", "float"))
@@ -133,10 +133,7 @@ class DeviceRow(QWidget):
             self.editor.addItem(choice.label, choice)
             self.editor.setItemData(index, choice.tooltip, Qt.ItemDataRole.ToolTipRole)
         self.editor.setToolTip(_help(TrainingConfig, "device"))
-        self.message = QLabel()
-        self.message.setStyleSheet(ERROR_STYLE)
-        self.message.setWordWrap(True)
-        self.message.hide()
+        self.message = error_message()
         layout = QHBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.addWidget(self.editor, 1)
