@@ -77,7 +77,7 @@ def parameters_on_meta() -> Iterator[None]:
         nn.Module.register_parameter = register  # type: ignore[method-assign]
 
 
-def checkpoint_tensors(name: str) -> dict[str, torch.Tensor]:
+def stored_tensors(name: str) -> dict[str, torch.Tensor]:
     """Every tensor of the checkpoint ``name`` (a local folder, or a hub id: its files fetched or cached)."""
     folder = Path(name)
     if folder.is_dir():
@@ -177,5 +177,5 @@ def load_bnb_4bit_into(model: nn.Module, tensors: dict[str, torch.Tensor], *, co
     return len(names)
 
 
-__all__ = ["checkpoint_tensors", "load_bnb_4bit_into", "parameters_on_meta", "quantization_kind",
-           "refuse_unreadable_quantization", "stored_quantization"]
+__all__ = ["load_bnb_4bit_into", "parameters_on_meta", "quantization_kind", "refuse_unreadable_quantization",
+           "stored_quantization", "stored_tensors"]

@@ -10,11 +10,11 @@ from pathlib import Path
 import torch
 
 from .bnb_checkpoint import (
-    checkpoint_tensors,
     load_bnb_4bit_into,
     parameters_on_meta,
     quantization_kind,
     refuse_unreadable_quantization,
+    stored_tensors,
 )
 from .heads import TRANSFORMERS_HEAD_NAMES
 from .loaded_model import LoadedModel
@@ -115,7 +115,7 @@ def load_transformers(
 
 def _load_bnb_4bit(name: str, auto, config, task: str, dtype: torch.dtype, trust_remote_code: bool):
     """A ``*-bnb-4bit`` checkpoint as a model whose 4-bit layers keep their stored bytes; returns (model, note)."""
-    tensors = checkpoint_tensors(name)
+    tensors = stored_tensors(name)
     with parameters_on_meta():
         model = auto.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     head = next((h for h in TRANSFORMERS_HEAD_NAMES if task != "causal-lm" and hasattr(model, h)), None)
@@ -127,6 +127,7 @@ def _load_bnb_4bit(name: str, auto, config, task: str, dtype: torch.dtype, trust
             tensors = {k: v for k, v in tensors.items() if not k.startswith(f"{head}.")}
             fresh = (head,)
     layers = load_bnb_4bit_into(model, tensors, compute_dtype=dtype, fresh=fresh)
+    model.eval()  # as from_pretrained leaves a model
     note = (f"{name} is a bitsandbytes 4-bit checkpoint: its {layers} 4-bit layers were loaded as stored (no "
             "re-quantising) and train with lora.variant = 'qlora'")
     if fresh:
