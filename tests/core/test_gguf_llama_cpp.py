@@ -1,6 +1,6 @@
 """The studio's GGUF files loaded by llama.cpp itself (through llama-cpp-python), where it is installed: the
 merged model and the base with the adapter file (``--lora``) give transformers' logits.  Skipped without it
-(CI does not build llama.cpp); ``pip install llama-cpp-python`` compiles it (about 15 minutes on 2 cores).
+(CI does not build llama.cpp); ``pip install llama-cpp-python`` compiles it (about half an hour on 2 busy cores).
 
 Tolerances, relative to the largest logit: llama.cpp keeps its attention cache in float16 and sums in its
 own order, so even an f32 file differs by a few 1e-4 (seen: 2e-4); 2e-3 allowed for f32, f16 and an f32
