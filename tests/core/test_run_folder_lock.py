@@ -13,7 +13,7 @@ import threading
 
 from run_configs import digits_run, with_training
 
-from lora_studio.core.training import Failed, StepMetrics, train
+from lora_studio.core.training import CheckpointSaved, Failed, train
 from lora_studio.core.training.events import CancelToken
 from lora_studio.core.training.run_folder import OWNER_FILE, RunFolderBusy, RunFolderLock
 
@@ -42,8 +42,10 @@ def test_a_second_trainer_on_a_running_folder_is_refused_and_deletes_nothing(tmp
 
     def on_event(event) -> None:
         first_events.append(event)
-        if isinstance(event, StepMetrics) and event.step == 2:
-            cancel.pause()  # hold the first run mid-way while the second one tries the folder
+        # Hold the first run mid-way while the second one tries the folder: after step 2's checkpoint is
+        # written (pausing at its StepMetrics left that checkpoint being written while the folder was listed).
+        if isinstance(event, CheckpointSaved) and event.step == 2:
+            cancel.pause()
             stepped.set()
 
     config = digits_run(out, max_steps=6, checkpoint_every=1, seed=0)
