@@ -155,9 +155,7 @@ def save_sharded_checkpoint(
     folder = Path(folder)
     whole = _gathered_checkpoint_tensors(model, dist)  # collective: every process, before any writing
     opt_tensors, opt_json = _flatten_optimizer(optimizer.state_dict())
-    numpy_state = np.random.get_state()
-    randoms = {"python_random": json.dumps(_jsonable(random.getstate())),
-               "numpy_random": json.dumps([numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]])}
+    randoms = {key: json.dumps(value) for key, value in _host_generators().items()}
 
     def write_own(stage: Path) -> None:
         save_file(opt_tensors, str(stage / _shard_file("optimizer", dist)))
@@ -270,15 +268,20 @@ def _restore_generators(rng: dict[str, torch.Tensor], python_random: Any, numpy_
     np.random.set_state((n[0], np.array(n[1], dtype=np.uint32), *n[2:]))
 
 
-def _state_record(state: TrainerState, opt_json: dict[str, Any], scaler: torch.amp.GradScaler) -> dict[str, Any]:
+def _host_generators() -> dict[str, Any]:
+    """Python's and NumPy's generator states as JSON-ready values (``_restore_generators`` reads them back)."""
     numpy_state = np.random.get_state()
+    return {"python_random": _jsonable(random.getstate()),
+            "numpy_random": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]]}
+
+
+def _state_record(state: TrainerState, opt_json: dict[str, Any], scaler: torch.amp.GradScaler) -> dict[str, Any]:
     return {
         "format_version": FORMAT_VERSION,
         "trainer": {k: getattr(state, k) for k in state.__dataclass_fields__},
         "optimizer": opt_json,
         "scaler": scaler.state_dict() if scaler.is_enabled() else None,
-        "python_random": _jsonable(random.getstate()),
-        "numpy_random": [numpy_state[0], numpy_state[1].tolist(), *numpy_state[2:]],
+        **_host_generators(),
     }
 
 
